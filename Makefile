@@ -1,0 +1,34 @@
+# The two commands of the README. Each creates .venv and installs what it needs.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+PROFILE ?=
+STAMP := $(VENV)/.installed
+
+export DVC_NO_ANALYTICS := 1
+export nnUNet_def_n_proc := 1
+export nnUNet_compile := f
+
+.PHONY: run test install clean-outputs
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## make run [PROFILE=smoke|quick|paper]: the whole pipeline (dvc repro) of the active profile
+run: $(STAMP)
+	test -d .dvc || $(BIN)/dvc init --quiet
+	$(if $(PROFILE),$(BIN)/stitch-ops profile $(PROFILE))
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+
+## make test: the test suite (the slow end-to-end tests included, as in CI)
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+## remove everything the pipeline produced (data, models, predictions, metrics, MLflow store)
+clean-outputs:
+	rm -rf data models predictions metrics exports mlruns mlflow.db .dvc/cache .dvc/tmp

@@ -1,0 +1,59 @@
+"""nnU-Net's environment: its three folders and the defaults for a 2-core CPU machine."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+# Defaults for a 2-core machine without GPU (DESIGN.md); a user's own settings win.
+CPU_DEFAULTS = {"nnUNet_def_n_proc": "1", "nnUNet_compile": "f"}
+
+
+@dataclass(frozen=True)
+class NnUNetRoots:
+    """The three folders nnU-Net reads from ``nnUNet_raw``/``nnUNet_preprocessed``/``nnUNet_results``."""
+
+    raw: Path | None = None
+    preprocessed: Path | None = None
+    results: Path | None = None
+
+    def as_environment(self) -> dict[str, str]:
+        named = {"nnUNet_raw": self.raw, "nnUNet_preprocessed": self.preprocessed,
+                 "nnUNet_results": self.results}
+        return {key: str(path.resolve()) for key, path in named.items() if path is not None}
+
+
+def configure(roots: NnUNetRoots, *, training: bool = False) -> None:
+    """Point nnU-Net at ``roots`` and apply the CPU defaults.
+
+    nnunetv2 (>= 2.6) reads these variables each time it needs a folder, so this may be
+    called again in the same process for another stage.
+
+    Args:
+        roots: folders for this process; ``None`` entries stay as the environment has them.
+        training: also set ``nnUNet_n_proc_DA=0`` (in-process augmentation). Not for
+            planning: the planner calls ``torch.set_num_threads(n_proc_DA)``, which fails on 0.
+    """
+    wanted = roots.as_environment()
+    os.environ.update(wanted)
+    for key, value in CPU_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    if training and not torch.cuda.is_available():
+        os.environ.setdefault("nnUNet_n_proc_DA", "0")
+    logger.debug("nnU-Net environment: %s", wanted)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` picks the GPU when there is one; asking for ``cuda`` without one is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was requested but torch sees no GPU; "
+                           "set nnunet.device to 'auto' or 'cpu' in params.yaml")
+    return torch.device(device)

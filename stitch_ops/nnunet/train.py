@@ -1,0 +1,117 @@
+"""Train one fold of an nnU-Net on a party's preprocessed data, resumably, and export it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from stitch_ops.config import NnUNetSchedule
+from stitch_ops.nnunet.env import NnUNetRoots, configure, resolve_device
+from stitch_ops.nnunet.model import export_model, load_model
+from stitch_ops.nnunet.plan import PLANS
+
+logger = logging.getLogger(__name__)
+
+RUN_CONFIG = "run_config.json"
+EXPORT = "export"
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """Everything that determines a trained fold; its hash decides whether a checkpoint
+    found on disk belongs to this run (resume) or to another one (start over)."""
+
+    dataset_name: str
+    preprocessed_root: Path
+    results_root: Path
+    fold: int
+    schedule: NnUNetSchedule
+    plans_identifier: str = PLANS
+    pretrained: Path | None = None
+    trainer: str = "ScheduledTrainer"
+
+    def fingerprint(self) -> str:
+        record = {k: str(v) for k, v in asdict(self).items() if k != "results_root"}
+        return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def export_dir(self) -> Path:
+        return self.results_root / EXPORT
+
+
+def _load_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run the plan stage for this dataset first "
+                                f"(`python -m stitch_ops.nnunet plan ...` or `dvc repro`)")
+    return json.loads(path.read_text())
+
+
+def _prepare_results_root(run: TrainingRun) -> bool:
+    """Keep a previous attempt only if it was the same run; returns True if it is finished."""
+    marker = run.results_root / RUN_CONFIG
+    if marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == run.fingerprint():
+        return (run.export_dir / "weights.pth").is_file()
+    if run.results_root.exists():
+        logger.info("discarding %s: it was produced by a different configuration", run.results_root)
+        shutil.rmtree(run.results_root)
+    run.results_root.mkdir(parents=True)
+    marker.write_text(json.dumps({"fingerprint": run.fingerprint(),
+                                  **{k: str(v) for k, v in asdict(run).items()}}, indent=2))
+    return False
+
+
+def train_fold(run: TrainingRun, *, trainer_class: type | None = None, progress: bool = True,
+               provenance: dict[str, Any] | None = None) -> Path:
+    """Train ``run`` (resuming an interrupted attempt of the same run) and export the model.
+
+    Args:
+        run: what to train.
+        trainer_class: a ``ScheduledTrainer`` subclass (e.g. fine-tuning's warm-up schedule).
+        progress: show a progress bar over the iterations.
+        provenance: extra fields for the exported ``model.json`` (approach, party, ...).
+
+    Returns:
+        The exported model folder (``<results_root>/export``).
+    """
+    if _prepare_results_root(run):
+        logger.info("%s is already trained; nothing to do", run.export_dir)
+        return run.export_dir
+    configure(NnUNetRoots(preprocessed=run.preprocessed_root, results=run.results_root), training=True)
+    from stitch_ops.nnunet.trainer import ScheduledTrainer
+
+    trainer_class = trainer_class or ScheduledTrainer
+    base = run.preprocessed_root / run.dataset_name
+    plans = _load_json(base / f"{run.plans_identifier}.json")
+    dataset_json = _load_json(base / "dataset.json")
+    if run.schedule.batch_size is not None:
+        plans["configurations"][run.schedule.configuration]["batch_size"] = run.schedule.batch_size
+    plans["continue_training"] = True
+    trainer = trainer_class(plans=plans, configuration=run.schedule.configuration, fold=run.fold,
+                            dataset_json=dataset_json, device=resolve_device(run.schedule.device))
+    trainer.apply_schedule(run.schedule)
+    trainer.initialize()
+    _restore(trainer, run)
+    trainer.run_training(progress=progress)
+    return export_model(trainer.network, trainer.plans_manager.plans, dataset_json,
+                        configuration=run.schedule.configuration, target=run.export_dir,
+                        mirroring_axes=trainer.inference_allowed_mirroring_axes,
+                        provenance={"dataset": run.dataset_name, "fold": run.fold,
+                                    "trainer": trainer_class.__name__, "epochs": trainer.num_epochs,
+                                    "pseudo_dice": trainer.pseudo_dice(), **(provenance or {})})
+
+
+def _restore(trainer: Any, run: TrainingRun) -> None:
+    """Resume from this run's latest checkpoint, or start from pretrained weights."""
+    latest = Path(trainer.output_folder) / "checkpoint_latest.pth"
+    if latest.is_file():
+        logger.info("resuming %s from %s", run.dataset_name, latest)
+        trainer.load_checkpoint(str(latest))
+    elif run.pretrained is not None:
+        logger.info("starting from the weights of %s", run.pretrained)
+        source = load_model(run.pretrained)
+        trainer.network.load_state_dict(source.network.state_dict())

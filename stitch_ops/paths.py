@@ -1,0 +1,56 @@
+"""Where every pipeline artifact lives, in one place.
+
+``dvc.yaml`` declares the same paths as outputs; the stages compute them here so a
+script never hard-codes a path that could drift from the pipeline. All paths are
+relative to the working directory (the repository root when run by DVC).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+PARTY_DATASET_IDS = {"a": 1, "b": 2}
+MERGED_DATASET_ID = 3
+
+
+def dataset_name(pair: str, party: str) -> str:
+    """nnU-Net dataset folder name of a party's working dataset, e.g. ``Dataset001_polyp_a``."""
+    return f"Dataset{PARTY_DATASET_IDS[party]:03d}_{pair}_{party}"
+
+
+@dataclass(frozen=True)
+class PairPaths:
+    """Paths of one dataset pair's artifacts."""
+
+    pair: str
+    root: Path = Path(".")
+
+    @property
+    def source(self) -> Path:
+        """Raw datasets with every case (generated or converted), one folder per party."""
+        return self.root / "data" / self.pair / "source"
+
+    @property
+    def raw_root(self) -> Path:
+        """The pair's ``nnUNet_raw``: both parties' working datasets, test cases in imagesTs."""
+        return self.root / "data" / self.pair / "nnUNet_raw"
+
+    def raw_dataset(self, party: str) -> Path:
+        return self.raw_root / dataset_name(self.pair, party)
+
+    def preprocessed_root(self, party: str, plans_from: str | None = None) -> Path:
+        """The ``nnUNet_preprocessed`` root of a party's data, preprocessed with its own plans
+        or (``plans_from``) with the other party's transferred plans."""
+        name = party if plans_from in (None, party) else f"{party}_with_plans_{plans_from}"
+        return self.root / "data" / self.pair / "nnUNet_preprocessed" / name
+
+    def model_dir(self, approach: str, trained_on: str, fold: int) -> Path:
+        """``nnUNet_results`` root of one trained model; ``export/`` inside holds the portable model."""
+        return self.root / "models" / self.pair / approach / trained_on / f"fold_{fold}"
+
+    def predictions(self, approach: str, trained_on: str, fold: int) -> Path:
+        return self.root / "predictions" / self.pair / approach / trained_on / f"fold_{fold}"
+
+    def metrics(self, approach: str, trained_on: str, fold: int) -> Path:
+        return self.root / "metrics" / self.pair / approach / trained_on / f"fold_{fold}"
