@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -32,13 +33,15 @@ def list_cases(folder: Path, file_ending: str) -> dict[str, list[str]]:
     return dict(zip(cases, create_lists_from_splitted_dataset_folder(str(folder), file_ending, cases)))
 
 
-def predict_folder(model: NnUNetModel, images: Path, output: Path, *, save_probabilities: bool = True,
-                   device: str = "auto", mirroring: bool = False, progress: bool = True) -> Path:
+def predict_folder(model: NnUNetModel, images: Path, output: Path, *, cases: Sequence[str] | None = None,
+                   save_probabilities: bool = True, device: str = "auto", mirroring: bool = False,
+                   progress: bool = True) -> Path:
     """Segment every case in ``images`` into ``output`` (written atomically).
 
     Args:
         model: network and plans; its plans decide the preprocessing.
         images: nnU-Net images folder (``{case}_0000.png`` or ``.nii.gz``).
+        cases: only these case ids (e.g. a fold's validation cases); default all.
         output: receives ``{case}{file_ending}`` segmentations and, with
             ``save_probabilities``, ``{case}.npz`` softmax probabilities for ensembling.
         mirroring: test-time mirroring (off by default on CPU: 4–8× slower).
@@ -53,7 +56,11 @@ def predict_folder(model: NnUNetModel, images: Path, output: Path, *, save_proba
     torch_device = resolve_device(device)
     plans_manager = PlansManager(model.plans)
     configuration = plans_manager.get_configuration(model.configuration)
-    cases = list_cases(images, model.dataset_json["file_ending"])
+    available = list_cases(images, model.dataset_json["file_ending"])
+    missing = sorted(set(cases or ()) - set(available))
+    if missing:
+        raise FileNotFoundError(f"cases {missing[:5]} have no images in {images}")
+    selected = {case: available[case] for case in (cases if cases is not None else available)}
 
     predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=mirroring,
                                 perform_everything_on_device=torch_device.type == "cuda",
@@ -65,7 +72,7 @@ def predict_folder(model: NnUNetModel, images: Path, output: Path, *, save_proba
     staging = output.with_name(output.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    for case, files in tqdm(cases.items(), desc=f"predict {images.name}", unit="case", disable=not progress):
+    for case, files in tqdm(selected.items(), desc=f"predict {images.name}", unit="case", disable=not progress):
         data, _, properties = preprocessor.run_case(files, None, plans_manager, configuration, model.dataset_json)
         with torch.no_grad():
             logits = predictor.predict_logits_from_preprocessed_data(torch.from_numpy(data)).cpu()
@@ -73,5 +80,5 @@ def predict_folder(model: NnUNetModel, images: Path, output: Path, *, save_proba
                                       str(staging / case), save_probabilities)
     shutil.rmtree(output, ignore_errors=True)
     staging.rename(output)
-    logger.info("predicted %d cases of %s into %s", len(cases), images, output)
+    logger.info("predicted %d cases of %s into %s", len(selected), images, output)
     return output

@@ -1,0 +1,70 @@
+"""Functions that bundle configs instantiate (``"_target_"``), so a bundle's configs stay
+plain data: ``python -m monai.bundle run --config_file configs/train.json`` resolves
+``"run": ["@training"]`` into a call of :func:`train_on_own_data`.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+from stitch_ops.config import NnUNetSchedule
+from stitch_ops.nnunet.env import NnUNetRoots, configure
+from stitch_ops.nnunet.model import load_model
+from stitch_ops.nnunet.predict import predict_folder
+from stitch_ops.nnunet.train import TrainingRun, train_fold
+
+logger = logging.getLogger(__name__)
+
+WORK_DATASET_ID = 1
+
+
+def train_on_own_data(raw_dataset: str | Path, output_dir: str | Path, fold: int = 0,
+                      schedule: NnUNetSchedule | None = None, seed: int = 0, progress: bool = True) -> Path:
+    """The "train on own data" approach: split, plan, preprocess, train one fold, export.
+
+    Args:
+        raw_dataset: an nnU-Net raw dataset with every case in imagesTr/labelsTr (a split
+            dataset with ``splits_final.json`` is used as it is).
+        output_dir: receives ``work/`` (nnU-Net folders, resumable) and ``models/fold_<k>``
+            (the portable model the inference config loads).
+
+    Returns:
+        The exported model folder.
+    """
+    from stitch_ops.data.raw import validate_raw_dataset
+    from stitch_ops.data.splits import split_raw_dataset
+    from stitch_ops.nnunet.plan import plan_and_preprocess
+
+    raw_dataset, output_dir = Path(raw_dataset), Path(output_dir)
+    schedule = schedule or NnUNetSchedule()
+    validate_raw_dataset(raw_dataset)
+    name = f"Dataset{WORK_DATASET_ID:03d}_{raw_dataset.name.split('_', 1)[-1]}"
+    work = output_dir / "work"
+    raw_root, preprocessed_root = work / "nnUNet_raw", work / "nnUNet_preprocessed"
+    working = raw_root / name
+    if (raw_dataset / "splits_final.json").is_file():
+        if not working.exists():
+            shutil.copytree(raw_dataset, working)
+    elif not working.exists():
+        split_raw_dataset(raw_dataset, working, seed)
+    if not (preprocessed_root / name / "nnUNetPlans.json").is_file():
+        configure(NnUNetRoots(raw=raw_root, preprocessed=preprocessed_root))
+        plan_and_preprocess(WORK_DATASET_ID, preprocessed_root, working, schedule.configuration,
+                            progress=progress)
+    run = TrainingRun(name, preprocessed_root, work / "nnUNet_results" / f"fold_{fold}", fold, schedule)
+    exported = train_fold(run, progress=progress, provenance={"approach": "local", "source": str(raw_dataset)})
+    target = output_dir / "models" / f"fold_{fold}"
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(exported, target)
+    logger.info("trained model exported to %s", target)
+    return target
+
+
+def segment(model_dir: str | Path, input_dir: str | Path, output_dir: str | Path, device: str = "auto",
+            save_probabilities: bool = False, progress: bool = True) -> Path:
+    """Segment every ``{case}_0000.*`` image of ``input_dir`` with an exported model."""
+    model = load_model(Path(model_dir))
+    return predict_folder(model, Path(input_dir), Path(output_dir), save_probabilities=save_probabilities,
+                          device=device, progress=progress)
