@@ -1,0 +1,312 @@
+"""The combined network: two frozen parents, a stitch in each direction per match, switches.
+
+(DESIGN.md, "The method in one page", step 3.) :class:`StitchedNetwork` holds
+both parents (frozen: ``requires_grad=False``, normalisation always in eval
+mode), and for every match ``k`` a switch at ``a_k`` (owning the stitch
+``b_k -> a_k``) and a switch at ``b_k`` (owning ``a_k -> b_k``). What each switch
+passes on and whose output is returned is a :class:`SwitchConfiguration`, set
+at run time with :meth:`StitchedNetwork.configure`; nothing is rebuilt. With
+every switch on ``original`` the network returns exactly the chosen parent's
+output.
+
+Example::
+
+    >>> network = StitchedNetwork.from_networks(net_a, net_b, probe_shape=(2, 1, 64, 64))
+    >>> network.configure(SwitchConfiguration.all_original(len(network.matches), Parent.B))
+    >>> torch.equal(network(x), net_b(x))
+    True
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, fx, nn
+
+from stitch_ops.graph.matching import Match, MatchingConfig, match_networks
+from stitch_ops.graph.trace import NetworkGraph, trace_network
+from stitch_ops.stitching.merge import merge_graphs, program
+from stitch_ops.stitching.parents import ParentSpec, probe_shape
+from stitch_ops.stitching.stitch import Stitch
+from stitch_ops.stitching.switch import DEFAULT_LOSS_TERMS, LossTerm, Switch, SwitchMode, TrainingMethod
+
+__all__ = [
+    "PairLosses",
+    "Parent",
+    "StitchedNetwork",
+    "SwitchConfiguration",
+    "load_stitched_network",
+    "sample_configuration",
+    "save_stitched_network",
+]
+
+_FORMAT = "stitch_ops.stitched_network/1"
+
+
+class Parent(StrEnum):
+    """One of the two networks of a combined network."""
+
+    A = "a"
+    B = "b"
+
+
+@dataclass(frozen=True)
+class SwitchConfiguration:
+    """What every switch passes on, and whose output the combined network returns.
+
+    Attributes:
+        switches_a: mode of the switch at ``a_k`` for each match k (stitch ``b_k -> a_k``).
+        switches_b: mode of the switch at ``b_k`` (stitch ``a_k -> b_k``).
+        output: the parent whose output is returned.
+    """
+
+    switches_a: tuple[SwitchMode, ...]
+    switches_b: tuple[SwitchMode, ...]
+    output: Parent = Parent.A
+
+    def __post_init__(self) -> None:
+        if len(self.switches_a) != len(self.switches_b):
+            raise ValueError(f"one switch per match on each side: got {len(self.switches_a)} for A, {len(self.switches_b)} for B")
+        object.__setattr__(self, "switches_a", tuple(SwitchMode(m) for m in self.switches_a))
+        object.__setattr__(self, "switches_b", tuple(SwitchMode(m) for m in self.switches_b))
+        object.__setattr__(self, "output", Parent(self.output))
+
+    @classmethod
+    def all_original(cls, num_matches: int, output: Parent | str = Parent.A) -> SwitchConfiguration:
+        """Every switch passes its own network's map: the combined network is parent ``output``."""
+        return cls((SwitchMode.ORIGINAL,) * num_matches, (SwitchMode.ORIGINAL,) * num_matches, Parent(output))
+
+    @property
+    def active_stitches(self) -> int:
+        """Number of switches not on ``original``."""
+        return sum(mode is not SwitchMode.ORIGINAL for mode in self.switches_a + self.switches_b)
+
+
+def sample_configuration(num_matches: int, active_stitches: int, generator: torch.Generator) -> SwitchConfiguration:
+    """A random network with ``active_stitches`` switches on ``stitched`` (RQ1).
+
+    The active switches are drawn uniformly among the ``2 * num_matches`` switches,
+    and the output parent uniformly among A and B.
+    """
+    if not 0 <= active_stitches <= 2 * num_matches:
+        raise ValueError(f"active_stitches should be in [0, {2 * num_matches}] for {num_matches} matches, got {active_stitches}")
+    chosen = set(torch.randperm(2 * num_matches, generator=generator)[:active_stitches].tolist())
+    modes = [SwitchMode.STITCHED if i in chosen else SwitchMode.ORIGINAL for i in range(2 * num_matches)]
+    output = Parent.A if torch.randint(2, (1,), generator=generator).item() == 0 else Parent.B
+    return SwitchConfiguration(tuple(modes[:num_matches]), tuple(modes[num_matches:]), output)
+
+
+class PairLosses(NamedTuple):
+    """Training losses of the two switches of one match (scalars)."""
+
+    a: Tensor
+    b: Tensor
+
+
+class StitchedNetwork(nn.Module):
+    """Two frozen parents joined by stitches and switches at every match.
+
+    Args:
+        graph_a: parent A, traced (its module becomes ``parent_a``).
+        graph_b: parent B, traced with the same spatial probe shape.
+        matches: strictly increasing in both topological orders (as
+            :func:`~stitch_ops.graph.matching.match_networks` returns them).
+        parent_specs: descriptions of A and B, needed only to save the network.
+
+    Raises:
+        ValueError: if a match pairs nodes that are not feature maps of the same
+            downsampling and dimensionality, or the matches are not increasing.
+    """
+
+    def __init__(
+        self,
+        graph_a: NetworkGraph,
+        graph_b: NetworkGraph,
+        matches: Sequence[Match],
+        parent_specs: tuple[ParentSpec, ParentSpec] | None = None,
+    ):
+        super().__init__()
+        self.graph_a, self.graph_b = graph_a, graph_b
+        self.matches = tuple(matches)
+        self.parent_specs = parent_specs
+        self.parent_a = _frozen(graph_a.module)
+        self.parent_b = _frozen(graph_b.module)
+        self.switches_a = nn.ModuleList(Switch(_stitch(graph_b, graph_a, m.node_b, m.node_a)) for m in self.matches)
+        self.switches_b = nn.ModuleList(Switch(_stitch(graph_a, graph_b, m.node_a, m.node_b)) for m in self.matches)
+        self._programs = {
+            "a": self._program(lambda merged: merged.output_a),
+            "b": self._program(lambda merged: merged.output_b),
+            "losses": self._program(lambda merged: tuple(zip(merged.losses_a, merged.losses_b))),
+            "maps": self._program(lambda merged: tuple(zip(merged.maps_a, merged.maps_b))),
+        }
+        self.configuration = SwitchConfiguration.all_original(len(self.matches))
+
+    @classmethod
+    def from_networks(
+        cls,
+        network_a: nn.Module,
+        network_b: nn.Module,
+        probe: Sequence[int],
+        matching: MatchingConfig = MatchingConfig(),
+        parent_specs: tuple[ParentSpec, ParentSpec] | None = None,
+    ) -> StitchedNetwork:
+        """Trace both networks with a probe of shape ``B C H W [D]``, match them and combine them."""
+        graph_a, graph_b = trace_network(network_a, probe), trace_network(network_b, probe)
+        return cls(graph_a, graph_b, match_networks(graph_a, graph_b, matching), parent_specs)
+
+    @classmethod
+    def from_parents(
+        cls,
+        spec_a: ParentSpec,
+        network_a: nn.Module,
+        spec_b: ParentSpec,
+        network_b: nn.Module,
+        matching: MatchingConfig = MatchingConfig(),
+    ) -> StitchedNetwork:
+        """Combine two nnU-Net networks described by their plans (the probe is chosen from their strides)."""
+        return cls.from_networks(network_a, network_b, probe_shape(spec_a, spec_b), matching, (spec_a, spec_b))
+
+    def configure(self, configuration: SwitchConfiguration, generator: torch.Generator | None = None) -> None:
+        """Set every switch and the output; ``generator`` drives switches on ``random``.
+
+        Raises:
+            ValueError: if the configuration has a different number of matches, or uses
+                ``random`` without a generator.
+        """
+        if len(configuration.switches_a) != len(self.matches):
+            raise ValueError(f"expected a configuration for {len(self.matches)} matches, got {len(configuration.switches_a)}")
+        for switch, mode in zip(self.switches_a, configuration.switches_a):
+            switch.set_mode(mode, generator)
+        for switch, mode in zip(self.switches_b, configuration.switches_b):
+            switch.set_mode(mode, generator)
+        self.configuration = configuration
+
+    def set_training(self, method: TrainingMethod | str | None, loss_terms: tuple[LossTerm, ...] = DEFAULT_LOSS_TERMS) -> None:
+        """Make every switch compute its loss for ``method``; ``None`` returns to inference."""
+        for switch in self.switches():
+            switch.set_training(method, loss_terms)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits ``B K H W [D]`` of the configured output parent for images ``B C H W [D]``."""
+        return self._programs[self.configuration.output.value](x)
+
+    def switch_losses(self, x: Tensor) -> tuple[PairLosses, ...]:
+        """The loss of every switch, per match, for the training method set by :meth:`set_training`.
+
+        For double-batched training ``x`` is the doubled batch (every sample twice).
+
+        Raises:
+            RuntimeError: if no training method is set.
+        """
+        if any(switch.training_method is None for switch in self.switches()):
+            raise RuntimeError("switch losses need a training method: call set_training(TrainingMethod...) first")
+        return tuple(PairLosses(a, b) for a, b in self._programs["losses"](x))
+
+    def matched_maps(self, x: Tensor) -> tuple[tuple[Tensor, Tensor], ...]:
+        """``(a_k, b_k)`` for every match, as the parents compute them (switches on original)."""
+        if self.configuration.active_stitches or any(s.training_method for s in self.switches()):
+            raise RuntimeError("matched_maps reads the parents' own maps: configure all switches to original, no training")
+        return self._programs["maps"](x)
+
+    def switches(self) -> Iterator[Switch]:
+        """Every switch: those at ``a_0 .. a_n``, then those at ``b_0 .. b_n``."""
+        yield from self.switches_a
+        yield from self.switches_b
+
+    def stitch_parameters(self) -> Iterator[nn.Parameter]:
+        """The trainable parameters: those of the stitches."""
+        for switch in self.switches():
+            yield from switch.stitch.parameters()
+
+    def train(self, mode: bool = True) -> StitchedNetwork:
+        """Like ``nn.Module.train`` but the parents stay in eval mode (frozen normalisation statistics)."""
+        super().train(mode)
+        self.parent_a.eval()
+        self.parent_b.eval()
+        return self
+
+    def _program(self, outputs) -> fx.GraphModule:
+        merged = merge_graphs(
+            self.graph_a.module.graph,
+            self.graph_b.module.graph,
+            self.matches,
+            switch_a=lambda k: f"switches_a.{k}",
+            switch_b=lambda k: f"switches_b.{k}",
+        )
+        return program(self, merged, outputs(merged))
+
+
+def save_stitched_network(network: StitchedNetwork, path: Path) -> None:
+    """Save parents, stitches and the description to rebuild them, loadable with ``weights_only=True``.
+
+    Raises:
+        ValueError: if the network was built without parent descriptions.
+    """
+    if network.parent_specs is None:
+        raise ValueError("saving needs the parents' descriptions: build the network with StitchedNetwork.from_parents")
+    description = {
+        "format": _FORMAT,
+        "parents": [spec.to_dict() for spec in network.parent_specs],
+        "probe_shape": list(network.graph_a.probe_shape),
+        "matches": [asdict(m) for m in network.matches],
+    }
+    atomic_save({"description": json.dumps(description), "state_dict": _cpu_state(network)}, Path(path))
+
+
+def load_stitched_network(path: Path, trusted: bool = False, map_location: str | torch.device = "cpu") -> StitchedNetwork:
+    """Rebuild a network saved by :func:`save_stitched_network` (``trusted``: see :meth:`ParentSpec.build`)."""
+    saved = torch.load(Path(path), map_location=map_location, weights_only=True)
+    description = json.loads(saved["description"])
+    if description.get("format") != _FORMAT:
+        raise ValueError(f"{path} is not a saved stitched network: expected format {_FORMAT!r}, got {description.get('format')!r}")
+    specs = tuple(ParentSpec.from_dict(d) for d in description["parents"])
+    probe = description["probe_shape"]
+    graphs = [trace_network(spec.build(trusted), probe) for spec in specs]
+    network = StitchedNetwork(graphs[0], graphs[1], [Match(**m) for m in description["matches"]], specs)
+    network.load_state_dict(saved["state_dict"])
+    return network
+
+
+def atomic_save(obj: object, path: Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then rename: a killed writer leaves the old file intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    os.close(handle)
+    try:
+        torch.save(obj, temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def _cpu_state(module: nn.Module) -> dict[str, Tensor]:
+    return {key: value.detach().cpu() for key, value in module.state_dict().items()}
+
+
+def _frozen(module: fx.GraphModule) -> fx.GraphModule:
+    module.eval()
+    module.requires_grad_(False)
+    return module
+
+
+def _stitch(source: NetworkGraph, target: NetworkGraph, source_name: str, target_name: str) -> Stitch:
+    """The stitch from ``source_name`` (in ``source``) to ``target_name`` (in ``target``)."""
+    node_in, node_out = source.node(source_name), target.node(target_name)
+    if not (node_in.is_feature_map and node_out.is_feature_map):
+        raise ValueError(f"a match must pair feature maps, got {source_name!r} (shape {node_in.shape}) and {target_name!r} (shape {node_out.shape})")
+    if node_in.downsampling != node_out.downsampling or len(node_in.shape) != len(node_out.shape):
+        raise ValueError(
+            f"a match must pair feature maps of the same downsampling and dimensionality, got {source_name!r} "
+            f"{node_in.shape} (downsampling {node_in.downsampling}) and {target_name!r} {node_out.shape} "
+            f"(downsampling {node_out.downsampling})"
+        )
+    return Stitch(node_in.channels, node_out.channels, len(node_in.shape))

@@ -1,0 +1,139 @@
+"""The switch: what the consumers of a matched feature map read.
+
+Every consumer of a matched node ``a_k`` reads a switch instead of ``a_k``. The
+switch owns the stitch ``b_k -> a_k`` and returns, per its :class:`SwitchMode`,
+the original map, the stitched map of the other network, their average, or a
+random choice per sample. While stitches are trained the switch also computes
+its loss, because it is the one place where all the maps involved meet
+(DESIGN.md, "The method in one page", step 4):
+
+- *direct matching*: it passes the original on and returns
+  ``MSE(a_k, stitch(b_k))`` with both maps detached from the parents;
+- *double-batched*: the batch holds every sample twice. The first half is the
+  reference and is passed on unchanged; the second half gets the mode's choice.
+  With (1) the reference ``a_k``, (2) the forwarded ``a_k`` (second half),
+  (3) the stitched reference ``stitch(b_k)`` (first half) and (4) the stitched
+  forwarded ``stitch(b_k)`` (second half), the loss is a sum of
+  :class:`LossTerm` s, each anchored to (1): by default
+  ``MSE(1, 2) + MSE(1, 3) + MSE(1, 4)``. The paper's text reads "between (1)
+  and (2), (3) and (4)"; taken literally ``MSE(3, 4)`` lets a stitch shrink
+  towards zero, so every term here is anchored to the reference.
+
+Random choices use an explicit :class:`torch.Generator`, never the global RNG.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from stitch_ops.stitching.stitch import Stitch
+
+__all__ = ["DEFAULT_LOSS_TERMS", "LossTerm", "Switch", "SwitchMode", "SwitchOutput", "TrainingMethod"]
+
+
+class SwitchMode(StrEnum):
+    """What a switch passes on (in the second half of a double batch, while training)."""
+
+    ORIGINAL = "original"
+    STITCHED = "stitched"
+    AVERAGE = "average"
+    RANDOM = "random"
+
+
+class TrainingMethod(StrEnum):
+    """How stitches are trained."""
+
+    DIRECT_MATCHING = "direct_matching"
+    DOUBLE_BATCHED = "double_batched"
+
+
+class LossTerm(StrEnum):
+    """One double-batched loss term, each an MSE against the reference map (1)."""
+
+    FORWARDED = "forwarded"  # MSE(1, 2): the network's own map after earlier switches
+    STITCHED_ORIGINAL = "stitched_original"  # MSE(1, 3): the stitch on the other network's reference map
+    STITCHED_FORWARDED = "stitched_forwarded"  # MSE(1, 4): the stitch on the other network's forwarded map
+
+
+DEFAULT_LOSS_TERMS = (LossTerm.FORWARDED, LossTerm.STITCHED_ORIGINAL, LossTerm.STITCHED_FORWARDED)
+
+
+class SwitchOutput(NamedTuple):
+    """The map consumers read, and the switch's training loss (``None`` when not training)."""
+
+    map: Tensor
+    loss: Tensor | None
+
+
+class Switch(nn.Module):
+    """Chooses between a feature map and the stitched feature map of the other network.
+
+    Args:
+        stitch: maps the other network's feature map into this one's space.
+    """
+
+    def __init__(self, stitch: Stitch):
+        super().__init__()
+        self.stitch = stitch
+        self.mode = SwitchMode.ORIGINAL
+        self.generator: torch.Generator | None = None
+        self.training_method: TrainingMethod | None = None
+        self.loss_terms: tuple[LossTerm, ...] = DEFAULT_LOSS_TERMS
+
+    def set_mode(self, mode: SwitchMode | str, generator: torch.Generator | None = None) -> None:
+        """Set what the switch passes on; ``RANDOM`` needs a ``generator``."""
+        mode = SwitchMode(mode)
+        if mode is SwitchMode.RANDOM and generator is None:
+            raise ValueError("SwitchMode.RANDOM needs an explicit torch.Generator; none was given")
+        self.mode, self.generator = mode, generator
+
+    def set_training(self, method: TrainingMethod | str | None, loss_terms: tuple[LossTerm, ...] = DEFAULT_LOSS_TERMS) -> None:
+        """Make the switch compute its loss for ``method`` (``None``: inference, no loss)."""
+        if not loss_terms:
+            raise ValueError("loss_terms should name at least one LossTerm, got none")
+        self.training_method = None if method is None else TrainingMethod(method)
+        self.loss_terms = tuple(LossTerm(term) for term in loss_terms)
+
+    def forward(self, original: Tensor, other: Tensor) -> SwitchOutput:
+        """``original``: this network's map ``B C_b ...``; ``other``: the other network's map ``B C_a ...``."""
+        if self.training_method is TrainingMethod.DIRECT_MATCHING:
+            return SwitchOutput(original, F.mse_loss(self.stitch(other.detach()), original.detach()))
+        if self.training_method is TrainingMethod.DOUBLE_BATCHED:
+            return self._double_batched(original, other)
+        if self.mode is SwitchMode.ORIGINAL:
+            return SwitchOutput(original, None)
+        return SwitchOutput(self._choose(original, self.stitch(other)), None)
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode.value}, training_method={self.training_method}"
+
+    def _choose(self, original: Tensor, stitched: Tensor) -> Tensor:
+        if self.mode is SwitchMode.ORIGINAL:
+            return original
+        if self.mode is SwitchMode.STITCHED:
+            return stitched
+        if self.mode is SwitchMode.AVERAGE:
+            return (original + stitched) / 2
+        take_stitched = torch.rand(len(original), generator=self.generator, device=self.generator.device) < 0.5
+        take_stitched = take_stitched.to(original.device).view(-1, *([1] * (original.dim() - 1)))
+        return torch.where(take_stitched, stitched, original)
+
+    def _double_batched(self, original: Tensor, other: Tensor) -> SwitchOutput:
+        if len(original) % 2:
+            raise ValueError(f"a double batch needs an even batch size (reference + copy), got {len(original)}")
+        half = len(original) // 2
+        stitched = self.stitch(other)
+        reference = original[:half].detach()
+        compared = {
+            LossTerm.FORWARDED: original[half:],
+            LossTerm.STITCHED_ORIGINAL: stitched[:half],
+            LossTerm.STITCHED_FORWARDED: stitched[half:],
+        }
+        loss = sum(F.mse_loss(compared[term], reference) for term in self.loss_terms)
+        chosen = self._choose(original[half:], stitched[half:])
+        return SwitchOutput(torch.cat([original[:half], chosen]), loss)

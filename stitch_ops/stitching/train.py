@@ -1,0 +1,271 @@
+"""Training the stitches: direct matching and double-batched (DESIGN.md, step 4).
+
+The parents stay frozen throughout: their parameters have ``requires_grad=False``
+and their normalisation layers stay in eval mode, so neither weights nor
+statistics change. Only the stitches are optimised, with AdamW and a cosine
+annealed learning rate, on *unlabeled* images.
+
+- *Direct matching*: one forward pass with every switch on original; each
+  switch returns ``MSE(stitch(other), own)`` on detached maps, so no gradient
+  flows through the parents and all stitches train at once.
+- *Double-batched*: every batch is doubled; switches pass the reference half on
+  and a random per-sample choice in the second half, and return their loss
+  anchored to the reference (see :mod:`stitch_ops.stitching.switch`). Gradients
+  flow back through the parents' later layers into earlier stitches.
+
+Training checkpoints after every epoch (atomically), and a rerun with the same
+checkpoint path continues after the last completed epoch, also when ``epochs``
+has been raised since.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from stitch_ops.stitching.network import SwitchConfiguration, StitchedNetwork, atomic_save
+from stitch_ops.stitching.stitch import LeastSquaresFit
+from stitch_ops.stitching.switch import DEFAULT_LOSS_TERMS, LossTerm, SwitchMode, TrainingMethod
+
+__all__ = ["Batches", "EpochLog", "StitchTrainingConfig", "fit_stitches_least_squares", "train_stitches"]
+
+logger = logging.getLogger(__name__)
+
+_FORMAT = "stitch_ops.stitch_training_checkpoint/1"
+
+Batches = Iterable[Tensor] | Callable[[int], Iterable[Tensor]]
+"""Images ``B C H W [D]``: an iterable (re-iterated every epoch), or a function from the epoch to one."""
+
+
+@dataclass(frozen=True)
+class StitchTrainingConfig:
+    """How stitches are trained (``params.yaml`` section ``stitch``).
+
+    Attributes:
+        method: direct matching or double-batched.
+        epochs: number of epochs; a checkpoint is written after each.
+        iterations_per_epoch: optimiser steps per epoch.
+        batch_size: images per batch (before doubling); used by the data helpers.
+        lr: initial learning rate of AdamW, annealed to 0 along a cosine.
+        weight_decay: AdamW weight decay on the stitches.
+        loss_terms: double-batched loss terms (ignored by direct matching).
+        seed: seeds the switches' random choices (and nothing else).
+    """
+
+    method: TrainingMethod = TrainingMethod.DOUBLE_BATCHED
+    epochs: int = 10
+    iterations_per_epoch: int = 100
+    batch_size: int = 4
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    loss_terms: tuple[LossTerm, ...] = DEFAULT_LOSS_TERMS
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "method", TrainingMethod(self.method))
+        object.__setattr__(self, "loss_terms", tuple(LossTerm(term) for term in self.loss_terms))
+        for name in ("epochs", "iterations_per_epoch", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"StitchTrainingConfig.{name} should be a positive integer, got {value!r}")
+        if not self.lr > 0:
+            raise ValueError(f"StitchTrainingConfig.lr should be > 0, got {self.lr!r}")
+        if self.weight_decay < 0:
+            raise ValueError(f"StitchTrainingConfig.weight_decay should be >= 0, got {self.weight_decay!r}")
+        if not self.loss_terms:
+            raise ValueError(f"StitchTrainingConfig.loss_terms should name at least one of {[t.value for t in LossTerm]}")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> StitchTrainingConfig:
+        """Build from plain data (a ``params.yaml`` section), rejecting unknown keys."""
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown StitchTrainingConfig key(s) {sorted(unknown)}; known: {[f.name for f in fields(cls)]}")
+        return cls(**{key: tuple(value) if key == "loss_terms" else value for key, value in data.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data, inverse of :meth:`from_dict`."""
+        data = asdict(self)
+        data["method"] = self.method.value
+        data["loss_terms"] = [term.value for term in self.loss_terms]
+        return data
+
+
+@dataclass(frozen=True)
+class EpochLog:
+    """Mean training loss (sum over switches) of one epoch."""
+
+    epoch: int
+    loss: float
+
+
+def train_stitches(
+    network: StitchedNetwork,
+    batches: Batches,
+    config: StitchTrainingConfig,
+    checkpoint: Path | None = None,
+    progress: bool = True,
+) -> tuple[EpochLog, ...]:
+    """Train every stitch of ``network`` on unlabeled images.
+
+    Args:
+        network: the combined network; its stitches are trained in place.
+        batches: images ``B C H W [D]`` on any device (moved to the network's).
+        config: method, schedule and seed.
+        checkpoint: file to write after every epoch and to resume from if it exists.
+        progress: show a progress bar with the running loss.
+
+    Returns:
+        the log of every epoch, including those restored from the checkpoint.
+
+    Raises:
+        ValueError: if the checkpoint was written for other matches or another config.
+    """
+    logger.info("training %d stitches (%s) with %s; checkpoint %s", 2 * len(network.matches), config.method.value, config, checkpoint)
+    optimizer = torch.optim.AdamW(network.stitch_parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    history: list[EpochLog] = []
+    if checkpoint is not None and Path(checkpoint).exists():
+        history = _resume(network, optimizer, config, Path(checkpoint))
+    device = next(network.parameters()).device
+    network.train()
+    network.set_training(config.method, config.loss_terms)
+    try:
+        for epoch in range(len(history), config.epochs):
+            _configure_switches(network, config, epoch)
+            history.append(EpochLog(epoch, _run_epoch(network, optimizer, batches, config, epoch, device, progress)))
+            logger.info("epoch %d/%d: loss %.6f", epoch + 1, config.epochs, history[-1].loss)
+            if checkpoint is not None:
+                _save(network, optimizer, config, history, Path(checkpoint))
+    finally:
+        network.set_training(None)
+        network.configure(SwitchConfiguration.all_original(len(network.matches)))
+        network.eval()
+    return tuple(history)
+
+
+@torch.no_grad()
+def fit_stitches_least_squares(network: StitchedNetwork, batches: Iterable[Tensor], ridge: float = 1e-6) -> None:
+    """Set every stitch to the least-squares map between the parents' matched maps.
+
+    This is the closed-form solution of direct matching on ``batches`` (images
+    ``B C H W [D]``, unlabeled), a good start for either training method.
+    """
+    device = next(network.parameters()).device
+    fits_a = [LeastSquaresFit(s.stitch.in_channels, s.stitch.out_channels) for s in network.switches_a]
+    fits_b = [LeastSquaresFit(s.stitch.in_channels, s.stitch.out_channels) for s in network.switches_b]
+    for images in batches:
+        for (map_a, map_b), fit_a, fit_b in zip(network.matched_maps(images.to(device)), fits_a, fits_b):
+            fit_a.update(map_b, map_a)
+            fit_b.update(map_a, map_b)
+    for switch, fit in zip(network.switches(), fits_a + fits_b):
+        weight, bias = fit.solve(ridge)
+        switch.stitch.set_affine_(weight.to(device), bias.to(device))
+
+
+def cosine_learning_rate(step: int, total_steps: int, lr: float) -> float:
+    """Cosine annealing from ``lr`` to 0 over ``total_steps`` (``CosineAnnealingLR`` per step).
+
+    Computed from the step rather than kept in a scheduler, so a resumed run
+    continues the schedule even when ``epochs`` changed.
+    """
+    return 0.5 * lr * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
+
+
+def _run_epoch(network, optimizer, batches: Batches, config: StitchTrainingConfig, epoch: int, device, progress: bool) -> float:
+    images = _cycle(batches, epoch)
+    total_steps = config.epochs * config.iterations_per_epoch
+    bar = tqdm(range(config.iterations_per_epoch), desc=f"stitches {config.method.value} epoch {epoch + 1}/{config.epochs}", disable=not progress)
+    loss_sum = 0.0
+    for iteration in bar:
+        lr = cosine_learning_rate(epoch * config.iterations_per_epoch + iteration, total_steps, config.lr)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss = _step(network, optimizer, next(images).to(device), config.method)
+        loss_sum += loss
+        bar.set_postfix(loss=f"{loss_sum / (iteration + 1):.4g}")
+    return loss_sum / config.iterations_per_epoch
+
+
+def _step(network: StitchedNetwork, optimizer: torch.optim.Optimizer, images: Tensor, method: TrainingMethod) -> float:
+    """One optimiser step; for double-batched training the batch is doubled here."""
+    if method is TrainingMethod.DOUBLE_BATCHED:
+        images = torch.cat([images, images])
+    loss = sum(pair.a + pair.b for pair in network.switch_losses(images))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
+def _configure_switches(network: StitchedNetwork, config: StitchTrainingConfig, epoch: int) -> None:
+    """Double-batched: every switch random in the second half, from a generator seeded by (seed, epoch)."""
+    n = len(network.matches)
+    if config.method is TrainingMethod.DIRECT_MATCHING:
+        network.configure(SwitchConfiguration.all_original(n))
+        return
+    generator = torch.Generator().manual_seed(int(np.random.SeedSequence([config.seed, epoch]).generate_state(1)[0]))
+    network.configure(SwitchConfiguration((SwitchMode.RANDOM,) * n, (SwitchMode.RANDOM,) * n), generator)
+
+
+def _cycle(batches: Batches, epoch: int) -> Iterator[Tensor]:
+    """The epoch's batches, started again from the beginning whenever they run out."""
+    source = batches(epoch) if callable(batches) else batches
+    while True:
+        empty = True
+        for images in source:
+            empty = False
+            yield images
+        if empty:
+            raise ValueError("no training images: the batches iterable is empty")
+
+
+def _stitch_state(network: StitchedNetwork) -> dict[str, Tensor]:
+    return {k: v.detach().cpu() for k, v in network.state_dict().items() if k.startswith("switches_")}
+
+
+def _match_fingerprint(network: StitchedNetwork) -> str:
+    return json.dumps([asdict(m) for m in network.matches])
+
+
+def _save(network, optimizer, config: StitchTrainingConfig, history: list[EpochLog], path: Path) -> None:
+    atomic_save(
+        {
+            "format": _FORMAT,
+            "config": json.dumps(config.to_dict()),
+            "matches": _match_fingerprint(network),
+            "history": [[log.epoch, log.loss] for log in history],
+            "stitches": _stitch_state(network),
+            "optimizer": optimizer.state_dict(),
+        },
+        path,
+    )
+
+
+def _resume(network, optimizer, config: StitchTrainingConfig, path: Path) -> list[EpochLog]:
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    if saved.get("format") != _FORMAT:
+        raise ValueError(f"{path} is not a stitch training checkpoint (format {saved.get('format')!r}, expected {_FORMAT!r})")
+    if saved["matches"] != _match_fingerprint(network):
+        raise ValueError(f"checkpoint {path} was written for other matches; delete it to train these stitches from scratch")
+    saved_config = json.loads(saved["config"])
+    expected = {k: v for k, v in config.to_dict().items() if k != "epochs"}
+    got = {k: v for k, v in saved_config.items() if k != "epochs"}
+    if got != expected:
+        raise ValueError(f"checkpoint {path} was written with config {got}, expected {expected} (only epochs may change); delete it to start over")
+    missing, unexpected = network.load_state_dict(saved["stitches"], strict=False)
+    if unexpected or any(key.startswith("switches_") for key in missing):
+        raise ValueError(f"checkpoint {path} does not fit these stitches: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    optimizer.load_state_dict(saved["optimizer"])
+    history = [EpochLog(int(epoch), float(loss)) for epoch, loss in saved["history"]]
+    logger.info("resumed from %s after epoch %d", path, len(history))
+    return history

@@ -1,0 +1,191 @@
+"""The combined network: exactness with switches on original, stitches, switches, configuration."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny_nets import tiny_parent
+from torch import nn
+
+from stitch_ops.stitching import (
+    LeastSquaresFit,
+    Parent,
+    Stitch,
+    StitchedNetwork,
+    Switch,
+    SwitchConfiguration,
+    SwitchMode,
+    load_stitched_network,
+    sample_configuration,
+    save_stitched_network,
+)
+
+PARENT_PAIRS = {
+    "2d_plain_vs_residual": (dict(features=(4, 8, 16)), dict(features=(6, 12, 16, 24), residual=True)),
+    "3d_residual_vs_plain": (dict(dims=3, features=(4, 8), residual=True), dict(dims=3, features=(2, 4, 8))),
+}
+
+
+@pytest.mark.parametrize("pair", PARENT_PAIRS.values(), ids=PARENT_PAIRS.keys())
+def test_all_switches_original_reproduce_each_parent_exactly(pair):
+    (spec_a, net_a), (spec_b, net_b) = tiny_parent(0, **pair[0]), tiny_parent(1, **pair[1])
+    network = StitchedNetwork.from_parents(spec_a, net_a, spec_b, net_b)
+    dims = len(spec_a.total_strides)
+    x = torch.randn((3, 1) + (16,) * dims, generator=torch.Generator().manual_seed(0))
+    assert len(network.matches) > 10
+    network.configure(SwitchConfiguration.all_original(len(network.matches), Parent.A))
+    assert torch.equal(network(x), net_a(x))
+    network.configure(SwitchConfiguration.all_original(len(network.matches), Parent.B))
+    assert torch.equal(network(x), net_b(x))
+
+
+@pytest.fixture(scope="module")
+def pair_network():
+    (spec_a, net_a), (spec_b, net_b) = tiny_parent(0, features=(4, 8, 16)), tiny_parent(1, features=(6, 12, 24), norm="batch")
+    return StitchedNetwork.from_parents(spec_a, net_a, spec_b, net_b), net_a, net_b
+
+
+def test_configuration_changes_at_run_time_without_rebuilding(pair_network):
+    network, net_a, _ = pair_network
+    x = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    n = len(network.matches)
+    programs = dict(network._programs)
+    network.configure(SwitchConfiguration((SwitchMode.STITCHED,) + (SwitchMode.ORIGINAL,) * (n - 1), (SwitchMode.ORIGINAL,) * n))
+    assert not torch.allclose(network(x), net_a(x))
+    network.configure(SwitchConfiguration.all_original(n))
+    assert torch.equal(network(x), net_a(x))
+    assert network._programs == programs
+
+
+def test_parents_are_frozen_and_stay_in_eval_mode(pair_network):
+    network, _, _ = pair_network
+    network.train()
+    assert not network.parent_a.training and not network.parent_b.training
+    assert not any(p.requires_grad for p in network.parent_a.parameters())
+    assert not any(p.requires_grad for p in network.parent_b.parameters())
+    assert all(p.requires_grad for p in network.stitch_parameters())
+    assert sum(1 for _ in network.stitch_parameters()) == 4 * len(network.matches)  # weight + bias, both directions
+    network.eval()
+
+
+def test_stitches_map_channels_of_the_matched_maps(pair_network):
+    network, _, _ = pair_network
+    for match, switch_a, switch_b in zip(network.matches, network.switches_a, network.switches_b):
+        channels_a = network.graph_a.node(match.node_a).channels
+        channels_b = network.graph_b.node(match.node_b).channels
+        assert (switch_b.stitch.in_channels, switch_b.stitch.out_channels) == (channels_a, channels_b)
+        assert (switch_a.stitch.in_channels, switch_a.stitch.out_channels) == (channels_b, channels_a)
+
+
+def test_matched_maps_are_the_parents_own_maps(pair_network):
+    network, net_a, _ = pair_network
+    x = torch.randn(2, 1, 16, 16)
+    maps = network.matched_maps(x)
+    assert len(maps) == len(network.matches)
+    assert torch.equal(maps[-1][0], net_a(x))  # the last match is the segmentation layer
+
+
+@pytest.mark.parametrize("tensor_dims, layer", [(2, nn.Linear), (3, nn.Conv1d), (4, nn.Conv2d), (5, nn.Conv3d)])
+def test_stitch_layer_follows_the_tensor_dimensionality(tensor_dims, layer):
+    stitch = Stitch(3, 5, tensor_dims)
+    assert isinstance(stitch.layer, layer)
+    x = torch.randn((2, 3) + (4,) * (tensor_dims - 2))
+    assert stitch(x).shape == (2, 5) + (4,) * (tensor_dims - 2)
+
+
+def test_identity_stitch_is_exact_and_needs_equal_channels():
+    stitch = Stitch(4, 4, 4)
+    stitch.set_identity_()
+    x = torch.randn(2, 4, 8, 8)
+    assert torch.equal(stitch(x), x)
+    with pytest.raises(ValueError, match="C_a == C_b, got 4 -> 5"):
+        Stitch(4, 5, 4).set_identity_()
+
+
+def test_stitch_rejects_unknown_dimensionality():
+    with pytest.raises(ValueError, match="tensor_dims should be one of \\[2, 3, 4, 5\\]"):
+        Stitch(3, 3, 6)
+
+
+def test_least_squares_recovers_an_affine_channel_map():
+    generator = torch.Generator().manual_seed(0)
+    weight, bias = torch.randn(5, 3, generator=generator), torch.randn(5, generator=generator)
+    fit = LeastSquaresFit(3, 5)
+    for _ in range(3):  # streamed over batches
+        source = torch.randn(4, 3, 6, 6, generator=generator)
+        fit.update(source, torch.einsum("oi,bihw->bohw", weight, source) + bias.view(1, 5, 1, 1))
+    stitch = Stitch(3, 5, 4)
+    stitch.set_affine_(*fit.solve(ridge=0.0))
+    assert torch.allclose(stitch.layer.weight.squeeze(), weight, atol=1e-4)
+    assert torch.allclose(stitch.layer.bias, bias, atol=1e-4)
+
+
+def _switch() -> tuple[Switch, torch.Tensor, torch.Tensor]:
+    stitch = Stitch(2, 3, 4)
+    generator = torch.Generator().manual_seed(0)
+    return Switch(stitch), torch.randn(8, 3, 4, 4, generator=generator), torch.randn(8, 2, 4, 4, generator=generator)
+
+
+def test_switch_modes():
+    switch, original, other = _switch()
+    stitched = switch.stitch(other)
+    assert switch(original, other).map is original
+    switch.set_mode(SwitchMode.STITCHED)
+    assert torch.equal(switch(original, other).map, stitched)
+    switch.set_mode(SwitchMode.AVERAGE)
+    assert torch.allclose(switch(original, other).map, (original + stitched) / 2)
+    assert switch(original, other).loss is None
+
+
+def test_random_switch_chooses_per_sample_from_its_own_generator():
+    switch, original, other = _switch()
+    stitched = switch.stitch(other)
+    switch.set_mode(SwitchMode.RANDOM, torch.Generator().manual_seed(3))
+    global_state = torch.get_rng_state()
+    chosen = switch(original, other).map
+    assert torch.equal(torch.get_rng_state(), global_state)
+    from_stitch = [torch.equal(chosen[i], stitched[i]) for i in range(8)]
+    from_original = [torch.equal(chosen[i], original[i]) for i in range(8)]
+    assert all(s != o for s, o in zip(from_stitch, from_original)) and 0 < sum(from_stitch) < 8
+    switch.set_mode(SwitchMode.RANDOM, torch.Generator().manual_seed(3))
+    assert torch.equal(switch(original, other).map, chosen)
+
+
+def test_random_switch_without_generator_is_refused():
+    switch, _, _ = _switch()
+    with pytest.raises(ValueError, match="explicit torch.Generator"):
+        switch.set_mode(SwitchMode.RANDOM)
+
+
+def test_sampled_configurations_have_the_requested_number_of_active_stitches():
+    generator = torch.Generator().manual_seed(0)
+    outputs = set()
+    for active in range(0, 11):
+        configuration = sample_configuration(5, active, generator)
+        assert configuration.active_stitches == active
+        outputs.add(configuration.output)
+    assert outputs == {Parent.A, Parent.B}
+    with pytest.raises(ValueError, match="active_stitches should be in \\[0, 10\\]"):
+        sample_configuration(5, 11, generator)
+
+
+def test_configuration_for_the_wrong_number_of_matches_is_refused(pair_network):
+    network, _, _ = pair_network
+    with pytest.raises(ValueError, match=f"expected a configuration for {len(network.matches)} matches, got 2"):
+        network.configure(SwitchConfiguration.all_original(2))
+
+
+def test_save_and_load_roundtrip(tmp_path, pair_network):
+    network, _, _ = pair_network
+    with torch.no_grad():
+        for parameter in network.stitch_parameters():
+            parameter.add_(0.1)
+    save_stitched_network(network, tmp_path / "stitched.pt")
+    loaded = load_stitched_network(tmp_path / "stitched.pt")
+    configuration = sample_configuration(len(network.matches), 6, torch.Generator().manual_seed(0))
+    network.configure(configuration)
+    loaded.configure(configuration)
+    x = torch.randn(2, 1, 16, 16)
+    assert torch.equal(loaded(x), network(x))
+    assert loaded.matches == network.matches
+    network.configure(SwitchConfiguration.all_original(len(network.matches)))
