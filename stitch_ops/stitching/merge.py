@@ -99,14 +99,18 @@ def merge_graphs(
 def program(root: nn.Module, merged: MergedGraph, outputs) -> fx.GraphModule:
     """A runnable module returning ``outputs`` (nodes of ``merged``, possibly nested in tuples).
 
-    The module shares its submodules with ``root``; nothing is copied.
+    Consumes ``merged`` (its graph gets the output node). The module shares its
+    submodules with ``root``; nothing is copied.
     """
     merged.graph.output(outputs)
-    module = fx.GraphModule(root, merged.graph)
-    module.graph.eliminate_dead_code()
-    module.graph.lint()
-    module.recompile()
-    return module
+    merged.graph.eliminate_dead_code(is_impure_node=_is_impure)
+    merged.graph.lint()
+    return fx.GraphModule(root, merged.graph)
+
+
+def _is_impure(node: fx.Node) -> bool:
+    """Modules (parents' layers, switches) are pure: their output is all they give; other nodes as fx decides."""
+    return node.op != "call_module" and node.is_impure()
 
 
 class _Side:

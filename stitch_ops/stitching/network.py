@@ -120,6 +120,8 @@ class StitchedNetwork(nn.Module):
         matches: strictly increasing in both topological orders (as
             :func:`~stitch_ops.graph.matching.match_networks` returns them).
         parent_specs: descriptions of A and B, needed only to save the network.
+        init_seed: seeds the stitches' initial weights (the global RNG is left alone),
+            so building the same combined network twice gives the same stitches.
 
     Raises:
         ValueError: if a match pairs nodes that are not feature maps of the same
@@ -132,6 +134,7 @@ class StitchedNetwork(nn.Module):
         graph_b: NetworkGraph,
         matches: Sequence[Match],
         parent_specs: tuple[ParentSpec, ParentSpec] | None = None,
+        init_seed: int = 0,
     ):
         super().__init__()
         self.graph_a, self.graph_b = graph_a, graph_b
@@ -139,8 +142,12 @@ class StitchedNetwork(nn.Module):
         self.parent_specs = parent_specs
         self.parent_a = _frozen(graph_a.module)
         self.parent_b = _frozen(graph_b.module)
-        self.switches_a = nn.ModuleList(Switch(_stitch(graph_b, graph_a, m.node_b, m.node_a)) for m in self.matches)
-        self.switches_b = nn.ModuleList(Switch(_stitch(graph_a, graph_b, m.node_a, m.node_b)) for m in self.matches)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(init_seed)
+            self.switches_a = nn.ModuleList(Switch(_stitch(graph_b, graph_a, m.node_b, m.node_a)) for m in self.matches)
+            self.switches_b = nn.ModuleList(Switch(_stitch(graph_a, graph_b, m.node_a, m.node_b)) for m in self.matches)
+        self.switches_a.to(_device(graph_a.module))
+        self.switches_b.to(_device(graph_a.module))
         self._programs = {
             "a": self._program(lambda merged: merged.output_a),
             "b": self._program(lambda merged: merged.output_b),
@@ -290,6 +297,10 @@ def atomic_save(obj: object, path: Path) -> None:
 
 def _cpu_state(module: nn.Module) -> dict[str, Tensor]:
     return {key: value.detach().cpu() for key, value in module.state_dict().items()}
+
+
+def _device(module: nn.Module) -> torch.device:
+    return next((p.device for p in module.parameters()), torch.device("cpu"))
 
 
 def _frozen(module: fx.GraphModule) -> fx.GraphModule:

@@ -1,0 +1,119 @@
+"""Stitch-ensembles: exactness, output convention, standalone extraction, save/load, nnU-Net's predictor."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from tiny_nets import tiny_parent
+
+from stitch_ops.stitching import (
+    StitchedNetwork,
+    TwoModelEnsemble,
+    extract_stitch_ensemble,
+    load_stitch_ensemble,
+    log_mean_softmax,
+    save_stitch_ensemble,
+)
+
+
+@pytest.fixture(scope="module")
+def two_copies_of_a():
+    """A combined with an exact copy of itself, every stitch the identity."""
+    spec, network = tiny_parent(seed=0, features=(4, 8, 16), patch_size=(32, 32))
+    combined = StitchedNetwork.from_parents(spec, network, spec, network)
+    for switch in combined.switches():
+        switch.stitch.set_identity_()
+    return spec, network, combined
+
+
+def test_identity_stitches_between_two_copies_give_a_at_every_position(two_copies_of_a):
+    _, network, combined = two_copies_of_a
+    x = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = torch.log_softmax(network(x), dim=1)
+        for k in range(len(combined.matches)):
+            output = extract_stitch_ensemble(combined, k)(x)
+            assert torch.allclose(output, expected, atol=1e-6), f"position {k} ({combined.matches[k].node_a})"
+            assert torch.equal(output.argmax(1), expected.argmax(1))
+
+
+def test_ensembles_return_the_log_of_the_averaged_softmax():
+    generator = torch.Generator().manual_seed(0)
+    logits_a, logits_b = torch.randn(2, 3, 4, 4, generator=generator) * 5, torch.randn(2, 3, 4, 4, generator=generator) * 5
+    averaged = (logits_a.softmax(1) + logits_b.softmax(1)) / 2
+    assert torch.allclose(log_mean_softmax(logits_a, logits_b).softmax(1), averaged, atol=1e-6)
+    net_a, net_b = torch.nn.Conv2d(1, 3, 1), torch.nn.Conv2d(1, 3, 1)
+    x = torch.randn(2, 1, 4, 4, generator=generator)
+    expected = (net_a(x).softmax(1) + net_b(x).softmax(1)) / 2
+    assert torch.allclose(TwoModelEnsemble(net_a, net_b)(x).exp(), expected, atol=1e-6)
+
+
+def test_extracted_ensemble_holds_only_the_stitches_of_its_match(two_copies_of_a):
+    _, _, combined = two_copies_of_a
+    ensemble = extract_stitch_ensemble(combined, 3)
+    stitch_keys = sorted(key for key in ensemble.state_dict() if key.startswith("switch"))
+    assert stitch_keys == [f"switch_{side}.stitch.layer.{p}" for side in "ab" for p in ("bias", "weight")]
+    assert ensemble.parent_a is not combined.parent_a  # its own copy
+    with torch.no_grad():
+        combined.switches_a[3].stitch.layer.weight.add_(1.0)
+    assert not torch.equal(ensemble.switch_a.stitch.layer.weight, combined.switches_a[3].stitch.layer.weight)
+    with torch.no_grad():
+        combined.switches_a[3].stitch.layer.weight.sub_(1.0)
+    with pytest.raises(IndexError, match="match k should be in"):
+        extract_stitch_ensemble(combined, len(combined.matches))
+
+
+def test_save_and_load_with_weights_only(tmp_path, two_copies_of_a):
+    _, _, combined = two_copies_of_a
+    ensemble = extract_stitch_ensemble(combined, 7)
+    with torch.no_grad():
+        ensemble.switch_b.stitch.layer.weight.mul_(0.5)
+    save_stitch_ensemble(ensemble, tmp_path / "ensemble.pt")
+    saved = torch.load(tmp_path / "ensemble.pt", weights_only=True)
+    description = json.loads(saved["description"])
+    assert description["k"] == 7 and description["match"]["node_a"] == combined.matches[7].node_a
+    assert description["stitch_b"] == [ensemble.switch_b.stitch.in_channels, ensemble.switch_b.stitch.out_channels, 4]
+    loaded = load_stitch_ensemble(tmp_path / "ensemble.pt")
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), ensemble(x))
+
+
+def test_a_foreign_description_naming_other_code_is_refused(tmp_path, two_copies_of_a):
+    _, _, combined = two_copies_of_a
+    save_stitch_ensemble(extract_stitch_ensemble(combined, 0), tmp_path / "ensemble.pt")
+    saved = torch.load(tmp_path / "ensemble.pt", weights_only=True)
+    description = json.loads(saved["description"])
+    architecture = description["parents"][0]["plans"]["configurations"]["2d"]["architecture"]
+    architecture["arch_kwargs"]["nonlin"] = "os.system"
+    saved["description"] = json.dumps(description)
+    torch.save(saved, tmp_path / "foreign.pt")
+    with pytest.raises(ValueError, match="names nonlin='os.system'.*data, not code"):
+        load_stitch_ensemble(tmp_path / "foreign.pt")
+
+
+def _predict(spec, model, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Segmentation and probabilities from nnU-Net's sliding-window predictor, as for any nnU-Net model."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    predictor = nnUNetPredictor(use_mirroring=False, perform_everything_on_device=False, device=torch.device("cpu"), allow_tqdm=False)
+    plans = PlansManager(dict(spec.plans))
+    predictor.manual_initialization(
+        model, plans, plans.get_configuration(spec.configuration), [model.state_dict()], dict(spec.dataset_json), "nnUNetTrainer", None
+    )
+    return predictor.predict_single_npy_array(image, {"spacing": [999.0, 1.0, 1.0]}, None, None, True)
+
+
+def test_stitch_ensemble_runs_through_nnunet_predictor_like_its_parent(two_copies_of_a):
+    """Sliding windows over a 48x40 image; the predictor's float16 logit buffer bounds the agreement."""
+    spec, network, combined = two_copies_of_a
+    image = np.random.default_rng(0).normal(size=(1, 1, 48, 40)).astype(np.float32)
+    segmentation_a, probabilities_a = _predict(spec, network, image)
+    segmentation_e, probabilities_e = _predict(spec, extract_stitch_ensemble(combined, 10), image)
+    assert probabilities_e.shape == (2, 1, 48, 40)
+    np.testing.assert_allclose(probabilities_e, probabilities_a, atol=1e-2)
+    assert (segmentation_e == segmentation_a).mean() > 0.99

@@ -1,0 +1,205 @@
+"""Training stitches: permutation recovery, double-batched mechanics, RQ1 numbers, resuming."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from tiny_nets import dice, permute_hidden_channels, tiny_parent
+
+from stitch_ops.stitching import (
+    LossTerm,
+    StitchedNetwork,
+    StitchTrainingConfig,
+    SwitchConfiguration,
+    SwitchMode,
+    TrainingMethod,
+    extract_stitch_ensemble,
+    fit_stitches_least_squares,
+    sample_configuration,
+    train_stitches,
+)
+
+
+def _batches(images: torch.Tensor, size: int = 8) -> list[torch.Tensor]:
+    return [images[i : i + size] for i in range(0, len(images), size)]
+
+
+def _worst_ensemble_dice(network: StitchedNetwork, reference: torch.nn.Module, images: torch.Tensor) -> float:
+    """Worst Dice, over all positions k, between the stitch-ensemble's segmentation and ``reference``'s."""
+    with torch.no_grad():
+        expected = reference(images).argmax(1)
+        return min(dice(extract_stitch_ensemble(network, k)(images).argmax(1), expected) for k in range(len(network.matches)))
+
+
+@pytest.fixture(scope="module")
+def permuted_pair(toy_pair):
+    """B = A with the channels of every hidden layer permuted: the same function, different weights."""
+    network_b = permute_hidden_channels(toy_pair.network_a, torch.Generator().manual_seed(1))
+    return StitchedNetwork.from_parents(toy_pair.spec_a, toy_pair.network_a, toy_pair.spec_a, network_b)
+
+
+def test_direct_matching_recovers_a_channel_permutation(toy_pair, permuted_pair):
+    network = copy.deepcopy(permuted_pair)
+    config = StitchTrainingConfig(TrainingMethod.DIRECT_MATCHING, epochs=4, iterations_per_epoch=50, batch_size=8, lr=0.1, weight_decay=0.0)
+    history = train_stitches(network, _batches(toy_pair.train_images), config, progress=False)
+    worst = _worst_ensemble_dice(network, toy_pair.network_a, toy_pair.val_images)
+    print(f"\npermutation recovery after direct matching: final loss {history[-1].loss:.4f}, "
+          f"worst Dice over {len(network.matches)} positions {worst:.4f}")
+    assert history[-1].loss < history[0].loss / 100
+    assert worst > 0.99
+
+
+def test_least_squares_recovers_a_channel_permutation_exactly(toy_pair, permuted_pair):
+    network = copy.deepcopy(permuted_pair)
+    fit_stitches_least_squares(network, _batches(toy_pair.train_images))
+    assert _worst_ensemble_dice(network, toy_pair.network_a, toy_pair.val_images) == 1.0
+
+
+@pytest.fixture
+def toy_network(toy_pair):
+    return StitchedNetwork.from_parents(toy_pair.spec_a, toy_pair.network_a, toy_pair.spec_b, toy_pair.network_b)
+
+
+def test_double_batched_loss_decreases(toy_pair, toy_network):
+    config = StitchTrainingConfig(TrainingMethod.DOUBLE_BATCHED, epochs=2, iterations_per_epoch=12, batch_size=8, lr=0.05)
+    history = train_stitches(toy_network, _batches(toy_pair.train_images), config, progress=False)
+    assert history[1].loss < 0.8 * history[0].loss
+
+
+def _gradients_from_one_late_switch(network: StitchedNetwork, images: torch.Tensor, method: TrainingMethod) -> list[bool]:
+    """Which stitches into A get a gradient from the loss of A's last switch alone (switches averaging)."""
+    n = len(network.matches)
+    network.configure(SwitchConfiguration((SwitchMode.AVERAGE,) * n, (SwitchMode.AVERAGE,) * n))
+    network.set_training(method, (LossTerm.FORWARDED,))  # direct matching has a single term anyway
+    doubled = torch.cat([images, images]) if method is TrainingMethod.DOUBLE_BATCHED else images
+    network.switch_losses(doubled)[-1].a.backward()
+    reached = [switch.stitch.layer.weight.grad is not None and bool(switch.stitch.layer.weight.grad.abs().sum() > 0) for switch in network.switches_a]
+    network.zero_grad(set_to_none=True)
+    network.set_training(None)
+    return reached
+
+
+def test_double_batched_gradients_reach_earlier_stitches_through_later_layers(toy_pair, toy_network):
+    images = toy_pair.train_images[:4]
+    reached = _gradients_from_one_late_switch(toy_network, images, TrainingMethod.DOUBLE_BATCHED)
+    assert all(reached[:-1]), f"earlier stitches without gradient: {[k for k, r in enumerate(reached) if not r]}"
+    direct = _gradients_from_one_late_switch(toy_network, images, TrainingMethod.DIRECT_MATCHING)
+    assert direct == [False] * (len(direct) - 1) + [True]  # direct matching trains each stitch on its own
+
+
+def test_parents_weights_and_normalisation_statistics_do_not_change(toy_pair):
+    spec_a, network_a = tiny_parent(0, features=(4, 8, 16), norm="batch")
+    spec_b, network_b = tiny_parent(1, features=(6, 12, 24), norm="batch")
+    network = StitchedNetwork.from_parents(spec_a, network_a, spec_b, network_b)
+    before = {key: value.clone() for key, value in network.state_dict().items() if key.startswith("parent_")}
+    assert any("running_mean" in key for key in before)
+    for method in TrainingMethod:
+        config = StitchTrainingConfig(method, epochs=1, iterations_per_epoch=3, batch_size=8, lr=0.05)
+        train_stitches(network, _batches(toy_pair.train_images), config, progress=False)
+    after = network.state_dict()
+    assert all(torch.equal(after[key], value) for key, value in before.items())
+
+
+def test_double_batched_stitches_do_not_collapse(toy_pair, toy_network):
+    """Every loss term is anchored to the reference: stitched maps keep explaining the reference's variance."""
+    config = StitchTrainingConfig(TrainingMethod.DOUBLE_BATCHED, epochs=2, iterations_per_epoch=12, batch_size=8, lr=0.05)
+    train_stitches(toy_network, _batches(toy_pair.train_images), config, progress=False)
+    explained = []
+    with torch.no_grad():
+        for (map_a, map_b), switch_a, switch_b in zip(toy_network.matched_maps(toy_pair.val_images), toy_network.switches_a, toy_network.switches_b):
+            for reference, stitched in ((map_a, switch_a.stitch(map_b)), (map_b, switch_b.stitch(map_a))):
+                residual = (reference - stitched).pow(2).mean()
+                spread = (reference - reference.mean(dim=(0, 2, 3), keepdim=True)).pow(2).mean()
+                explained.append(float(1 - residual / spread))
+    assert sum(explained) / len(explained) > 0.3, f"mean explained variance {sum(explained) / len(explained):.3f}"
+
+
+def _validation_dice(network: StitchedNetwork, images, labels, counts, generator) -> dict[int, float]:
+    result = {}
+    with torch.no_grad():
+        for active in counts:
+            scores = []
+            for _ in range(3):
+                network.configure(sample_configuration(len(network.matches), active, generator))
+                scores.append(dice(network(images).argmax(1), labels))
+            result[active] = sum(scores) / len(scores)
+    network.configure(SwitchConfiguration.all_original(len(network.matches)))
+    return result
+
+
+def test_direct_and_double_batched_with_many_stitches_active(toy_pair):
+    """RQ1 on a tiny pair: mechanics asserted, validation Dice printed whichever way it falls."""
+    results = {}
+    for method in TrainingMethod:
+        network = StitchedNetwork.from_parents(toy_pair.spec_a, toy_pair.network_a, toy_pair.spec_b, toy_pair.network_b)
+        config = StitchTrainingConfig(method, epochs=2, iterations_per_epoch=25, batch_size=8, lr=0.05, weight_decay=0.0)
+        history = train_stitches(network, _batches(toy_pair.train_images), config, progress=False)
+        assert history[-1].loss < history[0].loss
+        n = len(network.matches)
+        results[method] = _validation_dice(network, toy_pair.val_images, toy_pair.val_labels, (0, n // 4, n // 2, n, 2 * n), torch.Generator().manual_seed(0))
+    print("\nRQ1 (tiny pair) validation Dice by number of active stitches:")
+    for active in results[TrainingMethod.DIRECT_MATCHING]:
+        print(f"  {active:3d} active: direct {results[TrainingMethod.DIRECT_MATCHING][active]:.3f}  "
+              f"double-batched {results[TrainingMethod.DOUBLE_BATCHED][active]:.3f}")
+    parents = results[TrainingMethod.DIRECT_MATCHING][0]
+    assert results[TrainingMethod.DOUBLE_BATCHED][0] == parents  # no stitch active: a parent's own output
+    assert all(score > 0.5 for method in results.values() for score in method.values())
+
+
+class _CountingBatches:
+    """A ``Batches`` callable recording which epochs asked for data; can fail at one epoch like a killed run."""
+
+    def __init__(self, images: torch.Tensor, fail_at_epoch: int | None = None):
+        self.batches, self.fail_at_epoch, self.epochs = _batches(images), fail_at_epoch, []
+
+    def __call__(self, epoch: int):
+        self.epochs.append(epoch)
+        if epoch == self.fail_at_epoch:
+            raise KeyboardInterrupt("killed")
+        return self.batches
+
+
+def _fresh(toy_pair) -> StitchedNetwork:
+    return StitchedNetwork.from_parents(toy_pair.spec_a, toy_pair.network_a, toy_pair.spec_b, toy_pair.network_b)
+
+
+def _stitches(network: StitchedNetwork) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in network.state_dict().items() if k.startswith("switches_")}
+
+
+@pytest.mark.parametrize("method", list(TrainingMethod))
+def test_a_killed_run_resumes_from_its_checkpoint_and_ends_as_if_never_killed(tmp_path, toy_pair, method):
+    config = StitchTrainingConfig(method, epochs=3, iterations_per_epoch=2, batch_size=8, lr=0.05, seed=3)
+    uninterrupted = _fresh(toy_pair)
+    expected = train_stitches(uninterrupted, _CountingBatches(toy_pair.train_images), config, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        train_stitches(_fresh(toy_pair), _CountingBatches(toy_pair.train_images, fail_at_epoch=2), config, tmp_path / "ckpt.pt", progress=False)
+    resumed = _fresh(toy_pair)
+    batches = _CountingBatches(toy_pair.train_images)
+    history = train_stitches(resumed, batches, config, tmp_path / "ckpt.pt", progress=False)
+    assert batches.epochs == [2]
+    assert history == expected
+    assert all(torch.equal(value, _stitches(uninterrupted)[key]) for key, value in _stitches(resumed).items())
+
+
+def test_raising_epochs_continues_from_the_checkpoint(tmp_path, toy_pair):
+    config = StitchTrainingConfig(TrainingMethod.DIRECT_MATCHING, epochs=1, iterations_per_epoch=2, batch_size=8, lr=0.05)
+    first = train_stitches(_fresh(toy_pair), _CountingBatches(toy_pair.train_images), config, tmp_path / "ckpt.pt", progress=False)
+    batches = _CountingBatches(toy_pair.train_images)
+    history = train_stitches(_fresh(toy_pair), batches, StitchTrainingConfig(**{**config.to_dict(), "epochs": 2}), tmp_path / "ckpt.pt", progress=False)
+    assert batches.epochs == [1] and len(history) == 2 and history[0] == first[0]
+    with pytest.raises(ValueError, match="only epochs may change"):
+        train_stitches(_fresh(toy_pair), batches, StitchTrainingConfig(**{**config.to_dict(), "lr": 0.1}), tmp_path / "ckpt.pt", progress=False)
+
+
+def test_config_validates_itself():
+    with pytest.raises(ValueError, match="'double-batched' is not a valid TrainingMethod"):
+        StitchTrainingConfig.from_dict({"method": "double-batched"})
+    with pytest.raises(ValueError, match="epochs should be a positive integer, got 0"):
+        StitchTrainingConfig(epochs=0)
+    with pytest.raises(ValueError, match="unknown StitchTrainingConfig key"):
+        StitchTrainingConfig.from_dict({"learning_rate": 0.1})
+    config = StitchTrainingConfig.from_dict({"method": "direct_matching", "loss_terms": ["forwarded"]})
+    assert config.loss_terms == (LossTerm.FORWARDED,) and StitchTrainingConfig.from_dict(config.to_dict()) == config
