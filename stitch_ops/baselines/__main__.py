@@ -1,0 +1,120 @@
+"""``python -m stitch_ops.baselines``: the baseline approaches' stages of ``dvc.yaml``.
+
+- ``transfer-plans``: preprocess a party's data with the other party's plans (fine-tuning);
+- ``joint-plans``: plans from both parties' combined fingerprint, each party's data
+  preprocessed with them, and the pooled dataset (federated, merged);
+- ``finetune``: ``b→a`` (``--party a``): b's model fine-tuned on a's data, with warm-up;
+- ``ensemble``: ``a&b``, or ``a&b→a`` with ``--finetuned-for a``;
+- ``federated``: ``a‖b``, FedAvg with one Ray actor per party;
+- ``merged``: ``a+b``, one model on the pooled data;
+- ``sweep``: Ray Tune + Optuna search of the fine-tuning learning rate (validation data).
+
+Training commands also predict both parties' test sets; score them with
+``python -m stitch_ops.evaluation --approach <slug> --trained-on <slug>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from stitch_ops.cli_common import common_options, run_command
+from stitch_ops.config import PARTIES, Params
+
+logger = logging.getLogger("stitch_ops.baselines")
+
+
+def transfer_plans(args: argparse.Namespace, params: Params) -> None:
+    from stitch_ops.baselines.plans import prepare_transferred
+
+    params.pair(args.pair)
+    prepare_transferred(args.pair, args.party, params.nnunet.configuration, progress=args.progress)
+
+
+def joint_plans(args: argparse.Namespace, params: Params) -> None:
+    from stitch_ops.baselines.plans import prepare_joint
+
+    params.pair(args.pair)
+    prepare_joint(args.pair, params.nnunet.configuration, progress=args.progress)
+
+
+def finetune(args: argparse.Namespace, params: Params) -> None:
+    from stitch_ops.baselines import stages
+
+    params.pair(args.pair)
+    stages.finetune(args.pair, args.party, args.fold, params, base_lr=args.base_lr, progress=args.progress)
+
+
+def ensemble(args: argparse.Namespace, params: Params) -> None:
+    from stitch_ops.baselines import stages
+
+    params.pair(args.pair)
+    stages.ensemble(args.pair, args.fold, finetuned_for=args.finetuned_for, progress=args.progress)
+
+
+def federated(args: argparse.Namespace, params: Params) -> None:
+    from stitch_ops.baselines import stages
+
+    params.pair(args.pair)
+    stages.federated(args.pair, args.fold, params, progress=args.progress)
+
+
+def merged(args: argparse.Namespace, params: Params) -> None:
+    from stitch_ops.baselines import stages
+
+    params.pair(args.pair)
+    stages.merged(args.pair, args.fold, params, progress=args.progress)
+
+
+def sweep(args: argparse.Namespace, params: Params) -> None:
+    from stitch_ops.baselines.sweep import run_sweep
+
+    params.pair(args.pair)
+    run_sweep(args.pair, args.party, args.fold, params, params_file=args.params, progress=args.progress)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stitch-ops baselines", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    common = common_options()
+    pair = argparse.ArgumentParser(add_help=False)
+    pair.add_argument("--pair", required=True, help="dataset pair, a key of params 'data'")
+    party = argparse.ArgumentParser(add_help=False)
+    party.add_argument("--party", required=True, choices=PARTIES,
+                       help="the party whose data is used (the perspective)")
+    fold = argparse.ArgumentParser(add_help=False)
+    fold.add_argument("--fold", type=int, required=True, choices=range(5))
+
+    commands.add_parser("transfer-plans", parents=[common, pair, party],
+                        help="preprocess PARTY's data with the other party's plans (for fine-tuning)")
+    commands.add_parser("joint-plans", parents=[common, pair],
+                        help="plans from both parties' combined fingerprint; preprocess each party and pool them")
+    ft = commands.add_parser("finetune", parents=[common, pair, party, fold],
+                             help="fine-tune the other party's basis model on PARTY's data (warm-up schedule)")
+    ft.add_argument("--base-lr", type=float, default=None,
+                    help="base learning rate (default: params finetune.base_lr)")
+    ens = commands.add_parser("ensemble", parents=[common, pair, fold],
+                              help="average the softmax of two models' test predictions (a&b or a&b→a)")
+    ens.add_argument("--finetuned-for", choices=PARTIES, default=None,
+                     help="a&b→PARTY: PARTY's basis model with the other's model fine-tuned on PARTY's data")
+    commands.add_parser("federated", parents=[common, pair, fold],
+                        help="FedAvg over one Ray actor per party (params 'federated')")
+    commands.add_parser("merged", parents=[common, pair, fold], help="train one nnU-Net on the pooled data")
+    commands.add_parser("sweep", parents=[common, pair, party, fold],
+                        help="Ray Tune + Optuna sweep of the fine-tuning learning rate on PARTY's validation data")
+    return parser
+
+
+HANDLERS = {"transfer-plans": transfer_plans, "joint-plans": joint_plans, "finetune": finetune,
+            "ensemble": ensemble, "federated": federated, "merged": merged, "sweep": sweep}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_command(build_parser(), argv, HANDLERS)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

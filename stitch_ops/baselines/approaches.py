@@ -1,0 +1,101 @@
+"""The approaches of the paper's Table 2 that this subpackage builds, as small typed records.
+
+Every model an approach produces is identified by its *approach* slug and its
+*trained-on* slug (folders ``models|predictions|metrics/{pair}/{approach}/{trained_on}/fold_k``
+and the MLflow tags of the same names). The *perspective* is the party whose data the
+approach used and from whose point of view it is feasible (``both`` when it needs no
+party's data or both parties' data); the *shorthand* is the paper's notation.
+
+==========================  ======================  ==================  ===========  ==============
+approach                    trained-on slug         shorthand           perspective  data it used
+==========================  ======================  ==================  ===========  ==============
+``finetune``                ``a_to_b``, ``b_to_a``  ``a→b``, ``b→a``    b, a         other's model, own data
+``ensemble``                ``a_and_b``             ``a&b``             both         models only
+``ensemble_finetuned``      ``a_and_b_to_a`` / _b   ``a&b→a`` / ``a&b→b``  a, b      own data
+``federated``               ``a_fed_b``             ``a‖b``             both         both, never pooled
+``merged``                  ``a_plus_b``            ``a+b``             both         both, pooled
+==========================  ======================  ==================  ===========  ==============
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from stitch_ops.config import PARTIES
+
+BOTH = "both"
+
+
+class Approach(StrEnum):
+    """Approach slugs (filesystem and MLflow tag ``approach``)."""
+
+    LOCAL = "local"
+    FINETUNE = "finetune"
+    ENSEMBLE = "ensemble"
+    ENSEMBLE_FINETUNED = "ensemble_finetuned"
+    FEDERATED = "federated"
+    MERGED = "merged"
+
+
+def other(party: str) -> str:
+    """The other party of the pair (``a`` ↔ ``b``)."""
+    if party not in PARTIES:
+        raise ValueError(f"party must be one of {PARTIES}, got {party!r}")
+    return PARTIES[1 - PARTIES.index(party)]
+
+
+@dataclass(frozen=True)
+class ModelId:
+    """One model of one approach: its slugs, its shorthand and its perspective."""
+
+    approach: Approach
+    trained_on: str
+    shorthand: str
+    perspective: str
+
+    def tags(self) -> dict[str, str]:
+        """The MLflow tags this model adds to the evaluation run."""
+        return {"perspective": self.perspective, "shorthand": self.shorthand}
+
+
+def finetuned(party: str) -> ModelId:
+    """``other→party``: the other party's basis model fine-tuned on ``party``'s data."""
+    source = other(party)
+    return ModelId(Approach.FINETUNE, f"{source}_to_{party}", f"{source}→{party}", party)
+
+
+def ensemble() -> ModelId:
+    """``a&b``: the two basis models' softmax averaged."""
+    return ModelId(Approach.ENSEMBLE, "a_and_b", "a&b", BOTH)
+
+
+def ensemble_finetuned(party: str) -> ModelId:
+    """``a&b→party``: own basis model averaged with the other's model fine-tuned on own data."""
+    return ModelId(Approach.ENSEMBLE_FINETUNED, f"a_and_b_to_{party}", f"a&b→{party}", party)
+
+
+def federated() -> ModelId:
+    """``a‖b``: FedAvg of both parties' training, data never pooled."""
+    return ModelId(Approach.FEDERATED, "a_fed_b", "a‖b", BOTH)
+
+
+def merged() -> ModelId:
+    """``a+b``: one model on the pooled data (needs data sharing: the upper bound)."""
+    return ModelId(Approach.MERGED, "a_plus_b", "a+b", BOTH)
+
+
+def local(party: str) -> ModelId:
+    """``a``: the basis model trained on ``party``'s own data (issue 2)."""
+    return ModelId(Approach.LOCAL, party, party, party)
+
+
+def all_models() -> list[ModelId]:
+    """Every model id of this subpackage (and the basis models), for lookups by slug."""
+    return ([local(p) for p in PARTIES] + [finetuned(p) for p in PARTIES] + [ensemble()]
+            + [ensemble_finetuned(p) for p in PARTIES] + [federated(), merged()])
+
+
+def lookup(approach: str, trained_on: str) -> ModelId | None:
+    """The model id with these slugs, or ``None`` (e.g. a stitch-ensemble: not ours)."""
+    return next((m for m in all_models() if m.approach == approach and m.trained_on == trained_on), None)

@@ -1,0 +1,165 @@
+"""Typed views of the ``params.yaml`` sections of the baselines: ``finetune``, ``federated``,
+``merged`` and ``sweep``. Each validates itself when built, so a bad value fails before
+any training starts, naming the key."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from stitch_ops.config import PARTIES, ConfigError, NnUNetSchedule, Params, _check_keys, _positive_int
+
+
+def _section(params: Params, name: str, cls: type) -> Any:
+    raw = dict(params.section(name) or {})
+    _check_keys(name, raw, {f.name for f in fields(cls)})
+    for key, value in raw.items():  # YAML reads 1e-3 as a string; accept it as a number
+        if isinstance(value, str) and key.endswith("lr"):
+            try:
+                raw[key] = float(value)
+            except ValueError:
+                raise ConfigError(f"params '{name}.{key}' must be a number, got {value!r}") from None
+    return cls(**raw)
+
+
+def _learning_rate(section: str, key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
+        raise ConfigError(f"params '{section}.{key}' must be a learning rate in (0, 1), got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class FinetuneParams:
+    """Fine-tuning another party's model on own data (``a→b``).
+
+    Attributes:
+        base_lr: the new base learning rate; the paper uses the smallest power of ten that
+            still makes progress (``1e-3``), well below nnU-Net's ``1e-2``.
+        warmup_epochs: epochs of linear warm-up from the last non-zero learning rate of the
+            original model's polynomial schedule to ``base_lr`` (0: none).
+        epochs, iterations_per_epoch: the fine-tuning schedule (polynomial decay from
+            ``base_lr`` after the warm-up).
+    """
+
+    base_lr: float = 1e-3
+    warmup_epochs: int = 1
+    epochs: int = 3
+    iterations_per_epoch: int = 25
+
+    def __post_init__(self) -> None:
+        _learning_rate("finetune", "base_lr", self.base_lr)
+        _positive_int("finetune", "epochs", self.epochs)
+        _positive_int("finetune", "iterations_per_epoch", self.iterations_per_epoch)
+        if not isinstance(self.warmup_epochs, int) or not 0 <= self.warmup_epochs < self.epochs:
+            raise ConfigError(f"'finetune.warmup_epochs' must be an integer in [0, epochs={self.epochs}), "
+                              f"got {self.warmup_epochs!r}")
+
+    @classmethod
+    def from_params(cls, params: Params) -> FinetuneParams:
+        return _section(params, "finetune", cls)
+
+
+@dataclass(frozen=True)
+class FederatedParams:
+    """Federated averaging (``a‖b``) with one Ray actor per party.
+
+    Attributes:
+        rounds: communication rounds; one round is one nnU-Net epoch on each party's own
+            data followed by the weighted average of the weights.
+        iterations_per_epoch: training iterations of a party in one round.
+        address: ``null`` starts Ray on this machine (``ray.init()``, ``cpus_per_party``
+            CPUs per party actor); ``"auto"`` or ``"ray://head:10001"`` joins an existing
+            cluster unchanged.
+        cpus_per_party: CPUs Ray reserves for each party actor.
+        pin_parties: on a cluster, run party p's actor only on a node that offers the
+            custom resource ``party_<p>`` (the node that holds p's data).
+    """
+
+    rounds: int = 6
+    iterations_per_epoch: int = 25
+    address: str | None = None
+    cpus_per_party: int = 1
+    pin_parties: bool = False
+
+    def __post_init__(self) -> None:
+        _positive_int("federated", "rounds", self.rounds)
+        _positive_int("federated", "iterations_per_epoch", self.iterations_per_epoch)
+        _positive_int("federated", "cpus_per_party", self.cpus_per_party)
+        if self.address is not None and not isinstance(self.address, str):
+            raise ConfigError(f"'federated.address' must be null, 'auto' or a Ray address, got {self.address!r}")
+
+    @classmethod
+    def from_params(cls, params: Params) -> FederatedParams:
+        return _section(params, "federated", cls)
+
+
+@dataclass(frozen=True)
+class MergedParams:
+    """Training on the pooled data of both parties (``a+b``)."""
+
+    epochs: int = 6
+    iterations_per_epoch: int = 25
+
+    def __post_init__(self) -> None:
+        _positive_int("merged", "epochs", self.epochs)
+        _positive_int("merged", "iterations_per_epoch", self.iterations_per_epoch)
+
+    @classmethod
+    def from_params(cls, params: Params) -> MergedParams:
+        return _section(params, "merged", cls)
+
+
+@dataclass(frozen=True)
+class SweepParams:
+    """Ray Tune + Optuna sweep of the fine-tuning learning rate.
+
+    Attributes:
+        pairs, parties: which (pair, fine-tuning party) to sweep (fold: every fold of the
+            profile).
+        lr_min, lr_max: the log-uniform search range of ``finetune.base_lr``.
+        trials: number of Optuna suggestions (each one fine-tuning run).
+        epochs, iterations_per_epoch: the schedule of one trial (warm-up as in ``finetune``).
+        max_concurrent: trials run at the same time (each takes one CPU).
+        address: as ``federated.address``.
+    """
+
+    pairs: tuple[str, ...] = ("polyp",)
+    parties: tuple[str, ...] = ("b",)
+    lr_min: float = 1e-4
+    lr_max: float = 1e-2
+    trials: int = 3
+    epochs: int = 2
+    iterations_per_epoch: int = 10
+    max_concurrent: int = 1
+    address: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pairs", tuple(self.pairs))
+        object.__setattr__(self, "parties", tuple(self.parties))
+        bad = [p for p in self.parties if p not in PARTIES]
+        if bad:
+            raise ConfigError(f"'sweep.parties' must be parties {PARTIES}, got {bad}")
+        low = _learning_rate("sweep", "lr_min", self.lr_min)
+        high = _learning_rate("sweep", "lr_max", self.lr_max)
+        if not low < high:
+            raise ConfigError(f"'sweep.lr_min' ({low}) must be below 'sweep.lr_max' ({high})")
+        for key in ("trials", "epochs", "iterations_per_epoch", "max_concurrent"):
+            _positive_int("sweep", key, getattr(self, key))
+
+    @property
+    def decades(self) -> float:
+        return math.log10(self.lr_max / self.lr_min)
+
+    @classmethod
+    def from_params(cls, params: Params) -> SweepParams:
+        sweep = _section(params, "sweep", cls)
+        unknown = [p for p in sweep.pairs if p not in params.data]
+        if unknown:
+            raise ConfigError(f"'sweep.pairs' names {unknown}, which are not in params 'data'")
+        return sweep
+
+
+def with_schedule(schedule: NnUNetSchedule, **changes: Any) -> NnUNetSchedule:
+    """``schedule`` with some fields replaced (epochs, iterations, learning rate)."""
+    return replace(schedule, **changes)

@@ -1,0 +1,330 @@
+"""Federated learning ``a‖b``: FedAvg with one Ray actor per party.
+
+Each party actor runs real nnU-Net training (:class:`~stitch_ops.nnunet.trainer.ScheduledTrainer`)
+on its own preprocessed data only. A *round* is one nnU-Net epoch on every party; the
+parties' weights then go (through Ray's object store, not through the driver) to the
+central :class:`FedAvgServer` actor, which averages them weighted by the parties'
+training-set sizes; every party starts the next round from the average (its optimiser
+state, e.g. SGD momentum, stays local, as in FedAvg).
+
+**Parameters shared under several names.** nnU-Net's ``PlainConvUNet`` keeps a reference to
+its encoder inside the decoder, so ``state_dict()`` lists every encoder tensor twice
+(``encoder.…`` and ``decoder.encoder.…``). Weights are exchanged as a *canonical state*:
+one entry per distinct tensor (:func:`canonical_state`), so each parameter is averaged
+exactly once, and written back under all its names (:func:`load_canonical_state`).
+
+**Failures.** A round either completes on every party or fails as a whole: if a party
+crashes, :class:`FederatedRoundError` is raised, the server's global model is left as
+it was after the last completed round, and the driver's checkpoint
+(``global/latest.pth``, replaced atomically after each completed round) is untouched.
+Running again resumes from that round (parties restart from the global weights; their
+local optimiser state is lost).
+
+**Where it runs.** ``address=None`` starts Ray on this machine with ``cpus_per_party``
+CPUs per party. ``address="auto"`` (or ``"ray://head:10001"``) joins an existing cluster
+unchanged; paths are then paths on the nodes, and with ``pin_parties`` party ``p``'s
+actor is only placed on a node started with the custom resource ``party_p`` — the node
+that holds p's data, e.g. ``ray start --address head:6379 --resources '{"party_a": 1}'``.
+Every node needs ``stitch_ops`` installed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from stitch_ops.config import NnUNetSchedule
+
+logger = logging.getLogger(__name__)
+
+GLOBAL = "global"
+CHECKPOINT = "latest.pth"
+HISTORY = "rounds.json"
+
+
+class FederatedRoundError(RuntimeError):
+    """A round did not complete on every party; the global model was not changed."""
+
+
+# ---- canonical states and FedAvg -------------------------------------------------------
+
+def _tensor_key(tensor: torch.Tensor) -> tuple[Any, ...] | None:
+    if tensor.numel() == 0:
+        return None
+    return (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape),
+            tuple(tensor.stride()), tensor.dtype)
+
+
+def state_aliases(module: torch.nn.Module) -> dict[str, str]:
+    """Every ``state_dict`` name → the canonical name of its tensor (the first name under
+    which ``state_dict`` lists the same tensor)."""
+    first: dict[tuple[Any, ...], str] = {}
+    aliases: dict[str, str] = {}
+    for name, tensor in module.state_dict().items():
+        key = _tensor_key(tensor)
+        aliases[name] = first.setdefault(key, name) if key is not None else name
+    return aliases
+
+
+def canonical_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """One detached CPU copy per distinct tensor of ``module``'s ``state_dict``."""
+    aliases = state_aliases(module)
+    state = module.state_dict()
+    return {name: state[name].detach().cpu().clone() for name, canonical in aliases.items() if name == canonical}
+
+
+def load_canonical_state(module: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Load a canonical state into ``module`` under every name of each tensor (strictly)."""
+    aliases = state_aliases(module)
+    missing = sorted(set(aliases.values()) - set(state))
+    unexpected = sorted(set(state) - set(aliases.values()))
+    if missing or unexpected:
+        raise ValueError(f"canonical state does not fit the network: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    module.load_state_dict({name: state[canonical] for name, canonical in aliases.items()}, strict=True)
+
+
+def fedavg(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float]) -> dict[str, torch.Tensor]:
+    """Weighted average of canonical states (FedAvg): ``Σ w_i x_i / Σ w_i`` for every
+    floating-point tensor, computed in float64 and cast back; integer tensors (counters
+    such as ``num_batches_tracked``) are taken from the first state. Inputs are not changed.
+
+    Raises:
+        ValueError: no states, mismatched keys or shapes, or non-positive weights.
+    """
+    if not states or len(states) != len(weights):
+        raise ValueError(f"fedavg needs one weight per state, got {len(states)} states and {len(weights)} weights")
+    if any(not w > 0 for w in weights):
+        raise ValueError(f"fedavg weights must be positive (training-set sizes), got {list(weights)}")
+    keys = list(states[0])
+    for index, state in enumerate(states[1:], start=1):
+        if set(state) != set(keys):
+            raise ValueError(f"state {index} has different parameters: "
+                             f"{sorted(set(state).symmetric_difference(keys))[:5]}")
+    total = float(sum(weights))
+    averaged: dict[str, torch.Tensor] = {}
+    for key in keys:
+        first = states[0][key]
+        if any(state[key].shape != first.shape for state in states):
+            raise ValueError(f"parameter {key!r} has different shapes: {[tuple(s[key].shape) for s in states]}")
+        if first.is_floating_point():
+            acc = sum(float(w) * state[key].detach().to(torch.float64) for state, w in zip(states, weights))
+            averaged[key] = (acc / total).to(first.dtype)
+        else:
+            averaged[key] = first.detach().clone()
+    return averaged
+
+
+class FedAvgServer:
+    """The central actor: holds the global model and the number of completed rounds."""
+
+    def __init__(self, state: Mapping[str, torch.Tensor], completed_rounds: int = 0):
+        self._state = dict(state)
+        self.completed_rounds = completed_rounds
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return self._state
+
+    def rounds(self) -> int:
+        return self.completed_rounds
+
+    def aggregate(self, round_index: int, weights: Sequence[float], *states: Mapping[str, torch.Tensor]) -> int:
+        """Average the parties' states of round ``round_index`` into the global model."""
+        if round_index != self.completed_rounds:
+            raise FederatedRoundError(f"results of round {round_index} arrived, expected round {self.completed_rounds}")
+        self._state = fedavg(states, weights)
+        self.completed_rounds += 1
+        return self.completed_rounds
+
+
+# ---- parties ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PartyData:
+    """Where one party's preprocessed data is (paths as seen on the party's node)."""
+
+    party: str
+    dataset_name: str
+    preprocessed_root: Path
+    results_root: Path
+
+
+@dataclass(frozen=True)
+class FaultInjection:
+    """Make ``party`` crash (process exit) in ``round_index``: for testing recovery."""
+
+    party: str
+    round_index: int
+
+
+class FederatedParty:
+    """One party's nnU-Net training, one epoch per call (run as a Ray actor)."""
+
+    def __init__(self, data: PartyData, fold: int, schedule: NnUNetSchedule, crash_at_round: int | None = None):
+        from stitch_ops.nnunet.env import NnUNetRoots, configure, resolve_device
+
+        configure(NnUNetRoots(preprocessed=data.preprocessed_root, results=data.results_root), training=True)
+        from stitch_ops.nnunet.trainer import ScheduledTrainer
+
+        folder = data.preprocessed_root / data.dataset_name
+        plans = json.loads((folder / "nnUNetPlans.json").read_text())
+        dataset_json = json.loads((folder / "dataset.json").read_text())
+        if schedule.batch_size is not None:
+            plans["configurations"][schedule.configuration]["batch_size"] = schedule.batch_size
+        plans["continue_training"] = True  # nnunetv2 >= 2.7 expects the flag (as train_fold sets it)
+        self.data = data
+        self.crash_at_round = crash_at_round
+        self.trainer = ScheduledTrainer(plans=plans, configuration=schedule.configuration, fold=fold,
+                                        dataset_json=dataset_json, device=resolve_device(schedule.device))
+        self.trainer.apply_schedule(schedule)
+        self.trainer.save_every = schedule.epochs + 1  # the global checkpoint is the driver's
+        self.trainer.initialize()
+        self.trainer.on_train_start()
+
+    def num_cases(self) -> int:
+        """Training cases of this fold (the party's FedAvg weight)."""
+        return len(self.trainer.do_split()[0])
+
+    def initial_state(self) -> dict[str, torch.Tensor]:
+        return canonical_state(self.trainer.network)
+
+    def mirroring_axes(self) -> tuple[int, ...] | None:
+        return self.trainer.inference_allowed_mirroring_axes
+
+    def train_round(self, round_index: int, state: Mapping[str, torch.Tensor]) -> tuple[dict, dict]:
+        """Start from the global ``state``, train one epoch; return (new state, metrics)."""
+        if self.crash_at_round == round_index:
+            os._exit(17)  # a hard crash, as when a node dies
+        load_canonical_state(self.trainer.network, state)
+        self.trainer.current_epoch = round_index
+        self.trainer.run_epoch()
+        logged = self.trainer.logger
+        metrics = {"party": self.data.party, "round": round_index,
+                   "train_loss": float(logged.get_value("train_losses", step=-1)),
+                   "val_loss": float(logged.get_value("val_losses", step=-1)),
+                   "pseudo_dice": float(logged.get_value("ema_fg_dice", step=-1)),
+                   "lr": float(self.trainer.optimizer.param_groups[0]["lr"])}
+        return canonical_state(self.trainer.network), metrics
+
+
+# ---- the driver -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RayOptions:
+    """How to reach Ray: ``address=None`` starts it locally."""
+
+    address: str | None = None
+    cpus_per_party: int = 1
+    pin_parties: bool = False
+
+
+def init_ray(options: RayOptions, n_workers: int) -> None:
+    """``ray.init()`` locally (``n_workers × cpus_per_party`` CPUs) or on ``options.address``."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if options.address:
+        ray.init(address=options.address, logging_level=logging.WARNING)
+    else:
+        ray.init(num_cpus=n_workers * options.cpus_per_party, include_dashboard=False,
+                 object_store_memory=256 * 1024 ** 2, logging_level=logging.WARNING)
+
+
+class GlobalCheckpoint:
+    """The global model after the last completed round, replaced atomically."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def load(self) -> tuple[int, dict[str, torch.Tensor]] | None:
+        path = self.folder / CHECKPOINT
+        if not path.is_file():
+            return None
+        record = torch.load(path, map_location="cpu", weights_only=True)
+        return int(record["completed_rounds"]), record["state"]
+
+    def save(self, completed_rounds: int, state: Mapping[str, torch.Tensor], history: list[dict]) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.folder / (CHECKPOINT + ".tmp")
+        torch.save({"completed_rounds": completed_rounds, "state": dict(state)}, tmp)
+        os.replace(tmp, self.folder / CHECKPOINT)
+        (self.folder / HISTORY).write_text(json.dumps(history, indent=2))
+
+    def history(self) -> list[dict]:
+        path = self.folder / HISTORY
+        return json.loads(path.read_text()) if path.is_file() else []
+
+
+def train_federated(parties: Sequence[PartyData], fold: int, schedule: NnUNetSchedule, checkpoint_dir: Path, *,
+                    ray_options: RayOptions = RayOptions(), fault: FaultInjection | None = None,
+                    progress: bool = True) -> tuple[dict[str, torch.Tensor], tuple[int, ...] | None, list[dict]]:
+    """Run ``schedule.epochs`` FedAvg rounds (resuming after the last completed one).
+
+    Returns:
+        (global canonical state, the networks' mirroring axes, per-round history).
+
+    Raises:
+        FederatedRoundError: a party failed in a round; the checkpoint holds the global
+            model of the last completed round, and calling again resumes from there.
+    """
+    import ray
+    from ray.exceptions import RayError
+    from tqdm import tqdm
+
+    init_ray(ray_options, len(parties))
+    checkpoint = GlobalCheckpoint(checkpoint_dir)
+    history = checkpoint.history()
+    resumed = checkpoint.load()
+    actor_class = ray.remote(FederatedParty)
+    actors = []
+    server = None
+    try:
+        for data in parties:
+            resources = {f"party_{data.party}": 1} if ray_options.pin_parties else None
+            crash = fault.round_index if fault is not None and fault.party == data.party else None
+            actors.append(actor_class.options(num_cpus=ray_options.cpus_per_party, resources=resources,
+                                              max_restarts=0)
+                          .remote(data, fold, schedule, crash))
+        try:
+            sizes = ray.get([a.num_cases.remote() for a in actors])
+            mirroring = ray.get(actors[0].mirroring_axes.remote())
+            if resumed is None:
+                completed, state = 0, ray.get(actors[0].initial_state.remote())
+            else:
+                completed, state = resumed
+                logger.info("resuming federated training after round %d of %d", completed, schedule.epochs)
+        except RayError as err:
+            raise FederatedRoundError(f"a party failed to start: {err}") from err
+        server = ray.remote(num_cpus=0)(FedAvgServer).remote(state, completed)
+        logger.info("FedAvg over parties %s with training-set sizes %s", [p.party for p in parties], sizes)
+        with tqdm(total=schedule.epochs, initial=completed, desc="FedAvg rounds", disable=not progress) as bar:
+            for round_index in range(completed, schedule.epochs):
+                global_state = server.state.remote()
+                calls = [a.train_round.options(num_returns=2).remote(round_index, global_state) for a in actors]
+                try:
+                    metrics = ray.get([m for _, m in calls])
+                except RayError as err:
+                    raise FederatedRoundError(
+                        f"round {round_index} failed on a party ({type(err).__name__}: {str(err).splitlines()[0]}); "
+                        f"the global model of round {round_index} is unchanged in {checkpoint.folder}; "
+                        f"run again to resume") from err
+                ray.get(server.aggregate.remote(round_index, sizes, *[s for s, _ in calls]))
+                state = ray.get(server.state.remote())
+                history.append({"round": round_index, "weights": sizes, "parties": metrics})
+                checkpoint.save(round_index + 1, state, history)
+                bar.update()
+                bar.set_postfix(dice=" ".join(f"{m['party']}:{m['pseudo_dice']:.3f}" for m in metrics))
+    finally:
+        for actor in actors + ([server] if server is not None else []):
+            ray.kill(actor)
+    final = checkpoint.load()
+    assert final is not None and final[0] == schedule.epochs
+    return final[1], mirroring, history

@@ -1,0 +1,194 @@
+"""One typed function per DVC stage of the baselines; ``__main__`` is a thin shell over these.
+
+Each training stage trains (resumably), exports the portable model to
+``models/{pair}/{approach}/{trained_on}/fold_k/export`` and predicts both parties' test
+sets into ``predictions/{pair}/{approach}/{trained_on}/fold_k/test_{a,b}`` in the same
+process (starting Python with torch and nnU-Net costs seconds on a small machine); the
+evaluation stage (``python -m stitch_ops.evaluation``) then scores them like any model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+from stitch_ops.baselines import approaches
+from stitch_ops.baselines.approaches import ModelId, other
+from stitch_ops.baselines.config import FederatedParams, FinetuneParams, MergedParams
+from stitch_ops.config import PARTIES, Params
+from stitch_ops.nnunet.plan import PLANS
+from stitch_ops.paths import PairPaths, dataset_name
+
+logger = logging.getLogger(__name__)
+
+TEST_SETS = tuple(f"test_{p}" for p in PARTIES)
+
+
+def predict_test_sets(paths: PairPaths, model: ModelId, fold: int, params: Params, *, progress: bool = True,
+                      sets: tuple[str, ...] = TEST_SETS) -> Path:
+    """Predict both parties' test sets with an exported model (softmax kept for ensembles)."""
+    from stitch_ops.nnunet.model import load_model
+    from stitch_ops.nnunet.predict import predict_folder
+
+    exported = load_model(paths.model_dir(model.approach, model.trained_on, fold) / "export")
+    out = paths.predictions(model.approach, model.trained_on, fold)
+    for name in sets:
+        predict_folder(exported, paths.raw_dataset(name.removeprefix("test_")) / "imagesTs", out / name,
+                       device=params.nnunet.device, mirroring=params.nnunet.mirroring, progress=progress)
+    return out
+
+
+def train_finetuned(paths: PairPaths, party: str, fold: int, params: Params, *, base_lr: float, epochs: int,
+                    iterations_per_epoch: int, results_root: Path, progress: bool = True) -> Path:
+    """Fine-tune the other party's basis model of ``fold`` on ``party``'s data (preprocessed
+    with the transferred plans) into ``results_root``; returns the export folder."""
+    from stitch_ops.baselines.finetune import check_same_architecture, finetune_schedule
+    from stitch_ops.nnunet.env import NnUNetRoots, configure
+    from stitch_ops.nnunet.train import TrainingRun, train_fold
+
+    settings = FinetuneParams.from_params(params)
+    model = approaches.finetuned(party)
+    source = other(party)
+    pretrained = paths.model_dir(approaches.Approach.LOCAL, source, fold) / "export"
+    schedule = finetune_schedule(params.nnunet, base_lr=base_lr, warmup_epochs=min(settings.warmup_epochs, epochs - 1),
+                                 epochs=epochs, iterations_per_epoch=iterations_per_epoch,
+                                 source_epochs=_read(pretrained / "model.json").get("epochs"))
+    preprocessed = paths.preprocessed_root(party, plans_from=source)
+    check_same_architecture(_read(pretrained / "plans.json"),
+                            _read(preprocessed / dataset_name(paths.pair, party) / f"{PLANS}.json"),
+                            schedule.configuration, pretrained)
+    configure(NnUNetRoots(preprocessed=preprocessed), training=True)
+    from stitch_ops.baselines.trainers import FinetuneTrainer
+
+    run = TrainingRun(dataset_name(paths.pair, party), preprocessed, results_root, fold, schedule,
+                      pretrained=pretrained, trainer=FinetuneTrainer.__name__)
+    warmup = schedule.warmup()
+    logger.info("fine-tuning %s's model on %s's data, fold %d: %d epochs x %d iterations, lr %.2g -> %.2g "
+                "(warm-up %d epochs) then polynomial decay", source, party, fold, schedule.epochs,
+                schedule.iterations_per_epoch, warmup.start_lr, warmup.base_lr, warmup.warmup_epochs)
+    return train_fold(run, trainer_class=FinetuneTrainer, progress=progress,
+                      provenance={"pair": paths.pair, "approach": model.approach, "trained_on": model.trained_on,
+                                  "shorthand": model.shorthand, "base_lr": schedule.initial_lr,
+                                  "warmup_start_lr": warmup.start_lr, "warmup_epochs": warmup.warmup_epochs})
+
+
+def finetune(pair: str, party: str, fold: int, params: Params, *, base_lr: float | None = None,
+             root: Path = Path("."), progress: bool = True) -> Path:
+    """``other→party``: the other party's basis model fine-tuned on ``party``'s data with
+    the warm-up schedule (``finetune`` params), then predicted on both test sets."""
+    paths = PairPaths(pair, root)
+    settings = FinetuneParams.from_params(params)
+    model = approaches.finetuned(party)
+    exported = train_finetuned(paths, party, fold, params, base_lr=base_lr or settings.base_lr,
+                               epochs=settings.epochs, iterations_per_epoch=settings.iterations_per_epoch,
+                               results_root=paths.model_dir(model.approach, model.trained_on, fold),
+                               progress=progress)
+    predict_test_sets(paths, model, fold, params, progress=progress)
+    return exported
+
+
+def ensemble(pair: str, fold: int, *, finetuned_for: str | None = None, root: Path = Path("."),
+             progress: bool = True) -> Path:
+    """``a&b`` (``finetuned_for=None``): the two basis models' test predictions averaged;
+    ``a&b→p``: party p's basis model with the other's model fine-tuned on p's data."""
+    from stitch_ops.baselines.ensemble import ensemble_folders
+
+    paths = PairPaths(pair, root)
+    local = approaches.Approach.LOCAL
+    if finetuned_for is None:
+        model = approaches.ensemble()
+        members = [paths.predictions(local, p, fold) for p in PARTIES]
+    else:
+        model = approaches.ensemble_finetuned(finetuned_for)
+        tuned = approaches.finetuned(finetuned_for)
+        members = [paths.predictions(local, finetuned_for, fold),
+                   paths.predictions(tuned.approach, tuned.trained_on, fold)]
+    dataset_json = _read(paths.raw_dataset(PARTIES[0]) / "dataset.json")
+    out = paths.predictions(model.approach, model.trained_on, fold)
+    for name in TEST_SETS:
+        ensemble_folders([m / name for m in members], out / name, dataset_json, progress=progress)
+    return out
+
+
+def merged(pair: str, fold: int, params: Params, *, root: Path = Path("."), progress: bool = True) -> Path:
+    """``a+b``: one nnU-Net on the pooled dataset (joint plans), then both test sets."""
+    from stitch_ops.baselines.merged import check_no_test_cases, merged_dataset_name
+    from stitch_ops.config import NnUNetSchedule
+    from stitch_ops.nnunet.train import TrainingRun, train_fold
+
+    paths = PairPaths(pair, root)
+    settings = MergedParams.from_params(params)
+    model = approaches.merged()
+    preprocessed = paths.preprocessed_root("merged")
+    name = merged_dataset_name(pair)
+    check_no_test_cases(preprocessed / name, {p: _read(paths.raw_dataset(p) / "test_cases.json") for p in PARTIES},
+                        params.nnunet.configuration)
+    schedule = NnUNetSchedule(**{**asdict(params.nnunet), "epochs": settings.epochs,
+                                 "iterations_per_epoch": settings.iterations_per_epoch})
+    run = TrainingRun(name, preprocessed, paths.model_dir(model.approach, model.trained_on, fold), fold, schedule)
+    exported = train_fold(run, progress=progress,
+                          provenance={"pair": pair, "approach": model.approach, "trained_on": model.trained_on,
+                                      "shorthand": model.shorthand})
+    predict_test_sets(paths, model, fold, params, progress=progress)
+    return exported
+
+
+def federated(pair: str, fold: int, params: Params, *, root: Path = Path("."), progress: bool = True,
+              fault: object | None = None) -> Path:
+    """``a‖b``: FedAvg with one Ray actor per party on its own data (joint plans), then
+    both test sets. Resumes after the last completed round; a changed configuration
+    starts over."""
+    from stitch_ops.baselines.federated import PartyData, RayOptions, train_federated
+    from stitch_ops.baselines.plans import JOINT
+    from stitch_ops.config import NnUNetSchedule
+    from stitch_ops.nnunet.model import build_network, export_model
+
+    paths = PairPaths(pair, root)
+    settings = FederatedParams.from_params(params)
+    model = approaches.federated()
+    results = paths.model_dir(model.approach, model.trained_on, fold)
+    schedule = NnUNetSchedule(**{**asdict(params.nnunet), "epochs": settings.rounds,
+                                 "iterations_per_epoch": settings.iterations_per_epoch})
+    parties = [PartyData(p, dataset_name(pair, p), paths.preprocessed_root(p, plans_from=JOINT).resolve(),
+                         (results / "parties" / p).resolve()) for p in PARTIES]
+    fingerprint = hashlib.sha256(json.dumps([str(schedule), [str(p) for p in parties], fold]).encode()).hexdigest()[:16]
+    marker = results / "run_config.json"
+    if marker.is_file() and _read(marker).get("fingerprint") == fingerprint:
+        if (results / "export" / "weights.pth").is_file():
+            logger.info("%s is already trained; nothing to do", results / "export")
+            predict_test_sets(paths, model, fold, params, progress=progress)
+            return results / "export"
+    else:
+        shutil.rmtree(results, ignore_errors=True)
+        results.mkdir(parents=True)
+        marker.write_text(json.dumps({"fingerprint": fingerprint, "schedule": str(schedule)}, indent=2))
+    options = RayOptions(settings.address, settings.cpus_per_party, settings.pin_parties)
+    logger.info("federated training of %s fold %d: %d rounds x %d iterations per party, Ray at %s", pair, fold,
+                settings.rounds, settings.iterations_per_epoch, settings.address or "this machine")
+    state, mirroring, history = train_federated(parties, fold, schedule, results / "global", ray_options=options,
+                                                fault=fault, progress=progress)
+    from stitch_ops.baselines.federated import load_canonical_state
+
+    folder = parties[0].preprocessed_root / parties[0].dataset_name
+    plans, dataset_json = _read(folder / f"{PLANS}.json"), _read(folder / "dataset.json")
+    network = build_network(plans, dataset_json, schedule.configuration)
+    load_canonical_state(network, state)
+    last = history[-1]["parties"] if history else []
+    export_model(network, plans, dataset_json, configuration=schedule.configuration, target=results / "export",
+                 mirroring_axes=mirroring,
+                 provenance={"pair": pair, "approach": model.approach, "trained_on": model.trained_on,
+                             "shorthand": model.shorthand, "fold": fold, "epochs": settings.rounds,
+                             "rounds": settings.rounds, "trainer": "FedAvg(ScheduledTrainer)",
+                             "pseudo_dice": {m["party"]: m["pseudo_dice"] for m in last}})
+    predict_test_sets(paths, model, fold, params, progress=progress)
+    return results / "export"
+
+
+def _read(path: Path) -> dict:
+    from stitch_ops.baselines.plans import read_json
+
+    return read_json(path)
