@@ -1,9 +1,9 @@
 """``python -m stitch_ops.baselines``: the baseline approaches' stages of ``dvc.yaml``.
 
-- ``transfer-plans``: preprocess a party's data with the other party's plans (fine-tuning);
+- ``transfer-plans``: preprocess each party's data with the other party's plans (fine-tuning);
 - ``joint-plans``: plans from both parties' combined fingerprint, each party's data
   preprocessed with them, and the pooled dataset (federated, merged);
-- ``finetune``: ``b→a`` (``--party a``): b's model fine-tuned on a's data, with warm-up;
+- ``finetune``: ``b→a`` (``--trained-on b_to_a``): b's model fine-tuned on a's data, with warm-up;
 - ``ensemble``: ``a&b``, or ``a&b→a`` with ``--finetuned-for a``;
 - ``federated``: ``a‖b``, FedAvg with one Ray actor per party;
 - ``merged``: ``a+b``, one model on the pooled data;
@@ -20,6 +20,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from stitch_ops.baselines.approaches import finetuning_party
 from stitch_ops.cli_common import common_options, run_command
 from stitch_ops.config import PARTIES, Params
 
@@ -30,7 +31,8 @@ def transfer_plans(args: argparse.Namespace, params: Params) -> None:
     from stitch_ops.baselines.plans import prepare_transferred
 
     params.pair(args.pair)
-    prepare_transferred(args.pair, args.party, params.nnunet.configuration, progress=args.progress)
+    for party in args.party or PARTIES:
+        prepare_transferred(args.pair, party, params.nnunet.configuration, progress=args.progress)
 
 
 def joint_plans(args: argparse.Namespace, params: Params) -> None:
@@ -44,7 +46,8 @@ def finetune(args: argparse.Namespace, params: Params) -> None:
     from stitch_ops.baselines import stages
 
     params.pair(args.pair)
-    stages.finetune(args.pair, args.party, args.fold, params, base_lr=args.base_lr, progress=args.progress)
+    stages.finetune(args.pair, finetuning_party(args.trained_on), args.fold, params, base_lr=args.base_lr,
+                    progress=args.progress)
 
 
 def ensemble(args: argparse.Namespace, params: Params) -> None:
@@ -72,7 +75,8 @@ def sweep(args: argparse.Namespace, params: Params) -> None:
     from stitch_ops.baselines.sweep import run_sweep
 
     params.pair(args.pair)
-    run_sweep(args.pair, args.party, args.fold, params, params_file=args.params, progress=args.progress)
+    run_sweep(args.pair, finetuning_party(args.trained_on), args.fold, params, params_file=args.params,
+              progress=args.progress)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,18 +86,20 @@ def build_parser() -> argparse.ArgumentParser:
     common = common_options()
     pair = argparse.ArgumentParser(add_help=False)
     pair.add_argument("--pair", required=True, help="dataset pair, a key of params 'data'")
-    party = argparse.ArgumentParser(add_help=False)
-    party.add_argument("--party", required=True, choices=PARTIES,
-                       help="the party whose data is used (the perspective)")
     fold = argparse.ArgumentParser(add_help=False)
     fold.add_argument("--fold", type=int, required=True, choices=range(5))
 
-    commands.add_parser("transfer-plans", parents=[common, pair, party],
-                        help="preprocess PARTY's data with the other party's plans (for fine-tuning)")
+    transfer = commands.add_parser("transfer-plans", parents=[common, pair],
+                                   help="preprocess each party's data with the other party's plans (for fine-tuning)")
+    transfer.add_argument("--party", nargs="+", choices=PARTIES, default=None,
+                          help="only these parties' data (default: both)")
     commands.add_parser("joint-plans", parents=[common, pair],
                         help="plans from both parties' combined fingerprint; preprocess each party and pool them")
-    ft = commands.add_parser("finetune", parents=[common, pair, party, fold],
-                             help="fine-tune the other party's basis model on PARTY's data (warm-up schedule)")
+    route = argparse.ArgumentParser(add_help=False)
+    route.add_argument("--trained-on", required=True, choices=("a_to_b", "b_to_a"),
+                       help="a_to_b: a's basis model fine-tuned on b's data; b_to_a: the reverse")
+    ft = commands.add_parser("finetune", parents=[common, pair, route, fold],
+                             help="fine-tune the other party's basis model on own data (warm-up schedule)")
     ft.add_argument("--base-lr", type=float, default=None,
                     help="base learning rate (default: params finetune.base_lr)")
     ens = commands.add_parser("ensemble", parents=[common, pair, fold],
@@ -103,8 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("federated", parents=[common, pair, fold],
                         help="FedAvg over one Ray actor per party (params 'federated')")
     commands.add_parser("merged", parents=[common, pair, fold], help="train one nnU-Net on the pooled data")
-    commands.add_parser("sweep", parents=[common, pair, party, fold],
-                        help="Ray Tune + Optuna sweep of the fine-tuning learning rate on PARTY's validation data")
+    commands.add_parser("sweep", parents=[common, pair, route, fold],
+                        help="Ray Tune + Optuna sweep of the fine-tuning learning rate on the fine-tuning "
+                             "party's validation data")
     return parser
 
 

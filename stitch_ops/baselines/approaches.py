@@ -65,6 +65,19 @@ def finetuned(party: str) -> ModelId:
     return ModelId(Approach.FINETUNE, f"{source}_to_{party}", f"{source}→{party}", party)
 
 
+def finetuning_party(trained_on: str) -> str:
+    """The fine-tuning party of a fine-tuned model's slug: ``a_to_b`` → ``b``.
+
+    Raises:
+        ValueError: ``trained_on`` is not ``a_to_b`` or ``b_to_a``.
+    """
+    slugs = {finetuned(p).trained_on: p for p in PARTIES}
+    if trained_on not in slugs:
+        raise ValueError(f"a fine-tuned model is one of {sorted(slugs)} (other party's model → own data), "
+                         f"got {trained_on!r}")
+    return slugs[trained_on]
+
+
 def ensemble() -> ModelId:
     """``a&b``: the two basis models' softmax averaged."""
     return ModelId(Approach.ENSEMBLE, "a_and_b", "a&b", BOTH)

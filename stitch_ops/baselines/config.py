@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from stitch_ops.config import PARTIES, ConfigError, NnUNetSchedule, Params, _check_keys, _positive_int
+from stitch_ops.config import ConfigError, NnUNetSchedule, Params, _check_keys, _positive_int
 
 
 def _section(params: Params, name: str, cls: type) -> Any:
@@ -115,8 +115,9 @@ class SweepParams:
     """Ray Tune + Optuna sweep of the fine-tuning learning rate.
 
     Attributes:
-        pairs, parties: which (pair, fine-tuning party) to sweep (fold: every fold of the
-            profile).
+        pairs, routes: which pairs and fine-tuning directions (``a_to_b``: a's model
+            fine-tuned on b's data, selected on b's validation cases) to sweep, for every
+            fold of the profile.
         lr_min, lr_max: the log-uniform search range of ``finetune.base_lr``.
         trials: number of Optuna suggestions (each one fine-tuning run).
         epochs, iterations_per_epoch: the schedule of one trial (warm-up as in ``finetune``).
@@ -125,7 +126,7 @@ class SweepParams:
     """
 
     pairs: tuple[str, ...] = ("polyp",)
-    parties: tuple[str, ...] = ("b",)
+    routes: tuple[str, ...] = ("a_to_b",)
     lr_min: float = 1e-4
     lr_max: float = 1e-2
     trials: int = 3
@@ -136,10 +137,10 @@ class SweepParams:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pairs", tuple(self.pairs))
-        object.__setattr__(self, "parties", tuple(self.parties))
-        bad = [p for p in self.parties if p not in PARTIES]
+        object.__setattr__(self, "routes", tuple(self.routes))
+        bad = [r for r in self.routes if r not in ("a_to_b", "b_to_a")]
         if bad:
-            raise ConfigError(f"'sweep.parties' must be parties {PARTIES}, got {bad}")
+            raise ConfigError(f"'sweep.routes' must be fine-tuning directions a_to_b / b_to_a, got {bad}")
         low = _learning_rate("sweep", "lr_min", self.lr_min)
         high = _learning_rate("sweep", "lr_max", self.lr_max)
         if not low < high:

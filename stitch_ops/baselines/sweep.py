@@ -5,7 +5,8 @@ base learning rate drawn log-uniformly from ``[sweep.lr_min, sweep.lr_max]`` (Op
 sampler, seeded), predicts that party's **validation** cases of the fold and reports their
 mean Dice. The test sets are never looked at. The best rate is written to
 ``sweeps/{pair}/finetune/{other}_to_{party}/fold_k/best.json`` (a DVC metric); set
-``finetune.base_lr`` to it to use it.
+``finetune.base_lr`` to it to use it. Trial models and Ray's records live in a temporary
+folder and are deleted afterwards.
 
 MLflow: the driver (the only writer) logs a parent run tagged ``kind=sweep`` and one
 nested run per trial (param ``base_lr``, metrics ``val_dice``/``val_hd95``), after
@@ -18,6 +19,7 @@ import json
 import logging
 import math
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,7 +78,7 @@ def _trial(config: dict[str, Any]) -> None:
     params = load_params(Path(config["params_file"]))
     sweep = SweepParams.from_params(params)
     paths = PairPaths(config["pair"], Path(config["root"]))
-    work = Path(config["work"]) / f"lr_{config['base_lr']:.3e}"
+    work = Path(config["work"]) / "trials" / f"lr_{config['base_lr']:.3e}"
     export = train_finetuned(paths, config["party"], config["fold"], params, base_lr=config["base_lr"],
                              epochs=sweep.epochs, iterations_per_epoch=sweep.iterations_per_epoch,
                              results_root=work / "model", progress=False)
@@ -102,9 +104,9 @@ def run_sweep(pair: str, party: str, fold: int, params: Params, *, params_file: 
     model = approaches.finetuned(party)
     root = root.resolve()
     out = sweep_dir(root, pair, model.trained_on, fold)
-    work = out / "trials"
     shutil.rmtree(out, ignore_errors=True)
-    work.mkdir(parents=True)
+    out.mkdir(parents=True)
+    work = Path(tempfile.mkdtemp(prefix="sweep_", dir=out.parent))
     PairPaths(pair, root).raw_dataset(party)  # fail early on a wrong pair
     init_ray(RayOptions(sweep.address, 1), sweep.max_concurrent)
     try:
@@ -116,7 +118,7 @@ def run_sweep(pair: str, party: str, fold: int, params: Params, *, params_file: 
                          "params_file": str(params_file.resolve())},
             tune_config=tune.TuneConfig(search_alg=searcher, num_samples=sweep.trials,
                                         max_concurrent_trials=sweep.max_concurrent),
-            run_config=tune.RunConfig(name="lr", storage_path=str(out / "ray"), verbose=1 if progress else 0),
+            run_config=tune.RunConfig(name="lr", storage_path=str(work / "ray"), verbose=1 if progress else 0),
         )
         grid = tuner.fit()
     finally:
@@ -129,6 +131,7 @@ def run_sweep(pair: str, party: str, fold: int, params: Params, *, params_file: 
         trials.append(TrialResult(result.metrics["trial_id"], float(result.config["base_lr"]),
                                   float(result.metrics[METRIC]), float(result.metrics["val_hd95"])))
     trials.sort(key=lambda t: t.base_lr)
+    shutil.rmtree(work, ignore_errors=True)  # trial models and Ray's records: large, not needed afterwards
     finite = [t for t in trials if math.isfinite(t.val_dice)]
     if not finite:
         raise RuntimeError(f"no sweep trial produced a validation Dice: {trials}")
@@ -137,7 +140,6 @@ def run_sweep(pair: str, party: str, fold: int, params: Params, *, params_file: 
               "best_val_dice": best.val_dice, "best_val_hd95": best.val_hd95,
               "trials": [t.__dict__ for t in trials]}
     (out / "best.json").write_text(json.dumps(record, indent=2))
-    shutil.rmtree(work, ignore_errors=True)  # trial models: large and not needed afterwards
     _log_sweep(record, model, params)
     logger.info("best fine-tuning learning rate for %s: %.3g (validation Dice %.3f) among %s", model.shorthand,
                 best.base_lr, best.val_dice, [f"{t.base_lr:.2g}: {t.val_dice:.3f}" for t in trials])

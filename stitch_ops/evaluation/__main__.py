@@ -64,13 +64,22 @@ def _log_to_mlflow(args: argparse.Namespace, params: Params, out: Path, summary:
     run_id = tracking.log_run(
         experiment=tracking.experiment_name(args.pair),
         tags={"pair": args.pair, "approach": args.approach, "trained_on": args.trained_on,
-              "fold": str(args.fold), "profile": params.profile},
+              "fold": str(args.fold), "profile": params.profile, **_approach_tags(args)},
         params={"fold": args.fold, "profile": params.profile, "seed": params.seed,
                 **{f"nnunet.{k}": v for k, v in vars(params.nnunet).items()}},
         metrics=summary, artifacts=artifacts,
         run_name=f"{args.approach}:{args.trained_on}:fold{args.fold}",
-        dvc_stage=f"evaluate@{args.pair}-{args.trained_on}-{args.fold}")
+        dvc_stage=args.stage or f"evaluate@{args.pair}-{args.trained_on}-{args.fold}")
     logger.info("MLflow run %s: %s", run_id, {k: round(v, 4) for k, v in summary.items() if "mean" in k})
+
+
+def _approach_tags(args: argparse.Namespace) -> dict[str, str]:
+    """``perspective`` and ``shorthand`` tags of a known approach (e.g. ``a→b``), so MLflow
+    can compare approaches side by side; none for models this table does not know."""
+    from stitch_ops.baselines.approaches import lookup
+
+    model = lookup(args.approach, args.trained_on)
+    return model.tags() if model is not None else {}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--approach", default="local", help="approach slug (default: %(default)s)")
     parser.add_argument("--trained-on", required=True, help="party (or parties) the model was trained on")
     parser.add_argument("--fold", type=int, required=True, choices=range(5))
+    parser.add_argument("--stage", default=None,
+                        help="DVC stage name for the MLflow tag (default: evaluate@<pair>-<trained-on>-<fold>)")
     parser.set_defaults(command="evaluate")
     return parser
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import PAIR, TINY, TinyPair
+from tests.baselines.tiny_pair import PAIR, TINY, TinyPair
 
 from stitch_ops.config import PARTIES
 from stitch_ops.paths import dataset_name

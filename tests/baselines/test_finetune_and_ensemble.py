@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import PAIR, TinyPair, make_params
+from tests.baselines.tiny_pair import PAIR, TinyPair, make_params
 
 from stitch_ops.baselines.finetune import last_nonzero_lr
 

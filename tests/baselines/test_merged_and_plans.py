@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import PAIR, TINY, TinyPair
+from tests.baselines.tiny_pair import PAIR, TINY, TinyPair
 
 from stitch_ops.baselines.merged import TestCaseLeakError, check_no_test_cases, merge_splits
 from stitch_ops.baselines.plans import combine_fingerprints
