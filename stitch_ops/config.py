@@ -206,6 +206,9 @@ def apply_profile(name: str, path: Path = DEFAULT_PARAMS) -> Params:
     overlay = _profile_overlay(name)
     yaml_rt = YAML()
     yaml_rt.preserve_quotes = True
+    yaml_rt.default_flow_style = True  # leaf lists/maps stay `[0]` / `{a: 60, b: 36}` as written
+    yaml_rt.representer.add_representer(
+        type(None), lambda rep, _: rep.represent_scalar("tag:yaml.org,2002:null", "null"))
     document = yaml_rt.load(path.read_text())
     _merge_into(document, {**overlay, "profile": name})
     parse_params(yaml.safe_load(_dump(yaml_rt, document)))  # refuse to write an invalid file

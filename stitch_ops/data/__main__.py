@@ -56,19 +56,24 @@ def split(args: argparse.Namespace, params: Params) -> None:
     for party in PARTIES:
         record = split_raw_dataset(paths.source / party, paths.raw_root / dataset_name(args.pair, party),
                                    params.seed)
-        logger.info("%s party %s: %d test cases, folds of %s cases", args.pair, party,
-                    len(record.test), [len(fold["val"]) for fold in record.folds])
+        logger.info("%s party %s (%s split): %d test cases, validation parts of %s cases", args.pair,
+                    party, record.method.value, len(record.test_cases), [len(f.val) for f in record.folds])
 
 
 def convert(args: argparse.Namespace, params: Params | None) -> None:
     from stitch_ops.data import converters
 
     if args.layout == "kvasir":
-        out = converters.convert_kvasir(args.source, args.target)
+        out = converters.convert_kvasir(args.source, args.target, image_size=args.image_size,
+                                        progress=args.progress)
     elif args.layout == "cvc-clinicdb":
-        out = converters.convert_cvc_clinicdb(args.source, args.target, args.video_table)
+        out = converters.convert_cvc_clinicdb(args.source, args.target, args.video_table,
+                                              image_size=args.image_size, progress=args.progress)
     else:
-        out = converters.convert_nifti_folder(args.source, args.labels, args.target, args.label_name)
+        if args.labels is None:
+            raise ValueError("nifti conversion needs --labels, the folder of label volumes")
+        out = converters.convert_nifti_folder(args.source, args.labels, args.target, args.label_name,
+                                              progress=args.progress)
     logger.info("wrote nnU-Net raw dataset %s; point params data.<pair>.source.<party> at it", out)
 
 
@@ -92,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--labels", type=Path, help="nifti: the labels folder")
     conv.add_argument("--video-table", type=Path, help="cvc-clinicdb: CSV with columns frame,video")
     conv.add_argument("--label-name", default="foreground", help="nifti: name of label 1")
+    conv.add_argument("--image-size", type=int, help="kvasir/cvc-clinicdb: resize frames to this many "
+                      "pixels on a side (full-size frames make CPU planning and training slow)")
     return parser
 
 

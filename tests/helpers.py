@@ -1,0 +1,44 @@
+"""Shared helpers for tests that run the real pipeline in a scratch copy of the repository."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PIPELINE_FILES = ("dvc.yaml", "params.yaml", ".dvcignore", "bundles", "stitch_ops")
+
+
+def pipeline_env() -> dict[str, str]:
+    """The environment a user's `make run` gives: this interpreter first on PATH, CPU defaults."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.update(DVC_NO_ANALYTICS="1", nnUNet_def_n_proc="1", nnUNet_compile="f")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def copy_pipeline(target: Path) -> Path:
+    """A scratch checkout holding what `dvc repro` needs, initialised as a DVC project."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name in PIPELINE_FILES:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, target / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, target / name)
+    run(["dvc", "init", "--no-scm", "-q"], target)
+    return target
+
+
+def run(command: list[str], cwd: Path, timeout: int = 3600) -> subprocess.CompletedProcess:
+    """Run a command like a user would; fail the test with its output if it fails."""
+    result = subprocess.run(command, cwd=cwd, env=pipeline_env(), capture_output=True, text=True,
+                            timeout=timeout)
+    if result.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} exited {result.returncode}\n"
+                             f"--- stdout ---\n{result.stdout[-6000:]}\n--- stderr ---\n{result.stderr[-6000:]}")
+    return result
