@@ -152,10 +152,10 @@ def _log_sweep(record: dict[str, Any], model: approaches.ModelId, params: Params
 
     tracking.configure(Path("."))
     sweep = SweepParams.from_params(params)
-    tags = {"pair": record["pair"], "approach": model.approach, "trained_on": model.trained_on,
+    tags = {"pair": record["pair"], "approach": model.approach.value, "trained_on": model.trained_on,
             "fold": str(record["fold"]), "profile": params.profile, "kind": "sweep", **model.tags()}
     experiment = tracking.experiment_name(record["pair"])
-    stage = f"sweep@{record['pair']}-{model.perspective}-{record['fold']}"
+    stage = f"sweep@{record['pair']}-{model.trained_on}-{record['fold']}"
     parent = tracking.log_run(experiment=experiment, tags=tags,
                               params={"lr_min": sweep.lr_min, "lr_max": sweep.lr_max, "trials": sweep.trials,
                                       "epochs": sweep.epochs, "iterations_per_epoch": sweep.iterations_per_epoch,
