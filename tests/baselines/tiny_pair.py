@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from stitch_ops.config import PARTIES, NnUNetSchedule
-from stitch_ops.paths import PairPaths, dataset_name
+from stitch_ops.paths import PairPaths
 
 PAIR = "polyp"
 TINY = NnUNetSchedule(epochs=2, iterations_per_epoch=1, val_iterations_per_epoch=1, batch_size=2, device="cpu")
