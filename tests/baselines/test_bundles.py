@@ -32,3 +32,20 @@ def test_ensemble_bundle_runs_through_monai(tiny_pair: TinyPair, basis_models, t
     assert result.returncode == 0, result.stderr[-2000:]
     assert sorted(p.stem for p in (tmp_path / "out").glob("*.png")) == sorted(
         p.name.removesuffix("_0000.png") for p in images.glob("*_0000.png"))
+
+
+def test_finetune_bundle_workflow_on_a_received_model(tiny_pair: TinyPair, basis_models, tmp_path):
+    import json
+
+    from stitch_ops.baselines.workflows import finetune_on_own_data
+
+    model = finetune_on_own_data(basis_models["a"], tiny_pair.paths.raw_dataset("b"), tmp_path, fold=0,
+                                 base_lr=1e-3, warmup_epochs=1, epochs=2, iterations_per_epoch=1,
+                                 schedule=None, progress=False)
+    assert model == tmp_path / "models" / "fold_0"
+    meta = json.loads((model / "model.json").read_text())
+    assert meta["trainer"] == "FinetuneTrainer" and meta["source_model"] == str(basis_models["a"])
+    # the exported folder loads as plain weights
+    from stitch_ops.nnunet.model import load_model
+
+    load_model(model)
