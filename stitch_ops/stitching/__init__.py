@@ -23,21 +23,22 @@ from stitch_ops.stitching.network import (
     Parent,
     StitchedNetwork,
     SwitchConfiguration,
+    TrainingMethod,
     load_stitched_network,
     sample_configuration,
     save_stitched_network,
 )
 from stitch_ops.stitching.parents import ParentSpec, probe_shape
-from stitch_ops.stitching.stitch import LeastSquaresFit, Stitch
-from stitch_ops.stitching.switch import DEFAULT_LOSS_TERMS, LossTerm, Switch, SwitchMode, SwitchOutput, TrainingMethod
+from stitch_ops.stitching.stitch import PairStatistics, Stitch
+from stitch_ops.stitching.switch import DEFAULT_LOSS_TERMS, LossTerm, Switch, SwitchMode, SwitchOutput
 from stitch_ops.stitching.train import EpochLog, StitchTrainingConfig, fit_stitches_least_squares, train_stitches
 
 __all__ = [
     "DEFAULT_LOSS_TERMS",
     "EpochLog",
-    "LeastSquaresFit",
     "LossTerm",
     "PairLosses",
+    "PairStatistics",
     "Parent",
     "ParentSpec",
     "PreprocessedImages",

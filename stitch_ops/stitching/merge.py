@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from torch import fx, nn
 
 from stitch_ops.graph.matching import Match
+from stitch_ops.stitching.stitch import PairStatistics
 
 __all__ = ["MergedGraph", "merge_graphs", "program"]
 
@@ -36,8 +37,9 @@ class MergedGraph:
         output_b: B's output (logits).
         maps_a: ``a_k`` (before its switch) for every match k.
         maps_b: ``b_k`` (before its switch).
-        losses_a: loss of the switch at ``a_k`` (``None`` at run time unless training).
+        losses_a: loss of the switch at ``a_k`` (``None`` at run time unless double-batched).
         losses_b: loss of the switch at ``b_k``.
+        statistics: per match, the :class:`PairStatistics` of ``(a_k, b_k)``.
     """
 
     graph: fx.Graph
@@ -47,6 +49,7 @@ class MergedGraph:
     maps_b: tuple[fx.Node, ...]
     losses_a: tuple[fx.Node, ...]
     losses_b: tuple[fx.Node, ...]
+    statistics: tuple[fx.Node, ...]
 
 
 def merge_graphs(
@@ -73,7 +76,7 @@ def merge_graphs(
     x = merged.placeholder("x")
     side_a = _Side(graph_a, prefix_a, merged, x)
     side_b = _Side(graph_b, prefix_b, merged, x)
-    maps_a, maps_b, losses_a, losses_b = [], [], [], []
+    maps_a, maps_b, losses_a, losses_b, statistics = [], [], [], [], []
     for k, match in enumerate(matches):
         original_a = side_a.copy_through(match.node_a)
         original_b = side_b.copy_through(match.node_b)
@@ -85,6 +88,7 @@ def merge_graphs(
         maps_b.append(original_b)
         losses_a.append(merged.call_function(operator.getitem, (switched_a, 1)))
         losses_b.append(merged.call_function(operator.getitem, (switched_b, 1)))
+        statistics.append(merged.call_function(PairStatistics.of, (original_a, original_b)))
     return MergedGraph(
         graph=merged,
         output_a=side_a.copy_rest(),
@@ -93,6 +97,7 @@ def merge_graphs(
         maps_b=tuple(maps_b),
         losses_a=tuple(losses_a),
         losses_b=tuple(losses_b),
+        statistics=tuple(statistics),
     )
 
 

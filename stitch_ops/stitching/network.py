@@ -35,14 +35,15 @@ from stitch_ops.graph.matching import Match, MatchingConfig, match_networks
 from stitch_ops.graph.trace import NetworkGraph, trace_network
 from stitch_ops.stitching.merge import merge_graphs, program
 from stitch_ops.stitching.parents import ParentSpec, probe_shape
-from stitch_ops.stitching.stitch import Stitch
-from stitch_ops.stitching.switch import DEFAULT_LOSS_TERMS, LossTerm, Switch, SwitchMode, TrainingMethod
+from stitch_ops.stitching.stitch import PairStatistics, Stitch
+from stitch_ops.stitching.switch import DEFAULT_LOSS_TERMS, LossTerm, Switch, SwitchMode
 
 __all__ = [
     "PairLosses",
     "Parent",
     "StitchedNetwork",
     "SwitchConfiguration",
+    "TrainingMethod",
     "load_stitched_network",
     "sample_configuration",
     "save_stitched_network",
@@ -56,6 +57,13 @@ class Parent(StrEnum):
 
     A = "a"
     B = "b"
+
+
+class TrainingMethod(StrEnum):
+    """How stitches are trained (DESIGN.md, step 4)."""
+
+    DIRECT_MATCHING = "direct_matching"
+    DOUBLE_BATCHED = "double_batched"
 
 
 @dataclass(frozen=True)
@@ -151,10 +159,12 @@ class StitchedNetwork(nn.Module):
         self._programs = {
             "a": self._program(lambda merged: merged.output_a),
             "b": self._program(lambda merged: merged.output_b),
-            "losses": self._program(lambda merged: tuple(zip(merged.losses_a, merged.losses_b))),
+            "statistics": self._program(lambda merged: merged.statistics),
+            TrainingMethod.DOUBLE_BATCHED: self._program(lambda merged: tuple(zip(merged.losses_a, merged.losses_b))),
             "maps": self._program(lambda merged: tuple(zip(merged.maps_a, merged.maps_b))),
         }
         self.configuration = SwitchConfiguration.all_original(len(self.matches))
+        self.training_method: TrainingMethod | None = None
 
     @classmethod
     def from_networks(
@@ -197,29 +207,46 @@ class StitchedNetwork(nn.Module):
         self.configuration = configuration
 
     def set_training(self, method: TrainingMethod | str | None, loss_terms: tuple[LossTerm, ...] = DEFAULT_LOSS_TERMS) -> None:
-        """Make every switch compute its loss for ``method``; ``None`` returns to inference."""
+        """Prepare :meth:`switch_losses` for ``method`` (``loss_terms``: double-batched only); ``None``: inference."""
+        self.training_method = None if method is None else TrainingMethod(method)
+        double_batched = self.training_method is TrainingMethod.DOUBLE_BATCHED
         for switch in self.switches():
-            switch.set_training(method, loss_terms)
+            switch.set_double_batched(loss_terms if double_batched else None)
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits ``B K H W [D]`` of the configured output parent for images ``B C H W [D]``."""
         return self._programs[self.configuration.output.value](x)
 
     def switch_losses(self, x: Tensor) -> tuple[PairLosses, ...]:
-        """The loss of every switch, per match, for the training method set by :meth:`set_training`.
+        """Per match, the losses of the stitches into A and into B, for the method set by :meth:`set_training`.
 
-        For double-batched training ``x`` is the doubled batch (every sample twice).
+        Direct matching: ``MSE(stitch(b_k), a_k)`` and ``MSE(stitch(a_k), b_k)`` with every
+        switch on original; the parents run without autograd and the MSEs follow
+        from each pair's :class:`PairStatistics`. Double-batched: each switch's
+        loss, for the doubled batch ``x`` (every sample twice).
 
         Raises:
             RuntimeError: if no training method is set.
         """
-        if any(switch.training_method is None for switch in self.switches()):
+        if self.training_method is None:
             raise RuntimeError("switch losses need a training method: call set_training(TrainingMethod...) first")
-        return tuple(PairLosses(a, b) for a, b in self._programs["losses"](x))
+        if self.training_method is TrainingMethod.DOUBLE_BATCHED:
+            return tuple(PairLosses(a, b) for a, b in self._programs[TrainingMethod.DOUBLE_BATCHED](x))
+        return tuple(
+            PairLosses(statistics.swapped().stitch_mse(switch_a.stitch), statistics.stitch_mse(switch_b.stitch))
+            for statistics, switch_a, switch_b in zip(self.pair_statistics(x), self.switches_a, self.switches_b)
+        )
+
+    @torch.no_grad()
+    def pair_statistics(self, x: Tensor) -> tuple[PairStatistics, ...]:
+        """Second-order statistics of ``(a_k, b_k)`` for every match, from the parents' own maps."""
+        if self.configuration.active_stitches:
+            raise RuntimeError("pair statistics describe the parents' own maps: configure every switch to original")
+        return self._programs["statistics"](x)
 
     def matched_maps(self, x: Tensor) -> tuple[tuple[Tensor, Tensor], ...]:
         """``(a_k, b_k)`` for every match, as the parents compute them (switches on original)."""
-        if self.configuration.active_stitches or any(s.training_method for s in self.switches()):
+        if self.configuration.active_stitches or self.training_method is not None:
             raise RuntimeError("matched_maps reads the parents' own maps: configure all switches to original, no training")
         return self._programs["maps"](x)
 

@@ -3,15 +3,13 @@
 Every consumer of a matched node ``a_k`` reads a switch instead of ``a_k``. The
 switch owns the stitch ``b_k -> a_k`` and returns, per its :class:`SwitchMode`,
 the original map, the stitched map of the other network, their average, or a
-random choice per sample. While stitches are trained the switch also computes
-its loss, because it is the one place where all the maps involved meet
-(DESIGN.md, "The method in one page", step 4):
+random choice per sample.
 
-- *direct matching*: it passes the original on and returns
-  ``MSE(a_k, stitch(b_k))`` with both maps detached from the parents;
-- *double-batched*: the batch holds every sample twice. The first half is the
-  reference and is passed on unchanged; the second half gets the mode's choice.
-  With (1) the reference ``a_k``, (2) the forwarded ``a_k`` (second half),
+In double-batched training (DESIGN.md, "The method in one page", step 4) the
+switch also computes its loss, because it is the one place where all the maps
+involved meet. The batch holds every sample twice. The first half is the
+reference and is passed on unchanged; the second half gets the mode's choice.
+With (1) the reference ``a_k``, (2) the forwarded ``a_k`` (second half),
   (3) the stitched reference ``stitch(b_k)`` (first half) and (4) the stitched
   forwarded ``stitch(b_k)`` (second half), the loss is a sum of
   :class:`LossTerm` s, each anchored to (1): by default
@@ -33,7 +31,7 @@ from torch import Tensor, nn
 
 from stitch_ops.stitching.stitch import Stitch
 
-__all__ = ["DEFAULT_LOSS_TERMS", "LossTerm", "Switch", "SwitchMode", "SwitchOutput", "TrainingMethod"]
+__all__ = ["DEFAULT_LOSS_TERMS", "LossTerm", "Switch", "SwitchMode", "SwitchOutput"]
 
 
 class SwitchMode(StrEnum):
@@ -43,13 +41,6 @@ class SwitchMode(StrEnum):
     STITCHED = "stitched"
     AVERAGE = "average"
     RANDOM = "random"
-
-
-class TrainingMethod(StrEnum):
-    """How stitches are trained."""
-
-    DIRECT_MATCHING = "direct_matching"
-    DOUBLE_BATCHED = "double_batched"
 
 
 class LossTerm(StrEnum):
@@ -82,8 +73,7 @@ class Switch(nn.Module):
         self.stitch = stitch
         self.mode = SwitchMode.ORIGINAL
         self.generator: torch.Generator | None = None
-        self.training_method: TrainingMethod | None = None
-        self.loss_terms: tuple[LossTerm, ...] = DEFAULT_LOSS_TERMS
+        self.loss_terms: tuple[LossTerm, ...] | None = None
 
     def set_mode(self, mode: SwitchMode | str, generator: torch.Generator | None = None) -> None:
         """Set what the switch passes on; ``RANDOM`` needs a ``generator``."""
@@ -92,25 +82,22 @@ class Switch(nn.Module):
             raise ValueError("SwitchMode.RANDOM needs an explicit torch.Generator; none was given")
         self.mode, self.generator = mode, generator
 
-    def set_training(self, method: TrainingMethod | str | None, loss_terms: tuple[LossTerm, ...] = DEFAULT_LOSS_TERMS) -> None:
-        """Make the switch compute its loss for ``method`` (``None``: inference, no loss)."""
-        if not loss_terms:
-            raise ValueError("loss_terms should name at least one LossTerm, got none")
-        self.training_method = None if method is None else TrainingMethod(method)
-        self.loss_terms = tuple(LossTerm(term) for term in loss_terms)
+    def set_double_batched(self, loss_terms: tuple[LossTerm | str, ...] | None) -> None:
+        """Expect double batches and compute the loss from ``loss_terms``; ``None``: plain batches, no loss."""
+        if loss_terms is not None and not loss_terms:
+            raise ValueError(f"loss_terms should name at least one of {[t.value for t in LossTerm]}, got none")
+        self.loss_terms = None if loss_terms is None else tuple(LossTerm(term) for term in loss_terms)
 
     def forward(self, original: Tensor, other: Tensor) -> SwitchOutput:
         """``original``: this network's map ``B C_b ...``; ``other``: the other network's map ``B C_a ...``."""
-        if self.training_method is TrainingMethod.DIRECT_MATCHING:
-            return SwitchOutput(original, F.mse_loss(self.stitch(other.detach()), original.detach()))
-        if self.training_method is TrainingMethod.DOUBLE_BATCHED:
+        if self.loss_terms is not None:
             return self._double_batched(original, other)
         if self.mode is SwitchMode.ORIGINAL:
             return SwitchOutput(original, None)
         return SwitchOutput(self._choose(original, self.stitch(other)), None)
 
     def extra_repr(self) -> str:
-        return f"mode={self.mode.value}, training_method={self.training_method}"
+        return f"mode={self.mode.value}, double_batched={self.loss_terms is not None}"
 
     def _choose(self, original: Tensor, stitched: Tensor) -> Tensor:
         if self.mode is SwitchMode.ORIGINAL:
@@ -118,22 +105,30 @@ class Switch(nn.Module):
         if self.mode is SwitchMode.STITCHED:
             return stitched
         if self.mode is SwitchMode.AVERAGE:
-            return (original + stitched) / 2
+            return torch.lerp(original, stitched, 0.5)  # (original + stitched) / 2 in one pass
         take_stitched = torch.rand(len(original), generator=self.generator, device=self.generator.device) < 0.5
         take_stitched = take_stitched.to(original.device).view(-1, *([1] * (original.dim() - 1)))
         return torch.where(take_stitched, stitched, original)
 
     def _double_batched(self, original: Tensor, other: Tensor) -> SwitchOutput:
+        """First half: the reference, passed on (detached: it never depends on a stitch). Second half: the mode's choice.
+
+        The halves are taken with ``chunk`` and stitched separately, so the
+        backward pass does not zero-fill a full-size gradient per slice.
+        """
         if len(original) % 2:
             raise ValueError(f"a double batch needs an even batch size (reference + copy), got {len(original)}")
-        half = len(original) // 2
-        stitched = self.stitch(other)
-        reference = original[:half].detach()
-        compared = {
-            LossTerm.FORWARDED: original[half:],
-            LossTerm.STITCHED_ORIGINAL: stitched[:half],
-            LossTerm.STITCHED_FORWARDED: stitched[half:],
-        }
-        loss = sum(F.mse_loss(compared[term], reference) for term in self.loss_terms)
-        chosen = self._choose(original[half:], stitched[half:])
-        return SwitchOutput(torch.cat([original[:half], chosen]), loss)
+        reference, forwarded = original.chunk(2)
+        other_reference, other_forwarded = other.chunk(2)
+        reference = reference.detach()
+        stitched_forwarded = self.stitch(other_forwarded)
+
+        def compared(term: LossTerm) -> Tensor:
+            if term is LossTerm.FORWARDED:
+                return forwarded
+            if term is LossTerm.STITCHED_ORIGINAL:
+                return self.stitch(other_reference.detach())
+            return stitched_forwarded
+
+        loss = sum(F.mse_loss(compared(term), reference) for term in self.loss_terms)
+        return SwitchOutput(torch.cat([reference, self._choose(forwarded, stitched_forwarded)]), loss)

@@ -5,9 +5,12 @@ and their normalisation layers stay in eval mode, so neither weights nor
 statistics change. Only the stitches are optimised, with AdamW and a cosine
 annealed learning rate, on *unlabeled* images.
 
-- *Direct matching*: one forward pass with every switch on original; each
-  switch returns ``MSE(stitch(other), own)`` on detached maps, so no gradient
-  flows through the parents and all stitches train at once.
+- *Direct matching*: one forward pass with every switch on original; at each
+  match both stitches get ``MSE(stitch(other map), own map)`` on detached maps,
+  so no gradient flows through the parents and all stitches train at once. The
+  MSE is evaluated from the pair's second-order statistics
+  (:class:`~stitch_ops.stitching.stitch.PairStatistics`): same value and
+  gradient, without materialising the stitched maps.
 - *Double-batched*: every batch is doubled; switches pass the reference half on
   and a random per-sample choice in the second half, and return their loss
   anchored to the reference (see :mod:`stitch_ops.stitching.switch`). Gradients
@@ -33,11 +36,20 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from stitch_ops.stitching.network import SwitchConfiguration, StitchedNetwork, atomic_save
-from stitch_ops.stitching.stitch import LeastSquaresFit
-from stitch_ops.stitching.switch import DEFAULT_LOSS_TERMS, LossTerm, SwitchMode, TrainingMethod
+from stitch_ops.stitching.network import StitchedNetwork, SwitchConfiguration, TrainingMethod, atomic_save
+from stitch_ops.stitching.stitch import PairStatistics
+from stitch_ops.stitching.switch import DEFAULT_LOSS_TERMS, LossTerm, SwitchMode
 
-__all__ = ["Batches", "EpochLog", "StitchTrainingConfig", "fit_stitches_least_squares", "train_stitches"]
+__all__ = [
+    "Batches",
+    "EpochLog",
+    "StitchTrainingConfig",
+    "cosine_learning_rate",
+    "fit_stitches_least_squares",
+    "stitch_optimizer",
+    "train_stitches",
+    "training_step",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +144,7 @@ def train_stitches(
         ValueError: if the checkpoint was written for other matches or another config.
     """
     logger.info("training %d stitches (%s) with %s; checkpoint %s", 2 * len(network.matches), config.method.value, config, checkpoint)
-    optimizer = torch.optim.AdamW(network.stitch_parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = stitch_optimizer(network, config)
     history: list[EpochLog] = []
     if checkpoint is not None and Path(checkpoint).exists():
         history = _resume(network, optimizer, config, Path(checkpoint))
@@ -161,15 +173,15 @@ def fit_stitches_least_squares(network: StitchedNetwork, batches: Iterable[Tenso
     ``B C H W [D]``, unlabeled), a good start for either training method.
     """
     device = next(network.parameters()).device
-    fits_a = [LeastSquaresFit(s.stitch.in_channels, s.stitch.out_channels) for s in network.switches_a]
-    fits_b = [LeastSquaresFit(s.stitch.in_channels, s.stitch.out_channels) for s in network.switches_b]
+    statistics: list[PairStatistics] | None = None
     for images in batches:
-        for (map_a, map_b), fit_a, fit_b in zip(network.matched_maps(images.to(device)), fits_a, fits_b):
-            fit_a.update(map_b, map_a)
-            fit_b.update(map_a, map_b)
-    for switch, fit in zip(network.switches(), fits_a + fits_b):
-        weight, bias = fit.solve(ridge)
-        switch.stitch.set_affine_(weight.to(device), bias.to(device))
+        batch = network.pair_statistics(images.to(device))
+        statistics = batch if statistics is None else [total + new for total, new in zip(statistics, batch)]
+    if statistics is None:
+        raise ValueError("no images: least-squares fitting needs at least one batch")
+    for pair, switch_a, switch_b in zip(statistics, network.switches_a, network.switches_b):
+        switch_a.stitch.set_affine_(*pair.swapped().least_squares(ridge))
+        switch_b.stitch.set_affine_(*pair.least_squares(ridge))
 
 
 def cosine_learning_rate(step: int, total_steps: int, lr: float) -> float:
@@ -190,14 +202,23 @@ def _run_epoch(network, optimizer, batches: Batches, config: StitchTrainingConfi
         lr = cosine_learning_rate(epoch * config.iterations_per_epoch + iteration, total_steps, config.lr)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss = _step(network, optimizer, next(images).to(device), config.method)
+        loss = training_step(network, optimizer, next(images).to(device), config.method)
         loss_sum += loss
         bar.set_postfix(loss=f"{loss_sum / (iteration + 1):.4g}")
     return loss_sum / config.iterations_per_epoch
 
 
-def _step(network: StitchedNetwork, optimizer: torch.optim.Optimizer, images: Tensor, method: TrainingMethod) -> float:
-    """One optimiser step; for double-batched training the batch is doubled here."""
+def stitch_optimizer(network: StitchedNetwork, config: StitchTrainingConfig) -> torch.optim.AdamW:
+    """AdamW over the stitches only (fused: one kernel for all of them)."""
+    return torch.optim.AdamW(network.stitch_parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
+
+
+def training_step(network: StitchedNetwork, optimizer: torch.optim.Optimizer, images: Tensor, method: TrainingMethod) -> float:
+    """One optimiser step on images ``B C H W [D]``; for double-batched training the batch is doubled here.
+
+    The network must be prepared with ``set_training(method)`` (and, for
+    double-batched training, switches configured); returns the summed loss.
+    """
     if method is TrainingMethod.DOUBLE_BATCHED:
         images = torch.cat([images, images])
     loss = sum(pair.a + pair.b for pair in network.switch_losses(images))

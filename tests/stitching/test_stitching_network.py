@@ -8,7 +8,7 @@ from tiny_nets import tiny_parent
 from torch import nn
 
 from stitch_ops.stitching import (
-    LeastSquaresFit,
+    PairStatistics,
     Parent,
     Stitch,
     StitchedNetwork,
@@ -110,14 +110,34 @@ def test_stitch_rejects_unknown_dimensionality():
 def test_least_squares_recovers_an_affine_channel_map():
     generator = torch.Generator().manual_seed(0)
     weight, bias = torch.randn(5, 3, generator=generator), torch.randn(5, generator=generator)
-    fit = LeastSquaresFit(3, 5)
+    statistics = None
     for _ in range(3):  # streamed over batches
         source = torch.randn(4, 3, 6, 6, generator=generator)
-        fit.update(source, torch.einsum("oi,bihw->bohw", weight, source) + bias.view(1, 5, 1, 1))
+        batch = PairStatistics.of(source, torch.einsum("oi,bihw->bohw", weight, source) + bias.view(1, 5, 1, 1))
+        statistics = batch if statistics is None else statistics + batch
     stitch = Stitch(3, 5, 4)
-    stitch.set_affine_(*fit.solve(ridge=0.0))
+    stitch.set_affine_(*statistics.least_squares(ridge=0.0))
     assert torch.allclose(stitch.layer.weight.squeeze(), weight, atol=1e-4)
     assert torch.allclose(stitch.layer.bias, bias, atol=1e-4)
+    assert statistics.stitch_mse(stitch).item() == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("tensor_dims", [2, 4, 5])
+def test_stitch_mse_from_statistics_equals_the_mse_of_the_stitched_map(tensor_dims):
+    generator = torch.Generator().manual_seed(0)
+    spatial = (5,) * (tensor_dims - 2)
+    map_a, map_b = torch.randn((3, 4) + spatial, generator=generator), torch.randn((3, 6) + spatial, generator=generator) + 2
+    stitch = Stitch(4, 6, tensor_dims)
+    expected = torch.nn.functional.mse_loss(stitch(map_a), map_b)
+    expected.backward()
+    expected_gradient = stitch.layer.weight.grad.clone()
+    stitch.zero_grad()
+    loss = PairStatistics.of(map_a, map_b).stitch_mse(stitch)
+    loss.backward()
+    assert torch.allclose(loss, expected, rtol=1e-5)
+    assert torch.allclose(stitch.layer.weight.grad, expected_gradient, rtol=1e-4, atol=1e-6)
+    reverse = Stitch(6, 4, tensor_dims)
+    assert torch.allclose(PairStatistics.of(map_a, map_b).swapped().stitch_mse(reverse), torch.nn.functional.mse_loss(reverse(map_b), map_a), rtol=1e-5)
 
 
 def _switch() -> tuple[Switch, torch.Tensor, torch.Tensor]:

@@ -69,15 +69,22 @@ def test_double_batched_loss_decreases(toy_pair, toy_network):
 
 
 def _gradients_from_one_late_switch(network: StitchedNetwork, images: torch.Tensor, method: TrainingMethod) -> list[bool]:
-    """Which stitches into A get a gradient from the loss of A's last switch alone (switches averaging)."""
+    """Which stitches into A get a gradient from the loss at A's last match alone.
+
+    Double-batched: switches average in the second half, loss term MSE(1, 2) only.
+    Direct matching: switches on original, as the method requires.
+    """
     n = len(network.matches)
-    network.configure(SwitchConfiguration((SwitchMode.AVERAGE,) * n, (SwitchMode.AVERAGE,) * n))
-    network.set_training(method, (LossTerm.FORWARDED,))  # direct matching has a single term anyway
-    doubled = torch.cat([images, images]) if method is TrainingMethod.DOUBLE_BATCHED else images
+    double_batched = method is TrainingMethod.DOUBLE_BATCHED
+    mode = SwitchMode.AVERAGE if double_batched else SwitchMode.ORIGINAL
+    network.configure(SwitchConfiguration((mode,) * n, (mode,) * n))
+    network.set_training(method, (LossTerm.FORWARDED,))
+    doubled = torch.cat([images, images]) if double_batched else images
     network.switch_losses(doubled)[-1].a.backward()
     reached = [switch.stitch.layer.weight.grad is not None and bool(switch.stitch.layer.weight.grad.abs().sum() > 0) for switch in network.switches_a]
     network.zero_grad(set_to_none=True)
     network.set_training(None)
+    network.configure(SwitchConfiguration.all_original(n))
     return reached
 
 
