@@ -15,6 +15,7 @@ import logging
 import shutil
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from stitch_ops.baselines import approaches
 from stitch_ops.baselines.approaches import ModelId, other
@@ -22,6 +23,9 @@ from stitch_ops.baselines.config import FederatedParams, FinetuneParams, MergedP
 from stitch_ops.config import PARTIES, Params
 from stitch_ops.nnunet.plan import PLANS
 from stitch_ops.paths import PairPaths, dataset_name
+
+if TYPE_CHECKING:
+    from stitch_ops.baselines.federated import FaultInjection
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +142,7 @@ def merged(pair: str, fold: int, params: Params, *, root: Path = Path("."), prog
 
 
 def federated(pair: str, fold: int, params: Params, *, root: Path = Path("."), progress: bool = True,
-              fault: object | None = None) -> Path:
+              fault: FaultInjection | None = None) -> Path:
     """``a‖b``: FedAvg with one Ray actor per party on its own data (joint plans), then
     both test sets. Resumes after the last completed round; a changed configuration
     starts over."""
