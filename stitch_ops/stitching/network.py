@@ -160,7 +160,7 @@ class StitchedNetwork(nn.Module):
             "a": self._program(lambda merged: merged.output_a),
             "b": self._program(lambda merged: merged.output_b),
             "statistics": self._program(lambda merged: merged.statistics),
-            TrainingMethod.DOUBLE_BATCHED: self._program(lambda merged: tuple(zip(merged.losses_a, merged.losses_b))),
+            "double_batched": self._program(lambda merged: tuple(zip(merged.losses_a, merged.losses_b))),
             "maps": self._program(lambda merged: tuple(zip(merged.maps_a, merged.maps_b))),
         }
         self.configuration = SwitchConfiguration.all_original(len(self.matches))
@@ -231,7 +231,7 @@ class StitchedNetwork(nn.Module):
         if self.training_method is None:
             raise RuntimeError("switch losses need a training method: call set_training(TrainingMethod...) first")
         if self.training_method is TrainingMethod.DOUBLE_BATCHED:
-            return tuple(PairLosses(a, b) for a, b in self._programs[TrainingMethod.DOUBLE_BATCHED](x))
+            return tuple(PairLosses(a, b) for a, b in self._programs["double_batched"](x))
         return tuple(
             PairLosses(statistics.swapped().stitch_mse(switch_a.stitch), statistics.stitch_mse(switch_b.stitch))
             for statistics, switch_a, switch_b in zip(self.pair_statistics(x), self.switches_a, self.switches_b)
@@ -240,14 +240,12 @@ class StitchedNetwork(nn.Module):
     @torch.no_grad()
     def pair_statistics(self, x: Tensor) -> tuple[PairStatistics, ...]:
         """Second-order statistics of ``(a_k, b_k)`` for every match, from the parents' own maps."""
-        if self.configuration.active_stitches:
-            raise RuntimeError("pair statistics describe the parents' own maps: configure every switch to original")
+        self._check_parents_unstitched("pair_statistics")
         return self._programs["statistics"](x)
 
     def matched_maps(self, x: Tensor) -> tuple[tuple[Tensor, Tensor], ...]:
         """``(a_k, b_k)`` for every match, as the parents compute them (switches on original)."""
-        if self.configuration.active_stitches or self.training_method is not None:
-            raise RuntimeError("matched_maps reads the parents' own maps: configure all switches to original, no training")
+        self._check_parents_unstitched("matched_maps")
         return self._programs["maps"](x)
 
     def switches(self) -> Iterator[Switch]:
@@ -266,6 +264,13 @@ class StitchedNetwork(nn.Module):
         self.parent_a.eval()
         self.parent_b.eval()
         return self
+
+    def _check_parents_unstitched(self, caller: str) -> None:
+        if self.configuration.active_stitches or self.training_method is TrainingMethod.DOUBLE_BATCHED:
+            raise RuntimeError(
+                f"{caller} reads the parents' own maps: configure every switch to original "
+                f"(got {self.configuration.active_stitches} active) and leave double-batched training"
+            )
 
     def _program(self, outputs) -> fx.GraphModule:
         merged = merge_graphs(

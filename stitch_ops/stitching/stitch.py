@@ -97,78 +97,76 @@ class Stitch(nn.Module):
 
 @dataclass(frozen=True)
 class PairStatistics:
-    """Second-order statistics of a matched pair of maps ``(a, b)`` over all positions (float64).
+    """Second moments of a matched pair of maps ``(a, b)`` over all positions, in float64.
 
-    Positions are the batch and spatial axes (``B C_a H W [D]`` -> ``B*H*W*D``
-    rows of ``C_a`` values). From these statistics the MSE of any stitch between
-    the two maps, its gradient and the least-squares stitch follow exactly,
-    without computing the stitched map: three ``C x N`` matrix products per pair
-    instead of two stitched maps, their squared errors and their backward passes.
+    Positions are the batch and spatial axes (``B C_a H W [D]`` gives ``B*H*W*D``
+    vectors of ``C_a`` values). With ``a' = [a; 1]`` and ``b' = [b; 1]`` the
+    statistics are ``sum a' a'^T``, ``sum b' b'^T`` and ``sum a' b'^T``. From them
+    the MSE of any stitch between the two maps, its gradient and the
+    least-squares stitch follow exactly, without computing a stitched map: three
+    ``C x N`` matrix products per pair instead of two stitched maps, their
+    squared errors and their backward passes.
 
     Attributes:
-        count: number of positions ``M``.
-        sum_a: ``sum a`` (``C_a``); sum_b: ``sum b`` (``C_b``).
-        gram_a: ``sum a a^T`` (``C_a x C_a``); gram_b: ``sum b b^T``.
-        cross: ``sum a b^T`` (``C_a x C_b``).
+        moments_a: ``sum a' a'^T`` (``C_a+1 x C_a+1``; the last entry counts the positions).
+        moments_b: ``sum b' b'^T`` (``C_b+1 x C_b+1``).
+        cross: ``sum a' b'^T`` (``C_a+1 x C_b+1``).
     """
 
-    count: int
-    sum_a: Tensor
-    sum_b: Tensor
-    gram_a: Tensor
-    gram_b: Tensor
+    moments_a: Tensor
+    moments_b: Tensor
     cross: Tensor
 
     @classmethod
     def of(cls, map_a: Tensor, map_b: Tensor) -> PairStatistics:
         """Statistics of ``map_a`` (``B C_a [spatial...]``) and ``map_b`` (``B C_b [spatial...]``), detached."""
         a, b = _positions(map_a), _positions(map_b)
+        count = a.shape[0] * a.shape[2]
+        sum_a, sum_b = a.sum(dim=(0, 2)), b.sum(dim=(0, 2))
         return cls(
-            count=a.shape[0] * a.shape[2],
-            sum_a=a.sum(dim=(0, 2)).double(),
-            sum_b=b.sum(dim=(0, 2)).double(),
-            gram_a=torch.bmm(a, a.mT).sum(0).double(),
-            gram_b=torch.bmm(b, b.mT).sum(0).double(),
-            cross=torch.bmm(a, b.mT).sum(0).double(),
+            moments_a=_augmented(torch.bmm(a, a.mT).sum(0), sum_a, sum_a, count),
+            moments_b=_augmented(torch.bmm(b, b.mT).sum(0), sum_b, sum_b, count),
+            cross=_augmented(torch.bmm(a, b.mT).sum(0), sum_a, sum_b, count),
         )
 
     def __add__(self, other: PairStatistics) -> PairStatistics:
-        return PairStatistics(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+        return PairStatistics(self.moments_a + other.moments_a, self.moments_b + other.moments_b, self.cross + other.cross)
 
     def swapped(self) -> PairStatistics:
         """The statistics of ``(b, a)``."""
-        return PairStatistics(self.count, self.sum_b, self.sum_a, self.gram_b, self.gram_a, self.cross.T)
+        return PairStatistics(self.moments_b, self.moments_a, self.cross.T)
 
     def stitch_mse(self, stitch: Stitch) -> Tensor:
         """``MSE(stitch(a), b)``, differentiable in the stitch's parameters.
 
-        With ``stitch(a) = W a + c``: ``sum |W a + c - b|^2 = tr(W G_a W^T) + 2 c^T W s_a
-        + M |c|^2 - 2 tr(W X) - 2 c^T s_b + tr(G_b)``, divided by ``M * C_b``.
+        With ``W' = [W c]`` (so ``stitch(a) = W' a'``):
+        ``sum |W' a' - b|^2 = tr(W' (sum a' a'^T) W'^T) - 2 tr(W' sum a' b^T) + sum |b|^2``,
+        divided by the number of values, ``positions * C_b``.
         """
-        weight, bias = (t.double() for t in stitch.affine())
-        total = (
-            ((weight @ self.gram_a) * weight).sum()
-            + 2 * bias @ (weight @ self.sum_a)
-            + self.count * bias @ bias
-            - 2 * (weight * self.cross.T).sum()
-            - 2 * bias @ self.sum_b
-            + self.gram_b.trace()
-        )
-        return (total / (self.count * len(self.sum_b))).float()
+        weight, bias = stitch.affine()
+        augmented = torch.cat([weight, bias[:, None]], dim=1).double()
+        cross = self.cross[:, :-1]
+        total = ((augmented @ self.moments_a) * augmented).sum() - 2 * (augmented * cross.T).sum() + self.moments_b.diagonal()[:-1].sum()
+        return (total / (self.moments_a[-1, -1] * cross.shape[1])).float()
 
     def least_squares(self, ridge: float = 1e-6) -> tuple[Tensor, Tensor]:
         """The stitch ``a -> b`` minimising the MSE: ``(weight C_b x C_a, bias C_b)`` in float32.
 
-        ``ridge`` (relative to the mean of ``a``'s second moments) keeps the
-        normal equations well posed when channels are constant or collinear.
+        ``ridge`` (relative to the mean second moment of ``a``'s channels) keeps
+        the normal equations well posed when channels are constant or collinear.
         """
-        channels = len(self.sum_a)
-        normal = torch.zeros(channels + 1, channels + 1, dtype=torch.float64, device=self.gram_a.device)
-        normal[:channels, :channels] = self.gram_a + torch.eye(channels, dtype=torch.float64, device=self.gram_a.device) * ridge * self.gram_a.diagonal().mean()
-        normal[:channels, channels] = normal[channels, :channels] = self.sum_a
-        normal[channels, channels] = self.count
-        solution = torch.linalg.solve(normal, torch.cat([self.cross, self.sum_b[None]]))
+        channels = len(self.moments_a) - 1
+        regulariser = torch.zeros_like(self.moments_a)
+        regulariser.diagonal()[:channels] = ridge * self.moments_a.diagonal()[:channels].mean()
+        solution = torch.linalg.solve(self.moments_a + regulariser, self.cross[:, :-1])  # W'^T
         return solution[:channels].T.float(), solution[channels].float()
+
+
+def _augmented(products: Tensor, row_sums: Tensor, column_sums: Tensor, count: int) -> Tensor:
+    """``[[products, row_sums], [column_sums^T, count]]`` in float64 (``count`` exact beyond 2^24)."""
+    top = torch.cat([products.double(), row_sums.double()[:, None]], dim=1)
+    bottom = torch.cat([column_sums.double(), column_sums.new_tensor([count], dtype=torch.float64)])[None]
+    return torch.cat([top, bottom])
 
 
 def _positions(x: Tensor) -> Tensor:

@@ -9,13 +9,14 @@ In double-batched training (DESIGN.md, "The method in one page", step 4) the
 switch also computes its loss, because it is the one place where all the maps
 involved meet. The batch holds every sample twice. The first half is the
 reference and is passed on unchanged; the second half gets the mode's choice.
-With (1) the reference ``a_k``, (2) the forwarded ``a_k`` (second half),
-  (3) the stitched reference ``stitch(b_k)`` (first half) and (4) the stitched
-  forwarded ``stitch(b_k)`` (second half), the loss is a sum of
-  :class:`LossTerm` s, each anchored to (1): by default
-  ``MSE(1, 2) + MSE(1, 3) + MSE(1, 4)``. The paper's text reads "between (1)
-  and (2), (3) and (4)"; taken literally ``MSE(3, 4)`` lets a stitch shrink
-  towards zero, so every term here is anchored to the reference.
+With (1) the reference ``a_k``, (2) the forwarded ``a_k`` (second half), (3) the
+stitched reference ``stitch(b_k)`` (first half) and (4) the stitched forwarded
+``stitch(b_k)`` (second half), the loss is a sum of :class:`LossTerm` s, each
+anchored to (1): by default ``MSE(1, 2) + MSE(1, 3) + MSE(1, 4)``. The paper's
+text reads "between (1) and (2), (3) and (4)"; taken literally ``MSE(3, 4)``
+lets a stitch shrink towards zero, so every term here is anchored to the
+reference. Direct matching needs no switch: the combined network computes it
+from the matched maps' :class:`~stitch_ops.stitching.stitch.PairStatistics`.
 
 Random choices use an explicit :class:`torch.Generator`, never the global RNG.
 """
