@@ -191,6 +191,11 @@ class StitchedNetwork(nn.Module):
         """Combine two nnU-Net networks described by their plans (the probe is chosen from their strides)."""
         return cls.from_networks(network_a, network_b, probe_shape(spec_a, spec_b), matching, (spec_a, spec_b))
 
+    @classmethod
+    def from_models(cls, model_a, model_b, matching: MatchingConfig = MatchingConfig()) -> StitchedNetwork:
+        """Combine two loaded nnU-Net models (``stitch_ops.nnunet.model.NnUNetModel``: network, plans, dataset.json)."""
+        return cls.from_parents(ParentSpec.of_model(model_a), model_a.network, ParentSpec.of_model(model_b), model_b.network, matching)
+
     def configure(self, configuration: SwitchConfiguration, generator: torch.Generator | None = None) -> None:
         """Set every switch and the output; ``generator`` drives switches on ``random``.
 
@@ -300,9 +305,9 @@ def save_stitched_network(network: StitchedNetwork, path: Path) -> None:
     atomic_save({"description": json.dumps(description), "state_dict": _cpu_state(network)}, Path(path))
 
 
-def load_stitched_network(path: Path, trusted: bool = False, map_location: str | torch.device = "cpu") -> StitchedNetwork:
-    """Rebuild a network saved by :func:`save_stitched_network` (``trusted``: see :meth:`ParentSpec.build`)."""
-    saved = torch.load(Path(path), map_location=map_location, weights_only=True)
+def load_stitched_network(path: Path, trusted: bool = False) -> StitchedNetwork:
+    """Rebuild a network saved by :func:`save_stitched_network`, on the CPU (``trusted``: see :meth:`ParentSpec.build`)."""
+    saved = torch.load(Path(path), map_location="cpu", weights_only=True)
     description = json.loads(saved["description"])
     if description.get("format") != _FORMAT:
         raise ValueError(f"{path} is not a saved stitched network: expected format {_FORMAT!r}, got {description.get('format')!r}")

@@ -50,6 +50,16 @@ class ParentSpec:
 
         return PlansManager(dict(self.plans)).get_configuration(self.configuration).configuration["architecture"]
 
+    @classmethod
+    def of_model(cls, model) -> ParentSpec:
+        """The description of a loaded nnU-Net model (``stitch_ops.nnunet.model.NnUNetModel``)."""
+        return cls(plans=model.plans, dataset_json=model.dataset_json, configuration=model.configuration)
+
+    @property
+    def patch_size(self) -> tuple[int, ...]:
+        """The configuration's training patch size (spatial), e.g. for sampling stitch training patches."""
+        return tuple(self.plans["configurations"][self.configuration]["patch_size"])
+
     @property
     def input_channels(self) -> int:
         return len(self.dataset_json["channel_names"])

@@ -209,3 +209,21 @@ def test_save_and_load_roundtrip(tmp_path, pair_network):
     assert torch.equal(loaded(x), network(x))
     assert loaded.matches == network.matches
     network.configure(SwitchConfiguration.all_original(len(network.matches)))
+
+
+def test_combining_two_exported_nnunet_models(tmp_path):
+    """The pipeline's path: models exported and loaded as data by ``stitch_ops.nnunet.model``, then combined."""
+    from stitch_ops.nnunet.model import export_model, load_model
+
+    models = []
+    for party, (seed, features) in {"a": (0, (4, 8, 16)), "b": (1, (6, 12, 16, 24))}.items():
+        spec, network = tiny_parent(seed, features=features)
+        folder = export_model(network, dict(spec.plans), dict(spec.dataset_json), configuration=spec.configuration,
+                              target=tmp_path / party, mirroring_axes=None, provenance={"trained_on": party})
+        models.append(load_model(folder))
+    network = StitchedNetwork.from_models(*models)
+    x = torch.randn(2, 1, 32, 32)
+    for parent, model in zip(Parent, models):
+        network.configure(SwitchConfiguration.all_original(len(network.matches), parent))
+        assert torch.equal(network(x), model.network(x))
+    assert network.parent_specs[1].patch_size == (32, 32)
