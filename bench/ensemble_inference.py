@@ -1,7 +1,8 @@
 """Inference cost of a stitch-ensemble relative to the plain two-model ensemble (goal <= 1.05).
 
-Both ensembles hold the same two parents and return the log of the averaged
-softmax; the stitch-ensemble adds two 1x1 stitches and two averages at match k.
+Both ensembles return the log of the averaged softmax of the same two parents
+(each ensemble with its own copy of the weights, as deployed); the
+stitch-ensemble adds two 1x1 stitches and two averages at match k.
 Measured side by side, interleaved, on the same batch (plain forward under
 ``torch.inference_mode``) and through nnU-Net's sliding-window predictor with the
 same settings for both (``manual_initialization`` + ``predict_single_npy_array``).
@@ -61,7 +62,7 @@ def main() -> None:
     spec_a, net_a = tiny_parent(0, features=(f, 2 * f, 4 * f, 8 * f), patch_size=patch)
     spec_b, net_b = tiny_parent(1, features=(f, 2 * f, 4 * f, 6 * f, 8 * f), patch_size=patch)
     network = StitchedNetwork.from_parents(spec_a, net_a, spec_b, net_b)
-    plain = TwoModelEnsemble(network.parent_a, network.parent_b).eval()
+    plain = TwoModelEnsemble(net_a, net_b).eval()  # the nnU-Net networks themselves (traced copies live in `network`)
     positions = _positions(network)
     ensembles = {name: extract_stitch_ensemble(network, k).eval() for name, k in positions.items()}
     images = torch.randn(args.batch, 1, *patch, generator=torch.Generator().manual_seed(0))

@@ -53,7 +53,7 @@ def main() -> None:
                 network.configure(SwitchConfiguration((SwitchMode.RANDOM,) * n, (SwitchMode.RANDOM,) * n), generator)
             else:
                 network.configure(SwitchConfiguration.all_original(n))
-            training_step(network, optimizer, images, method)
+            training_step(network, optimizer, images)
 
         return run
 

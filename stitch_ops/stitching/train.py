@@ -193,6 +193,26 @@ def cosine_learning_rate(step: int, total_steps: int, lr: float) -> float:
     return 0.5 * lr * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
 
 
+def stitch_optimizer(network: StitchedNetwork, config: StitchTrainingConfig) -> torch.optim.AdamW:
+    """AdamW over the stitches only (fused: one kernel for all of them)."""
+    return torch.optim.AdamW(network.stitch_parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
+
+
+def training_step(network: StitchedNetwork, optimizer: torch.optim.Optimizer, images: Tensor) -> float:
+    """One optimiser step on images ``B C H W [D]``; for double-batched training the batch is doubled here.
+
+    The network must be prepared with ``set_training(method)`` (and, for
+    double-batched training, its switches configured); returns the summed loss.
+    """
+    if network.training_method is TrainingMethod.DOUBLE_BATCHED:
+        images = torch.cat([images, images])
+    loss = sum(pair.a + pair.b for pair in network.switch_losses(images))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
 def _run_epoch(network, optimizer, batches: Batches, config: StitchTrainingConfig, epoch: int, device, progress: bool) -> float:
     images = _cycle(batches, epoch)
     total_steps = config.epochs * config.iterations_per_epoch
@@ -202,30 +222,10 @@ def _run_epoch(network, optimizer, batches: Batches, config: StitchTrainingConfi
         lr = cosine_learning_rate(epoch * config.iterations_per_epoch + iteration, total_steps, config.lr)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss = training_step(network, optimizer, next(images).to(device), config.method)
+        loss = training_step(network, optimizer, next(images).to(device))
         loss_sum += loss
         bar.set_postfix(loss=f"{loss_sum / (iteration + 1):.4g}")
     return loss_sum / config.iterations_per_epoch
-
-
-def stitch_optimizer(network: StitchedNetwork, config: StitchTrainingConfig) -> torch.optim.AdamW:
-    """AdamW over the stitches only (fused: one kernel for all of them)."""
-    return torch.optim.AdamW(network.stitch_parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
-
-
-def training_step(network: StitchedNetwork, optimizer: torch.optim.Optimizer, images: Tensor, method: TrainingMethod) -> float:
-    """One optimiser step on images ``B C H W [D]``; for double-batched training the batch is doubled here.
-
-    The network must be prepared with ``set_training(method)`` (and, for
-    double-batched training, switches configured); returns the summed loss.
-    """
-    if method is TrainingMethod.DOUBLE_BATCHED:
-        images = torch.cat([images, images])
-    loss = sum(pair.a + pair.b for pair in network.switch_losses(images))
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return float(loss.detach())
 
 
 def _configure_switches(network: StitchedNetwork, config: StitchTrainingConfig, epoch: int) -> None:
