@@ -36,6 +36,7 @@ class Approach(StrEnum):
     ENSEMBLE_FINETUNED = "ensemble_finetuned"
     FEDERATED = "federated"
     MERGED = "merged"
+    STITCH = "stitch"
 
 
 def other(party: str) -> str:
@@ -103,12 +104,21 @@ def local(party: str) -> ModelId:
     return ModelId(Approach.LOCAL, party, party, party)
 
 
+STITCH_METHODS = ("double_batched", "direct_matching")
+
+
+def stitch_ensemble(data_party: str, method: str) -> ModelId:
+    """``a←[c]→b``: the basis models stitched, stitches trained on c's unlabeled data (issue 3)."""
+    return ModelId(Approach.STITCH, f"via_{data_party}_{method}", f"a←[{data_party}]→b", data_party)
+
+
 def all_models() -> list[ModelId]:
-    """Every model id of this subpackage (and the basis models), for lookups by slug."""
+    """Every model id of Table 2 (basis models, baselines, stitch-ensembles), for lookups by slug."""
     return ([local(p) for p in PARTIES] + [finetuned(p) for p in PARTIES] + [ensemble()]
-            + [ensemble_finetuned(p) for p in PARTIES] + [federated(), merged()])
+            + [ensemble_finetuned(p) for p in PARTIES] + [federated(), merged()]
+            + [stitch_ensemble(p, m) for p in PARTIES for m in STITCH_METHODS])
 
 
 def lookup(approach: str, trained_on: str) -> ModelId | None:
-    """The model id with these slugs, or ``None`` (e.g. a stitch-ensemble: not ours)."""
+    """The model id with these slugs, or ``None`` for a model this table does not know."""
     return next((m for m in all_models() if m.approach == approach and m.trained_on == trained_on), None)

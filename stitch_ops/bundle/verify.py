@@ -86,10 +86,20 @@ def verify_bundle(path: Path, *, trust: bool = False) -> BundleReport:
     if report.code and not trust:
         raise BundleError(f"{path} carries code that would run when its configs are parsed: "
                           f"{report.code[:5]}. Read it, and pass --trust only if you trust the sender.")
-    for model_dir in sorted(p.parent for p in path.glob("models/*/weights.pth")):
+    for model_dir in sorted(p for p in path.glob("models/*") if p.is_dir()):
         try:
-            load_model(model_dir)
-        except ModelError as err:
+            _load_shipped_model(model_dir)
+        except (ModelError, ValueError, RuntimeError) as err:
             raise BundleError(f"shipped model {model_dir} is broken: {err}") from err
         report.models.append(model_dir)
     return report
+
+
+def _load_shipped_model(folder: Path) -> None:
+    """Load a shipped model the way its bundle would: an nnU-Net export or a stitch-ensemble."""
+    from stitch_ops.stitching.pipeline import ENSEMBLE_FILE, load_exported_ensemble
+
+    if (folder / ENSEMBLE_FILE).is_file():
+        load_exported_ensemble(folder)
+    else:
+        load_model(folder)

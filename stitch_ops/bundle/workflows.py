@@ -68,3 +68,14 @@ def segment(model_dir: str | Path, input_dir: str | Path, output_dir: str | Path
     model = load_model(Path(model_dir))
     return predict_folder(model, Path(input_dir), Path(output_dir), save_probabilities=save_probabilities,
                           device=device, progress=progress)
+
+
+def segment_with_stitch_ensemble(model_dir: str | Path, input_dir: str | Path, output_dir: str | Path,
+                                 device: str = "auto", save_probabilities: bool = False,
+                                 progress: bool = True) -> Path:
+    """Segment every ``{case}_0000.*`` image of ``input_dir`` with an exported stitch-ensemble."""
+    from stitch_ops.stitching.pipeline import load_exported_ensemble
+
+    model = load_exported_ensemble(Path(model_dir))
+    return predict_folder(model, Path(input_dir), Path(output_dir), save_probabilities=save_probabilities,
+                          device=device, progress=progress)

@@ -38,15 +38,26 @@ def evaluate(args: argparse.Namespace, params: Params) -> None:
         file_ending = _file_ending(raw)
         tables.append(evaluate_folder(predictions / f"test_{party}", raw / "labelsTs", file_ending,
                                       test_party=party, **identity))
-    if (predictions / "val").is_dir() and args.trained_on in PARTIES:
-        raw = paths.raw_dataset(args.trained_on)
+    party = _validation_party(args)
+    if (predictions / "val").is_dir() and party is not None:
+        raw = paths.raw_dataset(party)
         tables.append(evaluate_folder(predictions / "val", raw / "labelsTr", _file_ending(raw),
-                                      test_party=f"val_{args.trained_on}",
-                                      cases=validation_cases(paths, args.trained_on, args.fold), **identity))
+                                      test_party=f"val_{party}", cases=validation_cases(paths, party, args.fold),
+                                      **identity))
     cases = pd.concat(tables, ignore_index=True)
     out = paths.metrics(args.approach, args.trained_on, args.fold)
     summary = write_evaluation(cases, out)
     _log_to_mlflow(args, params, out, summary)
+
+
+def _validation_party(args: argparse.Namespace) -> str | None:
+    """Whose validation cases a model's ``val`` predictions are: its party's, or its perspective's."""
+    from stitch_ops.baselines.approaches import lookup
+
+    if args.trained_on in PARTIES:
+        return args.trained_on
+    model = lookup(args.approach, args.trained_on)
+    return model.perspective if model is not None and model.perspective in PARTIES else None
 
 
 def _file_ending(raw_dataset: Path) -> str:

@@ -7,11 +7,15 @@ so all of them are preprocessed, tiled and exported identically.
 
 from __future__ import annotations
 
+import copy
 import logging
 import shutil
+from dataclasses import dataclass
+from typing import Any
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -33,6 +37,72 @@ def list_cases(folder: Path, file_ending: str) -> dict[str, list[str]]:
     return dict(zip(cases, create_lists_from_splitted_dataset_folder(str(folder), file_ending, cases)))
 
 
+@dataclass(frozen=True)
+class PreprocessedCase:
+    """A case preprocessed with a model's plans: ``data`` is ``C X Y Z``, ``properties`` what
+    nnU-Net needs to put a prediction back into the original image geometry."""
+
+    case: str
+    data: np.ndarray
+    properties: dict[str, Any]
+
+
+def preprocess_cases(model: NnUNetModel, images: Path, cases: Sequence[str] | None = None,
+                     progress: bool = True) -> list[PreprocessedCase]:
+    """Read and preprocess ``cases`` of ``images`` (all by default) as ``model``'s plans say.
+
+    Separate from prediction so that many networks with the same plans (e.g. the
+    stitch-ensembles at every position) share one preprocessing of the images.
+    """
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    plans_manager = PlansManager(model.plans)
+    configuration = plans_manager.get_configuration(model.configuration)
+    available = list_cases(images, model.dataset_json["file_ending"])
+    missing = sorted(set(cases or ()) - set(available))
+    if missing:
+        raise FileNotFoundError(f"cases {missing[:5]} have no images in {images}")
+    preprocessor = configuration.preprocessor_class(verbose=False)
+    selected = list(cases) if cases is not None else list(available)
+    out = []
+    for case in tqdm(selected, desc=f"preprocess {images.name}", unit="case", disable=not progress):
+        data, _, properties = preprocessor.run_case(available[case], None, plans_manager, configuration,
+                                                    model.dataset_json)
+        out.append(PreprocessedCase(case, data, properties))
+    return out
+
+
+def predict_preprocessed(model: NnUNetModel, cases: Sequence[PreprocessedCase], output: Path, *,
+                         save_probabilities: bool = True, device: str = "auto", mirroring: bool = False,
+                         progress: bool = True) -> Path:
+    """Sliding-window prediction of preprocessed ``cases``, exported into ``output`` atomically."""
+    from nnunetv2.inference.export_prediction import export_prediction_from_logits
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    torch_device = resolve_device(device)
+    plans_manager = PlansManager(model.plans)
+    configuration = plans_manager.get_configuration(model.configuration)
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=mirroring,
+                                perform_everything_on_device=torch_device.type == "cuda",
+                                device=torch_device, verbose=False, allow_tqdm=False)
+    network = model.network.to(torch_device).eval()
+    predictor.manual_initialization(network, plans_manager, configuration, [network.state_dict()],
+                                    model.dataset_json, model.description, model.mirroring_axes)
+    staging = output.with_name(output.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for item in tqdm(cases, desc=f"predict {output.name}", unit="case", disable=not progress):
+        with torch.no_grad():
+            logits = predictor.predict_logits_from_preprocessed_data(torch.from_numpy(item.data)).cpu()
+        export_prediction_from_logits(logits, copy.deepcopy(item.properties), configuration, plans_manager,
+                                      model.dataset_json, str(staging / item.case), save_probabilities)
+    shutil.rmtree(output, ignore_errors=True)
+    staging.rename(output)
+    logger.info("predicted %d cases into %s", len(cases), output)
+    return output
+
+
 def predict_folder(model: NnUNetModel, images: Path, output: Path, *, cases: Sequence[str] | None = None,
                    save_probabilities: bool = True, device: str = "auto", mirroring: bool = False,
                    progress: bool = True) -> Path:
@@ -41,44 +111,14 @@ def predict_folder(model: NnUNetModel, images: Path, output: Path, *, cases: Seq
     Args:
         model: network and plans; its plans decide the preprocessing.
         images: nnU-Net images folder (``{case}_0000.png`` or ``.nii.gz``).
-        cases: only these case ids (e.g. a fold's validation cases); default all.
         output: receives ``{case}{file_ending}`` segmentations and, with
             ``save_probabilities``, ``{case}.npz`` softmax probabilities for ensembling.
+        cases: only these case ids (e.g. a fold's validation cases); default all.
         mirroring: test-time mirroring (off by default on CPU: 4–8× slower).
 
     Returns:
         ``output``.
     """
-    from nnunetv2.inference.export_prediction import export_prediction_from_logits
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    torch_device = resolve_device(device)
-    plans_manager = PlansManager(model.plans)
-    configuration = plans_manager.get_configuration(model.configuration)
-    available = list_cases(images, model.dataset_json["file_ending"])
-    missing = sorted(set(cases or ()) - set(available))
-    if missing:
-        raise FileNotFoundError(f"cases {missing[:5]} have no images in {images}")
-    selected = {case: available[case] for case in (cases if cases is not None else available)}
-
-    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=mirroring,
-                                perform_everything_on_device=torch_device.type == "cuda",
-                                device=torch_device, verbose=False, allow_tqdm=False)
-    network = model.network.to(torch_device).eval()
-    predictor.manual_initialization(network, plans_manager, configuration, [network.state_dict()],
-                                    model.dataset_json, model.description, model.mirroring_axes)
-    preprocessor = configuration.preprocessor_class(verbose=False)
-    staging = output.with_name(output.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    for case, files in tqdm(selected.items(), desc=f"predict {images.name}", unit="case", disable=not progress):
-        data, _, properties = preprocessor.run_case(files, None, plans_manager, configuration, model.dataset_json)
-        with torch.no_grad():
-            logits = predictor.predict_logits_from_preprocessed_data(torch.from_numpy(data)).cpu()
-        export_prediction_from_logits(logits, properties, configuration, plans_manager, model.dataset_json,
-                                      str(staging / case), save_probabilities)
-    shutil.rmtree(output, ignore_errors=True)
-    staging.rename(output)
-    logger.info("predicted %d cases of %s into %s", len(selected), images, output)
-    return output
+    return predict_preprocessed(model, preprocess_cases(model, images, cases, progress), output,
+                                save_probabilities=save_probabilities, device=device,
+                                mirroring=mirroring, progress=progress)

@@ -1,0 +1,219 @@
+"""The stitching stages of the pipeline, on the two parties' basis models.
+
+``train``: build the combined network of the two basis models of a fold and train its
+stitches on the *unlabeled* training images of the stitching party c (``a←[c]→b``).
+``select``: score the stitch-ensemble at every evaluated position k on c's validation
+cases, log one MLflow run per position, pick k by the selection strategy, export that
+stitch-ensemble and predict both parties' test sets with it, like any other model.
+
+The stitch-ensemble is fed with c's preprocessing (c's ``plans.json``): the party that
+runs it only has its own pipeline. Both parents see that input; for the embedded data
+the parties' plans differ only slightly (per-image z-scoring; in-plane spacing).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from stitch_ops.config import ConfigError, Params
+from stitch_ops.paths import PairPaths, dataset_name
+
+logger = logging.getLogger(__name__)
+
+APPROACH = "stitch"
+NETWORK_FILE = "stitched_network.pt"
+ENSEMBLE_FILE = "stitch_ensemble.pt"
+
+
+@dataclass(frozen=True)
+class StitchingParams:
+    """``params.yaml`` section ``stitching``."""
+
+    data_parties: tuple[str, ...]
+    methods: tuple[str, ...]
+    selection: str
+    max_positions: int | None
+    training: dict[str, Any]
+
+    @classmethod
+    def of(cls, params: Params) -> StitchingParams:
+        from stitch_ops.evaluation.selection import SelectionStrategy
+        from stitch_ops.stitching.train import StitchTrainingConfig
+
+        raw = dict(params.section("stitching"))
+        unknown = set(raw) - {"data_parties", "methods", "selection", "max_positions", "training"}
+        if unknown:
+            raise ConfigError(f"unknown key(s) in params section 'stitching': {sorted(unknown)}")
+        section = cls(tuple(raw["data_parties"]), tuple(raw["methods"]), raw["selection"],
+                      raw.get("max_positions"), dict(raw["training"]))
+        SelectionStrategy(section.selection)
+        StitchTrainingConfig.from_dict(section.training)  # validates the schedule now, not mid-run
+        if section.max_positions is not None and section.max_positions < 1:
+            raise ConfigError(f"'stitching.max_positions' must be null or >= 1, got {section.max_positions}")
+        return section
+
+    def training_config(self, method: str, seed: int) -> Any:
+        from stitch_ops.stitching.train import StitchTrainingConfig
+
+        return StitchTrainingConfig.from_dict({**self.training, "method": method, "seed": seed})
+
+
+def trained_on(data_party: str, method: str) -> str:
+    """Slug of a stitch-ensemble: whose data trained the stitches, and how (``via_a_double_batched``)."""
+    return f"via_{data_party}_{method}"
+
+
+def _basis_models(paths: PairPaths, fold: int) -> tuple[Any, Any]:
+    from stitch_ops.nnunet.model import load_model
+
+    return tuple(load_model(paths.model_dir("local", party, fold) / "export") for party in ("a", "b"))
+
+
+def _fold_cases(paths: PairPaths, party: str, fold: int, subset: str) -> list[str]:
+    splits = json.loads((paths.raw_dataset(party) / "splits_final.json").read_text())
+    return list(splits[fold][subset])
+
+
+def train(params: Params, pair: str, data_party: str, method: str, fold: int, progress: bool = True) -> Path:
+    """Train the stitches of (a, b) at ``fold`` on c's unlabeled images (the fold's training
+    cases, labels never read); writes ``<model dir>/network/`` and returns the saved network."""
+    from stitch_ops.stitching import PreprocessedImages, RandomPatches, StitchedNetwork, train_stitches
+    from stitch_ops.stitching.network import save_stitched_network
+
+    section = StitchingParams.of(params)
+    config = section.training_config(method, params.seed)
+    paths = PairPaths(pair)
+    model_a, model_b = _basis_models(paths, fold)
+    own = model_a if data_party == "a" else model_b
+    configuration = own.plans["configurations"][own.configuration]
+    images = PreprocessedImages(paths.preprocessed_root(data_party) / dataset_name(pair, data_party)
+                                / configuration["data_identifier"], _fold_cases(paths, data_party, fold, "train"))
+    patches = RandomPatches(images, configuration["patch_size"], config.batch_size, config.seed)
+    network = StitchedNetwork.from_models(model_a, model_b)
+    out = paths.model_dir(APPROACH, trained_on(data_party, method), fold) / "network"
+    out.mkdir(parents=True, exist_ok=True)
+    logger.info("%s: %d matches; training stitches on %d unlabeled images of party %s (%s)",
+                pair, len(network.matches), len(images), data_party, method)
+    history = train_stitches(network, patches.epoch, config, checkpoint=out / "checkpoint.pt", progress=progress)
+    save_stitched_network(network, out / NETWORK_FILE)
+    (out / "training_log.json").write_text(json.dumps([vars(e) for e in history], indent=2))
+    return out / NETWORK_FILE
+
+
+def evaluated_positions(num_matches: int, max_positions: int | None) -> list[int]:
+    """Every k, or ``max_positions`` of them spread evenly from the first to the last match."""
+    if max_positions is None or max_positions >= num_matches:
+        return list(range(num_matches))
+    return sorted({int(round(k)) for k in np.linspace(0, num_matches - 1, max_positions)})
+
+
+def select(params: Params, pair: str, data_party: str, method: str, fold: int, progress: bool = True) -> int:
+    """Score positions on c's validation cases, select k, export it to ``<model dir>/export``,
+    predict both test sets and c's validation cases; returns k. ``positions.csv`` (every scored
+    k, with the selected one marked) goes next to the evaluation's metrics."""
+    from stitch_ops import tracking
+    from stitch_ops.evaluation.evaluate import evaluate_folder
+    from stitch_ops.evaluation.selection import select_position
+    from stitch_ops.nnunet.model import NnUNetModel, load_model
+    from stitch_ops.nnunet.predict import predict_folder, predict_preprocessed, preprocess_cases
+    from stitch_ops.stitching import extract_stitch_ensemble, load_stitched_network
+
+    section = StitchingParams.of(params)
+    paths = PairPaths(pair)
+    slug = trained_on(data_party, method)
+    model_dir = paths.model_dir(APPROACH, slug, fold)
+    network = load_stitched_network(model_dir / "network" / NETWORK_FILE)
+    own = load_model(paths.model_dir("local", data_party, fold) / "export")
+    raw = paths.raw_dataset(data_party)
+    val_cases = _fold_cases(paths, data_party, fold, "val")
+
+    def as_model(module: Any, description: str) -> NnUNetModel:
+        return NnUNetModel(module, own.plans, own.dataset_json, own.configuration, None, description)
+
+    tracking.configure(Path("."))
+    experiment = tracking.experiment_name(pair)
+    identity = {"pair": pair, "approach": APPROACH, "trained_on": slug, "fold": str(fold)}
+    parent = tracking.log_run(experiment=experiment, tags={**identity, "kind": "position_selection"},
+                              params={"method": method, "data_party": data_party,
+                                      "selection": section.selection, "matches": len(network.matches)},
+                              metrics={}, run_name=f"{APPROACH}:{slug}:fold{fold}:positions",
+                              dvc_stage=f"stitch_select@{pair}-{data_party}-{method}-{fold}")
+    preprocessed = preprocess_cases(own, raw / "imagesTr", val_cases, progress)  # once, for all k
+    scratch = model_dir / "positions.partial"
+    rows = []
+    for k in evaluated_positions(len(network.matches), section.max_positions):
+        match = network.matches[k]
+        ensemble = as_model(extract_stitch_ensemble(network, k), f"stitch-ensemble k={k}")
+        predict_preprocessed(ensemble, preprocessed, scratch / f"k{k}", save_probabilities=False,
+                             device=params.nnunet.device, progress=False)
+        scores = evaluate_folder(scratch / f"k{k}", raw / "labelsTr", own.dataset_json["file_ending"],
+                                 pair=pair, test_party=f"val_{data_party}", approach=APPROACH, trained_on=slug,
+                                 fold=fold, cases=val_cases, progress=False)
+        row = {"k": k, "node_a": match.node_a, "node_b": match.node_b, "dice": scores["dice"].mean(),
+               "hd95": scores["hd95"].mean()}
+        rows.append(row)
+        tracking.log_run(experiment=experiment, tags={**identity, "k": str(k)},
+                         params={"k": k, "node_a": match.node_a, "node_b": match.node_b, "method": method},
+                         metrics={f"val_{data_party}/dice_mean": row["dice"],
+                                  f"val_{data_party}/hd95_mean": row["hd95"]},
+                         run_name=f"k={k} {match.node_a}", parent_run_id=parent)
+        logger.info("k=%d (%s / %s): val Dice %.4f, HD95 %.2f", k, match.node_a, match.node_b,
+                    row["dice"], row["hd95"])
+    shutil.rmtree(scratch)
+    positions = pd.DataFrame(rows)
+    k = select_position(positions, section.selection)
+    positions["selected"] = positions["k"] == k
+    paths.metrics(APPROACH, slug, fold).mkdir(parents=True, exist_ok=True)
+    positions.to_csv(paths.metrics(APPROACH, slug, fold) / "positions.csv", index=False)
+    tracking.log_metrics(parent, {"selected_k": float(k)})
+    _export(extract_stitch_ensemble(network, k), own, model_dir / "export", k, method, data_party)
+    ensemble = as_model(extract_stitch_ensemble(network, k), f"stitch-ensemble k={k}")
+    predictions = paths.predictions(APPROACH, slug, fold)
+    for party in ("a", "b"):
+        predict_folder(ensemble, paths.raw_dataset(party) / "imagesTs", predictions / f"test_{party}",
+                       device=params.nnunet.device, progress=progress)
+    predict_folder(ensemble, raw / "imagesTr", predictions / "val", cases=val_cases,
+                   device=params.nnunet.device, progress=progress)
+    logger.info("%s %s fold %d: selected k=%d (%s)", pair, slug, fold, k, network.matches[k].node_a)
+    return k
+
+
+def _export(ensemble: Any, own: Any, target: Path, k: int, method: str, data_party: str) -> None:
+    """The selected stitch-ensemble as a portable folder: weights + description in one
+    ``weights_only`` file, and the stitching party's plans that say how to feed it."""
+    from stitch_ops.stitching import save_stitch_ensemble
+
+    staging = target.with_name(target.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    save_stitch_ensemble(ensemble, staging / ENSEMBLE_FILE)
+    (staging / "plans.json").write_text(json.dumps(own.plans, indent=2))
+    (staging / "dataset.json").write_text(json.dumps(own.dataset_json, indent=2))
+    (staging / "model.json").write_text(json.dumps({
+        "configuration": own.configuration, "mirroring_axes": None, "description": f"stitch-ensemble k={k}",
+        "k": k, "node_a": ensemble.match.node_a, "node_b": ensemble.match.node_b,
+        "method": method, "data_party": data_party}, indent=2))
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+
+
+def load_exported_ensemble(folder: Path) -> Any:
+    """An exported stitch-ensemble folder as an ``NnUNetModel`` (weights loaded ``weights_only``)."""
+    from stitch_ops.nnunet.model import ModelError, NnUNetModel
+    from stitch_ops.stitching import load_stitch_ensemble
+
+    files = [folder / name for name in (ENSEMBLE_FILE, "plans.json", "dataset.json", "model.json")]
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise ModelError(f"{folder} is not an exported stitch-ensemble: missing {missing}")
+    meta = json.loads(files[3].read_text())
+    return NnUNetModel(load_stitch_ensemble(files[0]), json.loads(files[1].read_text()),
+                       json.loads(files[2].read_text()), meta["configuration"], None, meta["description"])
