@@ -58,6 +58,34 @@ def test_per_case_tables_cover_every_test_case(pipeline: Path, pair: str):
             assert (cases["test_party"] == test_party).sum() == len(list(labels.iterdir()))
 
 
+APPROACHES = {"local", "finetune", "ensemble", "ensemble_finetuned", "federated", "merged", "stitch"}
+
+
+@pytest.mark.parametrize("pair", PAIRS)
+def test_every_approach_is_scored_on_both_test_sets_with_the_same_metric_names(pipeline: Path, pair: str):
+    runs = mlflow_runs(pipeline, pair)
+    scored = runs[runs["metrics.test_a/dice_mean"].notna()]
+    assert set(scored["tags.approach"]) == APPROACHES
+    assert scored["metrics.test_b/hd95_mean"].notna().all()
+    assert scored["tags.shorthand"].notna().all()  # a, a→b, a&b, a‖b, a+b, a←[a]→b ...
+    stitched = scored[scored["tags.approach"] == "stitch"]
+    assert set(stitched["tags.trained_on"]) == {"via_a_double_batched", "via_a_direct_matching"}
+
+
+@pytest.mark.parametrize("pair", PAIRS)
+def test_every_scored_stitch_position_has_its_own_run_and_one_is_selected(pipeline: Path, pair: str):
+    import pandas as pd
+
+    runs = mlflow_runs(pipeline, pair)
+    for method in ("double_batched", "direct_matching"):
+        slug = f"via_a_{method}"
+        positions = pd.read_csv(pipeline / "metrics" / pair / "stitch" / slug / "fold_0" / "positions.csv")
+        assert positions["selected"].sum() == 1
+        nested = runs[(runs["tags.trained_on"] == slug) & runs["tags.k"].notna()]
+        assert sorted(nested["tags.k"].astype(int)) == sorted(positions["k"])
+        assert nested["metrics.val_a/dice_mean"].between(0, 1).all()
+
+
 def test_second_repro_does_nothing(pipeline: Path):
     result = run(["dvc", "repro"], pipeline)
     assert "Running stage" not in result.stdout
@@ -74,3 +102,13 @@ def test_exported_bundle_verifies_and_segments_through_monai_bundle(pipeline: Pa
          "--progress", "False"], bundle)
     written = sorted(p.name for p in (tmp_path / "seg").glob("*.png"))
     assert written == sorted(p.name.replace("_0000", "") for p in images.glob("*.png"))
+
+
+def test_exported_stitch_bundle_verifies_and_segments_through_monai_bundle(pipeline: Path, tmp_path: Path):
+    bundle = pipeline / "exports" / "polyp" / "stitch_via_a_double_batched_fold0"
+    assert [m.name for m in verify_bundle(bundle).models] == ["fold_0"]
+    images = pipeline / "data" / "polyp" / "nnUNet_raw" / "Dataset002_polyp_b" / "imagesTs"
+    run([sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
+         "--model_dir", "models/fold_0", "--input_dir", str(images), "--output_dir", str(tmp_path / "seg"),
+         "--progress", "False"], bundle)
+    assert len(list((tmp_path / "seg").glob("*.png"))) == len(list(images.glob("*.png")))
