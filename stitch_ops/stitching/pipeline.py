@@ -54,7 +54,10 @@ class StitchingParams:
             raise ConfigError(f"unknown key(s) in params section 'stitching': {sorted(unknown)}")
         section = cls(tuple(raw["data_parties"]), tuple(raw["methods"]), raw["selection"],
                       raw.get("max_positions"), dict(raw["training"]))
-        SelectionStrategy(section.selection)
+        if SelectionStrategy(section.selection) is not SelectionStrategy.CURRENT_FOLD:
+            raise ConfigError("'stitching.selection' can only be current_fold in the pipeline: its stages run "
+                              "per fold, and all_folds needs every fold's positions.csv (use "
+                              "stitch_ops.evaluation.selection.select_position on them directly)")
         StitchTrainingConfig.from_dict(section.training)  # validates the schedule now, not mid-run
         if section.max_positions is not None and section.max_positions < 1:
             raise ConfigError(f"'stitching.max_positions' must be null or >= 1, got {section.max_positions}")
