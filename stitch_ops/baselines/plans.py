@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -167,7 +168,14 @@ def plan_from_fingerprint(fingerprint: Mapping[str, Any], raw_dataset: Path, wor
     from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
 
     planner = ExperimentPlanner(raw_dataset.name)
-    plans = planner.plan_experiment()
+    # the planner calls torch.set_num_threads(nnUNet_n_proc_DA), which fails on the 0 that
+    # training sets (configure(training=True)) earlier in the same process
+    saved = os.environ.pop("nnUNet_n_proc_DA", None)
+    try:
+        plans = planner.plan_experiment()
+    finally:
+        if saved is not None:
+            os.environ["nnUNet_n_proc_DA"] = saved
     if configuration not in plans["configurations"]:
         raise ValueError(f"the planner made no {configuration!r} configuration; it made "
                          f"{sorted(plans['configurations'])}")
