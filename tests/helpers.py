@@ -18,6 +18,9 @@ def pipeline_env() -> dict[str, str]:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.update(DVC_NO_ANALYTICS="1", nnUNet_def_n_proc="1", nnUNet_compile="f")
     env.pop("MLFLOW_TRACKING_URI", None)
+    # in-process tests may have pointed nnU-Net elsewhere or set training-only variables
+    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_n_proc_DA"):
+        env.pop(key, None)
     return env
 
 

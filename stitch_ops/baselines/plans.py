@@ -22,7 +22,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -158,7 +157,7 @@ def plan_from_fingerprint(fingerprint: Mapping[str, Any], raw_dataset: Path, wor
     ``work`` is a scratch ``nnUNet_preprocessed`` root. Returns the plans (for
     ``raw_dataset``'s name; transfer them to each party).
     """
-    from stitch_ops.nnunet.env import NnUNetRoots, configure
+    from stitch_ops.nnunet.env import NnUNetRoots, configure, planning_environment
 
     folder = work / raw_dataset.name
     shutil.rmtree(folder, ignore_errors=True)
@@ -168,14 +167,8 @@ def plan_from_fingerprint(fingerprint: Mapping[str, Any], raw_dataset: Path, wor
     from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
 
     planner = ExperimentPlanner(raw_dataset.name)
-    # the planner calls torch.set_num_threads(nnUNet_n_proc_DA), which fails on the 0 that
-    # training sets (configure(training=True)) earlier in the same process
-    saved = os.environ.pop("nnUNet_n_proc_DA", None)
-    try:
+    with planning_environment():
         plans = planner.plan_experiment()
-    finally:
-        if saved is not None:
-            os.environ["nnUNet_n_proc_DA"] = saved
     if configuration not in plans["configurations"]:
         raise ValueError(f"the planner made no {configuration!r} configuration; it made "
                          f"{sorted(plans['configurations'])}")

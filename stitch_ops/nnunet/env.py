@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +49,22 @@ def configure(roots: NnUNetRoots, *, training: bool = False) -> None:
     if training and not torch.cuda.is_available():
         os.environ.setdefault("nnUNet_n_proc_DA", "0")
     logger.debug("nnU-Net environment: %s", wanted)
+
+
+@contextmanager
+def planning_environment() -> Iterator[None]:
+    """Run nnU-Net's planner without ``nnUNet_n_proc_DA``.
+
+    The planner calls ``torch.set_num_threads(nnUNet_n_proc_DA)``, which fails on the 0 that
+    training on a CPU sets (:func:`configure` with ``training=True``, possibly earlier in the
+    same process); the variable is restored afterwards.
+    """
+    saved = os.environ.pop("nnUNet_n_proc_DA", None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ["nnUNet_n_proc_DA"] = saved
 
 
 def resolve_device(device: str = "auto") -> torch.device:

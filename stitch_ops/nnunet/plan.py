@@ -6,6 +6,8 @@ import logging
 import shutil
 from pathlib import Path
 
+from stitch_ops.nnunet.env import planning_environment
+
 logger = logging.getLogger(__name__)
 
 PLANS = "nnUNetPlans"
@@ -32,7 +34,8 @@ def plan_and_preprocess(dataset_id: int, preprocessed_root: Path, raw_dataset: P
     logger.info("planning %s (configuration %s) into %s", raw_dataset.name, configuration, preprocessed_root)
     extract_fingerprints([dataset_id], num_processes=1, check_dataset_integrity=True, clean=True,
                          verbose=False, show_progress_bar=progress)
-    plan_experiments([dataset_id])
+    with planning_environment():
+        plan_experiments([dataset_id])
     preprocess([dataset_id], PLANS, configurations=(configuration,), num_processes=(1,),
                show_progress_bar=progress)
     target = preprocessed_root / raw_dataset.name
