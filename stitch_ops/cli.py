@@ -17,6 +17,7 @@ from stitch_ops.config import ConfigError, DEFAULT_PARAMS, apply_profile, profil
 STAGES = {
     "data": "generate the synthetic two-party data, convert real datasets, split into folds",
     "nnunet": "plan/preprocess, train and predict nnU-Net models",
+    "stitching": "train stitches between two basis models, score and select the position k",
     "evaluation": "Dice/HD95 per case on both parties' test sets, logged to MLflow",
     "baselines": "fine-tuning, ensembles, federated learning (Ray), merged data, learning-rate sweep",
     "bundle": "export trained MONAI bundles; verify a bundle received from another party",
