@@ -42,20 +42,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "DVC_STAGE_TAG",
-    "GIT_COMMIT_TAG",
-    "PARENT_RUN_TAG",
-    "RUN_KEY_TAG",
-    "TrackingStore",
-    "configure",
-    "experiment_name",
-    "git_commit",
-    "log_metrics",
-    "log_run",
-    "run_key",
-]
-
 EXPERIMENT_PREFIX = "stitch_ops"
 RUN_KEY_TAG = "stitch_ops.run_key"
 DVC_STAGE_TAG = "dvc.stage"
