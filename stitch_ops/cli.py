@@ -21,7 +21,10 @@ STAGES = {
     "evaluation": "Dice/HD95 per case on both parties' test sets, logged to MLflow",
     "baselines": "fine-tuning, ensembles, federated learning (Ray), merged data, learning-rate sweep",
     "bundle": "export trained MONAI bundles; verify a bundle received from another party",
+    "report": "the HTML/Markdown report per pair (tables, Wilcoxon/Holm, figures, the paper's findings)",
 }
+MODULES = {"report": "stitch_ops.evaluation.report"}
+"""Commands whose module is not ``stitch_ops.<command>.__main__``."""
 
 
 def _profile(argv: Sequence[str]) -> int:
@@ -56,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     if args.command == "profile":
         return _profile(rest)
-    return importlib.import_module(f"stitch_ops.{args.command}.__main__").main(rest)
+    return importlib.import_module(MODULES.get(args.command, f"stitch_ops.{args.command}.__main__")).main(rest)
 
 
 if __name__ == "__main__":
