@@ -39,6 +39,7 @@ import pandas as pd
 
 from stitch_ops.cli_common import common_options, run_command
 from stitch_ops.config import PARTIES, Params
+from stitch_ops.errors import UnknownNameError
 from stitch_ops.evaluation import figures
 from stitch_ops.evaluation.findings import NEAR, NOTABLE, Finding, Verdict, judge, mean_table
 from stitch_ops.evaluation.results import METHOD_INITIALS, PairResults, load_pair
@@ -546,7 +547,7 @@ def _report(args: argparse.Namespace, params: Params) -> None:
     pairs = list(args.pair) if args.pair else list(params.pairs)
     unknown = [p for p in pairs if p not in params.pairs]
     if unknown:
-        raise ValueError(f"unknown pair(s) {unknown}; params.yaml has pairs {list(params.pairs)}")
+        raise UnknownNameError(f"unknown pair(s) {unknown}; params.yaml has pairs {list(params.pairs)}")
     if not args.index:
         for pair in pairs:
             run(pair, Path("."), args.out, params, log_mlflow=args.mlflow)
