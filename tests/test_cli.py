@@ -42,6 +42,7 @@ HELP = [
     (["stitching", "train"], ["--pair PAIR", "--method {double_batched,direct_matching}", "--fold {0,1,2,3,4}"]),
     (["stitching", "select"], ["--pair PAIR", "--method {double_batched,direct_matching}", "--fold {0,1,2,3,4}"]),
     (["baselines"], ["transfer-plans", "joint-plans", "finetune", "ensemble", "federated", "merged", "sweep"]),
+    (["report"], ["--pair PAIR", "--index", "--out OUT", "--no-mlflow"]),
 ]
 
 
