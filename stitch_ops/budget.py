@@ -2,9 +2,9 @@
 
 The paper compares approaches at equal cost: every approach that trains an nnU-Net gets
 the basis models' schedule (``nnunet.epochs`` × ``nnunet.iterations_per_epoch``
-optimizer steps per party). :func:`planned_budgets` resolves, from the params of the
-active profile, how many steps each approach gets, so a test can check no approach is
-starved; every training stage writes what it actually ran to
+optimizer steps per party). :func:`stitch_ops.baselines.config.planned_budgets` resolves,
+from the params of the active profile, how many steps each approach gets, so a test can
+check no approach is starved; every training stage writes what it actually ran to
 ``metrics/{pair}/{approach}/{trained_on}/fold_{k}/budget.json``::
 
     {"epochs": 6, "iterations": 150, "samples_seen": 600, "wall_time_s": 81.3, ...}
@@ -26,10 +26,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from stitch_ops.config import Params
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -111,38 +108,3 @@ class TrainingClock:
         tmp.write_text(json.dumps({"wall_time_s": total}))
         os.replace(tmp, self.path)
         self._start = None
-
-
-# ---- planned budgets (from params) ------------------------------------------------------
-
-@dataclass(frozen=True)
-class PlannedBudget:
-    """The schedule an approach gets in a profile: optimizer steps per party."""
-
-    approach: str
-    epochs: int
-    iterations_per_epoch: int
-
-    @property
-    def iterations(self) -> int:
-        return self.epochs * self.iterations_per_epoch
-
-
-def planned_budgets(params: Params) -> dict[str, PlannedBudget]:
-    """Steps per party of every approach that trains an nnU-Net, resolved from ``params``.
-
-    ``local`` is the basis model; ``finetune`` counts only the fine-tuning (on top of the
-    other party's basis model); ``federated`` counts one party's steps over all rounds.
-    """
-    from stitch_ops.baselines.config import FederatedParams, FinetuneParams, MergedParams
-
-    basis = params.nnunet
-    finetune = FinetuneParams.from_params(params)
-    federated = FederatedParams.from_params(params)
-    merged = MergedParams.from_params(params)
-    return {
-        "local": PlannedBudget("local", basis.epochs, basis.iterations_per_epoch),
-        "finetune": PlannedBudget("finetune", finetune.epochs, finetune.iterations_per_epoch),
-        "federated": PlannedBudget("federated", federated.rounds, federated.iterations_per_epoch),
-        "merged": PlannedBudget("merged", merged.epochs, merged.iterations_per_epoch),
-    }

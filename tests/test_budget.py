@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stitch_ops.baselines.config import FederatedParams, FinetuneParams, MergedParams
-from stitch_ops.budget import Budget, TrainingClock, planned_budgets, read_budget, write_budget
+from stitch_ops.baselines.config import FederatedParams, FinetuneParams, MergedParams, planned_budgets
+from stitch_ops.budget import Budget, TrainingClock, read_budget, write_budget
 from stitch_ops.config import ConfigError, apply_profile, parse_params, profile_names
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@ any training starts, naming the key.
 ``finetune``, ``federated`` or ``merged`` means "the same as the basis models", and
 ``from_params`` resolves it, so the budgets cannot drift apart when a profile changes the
 basis schedule. A profile that must be shorter shortens ``nnunet`` and all follow;
-:func:`stitch_ops.budget.planned_budgets` states the result per approach.
+:func:`planned_budgets` states the result per approach.
 """
 
 from __future__ import annotations
@@ -194,3 +194,34 @@ class SweepParams:
 def with_schedule(schedule: NnUNetSchedule, **changes: Any) -> NnUNetSchedule:
     """``schedule`` with some fields replaced (epochs, iterations, learning rate)."""
     return replace(schedule, **changes)
+
+
+@dataclass(frozen=True)
+class PlannedBudget:
+    """The schedule an approach gets in a profile: optimizer steps per party."""
+
+    approach: str
+    epochs: int
+    iterations_per_epoch: int
+
+    @property
+    def iterations(self) -> int:
+        return self.epochs * self.iterations_per_epoch
+
+
+def planned_budgets(params: Params) -> dict[str, PlannedBudget]:
+    """Steps per party of every approach that trains an nnU-Net, resolved from ``params``.
+
+    ``local`` is the basis model; ``finetune`` counts only the fine-tuning (on top of the
+    other party's basis model); ``federated`` counts one party's steps over all rounds.
+    """
+    basis = params.nnunet
+    finetune = FinetuneParams.from_params(params)
+    federated = FederatedParams.from_params(params)
+    merged = MergedParams.from_params(params)
+    return {
+        "local": PlannedBudget("local", basis.epochs, basis.iterations_per_epoch),
+        "finetune": PlannedBudget("finetune", finetune.epochs, finetune.iterations_per_epoch),
+        "federated": PlannedBudget("federated", federated.rounds, federated.iterations_per_epoch),
+        "merged": PlannedBudget("merged", merged.epochs, merged.iterations_per_epoch),
+    }
