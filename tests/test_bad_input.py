@@ -135,6 +135,12 @@ CASES: dict[str, Case] = {
         ["baselines", "finetune", "--pair", "polyp", "--trained-on", "a_to_b", "--fold", "0"],
         "'finetune.warmup_epochs' must be an integer in [0, epochs",
         setup=lambda root: write_params(root, **{"finetune.warmup_epochs": 9})),
+    "misspelled stitch training key": Case(
+        ["stitching", "train", "--pair", "polyp", "--data-party", "a", "--fold", "0"], "'epoch' (did you mean 'epochs'?)",
+        setup=lambda root: write_params(root, **{"stitching.training.epoch": 3})),
+    "unknown stitch loss term": Case(
+        ["stitching", "train", "--pair", "polyp", "--data-party", "a", "--fold", "0"], "unknown term(s) ['stitched']",
+        setup=lambda root: write_params(root, **{"stitching.training.loss_terms": ["stitched"]})),
     "missing params section": Case(["baselines", "federated", "--pair", "polyp", "--fold", "0"],
                                    "no section 'federated'", setup=lambda root: write_params(root, federated=None)),
     # ---- names on the command line --------------------------------------------------------
