@@ -1,4 +1,5 @@
-"""The ``stitch-ops`` command: one subcommand per stage of the data's journey.
+"""The ``stitch-ops`` command: task commands (``stitch``, ``predict``) for people who share
+models, then one subcommand per stage of the data's journey.
 
 ``stitch-ops <stage> ...`` is the same as ``python -m stitch_ops.<stage> ...`` (which the
 DVC stages call), so ``stitch-ops <stage> --help`` shows the stage's own options.
@@ -14,6 +15,10 @@ from collections.abc import Sequence
 from stitch_ops import __version__
 from stitch_ops.config import ConfigError, DEFAULT_PARAMS, apply_profile, profile_names
 
+TASKS = {
+    "stitch": "stitch your model with another party's on your own unlabeled images; export a bundle",
+    "predict": "segment a folder of images with any model (bundle, nnU-Net results folder or zip)",
+}
 STAGES = {
     "data": "generate the synthetic two-party data, convert real datasets, split into folds",
     "nnunet": "plan/preprocess, train and predict nnU-Net models",
@@ -49,6 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "federated learning and pooled data. The whole pipeline: `dvc repro`.")
     parser.add_argument("--version", action="version", version=f"stitch_ops {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for task, summary in TASKS.items():  # task commands first: what people who share models run
+        commands.add_parser(task, help=summary, add_help=False)
     for stage, summary in STAGES.items():
         commands.add_parser(stage, help=summary, add_help=False)
     commands.add_parser("profile", help="switch params.yaml to the smoke, quick or paper profile",
@@ -56,6 +63,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     if args.command == "profile":
         return _profile(rest)
+    if args.command in TASKS:
+        from stitch_ops import commands
+
+        return getattr(commands, f"{args.command}_main")(rest)
     return importlib.import_module(f"stitch_ops.{args.command}.__main__").main(rest)
 
 
