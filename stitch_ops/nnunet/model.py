@@ -172,11 +172,15 @@ def load_plain(path: Path, map_location: torch.device | str = "cpu") -> Any:
         raise ModelError(f"{path} does not exist") from err
     except Exception as err:  # torch raises several types for corrupt / unsafe files
         text = str(err)
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        found = re.search(r"unsupported (?:global: )?GLOBAL ([\w.]+)", text, re.IGNORECASE)
         if found:
             raise ModelError(f"{path} is not plain data: loading it would run {found.group(1)}; refused "
                              f"(a model is data, not code: ask the sender for tensors and plain data)") from None
-        first = next((line.strip() for line in text.splitlines() if line.strip()), type(err).__name__)
+        # PyTorch's explanation is several lines of advice; keep the line that says what is wrong
+        boilerplate = ("Weights only load failed", "Check the documentation", "(1)", "(2)", "Re-running")
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        first = next((line for line in lines if not line.startswith(boilerplate)), lines[0] if lines else
+                     type(err).__name__)
         raise ModelError(f"cannot load {path} as plain weights: {first[:200]}") from None
 
 
