@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from stitch_ops.cli_common import setup_logging
+from stitch_ops.cli_common import one_line_usage_errors, report_errors, setup_logging
 
 MODEL_HELP = ("a bundle exported by stitch-ops (folder or .zip), an nnU-Net results folder "
               "<Trainer>__<Plans>__<configuration>, or a zip from nnUNetv2_export_model_to_zip")
@@ -20,18 +20,6 @@ MODEL_HELP = ("a bundle exported by stitch-ops (folder or .zip), an nnU-Net resu
 
 def _fold(value: str) -> int | str:
     return value if value == "all" else int(value)
-
-
-def _finish(prog: str, action, verbose: bool) -> int:
-    """Run ``action``; a user error is one line on stderr and exit status 2."""
-    try:
-        action()
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
-        if verbose:
-            raise
-        print(f"{prog}: error: {str(err).splitlines()[0] if str(err) else type(err).__name__}", file=sys.stderr)
-        return 2
-    return 0
 
 
 def stitch_parser() -> argparse.ArgumentParser:
@@ -65,8 +53,9 @@ def stitch_parser() -> argparse.ArgumentParser:
     parser.add_argument("--trust", action="store_true",
                         help="allow plans naming architectures outside dynamic_network_architectures")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
-    return parser
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true", help="on an error, show the Python traceback")
+    return one_line_usage_errors(parser)
 
 
 def stitch_main(argv: Sequence[str] | None = None) -> int:
@@ -79,8 +68,8 @@ def stitch_main(argv: Sequence[str] | None = None) -> int:
                       batch_size=args.batch_size, lr=args.lr, max_positions=args.max_positions,
                       own_fold=args.own_fold, other_fold=args.other_fold, seed=args.seed, device=args.device,
                       trust=args.trust)
-    return _finish("stitch-ops stitch", lambda: print(format_summary(run(task, progress=args.progress))),
-                   args.verbose)
+    return report_errors("stitch-ops stitch", lambda: print(format_summary(run(task, progress=args.progress))),
+                         debug=args.debug)
 
 
 def predict_parser() -> argparse.ArgumentParser:
@@ -97,8 +86,9 @@ def predict_parser() -> argparse.ArgumentParser:
     parser.add_argument("--trust", action="store_true",
                         help="allow plans naming architectures outside dynamic_network_architectures")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
-    return parser
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true", help="on an error, show the Python traceback")
+    return one_line_usage_errors(parser)
 
 
 def predict(model: Path, images: Path, out: Path, *, fold: int | str | None = None, save_probabilities: bool = False,
@@ -121,4 +111,4 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
                       mirroring=args.mirroring, device=args.device, trust=args.trust, progress=args.progress)
         print(f"{out}: {len(list(out.glob('*')))} file(s) written")
 
-    return _finish("stitch-ops predict", action, args.verbose)
+    return report_errors("stitch-ops predict", action, debug=args.debug)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from stitch_ops.cli_common import common_options, run_command
 from stitch_ops.config import Params, load_params
+from stitch_ops.errors import UserError
 
 logger = logging.getLogger("stitch_ops.bundle")
 
@@ -29,7 +30,7 @@ def export(args: argparse.Namespace, params: Params | None) -> None:
 
     if args.model is not None:
         if args.out is None:
-            raise ValueError("--model needs --out DIR: where to write the bundle (and DIR.zip)")
+            raise UserError("--model needs --out DIR: where to write the bundle (and DIR.zip)")
         model = open_model(args.model, args.fold, trusted=args.trust)
         info = ExportInfo(approach=args.approach or "nnunet",
                           trained_on=args.trained_on or "the exporting institution's own data",
@@ -41,7 +42,7 @@ def export(args: argparse.Namespace, params: Params | None) -> None:
     from stitch_ops.paths import PairPaths
 
     if args.pair is None or args.trained_on is None or args.fold is None:
-        raise ValueError("pass --model MODEL --out DIR (any model), or --pair, --trained-on and --fold "
+        raise UserError("pass --model MODEL --out DIR (any model), or --pair, --trained-on and --fold "
                          "(a model of the pipeline)")
     params = load_params(args.params)
     params.pair(args.pair)

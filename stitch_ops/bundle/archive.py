@@ -11,10 +11,12 @@ import stat
 import zipfile
 from pathlib import Path, PurePosixPath
 
+from stitch_ops.errors import InputFileError, UserError
+
 __all__ = ["UnsafeArchiveError", "check_links", "safe_extract"]
 
 
-class UnsafeArchiveError(ValueError):
+class UnsafeArchiveError(UserError):
     """An archive or folder would place or expose files outside its own folder."""
 
 
@@ -27,7 +29,7 @@ def safe_extract(archive: Path, target: Path) -> Path:
     """
     archive, target = Path(archive), Path(target)
     if not zipfile.is_zipfile(archive):
-        raise ValueError(f"{archive} is not a zip archive")
+        raise InputFileError(f"{archive} is not a zip archive")
     root = target.resolve()
     with zipfile.ZipFile(archive) as handle:
         for info in handle.infolist():

@@ -29,6 +29,7 @@ from typing import Any
 
 from stitch_ops.bundle.archive import UnsafeArchiveError, check_links, safe_extract
 from stitch_ops.nnunet.model import ModelError
+from stitch_ops.errors import UserError
 
 REQUIRED_FILES = ("configs/metadata.json", "LICENSE", "docs/README.md")
 SCHEMA_FILE = Path(__file__).with_name("metadata_schema.json")
@@ -36,7 +37,7 @@ MANIFEST = "manifest.sha256"
 TRUSTED_TARGET_PREFIXES = ("stitch_ops.", "monai.", "torch.")
 
 
-class BundleError(ValueError):
+class BundleError(UserError):
     """A bundle is not what it claims to be, or carries code the user did not agree to run."""
 
 

@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from stitch_ops.errors import InputFileError, describe
+
 logger = logging.getLogger(__name__)
 
 MODEL_FILES = ("weights.pth", "plans.json", "dataset.json", "model.json")
@@ -26,7 +28,7 @@ _TRUSTED_ARCHITECTURES = "dynamic_network_architectures.architectures."
 _TRUSTED_BUILDING_BLOCKS = "torch.nn."
 
 
-class ModelError(ValueError):
+class ModelError(InputFileError):
     """A folder is not the exported nnU-Net model it claims to be."""
 
 

@@ -18,6 +18,8 @@ from typing import Any
 
 from torch import nn
 
+from stitch_ops.errors import UserError
+
 __all__ = ["ParentSpec", "probe_shape"]
 
 
@@ -38,7 +40,7 @@ class ParentSpec:
     def __post_init__(self) -> None:
         available = list(self.plans.get("configurations", {}))
         if self.configuration not in available:
-            raise ValueError(f"configuration {self.configuration!r} is not in the plans; available: {available}")
+            raise UserError(f"configuration {self.configuration!r} is not in the plans; available: {available}")
 
     @property
     def architecture(self) -> Mapping[str, Any]:
@@ -91,7 +93,7 @@ class ParentSpec:
     def from_dict(cls, data: Mapping[str, Any]) -> ParentSpec:
         missing = {"plans", "dataset_json", "configuration"} - set(data)
         if missing:
-            raise ValueError(f"a parent description needs plans, dataset_json and configuration; missing {sorted(missing)}")
+            raise UserError(f"a parent description needs plans, dataset_json and configuration; missing {sorted(missing)}")
         return cls(plans=data["plans"], dataset_json=data["dataset_json"], configuration=data["configuration"])
 
     def _check_trusted(self) -> None:
@@ -112,10 +114,10 @@ def probe_shape(spec_a: ParentSpec, spec_b: ParentSpec, batch_size: int = 2) -> 
             cannot read the same image.
     """
     if spec_a.input_channels != spec_b.input_channels:
-        raise ValueError(f"parents must read the same images: A has {spec_a.input_channels} input channels, B {spec_b.input_channels}")
+        raise UserError(f"parents must read the same images: A has {spec_a.input_channels} input channels, B {spec_b.input_channels}")
     strides_a, strides_b = spec_a.total_strides, spec_b.total_strides
     if len(strides_a) != len(strides_b):
-        raise ValueError(f"parents must have the same dimensionality, got {len(strides_a)}-D and {len(strides_b)}-D")
+        raise UserError(f"parents must have the same dimensionality, got {len(strides_a)}-D and {len(strides_b)}-D")
     spatial = tuple(2 * math.lcm(a, b) for a, b in zip(strides_a, strides_b))
     return (batch_size, spec_a.input_channels, *spatial)
 

@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from stitch_ops.errors import InputFileError, UserError
 from stitch_ops.nnunet.model import NnUNetModel
 
 __all__ = ["RULE_OF_THUMB_POSITION", "StitchTask", "check_compatible", "quick_schedule", "run"]
@@ -54,7 +55,7 @@ MAX_SCALE_RATIO = math.sqrt(2.0)
 by at most half an octave."""
 
 
-class IncompatibleModels(ValueError):
+class IncompatibleModels(UserError):
     """The two models cannot be stitched on these images; the message names both and the fix."""
 
 
@@ -161,7 +162,8 @@ def check_images(model: NnUNetModel, images: Path, model_names: str) -> dict[str
     """Every case of ``images`` readable with the models' channel count; returns case -> files.
 
     Raises:
-        ValueError: an empty or missing folder, an unreadable image, a wrong channel count.
+        InputFileError: an unreadable image, a wrong channel count.
+        FileNotFoundError: an empty or missing folder.
     """
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
 
@@ -183,10 +185,10 @@ def check_images(model: NnUNetModel, images: Path, model_names: str) -> dict[str
                 reader = determine_reader_writer_from_dataset_json(model.dataset_json, files[0], verbose=False)()
             data, _ = reader.read_images(files)
         except Exception as err:  # any reader failure means the same for the user: unreadable
-            raise ValueError(f"cannot read case {case} of {images} ({files[0]}): "
+            raise InputFileError(f"cannot read case {case} of {images} ({files[0]}): "
                              f"{str(err).splitlines()[0][:150]}") from None
         if data.shape[0] != expected:
-            raise ValueError(f"case {case} of {images} has {data.shape[0]} channel(s), but {model_names} read "
+            raise InputFileError(f"case {case} of {images} has {data.shape[0]} channel(s), but {model_names} read "
                              f"{expected} ({dict(model.dataset_json['channel_names'])})")
     return cases
 
@@ -243,10 +245,14 @@ def run(task: StitchTask, progress: bool = True) -> dict[str, Any]:
     from stitch_ops.stitching.pipeline import NETWORK_FILE, evaluated_positions, train_stitch_network
     from stitch_ops.stitching.train import StitchTrainingConfig
 
-    config = StitchTrainingConfig(method=task.method, epochs=task.epochs, iterations_per_epoch=task.iterations_per_epoch,
-                                  batch_size=task.batch_size, lr=task.lr, seed=task.seed)
+    try:
+        config = StitchTrainingConfig(method=task.method, epochs=task.epochs,
+                                      iterations_per_epoch=task.iterations_per_epoch, batch_size=task.batch_size,
+                                      lr=task.lr, seed=task.seed)
+    except ValueError as err:
+        raise UserError(f"bad stitch schedule: {err}") from None
     if task.max_positions is not None and task.max_positions < 1:
-        raise ValueError(f"--max-positions must be >= 1, got {task.max_positions}")
+        raise UserError(f"--max-positions must be >= 1, got {task.max_positions}")
     own = _open(task.own, task.own_fold, "own", task.trust)
     other = _open(task.other, task.other_fold, "other", task.trust)
     names = f"own model {task.own} and other model {task.other}"
@@ -265,7 +271,7 @@ def run(task: StitchTask, progress: bool = True) -> dict[str, Any]:
     out, work = task.out, task.out / "work"
     marker = out / "task.json"
     if marker.is_file() and json.loads(marker.read_text()).get("fingerprint") != task.fingerprint():
-        raise ValueError(f"{out} holds a stitch run with other settings ({marker}); choose another --out or "
+        raise UserError(f"{out} holds a stitch run with other settings ({marker}); choose another --out or "
                          f"delete it to start over")
     out.mkdir(parents=True, exist_ok=True)
     _atomic_json({"fingerprint": task.fingerprint(), **{k: str(v) for k, v in asdict(task).items()}}, marker)
