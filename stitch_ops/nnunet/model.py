@@ -196,10 +196,6 @@ def load_model(folder: Path, device: torch.device | str = "cpu") -> NnUNetModel:
         ModelError: a file is missing, unreadable, or the weights do not fit the plans.
     """
     folder = Path(folder)
-    if folder.exists() and not (folder / "weights.pth").is_file():
-        from stitch_ops.bundle.sources import open_model
-
-        return open_model(folder, device=device)
     if not folder.is_dir():
         raise ModelError(f"no model folder at {folder}: expected a folder with {', '.join(MODEL_FILES)}")
     missing = [name for name in MODEL_FILES if not (folder / name).is_file()]
