@@ -88,7 +88,9 @@ def _fold_cases(paths: PairPaths, party: str, fold: int, subset: str) -> list[st
 def train(params: Params, pair: str, data_party: str, method: str, fold: int, progress: bool = True) -> Path:
     """Train the stitches of (a, b) at ``fold`` on c's unlabeled images (the fold's training
     cases, labels never read); writes ``<model dir>/network/`` and returns the saved network."""
+    from stitch_ops.budget import BUDGET_JSON, Budget, TrainingClock, write_budget
     from stitch_ops.stitching import PreprocessedImages
+    from stitch_ops.stitching.train import plateau_reached
 
     section = StitchingParams.of(params)
     config = section.training_config(method, params.seed)
@@ -100,20 +102,31 @@ def train(params: Params, pair: str, data_party: str, method: str, fold: int, pr
                                 / configuration["data_identifier"], _fold_cases(paths, data_party, fold, "train"))
     out = paths.model_dir(APPROACH, trained_on(data_party, method), fold) / "network"
     logger.info("%s: training stitches on %d unlabeled images of party %s (%s)", pair, len(images), data_party, method)
-    train_stitch_network(model_a, model_b, images, own.plans["configurations"][own.configuration]["patch_size"],
-                         config, out, progress)
+    _, history = train_stitch_network(model_a, model_b, images, configuration["patch_size"], config, out, progress)
+    plateau = plateau_reached(history, config.plateau_tolerance)
+    if not plateau:
+        logger.warning("%s %s fold %d: the stitch training loss has not reached a plateau (last epoch "
+                       "improved by >= %.1f %%); raise stitching.training.epochs", pair,
+                       trained_on(data_party, method), fold, 100 * config.plateau_tolerance)
+    write_budget(paths.metrics(APPROACH, trained_on(data_party, method), fold) / BUDGET_JSON,
+                 Budget.of_schedule(config.epochs, config.iterations_per_epoch, config.batch_size,
+                                    TrainingClock(out).seconds, method=config.method.value, init=config.init,
+                                    loss_per_epoch=[e.loss for e in history], plateau_reached=plateau,
+                                    plateau_tolerance=config.plateau_tolerance))
     return out / NETWORK_FILE
 
 
 def train_stitch_network(model_a: Any, model_b: Any, images: Any, patch_size: Any, config: Any, out: Path,
-                         progress: bool = True) -> Any:
+                         progress: bool = True) -> tuple[Any, Any]:
     """Combine two loaded models, train their stitches on random patches of ``images``
     (unlabeled, :class:`~stitch_ops.stitching.PreprocessedImages`) and save the network.
 
     Resumable: ``out/checkpoint.pt`` is written after every epoch and continued from;
-    ``out/stitched_network.pt`` and ``out/training_log.json`` appear only when training ends.
-    Returns the trained :class:`~stitch_ops.stitching.StitchedNetwork`.
+    ``out/stitched_network.pt`` and ``out/training_log.json`` appear only when training ends;
+    the wall time of every attempt is summed in ``out`` (:class:`~stitch_ops.budget.TrainingClock`).
+    Returns the trained :class:`~stitch_ops.stitching.StitchedNetwork` and the epochs' losses.
     """
+    from stitch_ops.budget import TrainingClock
     from stitch_ops.stitching import RandomPatches, StitchedNetwork, train_stitches
     from stitch_ops.stitching.network import save_stitched_network
 
@@ -122,10 +135,11 @@ def train_stitch_network(model_a: Any, model_b: Any, images: Any, patch_size: An
     out.mkdir(parents=True, exist_ok=True)
     logger.info("%d matches; %d stitches to train (%s)", len(network.matches), 2 * len(network.matches),
                 config.method.value)
-    history = train_stitches(network, patches.epoch, config, checkpoint=out / "checkpoint.pt", progress=progress)
+    with TrainingClock(out):
+        history = train_stitches(network, patches.epoch, config, checkpoint=out / "checkpoint.pt", progress=progress)
     (out / "training_log.json").write_text(json.dumps([vars(e) for e in history], indent=2))
     save_stitched_network(network, out / NETWORK_FILE)
-    return network
+    return network, history
 
 
 def score_on_validation(model: Any, preprocessed: Any, labels: Path, scratch: Path, device: str,

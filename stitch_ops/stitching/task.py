@@ -283,8 +283,8 @@ def run(task: StitchTask, progress: bool = True) -> dict[str, Any]:
         logger.info("stitches already trained: %s", network_dir / NETWORK_FILE)
         network = load_stitched_network(network_dir / NETWORK_FILE, trusted=task.trust)
     else:
-        network = train_stitch_network(own, other, PreprocessedImages(folder), configuration["patch_size"], config,
-                                       network_dir, progress)
+        network, _ = train_stitch_network(own, other, PreprocessedImages(folder), configuration["patch_size"], config,
+                                          network_dir, progress)
     num_matches = len(network.matches)
 
     positions_file = out / "positions.csv"
