@@ -305,7 +305,8 @@ class GlobalCheckpoint:
 
 def train_federated(parties: Sequence[PartyData], fold: int, schedule: NnUNetSchedule, checkpoint_dir: Path, *,
                     ray_options: RayOptions = RayOptions(), fault: FaultInjection | None = None,
-                    seed: int = 0, progress: bool = True) -> tuple[dict[str, torch.Tensor], tuple[int, ...] | None, list[dict]]:
+                    seed: int = 0, progress: bool = True
+                    ) -> tuple[dict[str, torch.Tensor], tuple[int, ...] | None, list[dict]]:
     """Run ``schedule.epochs`` FedAvg rounds (resuming after the last completed one).
 
     Returns:
