@@ -40,6 +40,7 @@ import itertools
 import json
 import logging
 import math
+from difflib import get_close_matches
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -50,6 +51,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from stitch_ops.config import ConfigError
+from stitch_ops.errors import InputFileError, reading
 from stitch_ops.stitching.network import StitchedNetwork, SwitchConfiguration, TrainingMethod, atomic_save
 from stitch_ops.stitching.stitch import PairStatistics
 from stitch_ops.stitching.switch import DEFAULT_LOSS_TERMS, LossTerm, SwitchMode
@@ -110,6 +113,10 @@ class StitchTrainingConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "method", TrainingMethod(self.method))
+        unknown_terms = [term for term in self.loss_terms if term not in {t.value for t in LossTerm} | set(LossTerm)]
+        if unknown_terms:
+            raise ConfigError(f"StitchTrainingConfig.loss_terms: unknown term(s) {unknown_terms}; "
+                              f"choose from {[t.value for t in LossTerm]}")
         object.__setattr__(self, "loss_terms", tuple(LossTerm(term) for term in self.loss_terms))
         if self.init not in INITIALISATIONS:
             raise ValueError(f"StitchTrainingConfig.init should be one of {list(INITIALISATIONS)}, got {self.init!r}")
@@ -118,20 +125,24 @@ class StitchTrainingConfig:
         for name in ("epochs", "iterations_per_epoch", "batch_size", "init_batches"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"StitchTrainingConfig.{name} should be a positive integer, got {value!r}")
+                raise ConfigError(f"StitchTrainingConfig.{name} should be a positive integer, got {value!r}")
         if not self.lr > 0:
-            raise ValueError(f"StitchTrainingConfig.lr should be > 0, got {self.lr!r}")
+            raise ConfigError(f"StitchTrainingConfig.lr should be > 0, got {self.lr!r}")
         if self.weight_decay < 0:
-            raise ValueError(f"StitchTrainingConfig.weight_decay should be >= 0, got {self.weight_decay!r}")
+            raise ConfigError(f"StitchTrainingConfig.weight_decay should be >= 0, got {self.weight_decay!r}")
         if not self.loss_terms:
-            raise ValueError(f"StitchTrainingConfig.loss_terms should name at least one of {[t.value for t in LossTerm]}")
+            raise ConfigError(f"StitchTrainingConfig.loss_terms should name at least one of {[t.value for t in LossTerm]}")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StitchTrainingConfig:
         """Build from plain data (a ``params.yaml`` section), rejecting unknown keys."""
         unknown = set(data) - {f.name for f in fields(cls)}
         if unknown:
-            raise ValueError(f"unknown StitchTrainingConfig key(s) {sorted(unknown)}; known: {[f.name for f in fields(cls)]}")
+            known = [f.name for f in fields(cls)]
+            hints = [f"{key!r}" + "".join(f" (did you mean {close!r}?)" for close in get_close_matches(key, known, 1))
+                     for key in sorted(unknown)]
+            raise ConfigError(f"unknown StitchTrainingConfig key(s) {', '.join(hints)} (params 'stitching.training'); "
+                              f"known: {known}")
         return cls(**{key: tuple(value) if key == "loss_terms" else value for key, value in data.items()})
 
     def to_dict(self) -> dict[str, Any]:
@@ -320,20 +331,21 @@ def _save(network, optimizer, config: StitchTrainingConfig, history: list[EpochL
 
 
 def _resume(network, optimizer, config: StitchTrainingConfig, path: Path) -> list[EpochLog]:
-    saved = torch.load(path, map_location="cpu", weights_only=True)
+    with reading(path, "stitch training checkpoint", "delete it to train these stitches from scratch"):
+        saved = torch.load(path, map_location="cpu", weights_only=True)
     if saved.get("format") != _FORMAT:
-        raise ValueError(f"{path} is not a stitch training checkpoint (format {saved.get('format')!r}, expected {_FORMAT!r})")
+        raise InputFileError(f"{path} is not a stitch training checkpoint (format {saved.get('format')!r}, expected {_FORMAT!r})")
     if saved["matches"] != _match_fingerprint(network):
-        raise ValueError(f"checkpoint {path} was written for other matches; delete it to train these stitches from scratch")
+        raise InputFileError(f"checkpoint {path} was written for other matches; delete it to train these stitches from scratch")
     saved_config = json.loads(saved["config"])
     free = ("epochs", "plateau_tolerance")  # may change between attempts: they do not alter what was trained
     expected = {k: v for k, v in config.to_dict().items() if k not in free}
     got = {k: v for k, v in saved_config.items() if k not in free}
     if got != expected:
-        raise ValueError(f"checkpoint {path} was written with config {got}, expected {expected} (only epochs may change); delete it to start over")
+        raise InputFileError(f"checkpoint {path} was written with config {got}, expected {expected} (only epochs may change); delete it to start over")
     missing, unexpected = network.load_state_dict(saved["stitches"], strict=False)
     if unexpected or any(key.startswith("switches_") for key in missing):
-        raise ValueError(f"checkpoint {path} does not fit these stitches: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise InputFileError(f"checkpoint {path} does not fit these stitches: missing {missing[:5]}, unexpected {unexpected[:5]}")
     optimizer.load_state_dict(saved["optimizer"])
     history = [EpochLog(int(epoch), float(loss)) for epoch, loss in saved["history"]]
     logger.info("resumed from %s after epoch %d", path, len(history))
