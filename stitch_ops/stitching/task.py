@@ -158,7 +158,7 @@ def check_compatible(own: NnUNetModel, other: NnUNetModel, own_name: str, other_
                 f"match; stitch models planned for similar spacings")
 
 
-def check_images(model: NnUNetModel, images: Path, model_names: str) -> dict[str, list[str]]:
+def check_images(model: NnUNetModel, images: Path, model_names: str, progress: bool = True) -> dict[str, list[str]]:
     """Every case of ``images`` readable with the models' channel count; returns case -> files.
 
     Raises:
@@ -179,7 +179,7 @@ def check_images(model: NnUNetModel, images: Path, model_names: str) -> dict[str
                                 f"expect (nnU-Net's naming)") from None
     expected = len(model.dataset_json["channel_names"])
     reader = None
-    for case, files in tqdm(cases.items(), desc="check images", unit="case", disable=len(cases) < 50):
+    for case, files in tqdm(cases.items(), desc="check images", unit="case", disable=not progress):
         try:
             if reader is None:
                 reader = determine_reader_writer_from_dataset_json(model.dataset_json, files[0], verbose=False)()
@@ -257,7 +257,7 @@ def run(task: StitchTask, progress: bool = True) -> dict[str, Any]:
     other = _open(task.other, task.other_fold, "other", task.trust)
     names = f"own model {task.own} and other model {task.other}"
     check_compatible(own, other, str(task.own), str(task.other))
-    cases = check_images(own, task.images, names)
+    cases = check_images(own, task.images, names, progress)
     val_cases: list[str] = []
     if task.labels is not None:
         if not task.labels.is_dir():
