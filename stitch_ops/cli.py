@@ -21,6 +21,7 @@ STAGES = {
     "evaluation": "Dice/HD95 per case on both parties' test sets, logged to MLflow",
     "baselines": "fine-tuning, ensembles, federated learning (Ray), merged data, learning-rate sweep",
     "bundle": "export trained MONAI bundles; verify a bundle received from another party",
+    "tracking": "the MLflow UI on the project's store, opened on the runs table",
 }
 
 

@@ -105,8 +105,24 @@ def train(params: Params, pair: str, data_party: str, method: str, fold: int, pr
     out.mkdir(parents=True, exist_ok=True)
     logger.info("%s: %d matches; training stitches on %d unlabeled images of party %s (%s)",
                 pair, len(network.matches), len(images), data_party, method)
-    history = train_stitches(network, patches.epoch, config, checkpoint=out / "checkpoint.pt", progress=progress)
-    save_stitched_network(network, out / NETWORK_FILE)
+    from stitch_ops.tracking.datasets import DataInput
+    from stitch_ops.tracking.live import TRAINING_LOG, training_run, write_curve
+
+    rows: list[dict[str, float]] = []
+    with training_run(pair=pair, approach=APPROACH, trained_on=trained_on(data_party, method), fold=fold,
+                      dvc_stage=f"stitch_train@{pair}-{data_party}-{method}-{fold}", profile=params.profile,
+                      inputs=[DataInput(f"{pair}/{data_party}/train (unlabeled)",
+                                        paths.preprocessed_root(data_party), "training")],
+                      params={"method": method, "data_party": data_party, "matches": len(network.matches),
+                              **{f"stitching.training.{k}": v for k, v in config.to_dict().items()}}) as live:
+        def on_epoch(log: Any) -> None:
+            rows.append({"epoch": log.epoch, "train_loss": log.loss, "lr": log.lr})
+            live.log_epoch(log.epoch, {"train_loss": log.loss, "lr": log.lr})
+            write_curve(out / TRAINING_LOG, rows)
+
+        history = train_stitches(network, patches.epoch, config, checkpoint=out / "checkpoint.pt",
+                                 progress=progress, on_epoch=on_epoch)
+        save_stitched_network(network, out / NETWORK_FILE)
     (out / "training_log.json").write_text(json.dumps([vars(e) for e in history], indent=2))
     return out / NETWORK_FILE
 

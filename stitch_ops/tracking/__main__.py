@@ -1,0 +1,61 @@
+"""``python -m stitch_ops.tracking ui``: the MLflow UI on this project's store.
+
+Starts ``mlflow server`` on ``sqlite:///mlflow.db`` (or ``MLFLOW_TRACKING_URI``) at
+127.0.0.1 and prints, per experiment, the link that opens its runs table in the
+model-training view; stops on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+logger = logging.getLogger("stitch_ops.tracking")
+
+
+def ui(args: argparse.Namespace) -> int:
+    from stitch_ops.tracking.runs import configure
+    from stitch_ops.tracking.ui import experiment_links, mlflow_server
+
+    if not (Path(args.root) / "mlflow.db").is_file():
+        print(f"stitch-ops tracking ui: error: no MLflow store at {Path(args.root) / 'mlflow.db'}; "
+              f"run the pipeline first (`dvc repro`) or pass --root", file=sys.stderr)
+        return 2
+    uri = configure(Path(args.root))
+    with mlflow_server(uri, port=args.port) as base_url:
+        links = experiment_links(uri, base_url)
+        print(f"MLflow UI: {base_url}/#/?workflowType=machine_learning")
+        for name, link in links.items():
+            print(f"  {name}: {link}")
+        print("Ctrl-C to stop.", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stitch-ops tracking", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    ui_cmd = commands.add_parser("ui", help="serve the MLflow UI on 127.0.0.1 and print the runs-table links")
+    ui_cmd.add_argument("--port", type=int, default=5000, help="port (default: %(default)s)")
+    ui_cmd.add_argument("--root", type=Path, default=Path("."),
+                        help="folder with mlflow.db and mlruns/ (default: the current one)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    return {"ui": ui}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
