@@ -246,7 +246,7 @@ def _training_run(pair: str, model: ModelId, fold: int, params: Params, dvc_stag
     from stitch_ops.tracking.live import training_run
 
     with training_run(pair=pair, approach=model.approach, trained_on=model.trained_on,
-                      fold=fold, dvc_stage=dvc_stage, profile=params.profile, root=root,
+                      fold=fold, dvc_stage=dvc_stage, profile=params.profile, root=root, tags=model.tags(),
                       inputs=[DataInput(name, path, "training") for name, path in inputs.items()],
                       params={**{f"nnunet.{k}": v for k, v in vars(params.nnunet).items()},
                               **stage_params}) as live:

@@ -20,10 +20,8 @@ evaluation stage.
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
-import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -32,15 +30,17 @@ from pathlib import Path
 from typing import Any
 
 from stitch_ops.tracking import runs
+from stitch_ops.tracking.curves import TRAINING_LOG, read_curve, write_curve
 from stitch_ops.tracking.datasets import DataInput, log_inputs
 from stitch_ops.tracking.runs import DVC_STAGE_TAG, GIT_COMMIT_TAG, RUN_KEY_TAG
+
+__all__ = ["EVALUATION_STAGE_TAG", "TRAINING_LOG", "LiveRun", "fail_run", "finish_model_run", "model_identity",
+           "model_run", "read_curve", "start_model_run", "training_run", "write_curve"]
 
 logger = logging.getLogger(__name__)
 
 EVALUATION_STAGE_TAG = "dvc.stage.evaluation"
 MODEL_TAGS = ("pair", "approach", "trained_on", "fold")
-TRAINING_LOG = "training_log.csv"
-"""Per-epoch training curve written next to every trained model (a DVC plot)."""
 
 
 def model_identity(pair: str, approach: str, trained_on: str, fold: int | str) -> dict[str, str]:
@@ -80,27 +80,6 @@ class LiveRun:
         each row has its step under ``epoch``."""
         for row in rows:
             self.log_epoch(int(row["epoch"]), {k: v for k, v in row.items() if k != "epoch"})
-
-
-def write_curve(path: Path, rows: Sequence[Mapping[str, float]]) -> None:
-    """Write per-epoch rows (first column ``epoch``) as CSV, replacing ``path`` atomically."""
-    columns = ["epoch"] + sorted({k for row in rows for k in row} - {"epoch"})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    with tmp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: (int(v) if k == "epoch" else v) for k, v in row.items()})
-    os.replace(tmp, path)
-
-
-def read_curve(path: Path) -> list[dict[str, float]]:
-    """Rows of a curve written by :func:`write_curve` (empty if there is none)."""
-    if not path.is_file():
-        return []
-    with path.open(newline="") as handle:
-        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(handle)]
 
 
 def start_model_run(*, experiment: str, identity: Mapping[str, str], tags: Mapping[str, str] = {},
@@ -152,15 +131,12 @@ def model_run(**kwargs: Any) -> Iterator[LiveRun]:
 @contextmanager
 def training_run(*, pair: str, approach: str, trained_on: str, fold: int, dvc_stage: str,
                  params: Mapping[str, Any], profile: str | None = None, inputs: Sequence[DataInput] = (),
-                 root: Path = Path(".")) -> Iterator[LiveRun]:
+                 tags: Mapping[str, str] = {}, root: Path = Path(".")) -> Iterator[LiveRun]:
     """The live run of one training stage in the project's store (:func:`model_run` with the
-    model's tags, the approach's ``shorthand``/``perspective`` and the evaluation's run name),
-    with its training data recorded as inputs."""
-    from stitch_ops.baselines.approaches import lookup
-
+    model's tags, e.g. the approach's ``shorthand``, and the evaluation's run name), with its
+    training data recorded as inputs."""
     runs.configure(root)
-    model = lookup(approach, trained_on)
-    tags = {**(model.tags() if model is not None else {}), **({"profile": profile} if profile else {})}
+    tags = {**tags, **({"profile": profile} if profile else {})}
     with model_run(experiment=runs.experiment_name(pair), identity=model_identity(pair, approach, trained_on, fold),
                    tags=tags, params=params, run_name=f"{approach}:{trained_on}:fold{fold}",
                    dvc_stage=dvc_stage) as live:
