@@ -104,6 +104,7 @@ def finetune(pair: str, party: str, fold: int, params: Params, *, base_lr: float
                                    results_root=paths.model_dir(model.approach, model.trained_on, fold),
                                    progress=progress, on_epoch=live.log_epoch)
         predict_test_sets(paths, model, fold, params, progress=progress)
+    _publish_curve(paths, model, fold)
     return exported
 
 
@@ -154,6 +155,7 @@ def merged(pair: str, fold: int, params: Params, *, root: Path = Path("."), prog
                               provenance={"pair": pair, "approach": model.approach, "trained_on": model.trained_on,
                                           "shorthand": model.shorthand})
         predict_test_sets(paths, model, fold, params, progress=progress)
+    _publish_curve(paths, model, fold)
     return exported
 
 
@@ -180,7 +182,9 @@ def federated(pair: str, fold: int, params: Params, *, root: Path = Path("."), p
             rows[index] = dict(values)
             write_curve(curve, [{"epoch": k, **v} for k, v in sorted(rows.items())])
 
-        return _federated(pair, fold, params, root=root, progress=progress, fault=fault, on_round=on_round)
+        exported = _federated(pair, fold, params, root=root, progress=progress, fault=fault, on_round=on_round)
+    _publish_curve(PairPaths(pair, root), model, fold)
+    return exported
 
 
 def _federated(pair: str, fold: int, params: Params, *, root: Path = Path("."), progress: bool = True,
@@ -235,6 +239,13 @@ def _federated(pair: str, fold: int, params: Params, *, root: Path = Path("."), 
                              "pseudo_dice": {m["party"]: m["pseudo_dice"] for m in last}})
     predict_test_sets(paths, model, fold, params, progress=progress)
     return results / "export"
+
+
+def _publish_curve(paths: PairPaths, model: ModelId, fold: int) -> None:
+    from stitch_ops.tracking.curves import TRAINING_LOG, publish_curve
+
+    publish_curve(paths.model_dir(model.approach, model.trained_on, fold) / TRAINING_LOG,
+                  paths.training_curve(model.approach, model.trained_on, fold))
 
 
 @contextmanager

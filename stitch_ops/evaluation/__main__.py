@@ -4,7 +4,8 @@ Scores the predictions of (approach, trained-on party, fold) on both parties' te
 (and the fold's validation cases when predicted), writes ``cases.csv`` + ``summary.json``
 (DVC metrics) and finishes the model's MLflow run (opened live by its training stage, or
 created here for models that are not trained), tagged pair / approach / trained_on / fold,
-with the per-case table and the exported model as artifacts.
+with the per-case table as artifact and the exported model as a registered MLflow pyfunc
+(:mod:`stitch_ops.tracking.models`).
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def _log_to_mlflow(args: argparse.Namespace, params: Params, out: Path, summary:
 
     tracking.configure(Path("."))
     model_dir = PairPaths(args.pair).model_dir(args.approach, args.trained_on, args.fold) / "export"
-    artifacts = [out / "cases.csv"] + ([model_dir] if model_dir.is_dir() else [])
+    artifacts = [out / "cases.csv"]
     run_id = finish_model_run(
         experiment=tracking.experiment_name(args.pair),
         identity=model_identity(args.pair, args.approach, args.trained_on, args.fold),
@@ -90,6 +91,10 @@ def _log_to_mlflow(args: argparse.Namespace, params: Params, out: Path, summary:
         dvc_stage=args.stage or f"evaluate@{args.pair}-{args.trained_on}-{args.fold}",
         inputs=[DataInput(f"{args.pair}/{party}/test", PairPaths(args.pair).raw_dataset(party) / "imagesTs",
                           "evaluation") for party in PARTIES])
+    if model_dir.is_dir():  # the trained model as a pyfunc, registered (ensembles have no folder)
+        from stitch_ops.tracking.models import log_model
+
+        log_model(run_id, model_dir, pair=args.pair, approach=args.approach, trained_on=args.trained_on)
     logger.info("MLflow run %s: %s", run_id, {k: round(v, 4) for k, v in summary.items() if "mean" in k})
 
 

@@ -39,6 +39,7 @@ def train(args: argparse.Namespace, params: Params) -> None:
                       paths.model_dir(LOCAL, args.party, args.fold), args.fold, params.nnunet)
     logger.info("training %s fold %d: %d epochs x %d iterations", run.dataset_name, args.fold,
                 params.nnunet.epochs, params.nnunet.iterations_per_epoch)
+    from stitch_ops.tracking.curves import TRAINING_LOG, publish_curve
     from stitch_ops.tracking.datasets import DataInput
     from stitch_ops.tracking.live import training_run
 
@@ -48,6 +49,7 @@ def train(args: argparse.Namespace, params: Params) -> None:
                       params={f"nnunet.{k}": v for k, v in vars(params.nnunet).items()}) as live:
         train_fold(run, progress=args.progress, on_epoch=live.log_epoch,
                    provenance={"pair": args.pair, "approach": LOCAL, "trained_on": args.party})
+    publish_curve(run.results_root / TRAINING_LOG, paths.training_curve(LOCAL, args.party, args.fold))
 
 
 def validation_cases(paths: PairPaths, party: str, fold: int) -> list[str]:

@@ -106,7 +106,8 @@ def train(params: Params, pair: str, data_party: str, method: str, fold: int, pr
     logger.info("%s: %d matches; training stitches on %d unlabeled images of party %s (%s)",
                 pair, len(network.matches), len(images), data_party, method)
     from stitch_ops.tracking.datasets import DataInput
-    from stitch_ops.tracking.live import TRAINING_LOG, training_run, write_curve
+    from stitch_ops.tracking.curves import TRAINING_LOG, publish_curve, write_curve
+    from stitch_ops.tracking.live import training_run
 
     rows: list[dict[str, float]] = []
     with training_run(pair=pair, approach=APPROACH, trained_on=trained_on(data_party, method), fold=fold,
@@ -124,6 +125,7 @@ def train(params: Params, pair: str, data_party: str, method: str, fold: int, pr
                                  progress=progress, on_epoch=on_epoch)
         save_stitched_network(network, out / NETWORK_FILE)
     (out / "training_log.json").write_text(json.dumps([vars(e) for e in history], indent=2))
+    publish_curve(out / TRAINING_LOG, paths.training_curve(APPROACH, trained_on(data_party, method), fold))
     return out / NETWORK_FILE
 
 
@@ -193,7 +195,8 @@ def select(params: Params, pair: str, data_party: str, method: str, fold: int, p
     paths.metrics(APPROACH, slug, fold).mkdir(parents=True, exist_ok=True)
     positions.to_csv(paths.metrics(APPROACH, slug, fold) / "positions.csv", index=False)
     tracking.log_metrics(parent, {"selected_k": float(k)})
-    _export(extract_stitch_ensemble(network, k), own, model_dir / "export", k, method, data_party)
+    _export(extract_stitch_ensemble(network, k), own, model_dir / "export", k, method, data_party,
+            section.selection)
     ensemble = as_model(extract_stitch_ensemble(network, k), f"stitch-ensemble k={k}")
     predictions = paths.predictions(APPROACH, slug, fold)
     for party in ("a", "b"):
@@ -205,7 +208,8 @@ def select(params: Params, pair: str, data_party: str, method: str, fold: int, p
     return k
 
 
-def _export(ensemble: Any, own: Any, target: Path, k: int, method: str, data_party: str) -> None:
+def _export(ensemble: Any, own: Any, target: Path, k: int, method: str, data_party: str,
+            selection: str) -> None:
     """The selected stitch-ensemble as a portable folder: weights + description in one
     ``weights_only`` file, and the stitching party's plans that say how to feed it."""
     from stitch_ops.stitching import save_stitch_ensemble
@@ -219,7 +223,7 @@ def _export(ensemble: Any, own: Any, target: Path, k: int, method: str, data_par
     (staging / "model.json").write_text(json.dumps({
         "configuration": own.configuration, "mirroring_axes": None, "description": f"stitch-ensemble k={k}",
         "k": k, "node_a": ensemble.match.node_a, "node_b": ensemble.match.node_b,
-        "method": method, "data_party": data_party}, indent=2))
+        "method": method, "data_party": data_party, "selection": selection}, indent=2))
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
 

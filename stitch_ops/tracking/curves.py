@@ -35,3 +35,10 @@ def read_curve(path: Path) -> list[dict[str, float]]:
         return []
     with path.open(newline="") as handle:
         return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(handle)]
+
+
+def publish_curve(curve: Path, target: Path) -> Path:
+    """Copy a model's curve to where ``dvc.yaml`` declares it as a plot (atomically); the
+    model folder keeps its own copy, which a rerun of an already trained stage replays."""
+    write_curve(target, read_curve(curve))
+    return target
