@@ -9,7 +9,8 @@ model to use.
 
 No pickle is involved: the pyfunc is logged *from code* (:mod:`stitch_ops.tracking.pyfunc_model`),
 and its weights are loaded with ``torch.load(weights_only=True)`` from the export folder,
-which the model carries as an artifact. Loading needs ``stitch_ops`` installed.
+which the model carries as an artifact (:mod:`stitch_ops.tracking.segmenter` runs it).
+Loading needs ``stitch_ops`` installed.
 
 Input and output (the signature): images ``N C H W`` (2-D) or ``N C X Y Z`` (3-D), float32,
 in the raw intensities the model's dataset uses (what the images folder holds); output the
@@ -32,61 +33,12 @@ logger = logging.getLogger(__name__)
 CHAMPION = "champion"
 CHAMPION_STRATEGY = "current_fold"
 MODEL_ARTIFACT = "model"
-NATURAL_IMAGE_SPACING = (999.0, 1.0, 1.0)  # nnU-Net's NaturalImage2DIO: a 2-D image as 1 x H x W
 NATURAL_IMAGE_ENDINGS = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg")
 
 
 def registered_name(pair: str, approach: str, trained_on: str) -> str:
     """Registry name of a model, ``stitch_ops-<pair>-<approach>-<trained_on>``."""
     return f"stitch_ops-{pair}-{approach}-{trained_on}"
-
-
-def load_exported(folder: Path) -> Any:
-    """An exported model folder (nnU-Net export or stitch-ensemble) as an ``NnUNetModel``."""
-    from stitch_ops.stitching.pipeline import ENSEMBLE_FILE, load_exported_ensemble
-
-    if (Path(folder) / ENSEMBLE_FILE).is_file():
-        return load_exported_ensemble(Path(folder))
-    from stitch_ops.nnunet.model import load_model
-
-    return load_model(Path(folder))
-
-
-class Segmenter:
-    """nnU-Net's predictor around an exported model, on in-memory images."""
-
-    def __init__(self, folder: Path, device: str = "cpu"):
-        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-        from stitch_ops.nnunet.env import resolve_device
-
-        model = load_exported(folder)
-        torch_device = resolve_device(device)
-        plans_manager = PlansManager(model.plans)
-        configuration = plans_manager.get_configuration(model.configuration)
-        self.predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
-                                         perform_everything_on_device=torch_device.type == "cuda",
-                                         device=torch_device, verbose=False, allow_tqdm=False)
-        network = model.network.to(torch_device).eval()
-        self.predictor.manual_initialization(network, plans_manager, configuration, [network.state_dict()],
-                                             model.dataset_json, model.description, model.mirroring_axes)
-        self.channels = model.num_input_channels
-
-    def segment(self, images: np.ndarray, spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> np.ndarray:
-        """Label maps of images ``N C H W`` or ``N C X Y Z`` (see the module docstring)."""
-        images = np.asarray(images, dtype=np.float32)
-        if images.ndim not in (4, 5) or images.shape[1] != self.channels:
-            raise ValueError(f"images should be N C H W or N C X Y Z with C = {self.channels}, "
-                             f"got shape {images.shape}")
-        two_d = images.ndim == 4
-        out = []
-        for image in images:
-            data = image[:, None] if two_d else image
-            properties = {"spacing": list(NATURAL_IMAGE_SPACING if two_d else spacing)}
-            segmentation = self.predictor.predict_single_npy_array(data, properties, None, None, False)
-            out.append(segmentation[0] if two_d else segmentation)
-        return np.stack(out).astype(np.int64)
 
 
 def signature_and_example(folder: Path) -> tuple[Any, np.ndarray]:

@@ -17,7 +17,8 @@ class NnUNetPyfunc(mlflow.pyfunc.PythonModel):
     """Segments images ``N C H W`` (or ``N C X Y Z``) with nnU-Net's predictor."""
 
     def load_context(self, context: Any) -> None:
-        from stitch_ops.tracking.models import MODEL_ARTIFACT, Segmenter
+        from stitch_ops.tracking.models import MODEL_ARTIFACT
+        from stitch_ops.tracking.segmenter import Segmenter
 
         self.segmenter = Segmenter(context.artifacts[MODEL_ARTIFACT])
 

@@ -71,8 +71,9 @@ def test_champion_stitch_ensemble_loads_from_the_registry_and_segments_like_the_
 
     logged = mlflow.models.get_model_info(f"models:/{name}@{CHAMPION}")
     assert tuple(logged.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 3, -1, -1)
-    assert logged.flavors["python_function"]["loader_module"] == "mlflow.pyfunc.model"
-    assert "python_model.pkl" not in {p.name for p in Path(logged.artifact_path).rglob("*")}  # from code
+    assert logged.flavors["python_function"]["loader_module"] == "mlflow.pyfunc.loaders.code_model"  # from code
+    files = {p.name for p in Path(mlflow.artifacts.download_artifacts(f"models:/{name}@{CHAMPION}")).rglob("*")}
+    assert "python_model.pkl" not in files and "stitch_ensemble.pt" in files  # no pickle; weights as data
 
     pipeline = predict_folder(load_exported_ensemble(chosen), images, tmp_path / "pipeline",
                               save_probabilities=False, device="cpu", progress=False)
