@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from pathlib import Path
+from types import ModuleType
 
 from stitch_ops import __version__
 from stitch_ops.cli_common import one_line_usage_errors, report_errors
@@ -29,6 +30,11 @@ STAGES = {
 }
 MODULES = {"report": "stitch_ops.evaluation.report"}
 """Commands whose module is not ``stitch_ops.<command>.__main__``."""
+
+
+def command_module(command: str) -> ModuleType:
+    """The module of a stage command: its ``main(argv)`` runs it, its ``build_parser()`` describes it."""
+    return importlib.import_module(MODULES.get(command, f"stitch_ops.{command}.__main__"))
 
 
 def _profile(argv: Sequence[str]) -> int:
@@ -68,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "profile":
         return _profile(rest)
     # each stage's main reports its own errors; this catches what escapes one that does not
-    stage_main = importlib.import_module(MODULES.get(args.command, f"stitch_ops.{args.command}.__main__")).main
+    stage_main = command_module(args.command).main
     return report_errors(f"stitch-ops {args.command}", lambda: stage_main(rest), debug="--debug" in rest)
 
 

@@ -9,7 +9,6 @@ real subprocesses. No case trains anything: each fails before any work starts.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import shutil
 import subprocess
@@ -136,6 +135,12 @@ CASES: dict[str, Case] = {
         ["baselines", "finetune", "--pair", "polyp", "--trained-on", "a_to_b", "--fold", "0"],
         "'finetune.warmup_epochs' must be an integer in [0, epochs",
         setup=lambda root: write_params(root, **{"finetune.warmup_epochs": 9})),
+    "misspelled stitch training key": Case(
+        ["stitching", "train", "--pair", "polyp", "--data-party", "a", "--fold", "0"], "'epoch' (did you mean 'epochs'?)",
+        setup=lambda root: write_params(root, **{"stitching.training.epoch": 3})),
+    "unknown stitch loss term": Case(
+        ["stitching", "train", "--pair", "polyp", "--data-party", "a", "--fold", "0"], "unknown term(s) ['stitched']",
+        setup=lambda root: write_params(root, **{"stitching.training.loss_terms": ["stitched"]})),
     "missing params section": Case(["baselines", "federated", "--pair", "polyp", "--fold", "0"],
                                    "no section 'federated'", setup=lambda root: write_params(root, federated=None)),
     # ---- names on the command line --------------------------------------------------------
@@ -218,6 +223,9 @@ CASES: dict[str, Case] = {
     "ensemble before split": Case(["baselines", "ensemble", "--pair", "polyp", "--fold", "0"],
                                   "dataset.json is missing: run the stage that makes it first"),
     "transfer plans before plan": Case(["baselines", "transfer-plans", "--pair", "polyp"], "is missing"),
+    "report of an unknown pair": Case(["report", "--pair", "knee", "--no-mlflow"], "unknown pair(s) ['knee']"),
+    "MLflow UI without a store": Case(["tracking", "ui", "--port", "5999"], "no MLflow store at mlflow.db",
+                                      setup=lambda root: None),
     "verify a missing bundle": Case(["bundle", "verify", "nowhere"], "no bundle folder at nowhere",
                                     setup=lambda root: None),
     "a bundle without metadata": Case(["bundle", "verify", "received_bundle"],
@@ -283,7 +291,7 @@ def _subcommands() -> list[list[str]]:
     it has none), found from the stage modules' ``build_parser()``."""
     found = []
     for stage in cli.STAGES:
-        parser = importlib.import_module(f"stitch_ops.{stage}.__main__").build_parser()
+        parser = cli.command_module(stage).build_parser()
         subs = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
         found += [[stage, name] for action in subs for name in action.choices] if subs else [[stage]]
     return found
@@ -304,7 +312,7 @@ def _required_arguments(parser: argparse.ArgumentParser) -> list[str]:
 
 
 def _subparser(path: list[str]) -> argparse.ArgumentParser:
-    parser = importlib.import_module(f"stitch_ops.{path[0]}.__main__").build_parser()
+    parser = cli.command_module(path[0]).build_parser()
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction) and len(path) > 1:
             return action.choices[path[1]]

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from stitch_ops.baselines import approaches
 from stitch_ops.baselines.approaches import ModelId, other
 from stitch_ops.baselines.config import FederatedParams, FinetuneParams, MergedParams
+from stitch_ops.budget import BUDGET_JSON, Budget, TrainingClock, write_budget
 from stitch_ops.config import PARTIES, Params
 from stitch_ops.nnunet.plan import PLANS
 from stitch_ops.paths import PairPaths, dataset_name
@@ -103,6 +104,8 @@ def finetune(pair: str, party: str, fold: int, params: Params, *, base_lr: float
                                    epochs=settings.epochs, iterations_per_epoch=settings.iterations_per_epoch,
                                    results_root=paths.model_dir(model.approach, model.trained_on, fold),
                                    progress=progress, on_epoch=live.log_epoch)
+        write_training_budget(paths, model, fold, params, settings.epochs, settings.iterations_per_epoch,
+                              base_lr=lr, warmup_epochs=settings.warmup_epochs)
         predict_test_sets(paths, model, fold, params, progress=progress)
     _publish_curve(paths, model, fold)
     return exported
@@ -154,6 +157,7 @@ def merged(pair: str, fold: int, params: Params, *, root: Path = Path("."), prog
         exported = train_fold(run, progress=progress, on_epoch=live.log_epoch,
                               provenance={"pair": pair, "approach": model.approach, "trained_on": model.trained_on,
                                           "shorthand": model.shorthand})
+        write_training_budget(paths, model, fold, params, settings.epochs, settings.iterations_per_epoch)
         predict_test_sets(paths, model, fold, params, progress=progress)
     _publish_curve(paths, model, fold)
     return exported
@@ -213,6 +217,8 @@ def _federated(pair: str, fold: int, params: Params, *, root: Path = Path("."), 
 
             for record in GlobalCheckpoint(results / "global").history() if on_round is not None else []:
                 on_round(int(record["round"]), round_curve(record))
+            write_training_budget(paths, model, fold, params, settings.rounds, settings.iterations_per_epoch,
+                                  parties=len(parties), rounds=settings.rounds)
             predict_test_sets(paths, model, fold, params, progress=progress)
             return results / "export"
     else:
@@ -222,8 +228,10 @@ def _federated(pair: str, fold: int, params: Params, *, root: Path = Path("."), 
     options = RayOptions(settings.address, settings.cpus_per_party, settings.pin_parties)
     logger.info("federated training of %s fold %d: %d rounds x %d iterations per party, Ray at %s", pair, fold,
                 settings.rounds, settings.iterations_per_epoch, settings.address or "this machine")
-    state, mirroring, history = train_federated(parties, fold, schedule, results / "global", ray_options=options,
-                                                fault=fault, progress=progress, on_round=on_round)
+    with TrainingClock(results):
+        state, mirroring, history = train_federated(parties, fold, schedule, results / "global",
+                                                    ray_options=options, fault=fault, progress=progress,
+                                                    on_round=on_round)
     from stitch_ops.baselines.federated import load_canonical_state
 
     folder = parties[0].preprocessed_root / parties[0].dataset_name
@@ -237,6 +245,8 @@ def _federated(pair: str, fold: int, params: Params, *, root: Path = Path("."), 
                              "shorthand": model.shorthand, "fold": fold, "epochs": settings.rounds,
                              "rounds": settings.rounds, "trainer": "FedAvg(ScheduledTrainer)",
                              "pseudo_dice": {m["party"]: m["pseudo_dice"] for m in last}})
+    write_training_budget(paths, model, fold, params, settings.rounds, settings.iterations_per_epoch,
+                          parties=len(parties), rounds=settings.rounds)
     predict_test_sets(paths, model, fold, params, progress=progress)
     return results / "export"
 
@@ -262,6 +272,17 @@ def _training_run(pair: str, model: ModelId, fold: int, params: Params, dvc_stag
                       params={**{f"nnunet.{k}": v for k, v in vars(params.nnunet).items()},
                               **stage_params}) as live:
         yield live
+
+
+def write_training_budget(paths: PairPaths, model: ModelId, fold: int, params: Params, epochs: int,
+                          iterations_per_epoch: int, **extra: object) -> Path:
+    """``budget.json`` of a trained model: its schedule, the batch size it trained with (from
+    the exported plans) and the wall time its results folder's clock summed over attempts."""
+    results = paths.model_dir(model.approach, model.trained_on, fold)
+    plans = _read(results / "export" / "plans.json")
+    batch_size = plans["configurations"][params.nnunet.configuration]["batch_size"]
+    budget = Budget.of_schedule(epochs, iterations_per_epoch, batch_size, TrainingClock(results).seconds, **extra)
+    return write_budget(paths.metrics(model.approach, model.trained_on, fold) / BUDGET_JSON, budget)
 
 
 def _read(path: Path) -> dict:

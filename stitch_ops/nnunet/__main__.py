@@ -31,7 +31,8 @@ def plan(args: argparse.Namespace, params: Params) -> None:
 
 
 def train(args: argparse.Namespace, params: Params) -> None:
-    from stitch_ops.nnunet.train import TrainingRun, train_fold
+    from stitch_ops.budget import BUDGET_JSON, write_budget
+    from stitch_ops.nnunet.train import TrainingRun, train_fold, training_budget
 
     paths = PairPaths(args.pair)
     params.pair(args.pair)
@@ -50,6 +51,7 @@ def train(args: argparse.Namespace, params: Params) -> None:
         train_fold(run, progress=args.progress, on_epoch=live.log_epoch,
                    provenance={"pair": args.pair, "approach": LOCAL, "trained_on": args.party})
     publish_curve(run.results_root / TRAINING_LOG, paths.training_curve(LOCAL, args.party, args.fold))
+    write_budget(paths.metrics(LOCAL, args.party, args.fold) / BUDGET_JSON, training_budget(run))
 
 
 def validation_cases(paths: PairPaths, party: str, fold: int) -> list[str]:

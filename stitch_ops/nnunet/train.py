@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from stitch_ops.budget import Budget, TrainingClock
 from stitch_ops.config import NnUNetSchedule
 from stitch_ops.nnunet.env import NnUNetRoots, configure, resolve_device
 from stitch_ops.nnunet.model import export_model, load_model
@@ -123,7 +124,8 @@ def train_fold(run: TrainingRun, *, trainer_class: type | None = None, progress:
         if on_epoch is not None:
             on_epoch(epoch, history[-1])
 
-    trainer.run_training(progress=progress, after_epoch=after_epoch)
+    with TrainingClock(run.results_root):
+        trainer.run_training(progress=progress, after_epoch=after_epoch)
     return export_model(trainer.network, trainer.plans_manager.plans, dataset_json,
                         configuration=run.schedule.configuration, target=run.export_dir,
                         mirroring_axes=trainer.inference_allowed_mirroring_axes,
@@ -136,6 +138,15 @@ def _replay(history: list[dict[str, float]], on_epoch: EpochCallback | None) -> 
     if on_epoch is not None:
         for row in history:
             on_epoch(int(row["epoch"]), {k: v for k, v in row.items() if k != "epoch"})
+
+
+def training_budget(run: TrainingRun, **extra: Any) -> Budget:
+    """What a finished :func:`train_fold` ran: its schedule, the batch size it trained with
+    (from the exported plans) and its wall time summed over attempts."""
+    plans = _load_json(run.export_dir / "plans.json")
+    batch_size = plans["configurations"][run.schedule.configuration]["batch_size"]
+    return Budget.of_schedule(run.schedule.epochs, run.schedule.iterations_per_epoch, batch_size,
+                              TrainingClock(run.results_root).seconds, **extra)
 
 
 def _restore(trainer: Any, run: TrainingRun) -> None:

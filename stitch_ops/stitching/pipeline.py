@@ -88,8 +88,10 @@ def _fold_cases(paths: PairPaths, party: str, fold: int, subset: str) -> list[st
 def train(params: Params, pair: str, data_party: str, method: str, fold: int, progress: bool = True) -> Path:
     """Train the stitches of (a, b) at ``fold`` on c's unlabeled images (the fold's training
     cases, labels never read); writes ``<model dir>/network/`` and returns the saved network."""
+    from stitch_ops.budget import BUDGET_JSON, Budget, TrainingClock, write_budget
     from stitch_ops.stitching import PreprocessedImages, RandomPatches, StitchedNetwork, train_stitches
     from stitch_ops.stitching.network import save_stitched_network
+    from stitch_ops.stitching.train import plateau_reached
 
     section = StitchingParams.of(params)
     config = section.training_config(method, params.seed)
@@ -121,11 +123,22 @@ def train(params: Params, pair: str, data_party: str, method: str, fold: int, pr
             live.log_epoch(log.epoch, {"train_loss": log.loss, "lr": log.lr})
             write_curve(out / TRAINING_LOG, rows)
 
-        history = train_stitches(network, patches.epoch, config, checkpoint=out / "checkpoint.pt",
-                                 progress=progress, on_epoch=on_epoch)
+        with TrainingClock(out):
+            history = train_stitches(network, patches.epoch, config, checkpoint=out / "checkpoint.pt",
+                                     progress=progress, on_epoch=on_epoch)
         save_stitched_network(network, out / NETWORK_FILE)
     (out / "training_log.json").write_text(json.dumps([vars(e) for e in history], indent=2))
     publish_curve(out / TRAINING_LOG, paths.training_curve(APPROACH, trained_on(data_party, method), fold))
+    plateau = plateau_reached(history, config.plateau_tolerance)
+    if not plateau:
+        logger.warning("%s %s fold %d: the stitch training loss has not reached a plateau (last epoch "
+                       "improved by >= %.1f %%); raise stitching.training.epochs", pair,
+                       trained_on(data_party, method), fold, 100 * config.plateau_tolerance)
+    write_budget(paths.metrics(APPROACH, trained_on(data_party, method), fold) / BUDGET_JSON,
+                 Budget.of_schedule(config.epochs, config.iterations_per_epoch, config.batch_size,
+                                    TrainingClock(out).seconds, method=config.method.value, init=config.init,
+                                    loss_per_epoch=[e.loss for e in history], plateau_reached=plateau,
+                                    plateau_tolerance=config.plateau_tolerance))
     return out / NETWORK_FILE
 
 
