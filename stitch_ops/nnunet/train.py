@@ -40,6 +40,7 @@ class TrainingRun:
     plans_identifier: str = PLANS
     pretrained: Path | None = None
     trainer: str = "ScheduledTrainer"
+    seed: int = 0
 
     def fingerprint(self) -> str:
         record = {k: str(v) for k, v in asdict(self).items() if k != "results_root"}
@@ -96,7 +97,7 @@ def train_fold(run: TrainingRun, *, trainer_class: type | None = None, progress:
         _replay(read_curve(curve), on_epoch)
         return run.export_dir
     configure(NnUNetRoots(preprocessed=run.preprocessed_root, results=run.results_root), training=True)
-    from stitch_ops.nnunet.trainer import ScheduledTrainer
+    from stitch_ops.nnunet.trainer import ScheduledTrainer, global_rng_kept, seed_everything
 
     trainer_class = trainer_class or ScheduledTrainer
     base = run.preprocessed_root / run.dataset_name
@@ -107,25 +108,27 @@ def train_fold(run: TrainingRun, *, trainer_class: type | None = None, progress:
     plans["continue_training"] = True
     from stitch_ops.nnunet.trainer import quiet_stdout
 
-    with quiet_stdout():
-        trainer = trainer_class(plans=plans, configuration=run.schedule.configuration, fold=run.fold,
-                                dataset_json=dataset_json, device=resolve_device(run.schedule.device))
-        trainer.apply_schedule(run.schedule)
-        trainer.initialize()
-        _restore(trainer, run)
-    history = trainer.history()
-    write_curve(curve, history)
-    _replay(history, on_epoch)
-
-    def after_epoch(trained: Any) -> None:
-        epoch = trained.current_epoch - 1
-        history.append({"epoch": epoch, **trained.epoch_metrics(epoch)})
+    with global_rng_kept():
+        with quiet_stdout():
+            trainer = trainer_class(plans=plans, configuration=run.schedule.configuration, fold=run.fold,
+                                    dataset_json=dataset_json, device=resolve_device(run.schedule.device))
+            trainer.apply_schedule(run.schedule, run.seed)
+            seed_everything(run.seed, 1)  # the network's initial weights
+            trainer.initialize()
+            _restore(trainer, run)
+        history = trainer.history()
         write_curve(curve, history)
-        if on_epoch is not None:
-            on_epoch(epoch, history[-1])
+        _replay(history, on_epoch)
 
-    with TrainingClock(run.results_root):
-        trainer.run_training(progress=progress, after_epoch=after_epoch)
+        def after_epoch(trained: Any) -> None:
+            epoch = trained.current_epoch - 1
+            history.append({"epoch": epoch, **trained.epoch_metrics(epoch)})
+            write_curve(curve, history)
+            if on_epoch is not None:
+                on_epoch(epoch, history[-1])
+
+        with TrainingClock(run.results_root):
+            trainer.run_training(progress=progress, after_epoch=after_epoch)
     return export_model(trainer.network, trainer.plans_manager.plans, dataset_json,
                         configuration=run.schedule.configuration, target=run.export_dir,
                         mirroring_axes=trainer.inference_allowed_mirroring_axes,
@@ -150,11 +153,14 @@ def training_budget(run: TrainingRun, **extra: Any) -> Budget:
 
 
 def _restore(trainer: Any, run: TrainingRun) -> None:
-    """Resume from this run's latest checkpoint, or start from pretrained weights."""
-    latest = Path(trainer.output_folder) / "checkpoint_latest.pth"
-    if latest.is_file():
-        logger.info("resuming %s from %s", run.dataset_name, latest)
-        trainer.load_checkpoint(str(latest))
+    """Resume from this run's final checkpoint (killed while exporting) or its latest one
+    (killed while training), or start from pretrained weights."""
+    folder = Path(trainer.output_folder)
+    checkpoint = next((folder / name for name in ("checkpoint_final.pth", "checkpoint_latest.pth")
+                       if (folder / name).is_file()), None)
+    if checkpoint is not None:
+        logger.info("resuming %s from %s", run.dataset_name, checkpoint)
+        trainer.load_checkpoint(str(checkpoint))
     elif run.pretrained is not None:
         logger.info("starting from the weights of %s", run.pretrained)
         source = load_model(run.pretrained)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,8 +90,7 @@ def train(params: Params, pair: str, data_party: str, method: str, fold: int, pr
     """Train the stitches of (a, b) at ``fold`` on c's unlabeled images (the fold's training
     cases, labels never read); writes ``<model dir>/network/`` and returns the saved network."""
     from stitch_ops.budget import BUDGET_JSON, Budget, TrainingClock, write_budget
-    from stitch_ops.stitching import PreprocessedImages, RandomPatches, StitchedNetwork, train_stitches
-    from stitch_ops.stitching.network import save_stitched_network
+    from stitch_ops.stitching import PreprocessedImages
     from stitch_ops.stitching.train import plateau_reached
 
     section = StitchingParams.of(params)
@@ -101,14 +101,10 @@ def train(params: Params, pair: str, data_party: str, method: str, fold: int, pr
     configuration = own.plans["configurations"][own.configuration]
     images = PreprocessedImages(paths.preprocessed_root(data_party) / dataset_name(pair, data_party)
                                 / configuration["data_identifier"], _fold_cases(paths, data_party, fold, "train"))
-    patches = RandomPatches(images, configuration["patch_size"], config.batch_size, config.seed)
-    network = StitchedNetwork.from_models(model_a, model_b)
     out = paths.model_dir(APPROACH, trained_on(data_party, method), fold) / "network"
-    out.mkdir(parents=True, exist_ok=True)
-    logger.info("%s: %d matches; training stitches on %d unlabeled images of party %s (%s)",
-                pair, len(network.matches), len(images), data_party, method)
-    from stitch_ops.tracking.datasets import DataInput
+    logger.info("%s: training stitches on %d unlabeled images of party %s (%s)", pair, len(images), data_party, method)
     from stitch_ops.tracking.curves import TRAINING_LOG, publish_curve, write_curve
+    from stitch_ops.tracking.datasets import DataInput
     from stitch_ops.tracking.live import training_run
 
     rows: list[dict[str, float]] = []
@@ -116,18 +112,15 @@ def train(params: Params, pair: str, data_party: str, method: str, fold: int, pr
                       dvc_stage=f"stitch_train@{pair}-{data_party}-{method}-{fold}", profile=params.profile,
                       inputs=[DataInput(f"{pair}/{data_party}/train (unlabeled)",
                                         paths.preprocessed_root(data_party), "training")],
-                      params={"method": method, "data_party": data_party, "matches": len(network.matches),
+                      params={"method": method, "data_party": data_party,
                               **{f"stitching.training.{k}": v for k, v in config.to_dict().items()}}) as live:
         def on_epoch(log: Any) -> None:
             rows.append({"epoch": log.epoch, "train_loss": log.loss, "lr": log.lr})
             live.log_epoch(log.epoch, {"train_loss": log.loss, "lr": log.lr})
             write_curve(out / TRAINING_LOG, rows)
 
-        with TrainingClock(out):
-            history = train_stitches(network, patches.epoch, config, checkpoint=out / "checkpoint.pt",
-                                     progress=progress, on_epoch=on_epoch)
-        save_stitched_network(network, out / NETWORK_FILE)
-    (out / "training_log.json").write_text(json.dumps([vars(e) for e in history], indent=2))
+        _, history = train_stitch_network(model_a, model_b, images, configuration["patch_size"], config, out,
+                                          progress, on_epoch=on_epoch)
     publish_curve(out / TRAINING_LOG, paths.training_curve(APPROACH, trained_on(data_party, method), fold))
     plateau = plateau_reached(history, config.plateau_tolerance)
     if not plateau:
@@ -142,6 +135,46 @@ def train(params: Params, pair: str, data_party: str, method: str, fold: int, pr
     return out / NETWORK_FILE
 
 
+def train_stitch_network(model_a: Any, model_b: Any, images: Any, patch_size: Any, config: Any, out: Path,
+                         progress: bool = True, on_epoch: Callable[[Any], None] | None = None) -> tuple[Any, Any]:
+    """Combine two loaded models, train their stitches on random patches of ``images``
+    (unlabeled, :class:`~stitch_ops.stitching.PreprocessedImages`) and save the network.
+
+    Resumable: ``out/checkpoint.pt`` is written after every epoch and continued from;
+    ``out/stitched_network.pt`` and ``out/training_log.json`` appear only when training ends;
+    the wall time of every attempt is summed in ``out`` (:class:`~stitch_ops.budget.TrainingClock`).
+    ``on_epoch`` gets every epoch's log (a live MLflow run; see :func:`train_stitches`).
+    Returns the trained :class:`~stitch_ops.stitching.StitchedNetwork` and the epochs' losses.
+    """
+    from stitch_ops.budget import TrainingClock
+    from stitch_ops.stitching import RandomPatches, StitchedNetwork, train_stitches
+    from stitch_ops.stitching.network import save_stitched_network
+
+    patches = RandomPatches(images, patch_size, config.batch_size, config.seed)
+    network = StitchedNetwork.from_models(model_a, model_b)
+    out.mkdir(parents=True, exist_ok=True)
+    logger.info("%d matches; %d stitches to train (%s)", len(network.matches), 2 * len(network.matches),
+                config.method.value)
+    with TrainingClock(out):
+        history = train_stitches(network, patches.epoch, config, checkpoint=out / "checkpoint.pt", progress=progress,
+                                 on_epoch=on_epoch)
+    (out / "training_log.json").write_text(json.dumps([vars(e) for e in history], indent=2))
+    save_stitched_network(network, out / NETWORK_FILE)
+    return network, history
+
+
+def score_on_validation(model: Any, preprocessed: Any, labels: Path, scratch: Path, device: str,
+                        **identity: Any) -> pd.DataFrame:
+    """Predict preprocessed validation cases with ``model`` into ``scratch`` and score them
+    against ``labels``: one row per case (``dice``, ``hd95``), ``identity`` as
+    :func:`~stitch_ops.evaluation.evaluate.evaluate_folder` takes it (pair, test_party, ...)."""
+    from stitch_ops.evaluation.evaluate import evaluate_folder
+    from stitch_ops.nnunet.predict import predict_preprocessed
+
+    predict_preprocessed(model, preprocessed, scratch, save_probabilities=False, device=device, progress=False)
+    return evaluate_folder(scratch, labels, model.dataset_json["file_ending"], progress=False, **identity)
+
+
 def evaluated_positions(num_matches: int, max_positions: int | None) -> list[int]:
     """Every k, or ``max_positions`` of them spread evenly from the first to the last match."""
     if max_positions is None or max_positions >= num_matches:
@@ -154,10 +187,9 @@ def select(params: Params, pair: str, data_party: str, method: str, fold: int, p
     predict both test sets and c's validation cases; returns k. ``positions.csv`` (every scored
     k, with the selected one marked) goes next to the evaluation's metrics."""
     from stitch_ops import tracking
-    from stitch_ops.evaluation.evaluate import evaluate_folder
     from stitch_ops.evaluation.selection import select_position
     from stitch_ops.nnunet.model import NnUNetModel, load_model
-    from stitch_ops.nnunet.predict import predict_folder, predict_preprocessed, preprocess_cases
+    from stitch_ops.nnunet.predict import predict_folder, preprocess_cases
     from stitch_ops.stitching import extract_stitch_ensemble, load_stitched_network
 
     section = StitchingParams.of(params)
@@ -186,11 +218,9 @@ def select(params: Params, pair: str, data_party: str, method: str, fold: int, p
     for k in evaluated_positions(len(network.matches), section.max_positions):
         match = network.matches[k]
         ensemble = as_model(extract_stitch_ensemble(network, k), f"stitch-ensemble k={k}")
-        predict_preprocessed(ensemble, preprocessed, scratch / f"k{k}", save_probabilities=False,
-                             device=params.nnunet.device, progress=False)
-        scores = evaluate_folder(scratch / f"k{k}", raw / "labelsTr", own.dataset_json["file_ending"],
-                                 pair=pair, test_party=f"val_{data_party}", approach=APPROACH, trained_on=slug,
-                                 fold=fold, cases=val_cases, progress=False)
+        scores = score_on_validation(ensemble, preprocessed, raw / "labelsTr", scratch / f"k{k}",
+                                     params.nnunet.device, pair=pair, test_party=f"val_{data_party}",
+                                     approach=APPROACH, trained_on=slug, fold=fold, cases=val_cases)
         row = {"k": k, "node_a": match.node_a, "node_b": match.node_b, "dice": scores["dice"].mean(),
                "hd95": scores["hd95"].mean()}
         rows.append(row)
