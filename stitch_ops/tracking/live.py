@@ -53,14 +53,16 @@ class LiveRun:
     """An open MLflow run that a training loop reports to, one step per epoch (or round).
 
     Attributes:
-        run_id: the MLflow run.
+        run_id: the MLflow run; ``None`` for a stage that is not tracked (it logs nothing).
     """
 
-    run_id: str
+    run_id: str | None
 
     def log_epoch(self, step: int, values: Mapping[str, float]) -> None:
         """Log one epoch's values (e.g. ``train_loss``, ``val_loss``, ``pseudo_dice``, ``lr``)
         at ``step``; non-finite values are kept in the CSV and left out of MLflow."""
+        if self.run_id is None:
+            return
         from mlflow.entities import Metric
 
         client, _ = runs._client()
@@ -72,7 +74,7 @@ class LiveRun:
 
     def log_inputs(self, inputs: Sequence[DataInput]) -> None:
         """Record the datasets the run uses (:mod:`stitch_ops.tracking.datasets`)."""
-        if inputs:
+        if inputs and self.run_id is not None:
             log_inputs(self.run_id, inputs)
 
     def log_history(self, rows: Sequence[Mapping[str, float]]) -> None:
@@ -134,7 +136,15 @@ def training_run(*, pair: str, approach: str, trained_on: str, fold: int, dvc_st
                  tags: Mapping[str, str] = {}, root: Path = Path(".")) -> Iterator[LiveRun]:
     """The live run of one training stage in the project's store (:func:`model_run` with the
     model's tags, e.g. the approach's ``shorthand``, and the evaluation's run name), with its
-    training data recorded as inputs."""
+    training data recorded as inputs.
+
+    If an input does not exist, the stage is not tracked (no store is created for it): its
+    own check then fails with the precise message (e.g. "run the plan stage first")."""
+    missing = [str(item.path) for item in inputs if not Path(item.path).exists()]
+    if missing:
+        logger.warning("not tracking %s in MLflow: its input %s does not exist", dvc_stage, missing)
+        yield LiveRun(None)
+        return
     runs.configure(root)
     tags = {**tags, **({"profile": profile} if profile else {})}
     with model_run(experiment=runs.experiment_name(pair), identity=model_identity(pair, approach, trained_on, fold),
