@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from stitch_ops.approaches import FINETUNE_SLUGS
 from stitch_ops.config import ConfigError, NnUNetSchedule, Params, _check_keys, _positive_int
 
 
@@ -138,9 +139,10 @@ class SweepParams:
     def __post_init__(self) -> None:
         object.__setattr__(self, "pairs", tuple(self.pairs))
         object.__setattr__(self, "routes", tuple(self.routes))
-        bad = [r for r in self.routes if r not in ("a_to_b", "b_to_a")]
+        bad = [r for r in self.routes if r not in FINETUNE_SLUGS]
         if bad:
-            raise ConfigError(f"'sweep.routes' must be fine-tuning directions a_to_b / b_to_a, got {bad}")
+            raise ConfigError(f"'sweep.routes' must be fine-tuning directions {' / '.join(FINETUNE_SLUGS)}, "
+                              f"got {bad}")
         low = _learning_rate("sweep", "lr_min", self.lr_min)
         high = _learning_rate("sweep", "lr_max", self.lr_max)
         if not low < high:

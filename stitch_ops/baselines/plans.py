@@ -183,7 +183,7 @@ def prepare_transferred(pair: str, party: str, configuration: str, *, root: Path
                         progress: bool = True) -> Path:
     """Preprocess ``party``'s data with the other party's plans, for fine-tuning the other
     party's model on it: ``data/{pair}/nnUNet_preprocessed/{party}_with_plans_{other}``."""
-    from stitch_ops.baselines.approaches import other
+    from stitch_ops.approaches import other
     from stitch_ops.paths import PairPaths, dataset_name
 
     paths = PairPaths(pair, root)

@@ -17,8 +17,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from stitch_ops.baselines import approaches
-from stitch_ops.baselines.approaches import ModelId, other
+from stitch_ops import approaches
+from stitch_ops.approaches import ModelId, other
 from stitch_ops.baselines.config import FederatedParams, FinetuneParams, MergedParams
 from stitch_ops.config import PARTIES, Params
 from stitch_ops.nnunet.plan import PLANS

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from stitch_ops.baselines import approaches
+from stitch_ops import approaches
 from stitch_ops.baselines.config import SweepParams
 from stitch_ops.config import Params
 

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from stitch_ops.approaches import Approach
 from stitch_ops.cli_common import common_options, run_command
 from stitch_ops.config import Params
 from stitch_ops.paths import PairPaths
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp = commands.add_parser("export", parents=[common],
                               help="write a trained bundle to exports/<pair>/<approach>_<party>_fold<k>")
     exp.add_argument("--pair", required=True)
-    exp.add_argument("--approach", default="local")
+    exp.add_argument("--approach", default=Approach.LOCAL.value, choices=[a.value for a in Approach])
     exp.add_argument("--trained-on", required=True)
     exp.add_argument("--fold", type=int, required=True, choices=range(5))
     ver = commands.add_parser("verify", parents=[common],

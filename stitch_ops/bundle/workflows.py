@@ -9,6 +9,7 @@ import logging
 import shutil
 from pathlib import Path
 
+from stitch_ops.approaches import Approach
 from stitch_ops.config import NnUNetSchedule
 from stitch_ops.nnunet.env import NnUNetRoots, configure
 from stitch_ops.nnunet.model import load_model
@@ -54,7 +55,7 @@ def train_on_own_data(raw_dataset: str | Path, output_dir: str | Path, fold: int
         plan_and_preprocess(WORK_DATASET_ID, preprocessed_root, working, schedule.configuration,
                             progress=progress)
     run = TrainingRun(name, preprocessed_root, work / "nnUNet_results" / f"fold_{fold}", fold, schedule)
-    exported = train_fold(run, progress=progress, provenance={"approach": "local", "source": str(raw_dataset)})
+    exported = train_fold(run, progress=progress, provenance={"approach": Approach.LOCAL.value, "source": str(raw_dataset)})
     target = output_dir / "models" / f"fold_{fold}"
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(exported, target)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from stitch_ops.approaches import Approach, lookup
 from stitch_ops.cli_common import common_options, run_command
 from stitch_ops.config import PARTIES, Params
 from stitch_ops.paths import PairPaths
@@ -52,8 +53,6 @@ def evaluate(args: argparse.Namespace, params: Params) -> None:
 
 def _validation_party(args: argparse.Namespace) -> str | None:
     """Whose validation cases a model's ``val`` predictions are: its party's, or its perspective's."""
-    from stitch_ops.baselines.approaches import lookup
-
     if args.trained_on in PARTIES:
         return args.trained_on
     model = lookup(args.approach, args.trained_on)
@@ -87,8 +86,6 @@ def _log_to_mlflow(args: argparse.Namespace, params: Params, out: Path, summary:
 def _approach_tags(args: argparse.Namespace) -> dict[str, str]:
     """``perspective`` and ``shorthand`` tags of a known approach (e.g. ``a→b``), so MLflow
     can compare approaches side by side; none for models this table does not know."""
-    from stitch_ops.baselines.approaches import lookup
-
     model = lookup(args.approach, args.trained_on)
     return model.tags() if model is not None else {}
 
@@ -98,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      parents=[common_options()])
     parser.add_argument("--pair", required=True, help="dataset pair, a key of params 'data'")
-    parser.add_argument("--approach", default="local", help="approach slug (default: %(default)s)")
+    parser.add_argument("--approach", default=Approach.LOCAL.value, choices=[a.value for a in Approach],
+                        help="approach slug (default: %(default)s)")
     parser.add_argument("--trained-on", required=True, help="party (or parties) the model was trained on")
     parser.add_argument("--fold", type=int, required=True, choices=range(5))
     parser.add_argument("--stage", default=None,

@@ -8,13 +8,14 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from stitch_ops.approaches import Approach
 from stitch_ops.cli_common import common_options, run_command
 from stitch_ops.config import PARTIES, Params
 from stitch_ops.paths import PARTY_DATASET_IDS, PairPaths, dataset_name
 
 logger = logging.getLogger("stitch_ops.nnunet")
 
-LOCAL = "local"
+LOCAL = Approach.LOCAL
 PREDICTION_SETS = ("test_a", "test_b", "val")
 
 
@@ -86,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       help="segment both parties' test sets (and the fold's "
                                            "validation cases) with a trained model; keeps softmax .npz")
     predict_cmd.add_argument("--pair", required=True)
-    predict_cmd.add_argument("--approach", default=LOCAL, help="approach slug (default: %(default)s)")
+    predict_cmd.add_argument("--approach", default=LOCAL.value, choices=[a.value for a in Approach],
+                             help="approach slug (default: %(default)s)")
     predict_cmd.add_argument("--trained-on", required=True, help="party whose model it is, e.g. a")
     predict_cmd.add_argument("--fold", type=int, required=True, choices=range(5))
     predict_cmd.add_argument("--sets", nargs="+", choices=PREDICTION_SETS, default=list(PREDICTION_SETS))

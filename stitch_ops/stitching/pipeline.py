@@ -23,12 +23,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from stitch_ops.config import ConfigError, Params
+from stitch_ops import approaches
+from stitch_ops.approaches import Approach, StitchMethod
+from stitch_ops.config import PARTIES, ConfigError, Params
 from stitch_ops.paths import PairPaths, dataset_name
 
 logger = logging.getLogger(__name__)
 
-APPROACH = "stitch"
+APPROACH = Approach.STITCH
 NETWORK_FILE = "stitched_network.pt"
 ENSEMBLE_FILE = "stitch_ensemble.pt"
 
@@ -37,8 +39,8 @@ ENSEMBLE_FILE = "stitch_ensemble.pt"
 class StitchingParams:
     """``params.yaml`` section ``stitching``."""
 
-    data_parties: tuple[str, ...]
-    methods: tuple[str, ...]
+    c_parties: tuple[str, ...]
+    methods: tuple[StitchMethod, ...]
     selection: str
     max_positions: int | None
     training: dict[str, Any]
@@ -49,10 +51,10 @@ class StitchingParams:
         from stitch_ops.stitching.train import StitchTrainingConfig
 
         raw = dict(params.section("stitching"))
-        unknown = set(raw) - {"data_parties", "methods", "selection", "max_positions", "training"}
+        unknown = set(raw) - {"c_parties", "methods", "selection", "max_positions", "training"}
         if unknown:
             raise ConfigError(f"unknown key(s) in params section 'stitching': {sorted(unknown)}")
-        section = cls(tuple(raw["data_parties"]), tuple(raw["methods"]), raw["selection"],
+        section = cls(tuple(raw["c_parties"]), tuple(StitchMethod(m) for m in raw["methods"]), raw["selection"],
                       raw.get("max_positions"), dict(raw["training"]))
         if SelectionStrategy(section.selection) is not SelectionStrategy.CURRENT_FOLD:
             raise ConfigError("'stitching.selection' can only be current_fold in the pipeline: its stages run "
@@ -69,15 +71,20 @@ class StitchingParams:
         return StitchTrainingConfig.from_dict({**self.training, "method": method, "seed": seed})
 
 
-def trained_on(data_party: str, method: str) -> str:
+def trained_on(c: str, method: str) -> str:
     """Slug of a stitch-ensemble: whose data trained the stitches, and how (``via_a_double_batched``)."""
-    return f"via_{data_party}_{method}"
+    return approaches.stitch_ensemble(c, method).trained_on
 
 
 def _basis_models(paths: PairPaths, fold: int) -> tuple[Any, Any]:
     from stitch_ops.nnunet.model import load_model
 
-    return tuple(load_model(paths.model_dir("local", party, fold) / "export") for party in ("a", "b"))
+    return tuple(load_model(_basis_export(paths, party, fold)) for party in PARTIES)
+
+
+def _basis_export(paths: PairPaths, party: str, fold: int) -> Path:
+    basis = approaches.local(party)
+    return paths.model_dir(basis.approach, basis.trained_on, fold) / "export"
 
 
 def _fold_cases(paths: PairPaths, party: str, fold: int, subset: str) -> list[str]:
@@ -85,7 +92,7 @@ def _fold_cases(paths: PairPaths, party: str, fold: int, subset: str) -> list[st
     return list(splits[fold][subset])
 
 
-def train(params: Params, pair: str, data_party: str, method: str, fold: int, progress: bool = True) -> Path:
+def train(params: Params, pair: str, c: str, method: str, fold: int, progress: bool = True) -> Path:
     """Train the stitches of (a, b) at ``fold`` on c's unlabeled images (the fold's training
     cases, labels never read); writes ``<model dir>/network/`` and returns the saved network."""
     from stitch_ops.stitching import PreprocessedImages, RandomPatches, StitchedNetwork, train_stitches
@@ -95,16 +102,16 @@ def train(params: Params, pair: str, data_party: str, method: str, fold: int, pr
     config = section.training_config(method, params.seed)
     paths = PairPaths(pair)
     model_a, model_b = _basis_models(paths, fold)
-    own = model_a if data_party == "a" else model_b
+    own = model_a if c == PARTIES[0] else model_b
     configuration = own.plans["configurations"][own.configuration]
-    images = PreprocessedImages(paths.preprocessed_root(data_party) / dataset_name(pair, data_party)
-                                / configuration["data_identifier"], _fold_cases(paths, data_party, fold, "train"))
+    images = PreprocessedImages(paths.preprocessed_root(c) / dataset_name(pair, c)
+                                / configuration["data_identifier"], _fold_cases(paths, c, fold, "train"))
     patches = RandomPatches(images, configuration["patch_size"], config.batch_size, config.seed)
     network = StitchedNetwork.from_models(model_a, model_b)
-    out = paths.model_dir(APPROACH, trained_on(data_party, method), fold) / "network"
+    out = paths.model_dir(APPROACH, trained_on(c, method), fold) / "network"
     out.mkdir(parents=True, exist_ok=True)
     logger.info("%s: %d matches; training stitches on %d unlabeled images of party %s (%s)",
-                pair, len(network.matches), len(images), data_party, method)
+                pair, len(network.matches), len(images), c, method)
     history = train_stitches(network, patches.epoch, config, checkpoint=out / "checkpoint.pt", progress=progress)
     save_stitched_network(network, out / NETWORK_FILE)
     (out / "training_log.json").write_text(json.dumps([vars(e) for e in history], indent=2))
@@ -118,7 +125,7 @@ def evaluated_positions(num_matches: int, max_positions: int | None) -> list[int
     return sorted({int(round(k)) for k in np.linspace(0, num_matches - 1, max_positions)})
 
 
-def select(params: Params, pair: str, data_party: str, method: str, fold: int, progress: bool = True) -> int:
+def select(params: Params, pair: str, c: str, method: str, fold: int, progress: bool = True) -> int:
     """Score positions on c's validation cases, select k, export it to ``<model dir>/export``,
     predict both test sets and c's validation cases; returns k. ``positions.csv`` (every scored
     k, with the selected one marked) goes next to the evaluation's metrics."""
@@ -131,12 +138,12 @@ def select(params: Params, pair: str, data_party: str, method: str, fold: int, p
 
     section = StitchingParams.of(params)
     paths = PairPaths(pair)
-    slug = trained_on(data_party, method)
+    slug = trained_on(c, method)
     model_dir = paths.model_dir(APPROACH, slug, fold)
     network = load_stitched_network(model_dir / "network" / NETWORK_FILE)
-    own = load_model(paths.model_dir("local", data_party, fold) / "export")
-    raw = paths.raw_dataset(data_party)
-    val_cases = _fold_cases(paths, data_party, fold, "val")
+    own = load_model(_basis_export(paths, c, fold))
+    raw = paths.raw_dataset(c)
+    val_cases = _fold_cases(paths, c, fold, "val")
 
     def as_model(module: Any, description: str) -> NnUNetModel:
         return NnUNetModel(module, own.plans, own.dataset_json, own.configuration, None, description)
@@ -145,10 +152,10 @@ def select(params: Params, pair: str, data_party: str, method: str, fold: int, p
     experiment = tracking.experiment_name(pair)
     identity = {"pair": pair, "approach": APPROACH, "trained_on": slug, "fold": str(fold)}
     parent = tracking.log_run(experiment=experiment, tags={**identity, "kind": "position_selection"},
-                              params={"method": method, "data_party": data_party,
+                              params={"method": method, "c": c,
                                       "selection": section.selection, "matches": len(network.matches)},
                               metrics={}, run_name=f"{APPROACH}:{slug}:fold{fold}:positions",
-                              dvc_stage=f"stitch_select@{pair}-{data_party}-{method}-{fold}")
+                              dvc_stage=f"stitch_select@{pair}-{c}-{method}-{fold}")
     preprocessed = preprocess_cases(own, raw / "imagesTr", val_cases, progress)  # once, for all k
     scratch = model_dir / "positions.partial"
     rows = []
@@ -158,15 +165,15 @@ def select(params: Params, pair: str, data_party: str, method: str, fold: int, p
         predict_preprocessed(ensemble, preprocessed, scratch / f"k{k}", save_probabilities=False,
                              device=params.nnunet.device, progress=False)
         scores = evaluate_folder(scratch / f"k{k}", raw / "labelsTr", own.dataset_json["file_ending"],
-                                 pair=pair, test_party=f"val_{data_party}", approach=APPROACH, trained_on=slug,
+                                 pair=pair, test_party=f"val_{c}", approach=APPROACH, trained_on=slug,
                                  fold=fold, cases=val_cases, progress=False)
         row = {"k": k, "node_a": match.node_a, "node_b": match.node_b, "dice": scores["dice"].mean(),
                "hd95": scores["hd95"].mean()}
         rows.append(row)
         tracking.log_run(experiment=experiment, tags={**identity, "k": str(k)},
                          params={"k": k, "node_a": match.node_a, "node_b": match.node_b, "method": method},
-                         metrics={f"val_{data_party}/dice_mean": row["dice"],
-                                  f"val_{data_party}/hd95_mean": row["hd95"]},
+                         metrics={f"val_{c}/dice_mean": row["dice"],
+                                  f"val_{c}/hd95_mean": row["hd95"]},
                          run_name=f"k={k} {match.node_a}", parent_run_id=parent)
         logger.info("k=%d (%s / %s): val Dice %.4f, HD95 %.2f", k, match.node_a, match.node_b,
                     row["dice"], row["hd95"])
@@ -177,10 +184,10 @@ def select(params: Params, pair: str, data_party: str, method: str, fold: int, p
     paths.metrics(APPROACH, slug, fold).mkdir(parents=True, exist_ok=True)
     positions.to_csv(paths.metrics(APPROACH, slug, fold) / "positions.csv", index=False)
     tracking.log_metrics(parent, {"selected_k": float(k)})
-    _export(extract_stitch_ensemble(network, k), own, model_dir / "export", k, method, data_party)
+    _export(extract_stitch_ensemble(network, k), own, model_dir / "export", k, method, c)
     ensemble = as_model(extract_stitch_ensemble(network, k), f"stitch-ensemble k={k}")
     predictions = paths.predictions(APPROACH, slug, fold)
-    for party in ("a", "b"):
+    for party in PARTIES:
         predict_folder(ensemble, paths.raw_dataset(party) / "imagesTs", predictions / f"test_{party}",
                        device=params.nnunet.device, progress=progress)
     predict_folder(ensemble, raw / "imagesTr", predictions / "val", cases=val_cases,
@@ -189,7 +196,7 @@ def select(params: Params, pair: str, data_party: str, method: str, fold: int, p
     return k
 
 
-def _export(ensemble: Any, own: Any, target: Path, k: int, method: str, data_party: str) -> None:
+def _export(ensemble: Any, own: Any, target: Path, k: int, method: str, c: str) -> None:
     """The selected stitch-ensemble as a portable folder: weights + description in one
     ``weights_only`` file, and the stitching party's plans that say how to feed it."""
     from stitch_ops.stitching import save_stitch_ensemble
@@ -203,7 +210,7 @@ def _export(ensemble: Any, own: Any, target: Path, k: int, method: str, data_par
     (staging / "model.json").write_text(json.dumps({
         "configuration": own.configuration, "mirroring_axes": None, "description": f"stitch-ensemble k={k}",
         "k": k, "node_a": ensemble.match.node_a, "node_b": ensemble.match.node_b,
-        "method": method, "data_party": data_party}, indent=2))
+        "method": method, "c": c}, indent=2))
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
 

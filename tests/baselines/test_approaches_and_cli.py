@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from stitch_ops.baselines import approaches
+from stitch_ops import approaches
 from stitch_ops.baselines.config import FederatedParams, SweepParams
 from stitch_ops.config import ConfigError
 
