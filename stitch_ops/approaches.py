@@ -155,3 +155,10 @@ def all_models() -> list[ModelId]:
 def lookup(approach: str, trained_on: str) -> ModelId | None:
     """The model id with these slugs, or ``None`` for a model this table does not know."""
     return next((m for m in all_models() if m.approach == approach and m.trained_on == trained_on), None)
+
+
+def validation_party(approach: str, trained_on: str) -> str | None:
+    """Whose validation cases a model's ``val`` predictions are: its perspective's (a basis
+    model's own party's); ``None`` for a model of both parties or one this table does not know."""
+    model = lookup(approach, trained_on)
+    return model.perspective if model is not None and model.perspective in PARTIES else None

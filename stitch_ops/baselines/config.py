@@ -5,23 +5,11 @@ any training starts, naming the key."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from typing import Any
 
 from stitch_ops.approaches import FINETUNE_SLUGS
-from stitch_ops.config import ConfigError, NnUNetSchedule, Params, _check_keys, _positive_int
-
-
-def _section(params: Params, name: str, cls: type) -> Any:
-    raw = dict(params.section(name) or {})
-    _check_keys(name, raw, {f.name for f in fields(cls)})
-    for key, value in raw.items():  # YAML reads 1e-3 as a string; accept it as a number
-        if isinstance(value, str) and key.endswith("lr"):
-            try:
-                raw[key] = float(value)
-            except ValueError:
-                raise ConfigError(f"params '{name}.{key}' must be a number, got {value!r}") from None
-    return cls(**raw)
+from stitch_ops.config import ConfigError, Params, _positive_int, load_section
 
 
 def _learning_rate(section: str, key: str, value: Any) -> float:
@@ -58,7 +46,7 @@ class FinetuneParams:
 
     @classmethod
     def from_params(cls, params: Params) -> FinetuneParams:
-        return _section(params, "finetune", cls)
+        return load_section(params, "finetune", cls)
 
 
 @dataclass(frozen=True)
@@ -92,7 +80,7 @@ class FederatedParams:
 
     @classmethod
     def from_params(cls, params: Params) -> FederatedParams:
-        return _section(params, "federated", cls)
+        return load_section(params, "federated", cls)
 
 
 @dataclass(frozen=True)
@@ -108,7 +96,7 @@ class MergedParams:
 
     @classmethod
     def from_params(cls, params: Params) -> MergedParams:
-        return _section(params, "merged", cls)
+        return load_section(params, "merged", cls)
 
 
 @dataclass(frozen=True)
@@ -156,13 +144,8 @@ class SweepParams:
 
     @classmethod
     def from_params(cls, params: Params) -> SweepParams:
-        sweep = _section(params, "sweep", cls)
+        sweep = load_section(params, "sweep", cls)
         unknown = [p for p in sweep.pairs if p not in params.data]
         if unknown:
             raise ConfigError(f"'sweep.pairs' names {unknown}, which are not in params 'data'")
         return sweep
-
-
-def with_schedule(schedule: NnUNetSchedule, **changes: Any) -> NnUNetSchedule:
-    """``schedule`` with some fields replaced (epochs, iterations, learning rate)."""
-    return replace(schedule, **changes)

@@ -22,6 +22,7 @@ from stitch_ops.approaches import ModelId, other
 from stitch_ops.baselines.config import FederatedParams, FinetuneParams, MergedParams
 from stitch_ops.config import PARTIES, Params
 from stitch_ops.nnunet.plan import PLANS
+from stitch_ops.outputs import read_json, write_json
 from stitch_ops.paths import PairPaths, dataset_name
 
 if TYPE_CHECKING:
@@ -169,7 +170,7 @@ def federated(pair: str, fold: int, params: Params, *, root: Path = Path("."), p
     else:
         shutil.rmtree(results, ignore_errors=True)
         results.mkdir(parents=True)
-        marker.write_text(json.dumps({"fingerprint": fingerprint, "schedule": str(schedule)}, indent=2))
+        write_json(marker, {"fingerprint": fingerprint, "schedule": str(schedule)})
     options = RayOptions(settings.address, settings.cpus_per_party, settings.pin_parties)
     logger.info("federated training of %s fold %d: %d rounds x %d iterations per party, Ray at %s", pair, fold,
                 settings.rounds, settings.iterations_per_epoch, settings.address or "this machine")
@@ -193,6 +194,4 @@ def federated(pair: str, fold: int, params: Params, *, root: Path = Path("."), p
 
 
 def _read(path: Path) -> dict:
-    from stitch_ops.baselines.plans import read_json
-
-    return read_json(path)
+    return read_json(path, hint="run the stage that makes it first (`dvc repro`)")

@@ -10,7 +10,6 @@ Federated and merged training lay their inputs out like the pipeline (a *pair* n
 from __future__ import annotations
 
 import logging
-import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from stitch_ops.config import PARTIES, NnUNetSchedule
+from stitch_ops.outputs import copy_dir, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -34,16 +34,14 @@ def _working_dataset(raw_dataset: Path, target: Path, seed: int) -> Path:
         return target
     validate_raw_dataset(raw_dataset)
     if (raw_dataset / "splits_final.json").is_file():
-        shutil.copytree(raw_dataset, target)
+        copy_dir(raw_dataset, target)
     else:
         split_raw_dataset(raw_dataset, target, seed)
     return target
 
 
 def _publish(exported: Path, output_dir: Path, fold: int) -> Path:
-    target = output_dir / "models" / f"fold_{fold}"
-    shutil.rmtree(target, ignore_errors=True)
-    shutil.copytree(exported, target)
+    target = copy_dir(exported, output_dir / "models" / f"fold_{fold}")
     logger.info("trained model exported to %s", target)
     return target
 
@@ -60,8 +58,6 @@ def finetune_on_own_data(model_dir: str | Path, raw_dataset: str | Path, output_
     last non-zero learning rate of the model's original polynomial schedule
     (``source_initial_lr`` over ``source_epochs``, default: the epochs in its model.json).
     """
-    import json
-
     from stitch_ops.baselines.finetune import finetune_schedule
     from stitch_ops.baselines.plans import preprocess_with_plans, transfer_plans
     from stitch_ops.nnunet.env import NnUNetRoots, configure
@@ -69,8 +65,8 @@ def finetune_on_own_data(model_dir: str | Path, raw_dataset: str | Path, output_
 
     model_dir, raw_dataset, output_dir = Path(model_dir), Path(raw_dataset), Path(output_dir)
     basis = schedule or NnUNetSchedule(initial_lr=source_initial_lr)
-    meta = json.loads((model_dir / "model.json").read_text())
-    plans = json.loads((model_dir / "plans.json").read_text())
+    meta = read_json(model_dir / "model.json", hint=f"{model_dir} must be an exported model folder")
+    plans = read_json(model_dir / "plans.json", hint=f"{model_dir} must be an exported model folder")
     work = output_dir / "work"
     name = f"Dataset001_{raw_dataset.name.split('_', 1)[-1]}"
     working = _working_dataset(raw_dataset, work / "nnUNet_raw" / name, seed)
@@ -95,8 +91,6 @@ def finetune_on_own_data(model_dir: str | Path, raw_dataset: str | Path, output_
 def segment_ensemble(model_dirs: Sequence[str | Path], input_dir: str | Path, output_dir: str | Path,
                      device: str = "auto", save_probabilities: bool = False, progress: bool = True) -> Path:
     """``a&b``: segment with every model, average their softmax probabilities per case."""
-    import json
-
     from stitch_ops.baselines.ensemble import ensemble_folders
     from stitch_ops.nnunet.model import load_model
     from stitch_ops.nnunet.predict import predict_folder
@@ -106,7 +100,8 @@ def segment_ensemble(model_dirs: Sequence[str | Path], input_dir: str | Path, ou
     with tempfile.TemporaryDirectory(dir=output_dir.parent) as scratch:
         members = [predict_folder(load_model(Path(m)), Path(input_dir), Path(scratch) / f"member_{i}",
                                   device=device, progress=progress) for i, m in enumerate(model_dirs)]
-        dataset_json = json.loads((Path(model_dirs[0]) / "dataset.json").read_text())
+        dataset_json = read_json(Path(model_dirs[0]) / "dataset.json",
+                                 hint=f"{model_dirs[0]} must be an exported model folder")
         return ensemble_folders(members, output_dir, dataset_json, save_probabilities=save_probabilities,
                                 progress=progress)
 

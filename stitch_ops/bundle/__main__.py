@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -12,23 +11,14 @@ from pathlib import Path
 from stitch_ops.approaches import Approach
 from stitch_ops.cli_common import common_options, run_command
 from stitch_ops.config import Params
-from stitch_ops.paths import PairPaths
 
 logger = logging.getLogger("stitch_ops.bundle")
 
 
 def export(args: argparse.Namespace, params: Params) -> None:
-    from stitch_ops.bundle.export import export_trained_bundle
+    from stitch_ops.bundle.export import export_pipeline_model
 
-    params.pair(args.pair)
-    paths = PairPaths(args.pair)
-    summary_file = paths.metrics(args.approach, args.trained_on, args.fold) / "summary.json"
-    metrics = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
-    target = Path("exports") / args.pair / f"{args.approach}_{args.trained_on}_fold{args.fold}"
-    export_trained_bundle(Path("bundles") / args.approach,
-                          {f"fold_{args.fold}": paths.model_dir(args.approach, args.trained_on, args.fold) / "export"},
-                          target, {"trained_on": f"{args.pair} party {args.trained_on}",
-                                   "eval_metrics": metrics, "profile": params.profile})
+    target = export_pipeline_model(args.pair, args.approach, args.trained_on, args.fold, params)
     logger.info("trained bundle written to %s", target)
 
 

@@ -6,7 +6,6 @@ plain data: ``python -m monai.bundle run --config_file configs/train.json`` reso
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 from stitch_ops.approaches import Approach
@@ -15,6 +14,7 @@ from stitch_ops.nnunet.env import NnUNetRoots, configure
 from stitch_ops.nnunet.model import load_model
 from stitch_ops.nnunet.predict import predict_folder
 from stitch_ops.nnunet.train import TrainingRun, train_fold
+from stitch_ops.outputs import copy_dir
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def train_on_own_data(raw_dataset: str | Path, output_dir: str | Path, fold: int
     working = raw_root / name
     if (raw_dataset / "splits_final.json").is_file():
         if not working.exists():
-            shutil.copytree(raw_dataset, working)
+            copy_dir(raw_dataset, working)
     elif not working.exists():
         split_raw_dataset(raw_dataset, working, seed)
     if not (preprocessed_root / name / "nnUNetPlans.json").is_file():
@@ -56,9 +56,7 @@ def train_on_own_data(raw_dataset: str | Path, output_dir: str | Path, fold: int
                             progress=progress)
     run = TrainingRun(name, preprocessed_root, work / "nnUNet_results" / f"fold_{fold}", fold, schedule)
     exported = train_fold(run, progress=progress, provenance={"approach": Approach.LOCAL.value, "source": str(raw_dataset)})
-    target = output_dir / "models" / f"fold_{fold}"
-    shutil.rmtree(target, ignore_errors=True)
-    shutil.copytree(exported, target)
+    target = copy_dir(exported, output_dir / "models" / f"fold_{fold}")
     logger.info("trained model exported to %s", target)
     return target
 

@@ -20,8 +20,6 @@ Example::
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from enum import StrEnum
@@ -34,6 +32,7 @@ from torch import Tensor, fx, nn
 from stitch_ops.approaches import StitchMethod
 from stitch_ops.graph.matching import Match, MatchingConfig, match_networks
 from stitch_ops.graph.trace import NetworkGraph, trace_network
+from stitch_ops.outputs import output_file
 from stitch_ops.stitching.merge import merge_graphs, program
 from stitch_ops.stitching.parents import ParentSpec, probe_shape
 from stitch_ops.stitching.stitch import PairStatistics, Stitch
@@ -314,16 +313,10 @@ def load_stitched_network(path: Path, trusted: bool = False) -> StitchedNetwork:
 
 
 def atomic_save(obj: object, path: Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename: a killed writer leaves the old file intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    os.close(handle)
-    try:
-        torch.save(obj, temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    """``torch.save`` whole or not at all (:func:`stitch_ops.outputs.output_file`): a killed
+    writer leaves the old file intact."""
+    with output_file(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _cpu_state(module: nn.Module) -> dict[str, Tensor]:

@@ -13,9 +13,8 @@ the parties' plans differ only slightly (per-image z-scoring; in-plane spacing).
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +24,10 @@ import pandas as pd
 
 from stitch_ops import approaches
 from stitch_ops.approaches import Approach, StitchMethod
-from stitch_ops.config import PARTIES, ConfigError, Params
-from stitch_ops.paths import PairPaths, dataset_name
+from stitch_ops.config import PARTIES, ConfigError, Params, load_section
+from stitch_ops.data.splits import read_fold
+from stitch_ops.outputs import output_dir, read_json, scratch_dir, write_json, write_table
+from stitch_ops.paths import VALIDATION_SET, PairPaths, dataset_name, test_set
 
 logger = logging.getLogger(__name__)
 
@@ -37,33 +38,43 @@ ENSEMBLE_FILE = "stitch_ensemble.pt"
 
 @dataclass(frozen=True)
 class StitchingParams:
-    """``params.yaml`` section ``stitching``."""
+    """``params.yaml`` section ``stitching``: ``load_section(params, "stitching", StitchingParams)``.
+
+    Attributes:
+        c_parties: the parties c whose unlabeled images train stitches (``a←[c]→b``).
+        methods: the stitch training methods to run (one stitch-ensemble per c and method).
+        selection: the selection strategy of k; the pipeline's per-fold stages need ``current_fold``.
+        max_positions: score at most this many positions, spread evenly (``None``: every k).
+        training: the stitch schedule, :class:`~stitch_ops.stitching.train.StitchTrainingConfig`
+            keys except ``method`` and ``seed``.
+    """
 
     c_parties: tuple[str, ...]
     methods: tuple[StitchMethod, ...]
     selection: str
-    max_positions: int | None
-    training: dict[str, Any]
+    training: Mapping[str, Any]
+    max_positions: int | None = None
 
-    @classmethod
-    def of(cls, params: Params) -> StitchingParams:
+    def __post_init__(self) -> None:
         from stitch_ops.evaluation.selection import SelectionStrategy
         from stitch_ops.stitching.train import StitchTrainingConfig
 
-        raw = dict(params.section("stitching"))
-        unknown = set(raw) - {"c_parties", "methods", "selection", "max_positions", "training"}
-        if unknown:
-            raise ConfigError(f"unknown key(s) in params section 'stitching': {sorted(unknown)}")
-        section = cls(tuple(raw["c_parties"]), tuple(StitchMethod(m) for m in raw["methods"]), raw["selection"],
-                      raw.get("max_positions"), dict(raw["training"]))
-        if SelectionStrategy(section.selection) is not SelectionStrategy.CURRENT_FOLD:
+        bad = [c for c in self.c_parties if c not in PARTIES]
+        if bad or not self.c_parties:
+            raise ConfigError(f"'stitching.c_parties' must list parties among {list(PARTIES)}, got "
+                              f"{list(self.c_parties)}")
+        try:
+            object.__setattr__(self, "methods", tuple(StitchMethod(m) for m in self.methods))
+        except ValueError:
+            raise ConfigError(f"'stitching.methods' must be among {[m.value for m in StitchMethod]}, got "
+                              f"{list(self.methods)}") from None
+        if self.selection != SelectionStrategy.CURRENT_FOLD:
             raise ConfigError("'stitching.selection' can only be current_fold in the pipeline: its stages run "
                               "per fold, and all_folds needs every fold's positions.csv (use "
                               "stitch_ops.evaluation.selection.select_position on them directly)")
-        StitchTrainingConfig.from_dict(section.training)  # validates the schedule now, not mid-run
-        if section.max_positions is not None and section.max_positions < 1:
-            raise ConfigError(f"'stitching.max_positions' must be null or >= 1, got {section.max_positions}")
-        return section
+        StitchTrainingConfig.from_dict(self.training)  # validates the schedule now, not mid-run
+        if self.max_positions is not None and self.max_positions < 1:
+            raise ConfigError(f"'stitching.max_positions' must be null or >= 1, got {self.max_positions}")
 
     def training_config(self, method: str, seed: int) -> Any:
         from stitch_ops.stitching.train import StitchTrainingConfig
@@ -87,25 +98,20 @@ def _basis_export(paths: PairPaths, party: str, fold: int) -> Path:
     return paths.model_dir(basis.approach, basis.trained_on, fold) / "export"
 
 
-def _fold_cases(paths: PairPaths, party: str, fold: int, subset: str) -> list[str]:
-    splits = json.loads((paths.raw_dataset(party) / "splits_final.json").read_text())
-    return list(splits[fold][subset])
-
-
 def train(params: Params, pair: str, c: str, method: str, fold: int, progress: bool = True) -> Path:
     """Train the stitches of (a, b) at ``fold`` on c's unlabeled images (the fold's training
     cases, labels never read); writes ``<model dir>/network/`` and returns the saved network."""
     from stitch_ops.stitching import PreprocessedImages, RandomPatches, StitchedNetwork, train_stitches
     from stitch_ops.stitching.network import save_stitched_network
 
-    section = StitchingParams.of(params)
+    section = load_section(params, "stitching", StitchingParams)
     config = section.training_config(method, params.seed)
     paths = PairPaths(pair)
     model_a, model_b = _basis_models(paths, fold)
     own = model_a if c == PARTIES[0] else model_b
     configuration = own.plans["configurations"][own.configuration]
     images = PreprocessedImages(paths.preprocessed_root(c) / dataset_name(pair, c)
-                                / configuration["data_identifier"], _fold_cases(paths, c, fold, "train"))
+                                / configuration["data_identifier"], list(read_fold(paths.raw_dataset(c), fold).train))
     patches = RandomPatches(images, configuration["patch_size"], config.batch_size, config.seed)
     network = StitchedNetwork.from_models(model_a, model_b)
     out = paths.model_dir(APPROACH, trained_on(c, method), fold) / "network"
@@ -114,7 +120,7 @@ def train(params: Params, pair: str, c: str, method: str, fold: int, progress: b
                 pair, len(network.matches), len(images), c, method)
     history = train_stitches(network, patches.epoch, config, checkpoint=out / "checkpoint.pt", progress=progress)
     save_stitched_network(network, out / NETWORK_FILE)
-    (out / "training_log.json").write_text(json.dumps([vars(e) for e in history], indent=2))
+    write_json(out / "training_log.json", [vars(e) for e in history])
     return out / NETWORK_FILE
 
 
@@ -136,14 +142,14 @@ def select(params: Params, pair: str, c: str, method: str, fold: int, progress: 
     from stitch_ops.nnunet.predict import predict_folder, predict_preprocessed, preprocess_cases
     from stitch_ops.stitching import extract_stitch_ensemble, load_stitched_network
 
-    section = StitchingParams.of(params)
+    section = load_section(params, "stitching", StitchingParams)
     paths = PairPaths(pair)
     slug = trained_on(c, method)
     model_dir = paths.model_dir(APPROACH, slug, fold)
     network = load_stitched_network(model_dir / "network" / NETWORK_FILE)
     own = load_model(_basis_export(paths, c, fold))
     raw = paths.raw_dataset(c)
-    val_cases = _fold_cases(paths, c, fold, "val")
+    val_cases = list(read_fold(raw, fold).val)
 
     def as_model(module: Any, description: str) -> NnUNetModel:
         return NnUNetModel(module, own.plans, own.dataset_json, own.configuration, None, description)
@@ -157,40 +163,38 @@ def select(params: Params, pair: str, c: str, method: str, fold: int, progress: 
                               metrics={}, run_name=f"{APPROACH}:{slug}:fold{fold}:positions",
                               dvc_stage=f"stitch_select@{pair}-{c}-{method}-{fold}")
     preprocessed = preprocess_cases(own, raw / "imagesTr", val_cases, progress)  # once, for all k
-    scratch = model_dir / "positions.partial"
     rows = []
-    for k in evaluated_positions(len(network.matches), section.max_positions):
-        match = network.matches[k]
-        ensemble = as_model(extract_stitch_ensemble(network, k), f"stitch-ensemble k={k}")
-        predict_preprocessed(ensemble, preprocessed, scratch / f"k{k}", save_probabilities=False,
-                             device=params.nnunet.device, progress=False)
-        scores = evaluate_folder(scratch / f"k{k}", raw / "labelsTr", own.dataset_json["file_ending"],
-                                 pair=pair, test_party=f"val_{c}", approach=APPROACH, trained_on=slug,
-                                 fold=fold, cases=val_cases, progress=False)
-        row = {"k": k, "node_a": match.node_a, "node_b": match.node_b, "dice": scores["dice"].mean(),
-               "hd95": scores["hd95"].mean()}
-        rows.append(row)
-        tracking.log_run(experiment=experiment, tags={**identity, "k": str(k)},
-                         params={"k": k, "node_a": match.node_a, "node_b": match.node_b, "method": method},
-                         metrics={f"val_{c}/dice_mean": row["dice"],
-                                  f"val_{c}/hd95_mean": row["hd95"]},
-                         run_name=f"k={k} {match.node_a}", parent_run_id=parent)
-        logger.info("k=%d (%s / %s): val Dice %.4f, HD95 %.2f", k, match.node_a, match.node_b,
-                    row["dice"], row["hd95"])
-    shutil.rmtree(scratch)
+    with scratch_dir(model_dir / "positions") as scratch:
+        for k in evaluated_positions(len(network.matches), section.max_positions):
+            match = network.matches[k]
+            ensemble = as_model(extract_stitch_ensemble(network, k), f"stitch-ensemble k={k}")
+            predict_preprocessed(ensemble, preprocessed, scratch / f"k{k}", save_probabilities=False,
+                                 device=params.nnunet.device, progress=False)
+            scores = evaluate_folder(scratch / f"k{k}", raw / "labelsTr", own.dataset_json["file_ending"],
+                                     pair=pair, test_party=f"{VALIDATION_SET}_{c}", approach=APPROACH,
+                                     trained_on=slug, fold=fold, cases=val_cases, progress=False)
+            row = {"k": k, "node_a": match.node_a, "node_b": match.node_b, "dice": scores["dice"].mean(),
+                   "hd95": scores["hd95"].mean()}
+            rows.append(row)
+            tracking.log_run(experiment=experiment, tags={**identity, "k": str(k)},
+                             params={"k": k, "node_a": match.node_a, "node_b": match.node_b, "method": method},
+                             metrics={f"{VALIDATION_SET}_{c}/dice_mean": row["dice"],
+                                      f"{VALIDATION_SET}_{c}/hd95_mean": row["hd95"]},
+                             run_name=f"k={k} {match.node_a}", parent_run_id=parent)
+            logger.info("k=%d (%s / %s): val Dice %.4f, HD95 %.2f", k, match.node_a, match.node_b,
+                        row["dice"], row["hd95"])
     positions = pd.DataFrame(rows)
     k = select_position(positions, section.selection)
     positions["selected"] = positions["k"] == k
-    paths.metrics(APPROACH, slug, fold).mkdir(parents=True, exist_ok=True)
-    positions.to_csv(paths.metrics(APPROACH, slug, fold) / "positions.csv", index=False)
+    write_table(paths.metrics(APPROACH, slug, fold) / "positions.csv", positions)
     tracking.log_metrics(parent, {"selected_k": float(k)})
     _export(extract_stitch_ensemble(network, k), own, model_dir / "export", k, method, c)
     ensemble = as_model(extract_stitch_ensemble(network, k), f"stitch-ensemble k={k}")
     predictions = paths.predictions(APPROACH, slug, fold)
     for party in PARTIES:
-        predict_folder(ensemble, paths.raw_dataset(party) / "imagesTs", predictions / f"test_{party}",
+        predict_folder(ensemble, paths.raw_dataset(party) / "imagesTs", predictions / test_set(party),
                        device=params.nnunet.device, progress=progress)
-    predict_folder(ensemble, raw / "imagesTr", predictions / "val", cases=val_cases,
+    predict_folder(ensemble, raw / "imagesTr", predictions / VALIDATION_SET, cases=val_cases,
                    device=params.nnunet.device, progress=progress)
     logger.info("%s %s fold %d: selected k=%d (%s)", pair, slug, fold, k, network.matches[k].node_a)
     return k
@@ -201,18 +205,12 @@ def _export(ensemble: Any, own: Any, target: Path, k: int, method: str, c: str) 
     ``weights_only`` file, and the stitching party's plans that say how to feed it."""
     from stitch_ops.stitching import save_stitch_ensemble
 
-    staging = target.with_name(target.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    save_stitch_ensemble(ensemble, staging / ENSEMBLE_FILE)
-    (staging / "plans.json").write_text(json.dumps(own.plans, indent=2))
-    (staging / "dataset.json").write_text(json.dumps(own.dataset_json, indent=2))
-    (staging / "model.json").write_text(json.dumps({
-        "configuration": own.configuration, "mirroring_axes": None, "description": f"stitch-ensemble k={k}",
-        "k": k, "node_a": ensemble.match.node_a, "node_b": ensemble.match.node_b,
-        "method": method, "c": c}, indent=2))
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
+    meta = {"configuration": own.configuration, "mirroring_axes": None, "description": f"stitch-ensemble k={k}",
+            "k": k, "node_a": ensemble.match.node_a, "node_b": ensemble.match.node_b, "method": method, "c": c}
+    with output_dir(target) as staging:
+        save_stitch_ensemble(ensemble, staging / ENSEMBLE_FILE)
+        for name, content in (("plans.json", own.plans), ("dataset.json", own.dataset_json), ("model.json", meta)):
+            write_json(staging / name, content)
 
 
 def load_exported_ensemble(folder: Path) -> Any:
@@ -224,6 +222,7 @@ def load_exported_ensemble(folder: Path) -> Any:
     missing = [f.name for f in files if not f.is_file()]
     if missing:
         raise ModelError(f"{folder} is not an exported stitch-ensemble: missing {missing}")
-    meta = json.loads(files[3].read_text())
-    return NnUNetModel(load_stitch_ensemble(files[0]), json.loads(files[1].read_text()),
-                       json.loads(files[2].read_text()), meta["configuration"], None, meta["description"])
+    hint = "export the stitch-ensemble again (stitch_select stage)"
+    plans, dataset_json, meta = (read_json(f, hint=hint) for f in files[1:])
+    return NnUNetModel(load_stitch_ensemble(files[0]), plans, dataset_json, meta["configuration"], None,
+                       meta["description"])
