@@ -31,12 +31,14 @@ from typing import Any
 
 import numpy as np
 
+from stitch_ops.errors import InputFileError
+
 logger = logging.getLogger(__name__)
 
 PARTIAL = ".partial"
 
 
-class CorruptFileError(ValueError):
+class CorruptFileError(InputFileError):
     """A file a stage reads exists but cannot be parsed (e.g. a truncated JSON)."""
 
 
@@ -162,15 +164,15 @@ def output_file(target: Path | str) -> Iterator[Path]:
 
 
 def write_json(path: Path | str, content: Any, *, indent: int = 2, sort_keys: bool = False) -> Path:
-    """Write ``content`` as JSON (newline-terminated) to ``path``, whole or not at all."""
-    text = json.dumps(content, indent=indent, sort_keys=sort_keys) + "\n"
+    """Write ``content`` as JSON (UTF-8, newline-terminated) to ``path``, whole or not at all."""
+    text = json.dumps(content, indent=indent, sort_keys=sort_keys, ensure_ascii=False) + "\n"
     return write_text(path, text)
 
 
 def write_text(path: Path | str, text: str) -> Path:
-    """Write ``text`` to ``path``, whole or not at all."""
+    """Write ``text`` (UTF-8) to ``path``, whole or not at all."""
     with output_file(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
     return Path(path)
 
 
@@ -178,14 +180,14 @@ def read_json(path: Path | str, *, hint: str = "rerun the stage that writes it")
     """Load a JSON file; a missing or unreadable one is an error that names it and ``hint``.
 
     Raises:
-        FileNotFoundError: there is no such file.
+        InputFileError: there is no such file.
         CorruptFileError: it is not valid JSON (e.g. truncated).
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; {hint}")
+        raise InputFileError(f"{path} not found; {hint}")
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CorruptFileError(f"{path} is not valid JSON ({err}); {hint}") from err
 

@@ -63,8 +63,13 @@ class PairPaths:
     def predictions(self, approach: str, trained_on: str, fold: int) -> Path:
         return self.root / "predictions" / self.pair / approach / trained_on / f"fold_{fold}"
 
+    @property
+    def metrics_root(self) -> Path:
+        """Every evaluated model's metrics: ``metrics/{pair}/{approach}/{trained_on}/fold_k``."""
+        return self.root / "metrics" / self.pair
+
     def metrics(self, approach: str, trained_on: str, fold: int) -> Path:
-        return self.root / "metrics" / self.pair / approach / trained_on / f"fold_{fold}"
+        return self.metrics_root / approach / trained_on / f"fold_{fold}"
 
     def sweep(self, approach: str, trained_on: str, fold: int) -> Path:
         """A learning-rate sweep's results (``best.json``) for one model."""

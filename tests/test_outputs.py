@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from stitch_ops import outputs
+from stitch_ops.errors import InputFileError
 from stitch_ops.outputs import (
     CorruptFileError,
     output_dir,
@@ -108,7 +109,7 @@ def test_a_folder_never_replaces_a_file(tmp_path):
 
 
 def test_read_json_names_a_missing_or_corrupt_file_and_the_fix(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"plans\.json not found; rerun the plan stage"):
+    with pytest.raises(InputFileError, match=r"plans\.json not found; rerun the plan stage"):
         read_json(tmp_path / "plans.json", hint="rerun the plan stage")
     (tmp_path / "plans.json").write_text('{"configurations": ')
     with pytest.raises(CorruptFileError, match=r"plans\.json is not valid JSON .*rerun the plan stage"):

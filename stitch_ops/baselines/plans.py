@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from stitch_ops.errors import UserError
 from stitch_ops.nnunet.plan import PLANS
 from stitch_ops.outputs import output_dir, read_json, scratch_dir, write_json
 
@@ -75,7 +76,7 @@ def preprocess_with_plans(plans: Mapping[str, Any], raw_dataset: Path, preproces
 
     plans = dict(plans)
     if plans.get("dataset_name") != raw_dataset.name:
-        raise ValueError(f"plans are for dataset {plans.get('dataset_name')!r}, not {raw_dataset.name!r}: "
+        raise UserError(f"plans are for dataset {plans.get('dataset_name')!r}, not {raw_dataset.name!r}: "
                          f"transfer them first (transfer_plans)")
     dataset_json = read_json(raw_dataset / "dataset.json")
     splits = raw_dataset / "splits_final.json"

@@ -52,6 +52,7 @@ from stitch_ops.data.raw import (
     write_case_groups,
     write_dataset_json,
 )
+from stitch_ops.errors import UnknownNameError, UserError
 from stitch_ops.outputs import output_dir, write_png
 
 logger = logging.getLogger(__name__)
@@ -482,6 +483,6 @@ def convert(layout: str, source: Path, target: Path, *, labels: Path | None = No
         return convert_cvc_clinicdb(source, target, video_table, image_size=image_size, progress=progress)
     if layout == "nifti":
         if labels is None:
-            raise ValueError("nifti conversion needs --labels, the folder of label volumes")
+            raise UserError("nifti conversion needs --labels, the folder of label volumes")
         return convert_nifti_folder(source, labels, target, label_name, progress=progress)
-    raise ValueError(f"unknown layout {layout!r}; expected one of {list(LAYOUTS)}")
+    raise UnknownNameError(f"unknown layout {layout!r}; expected one of {list(LAYOUTS)}")

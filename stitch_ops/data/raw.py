@@ -35,7 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from stitch_ops.outputs import CorruptFileError, read_json, write_json
+from stitch_ops.errors import InputFileError, UserError
+from stitch_ops.outputs import read_json, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ _CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError):
     """A dataset on disk is not what the pipeline needs; the message names the file and the fix."""
 
 
@@ -163,7 +164,7 @@ def read_dataset_json(root: Path) -> dict:
     try:
         content = read_json(path, hint=f"an nnU-Net raw dataset needs a dataset.json with keys {_REQUIRED_KEYS}; "
                                        f"fix or regenerate it.")
-    except (FileNotFoundError, CorruptFileError) as err:
+    except InputFileError as err:
         raise DatasetError(str(err)) from err
     missing = [k for k in _REQUIRED_KEYS if k not in content]
     if missing:

@@ -59,7 +59,8 @@ def evaluate(pair: str, approach: str, trained_on: str, fold: int, params: Param
 def _file_ending(raw_dataset: Path) -> str:
     from stitch_ops.outputs import read_json
 
-    return read_json(raw_dataset / "dataset.json", hint="rerun the split stage")["file_ending"]
+    return read_json(raw_dataset / "dataset.json", hint="rerun the split stage (`dvc repro split@<pair>`)")[
+        "file_ending"]
 
 
 def _log_to_mlflow(paths: PairPaths, approach: str, trained_on: str, fold: int, params: Params, out: Path,
