@@ -176,7 +176,7 @@ def write_text(path: Path | str, text: str) -> Path:
     return Path(path)
 
 
-def read_json(path: Path | str, *, hint: str = "rerun the stage that writes it") -> Any:
+def read_json(path: Path | str, *, hint: str = "run the stage that makes it first (`dvc repro`)") -> Any:
     """Load a JSON file; a missing or unreadable one is an error that names it and ``hint``.
 
     Raises:
@@ -185,7 +185,7 @@ def read_json(path: Path | str, *, hint: str = "rerun the stage that writes it")
     """
     path = Path(path)
     if not path.is_file():
-        raise InputFileError(f"{path} not found; {hint}")
+        raise InputFileError(f"{path} is missing; {hint}")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:

@@ -204,7 +204,7 @@ CASES: dict[str, Case] = {
     "evaluate before split": Case(["evaluation", "--pair", "polyp", "--trained-on", "a", "--fold", "0"],
                                   "dataset.json"),
     "evaluate with a corrupt dataset.json": Case(
-        ["evaluation", "--pair", "polyp", "--trained-on", "a", "--fold", "0"], "as a nnU-Net dataset.json",
+        ["evaluation", "--pair", "polyp", "--trained-on", "a", "--fold", "0"], "dataset.json is not valid JSON",
         setup=lambda root: (write_params(root), write(PairPaths("polyp", root).raw_dataset("a") / "dataset.json", "{"))),
     "evaluate missing predictions": Case(["evaluation", "--pair", "polyp", "--trained-on", "a", "--fold", "0"],
                                          "predictions missing in predictions/polyp/local/a/fold_0/test_a",
@@ -215,7 +215,7 @@ CASES: dict[str, Case] = {
         setup=lambda root: (write_params(root), raw_dataset(root, "a"),
                             write(root / PairPaths("polyp").predictions("local", "a", 0) / "test_a" / "case_1.png"))),
     "ensemble before split": Case(["baselines", "ensemble", "--pair", "polyp", "--fold", "0"],
-                                  "dataset.json is missing: run the stage that makes it first"),
+                                  "dataset.json is missing; run the stage that makes it first"),
     "transfer plans before plan": Case(["baselines", "transfer-plans", "--pair", "polyp"], "is missing"),
     "report of an unknown pair": Case(["report", "--pair", "knee", "--no-mlflow"], "unknown pair(s) ['knee']"),
     "verify a missing bundle": Case(["bundle", "verify", "nowhere"], "no bundle folder at nowhere",

@@ -109,7 +109,7 @@ def test_a_folder_never_replaces_a_file(tmp_path):
 
 
 def test_read_json_names_a_missing_or_corrupt_file_and_the_fix(tmp_path):
-    with pytest.raises(InputFileError, match=r"plans\.json not found; rerun the plan stage"):
+    with pytest.raises(InputFileError, match=r"plans\.json is missing; rerun the plan stage"):
         read_json(tmp_path / "plans.json", hint="rerun the plan stage")
     (tmp_path / "plans.json").write_text('{"configurations": ')
     with pytest.raises(CorruptFileError, match=r"plans\.json is not valid JSON .*rerun the plan stage"):

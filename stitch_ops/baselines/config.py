@@ -1,6 +1,7 @@
 """Typed views of the ``params.yaml`` sections of the baselines: ``finetune``, ``federated``,
-``merged`` and ``sweep``. Each validates itself when built, so a bad value fails before
-any training starts, naming the key."""
+``merged`` and ``sweep``, loaded with :func:`stitch_ops.config.load_section` (e.g.
+``load_section(params, "merged", MergedParams)``). Each validates itself when built, so a
+bad value fails before any training starts, naming the key."""
 
 from __future__ import annotations
 
@@ -44,10 +45,6 @@ class FinetuneParams:
             raise ConfigError(f"'finetune.warmup_epochs' must be an integer in [0, epochs={self.epochs}), "
                               f"got {self.warmup_epochs!r}")
 
-    @classmethod
-    def from_params(cls, params: Params) -> FinetuneParams:
-        return load_section(params, "finetune", cls)
-
 
 @dataclass(frozen=True)
 class FederatedParams:
@@ -78,10 +75,6 @@ class FederatedParams:
         if self.address is not None and not isinstance(self.address, str):
             raise ConfigError(f"'federated.address' must be null, 'auto' or a Ray address, got {self.address!r}")
 
-    @classmethod
-    def from_params(cls, params: Params) -> FederatedParams:
-        return load_section(params, "federated", cls)
-
 
 @dataclass(frozen=True)
 class MergedParams:
@@ -93,10 +86,6 @@ class MergedParams:
     def __post_init__(self) -> None:
         _positive_int("merged", "epochs", self.epochs)
         _positive_int("merged", "iterations_per_epoch", self.iterations_per_epoch)
-
-    @classmethod
-    def from_params(cls, params: Params) -> MergedParams:
-        return load_section(params, "merged", cls)
 
 
 @dataclass(frozen=True)

@@ -20,31 +20,25 @@ from typing import TYPE_CHECKING
 from stitch_ops import approaches
 from stitch_ops.approaches import ModelId, other
 from stitch_ops.baselines.config import FederatedParams, FinetuneParams, MergedParams
-from stitch_ops.config import PARTIES, Params
+from stitch_ops.config import PARTIES, Params, load_section
 from stitch_ops.nnunet.plan import PLANS
 from stitch_ops.outputs import read_json, write_json
-from stitch_ops.paths import PairPaths, dataset_name
+from stitch_ops.paths import PairPaths, dataset_name, test_set
 
 if TYPE_CHECKING:
     from stitch_ops.baselines.federated import FaultInjection
 
 logger = logging.getLogger(__name__)
 
-TEST_SETS = tuple(f"test_{p}" for p in PARTIES)
+TEST_SETS = tuple(test_set(p) for p in PARTIES)
 
 
-def predict_test_sets(paths: PairPaths, model: ModelId, fold: int, params: Params, *, progress: bool = True,
-                      sets: tuple[str, ...] = TEST_SETS) -> Path:
+def predict_test_sets(paths: PairPaths, model: ModelId, fold: int, params: Params, *, progress: bool = True) -> Path:
     """Predict both parties' test sets with an exported model (softmax kept for ensembles)."""
-    from stitch_ops.nnunet.model import load_model
-    from stitch_ops.nnunet.predict import predict_folder
+    from stitch_ops.nnunet import stages as nnunet_stages
 
-    exported = load_model(paths.model_dir(model.approach, model.trained_on, fold) / "export")
-    out = paths.predictions(model.approach, model.trained_on, fold)
-    for name in sets:
-        predict_folder(exported, paths.raw_dataset(name.removeprefix("test_")) / "imagesTs", out / name,
-                       device=params.nnunet.device, mirroring=params.nnunet.mirroring, progress=progress)
-    return out
+    return nnunet_stages.predict(paths.pair, model.approach, model.trained_on, fold, params, sets=TEST_SETS,
+                                 root=paths.root, progress=progress)
 
 
 def train_finetuned(paths: PairPaths, party: str, fold: int, params: Params, *, base_lr: float, epochs: int,
@@ -55,7 +49,7 @@ def train_finetuned(paths: PairPaths, party: str, fold: int, params: Params, *, 
     from stitch_ops.nnunet.env import NnUNetRoots, configure
     from stitch_ops.nnunet.train import TrainingRun, train_fold
 
-    settings = FinetuneParams.from_params(params)
+    settings = load_section(params, "finetune", FinetuneParams)
     model = approaches.finetuned(party)
     source = other(party)
     pretrained = paths.model_dir(approaches.Approach.LOCAL, source, fold) / "export"
@@ -86,7 +80,7 @@ def finetune(pair: str, party: str, fold: int, params: Params, *, base_lr: float
     """``other→party``: the other party's basis model fine-tuned on ``party``'s data with
     the warm-up schedule (``finetune`` params), then predicted on both test sets."""
     paths = PairPaths(pair, root)
-    settings = FinetuneParams.from_params(params)
+    settings = load_section(params, "finetune", FinetuneParams)
     model = approaches.finetuned(party)
     exported = train_finetuned(paths, party, fold, params, base_lr=base_lr or settings.base_lr,
                                epochs=settings.epochs, iterations_per_epoch=settings.iterations_per_epoch,
@@ -126,7 +120,7 @@ def merged(pair: str, fold: int, params: Params, *, root: Path = Path("."), prog
     from stitch_ops.nnunet.train import TrainingRun, train_fold
 
     paths = PairPaths(pair, root)
-    settings = MergedParams.from_params(params)
+    settings = load_section(params, "merged", MergedParams)
     model = approaches.merged()
     preprocessed = paths.preprocessed_root("merged")
     name = merged_dataset_name(pair)
@@ -153,7 +147,7 @@ def federated(pair: str, fold: int, params: Params, *, root: Path = Path("."), p
     from stitch_ops.nnunet.model import build_network, export_model
 
     paths = PairPaths(pair, root)
-    settings = FederatedParams.from_params(params)
+    settings = load_section(params, "federated", FederatedParams)
     model = approaches.federated()
     results = paths.model_dir(model.approach, model.trained_on, fold)
     schedule = NnUNetSchedule(**{**asdict(params.nnunet), "epochs": settings.rounds,

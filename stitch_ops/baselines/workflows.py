@@ -128,12 +128,19 @@ def _pair_workspace(raw_datasets: Mapping[str, str | Path], output_dir: Path, co
     return work
 
 
-def _params(raw_datasets: Mapping[str, str | Path], schedule: NnUNetSchedule, seed: int, **sections: Any):
+def _joint_pair(raw_datasets: Mapping[str, str | Path], output_dir: Path, schedule: NnUNetSchedule, seed: int,
+                progress: bool, **sections: Any) -> tuple[Path, Any]:
+    """Both parties' data planned jointly in the workspace, and params naming the pair
+    ``bundle`` with the given sections (``federated``, ``merged``): what the stages need."""
+    from stitch_ops.baselines.plans import prepare_joint
     from stitch_ops.config import parse_params
 
-    return parse_params({"profile": "bundle", "seed": seed, "pairs": [BUNDLE_PAIR], "folds": [0],
-                         "data": {BUNDLE_PAIR: {"source": {p: str(v) for p, v in raw_datasets.items()}}},
-                         "nnunet": asdict(schedule), **sections})
+    work = _pair_workspace(raw_datasets, output_dir, schedule.configuration, seed, progress)
+    prepare_joint(BUNDLE_PAIR, schedule.configuration, root=work, progress=progress)
+    params = parse_params({"profile": "bundle", "seed": seed, "pairs": [BUNDLE_PAIR], "folds": [0],
+                           "data": {BUNDLE_PAIR: {"source": {p: str(v) for p, v in raw_datasets.items()}}},
+                           "nnunet": asdict(schedule), **sections})
+    return work, params
 
 
 def train_federated(raw_datasets: Mapping[str, str | Path], output_dir: str | Path, fold: int = 0,
@@ -142,13 +149,9 @@ def train_federated(raw_datasets: Mapping[str, str | Path], output_dir: str | Pa
                     progress: bool = True) -> Path:
     """``a‖b``: FedAvg over one Ray actor per party (joint plans from the combined fingerprint)."""
     from stitch_ops.baselines import stages
-    from stitch_ops.baselines.plans import prepare_joint
 
     output_dir = Path(output_dir)
-    schedule = schedule or NnUNetSchedule()
-    work = _pair_workspace(raw_datasets, output_dir, schedule.configuration, seed, progress)
-    prepare_joint(BUNDLE_PAIR, schedule.configuration, root=work, progress=progress)
-    params = _params(raw_datasets, schedule, seed, federated={
+    work, params = _joint_pair(raw_datasets, output_dir, schedule or NnUNetSchedule(), seed, progress, federated={
         "rounds": rounds, "iterations_per_epoch": iterations_per_epoch, "address": address,
         "cpus_per_party": cpus_per_party})
     return _publish(stages.federated(BUNDLE_PAIR, fold, params, root=work, progress=progress), output_dir, fold)
@@ -159,12 +162,8 @@ def train_merged(raw_datasets: Mapping[str, str | Path], output_dir: str | Path,
                  progress: bool = True) -> Path:
     """``a+b``: one nnU-Net on both parties' pooled data (joint plans, folds of both)."""
     from stitch_ops.baselines import stages
-    from stitch_ops.baselines.plans import prepare_joint
 
     output_dir = Path(output_dir)
-    schedule = schedule or NnUNetSchedule()
-    work = _pair_workspace(raw_datasets, output_dir, schedule.configuration, seed, progress)
-    prepare_joint(BUNDLE_PAIR, schedule.configuration, root=work, progress=progress)
-    params = _params(raw_datasets, schedule, seed, merged={"epochs": epochs,
-                                                           "iterations_per_epoch": iterations_per_epoch})
+    work, params = _joint_pair(raw_datasets, output_dir, schedule or NnUNetSchedule(), seed, progress,
+                               merged={"epochs": epochs, "iterations_per_epoch": iterations_per_epoch})
     return _publish(stages.merged(BUNDLE_PAIR, fold, params, root=work, progress=progress), output_dir, fold)
