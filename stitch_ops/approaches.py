@@ -168,12 +168,3 @@ def validation_party(approach: str, trained_on: str) -> str | None:
     model = lookup(approach, trained_on)
     return model.perspective if model is not None and model.perspective in PARTIES else None
 
-
-def stitch_slug_parts(trained_on: str) -> tuple[str, str] | None:
-    """``via_a_double_batched`` → ``("a", "double_batched")``: c and the rest of a stitch-ensemble's
-    slug (the method, plus any suffix such as ``_all_folds``); ``None`` for another slug."""
-    head, _, rest = trained_on.partition("_")
-    c, _, method = rest.partition("_")
-    if head != "via" or c not in PARTIES or not method:
-        return None
-    return c, method

@@ -146,9 +146,12 @@ def output_dir(target: Path | str) -> Iterator[Path]:
 
 
 @contextmanager
-def output_file(target: Path | str) -> Iterator[Path]:
+def output_file(target: Path | str, *, required: bool = True) -> Iterator[Path]:
     """Yield a path beside ``target`` to write one file to; it replaces ``target`` when the
-    block ends without error (``os.replace``, atomic), and is removed on error."""
+    block ends without error (``os.replace``, atomic), and is removed on error.
+
+    ``required=False``: a block that wrote nothing leaves ``target`` as it was (for writers
+    that may decide not to write, like nnU-Net's checkpointing on a non-zero rank)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_leftovers(target)
@@ -156,6 +159,8 @@ def output_file(target: Path | str) -> Iterator[Path]:
     try:
         yield staging
         if not staging.is_file():
+            if not required:
+                return
             raise FileNotFoundError(f"nothing was written to {staging} for {target}")
     except BaseException:
         _remove(staging)
@@ -163,9 +168,10 @@ def output_file(target: Path | str) -> Iterator[Path]:
     swap_in(staging, target)
 
 
-def write_json(path: Path | str, content: Any, *, indent: int = 2, sort_keys: bool = False) -> Path:
-    """Write ``content`` as JSON (UTF-8, newline-terminated) to ``path``, whole or not at all."""
-    text = json.dumps(content, indent=indent, sort_keys=sort_keys, ensure_ascii=False) + "\n"
+def write_json(path: Path | str, content: Any, *, indent: int = 2, sort_keys: bool = False,
+               ensure_ascii: bool = True) -> Path:
+    """Write ``content`` as JSON (newline-terminated) to ``path``, whole or not at all."""
+    text = json.dumps(content, indent=indent, sort_keys=sort_keys, ensure_ascii=ensure_ascii) + "\n"
     return write_text(path, text)
 
 

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING
 from stitch_ops import approaches
 from stitch_ops.approaches import ModelId, other
 from stitch_ops.baselines.config import FederatedParams, FinetuneParams, MergedParams
-from stitch_ops.config import PARTIES, Params, load_section
+from stitch_ops.budget import BUDGET_JSON, Budget, TrainingClock, write_budget
+from stitch_ops.config import PARTIES, Params
 from stitch_ops.nnunet.plan import PLANS
 from stitch_ops.outputs import read_json, write_json
 from stitch_ops.paths import PairPaths, dataset_name, test_set
@@ -49,7 +50,7 @@ def train_finetuned(paths: PairPaths, party: str, fold: int, params: Params, *, 
     from stitch_ops.nnunet.env import NnUNetRoots, configure
     from stitch_ops.nnunet.train import TrainingRun, train_fold
 
-    settings = load_section(params, "finetune", FinetuneParams)
+    settings = FinetuneParams.from_params(params)
     model = approaches.finetuned(party)
     source = other(party)
     pretrained = paths.model_dir(approaches.Approach.LOCAL, source, fold) / "export"
@@ -64,7 +65,7 @@ def train_finetuned(paths: PairPaths, party: str, fold: int, params: Params, *, 
     from stitch_ops.baselines.trainers import FinetuneTrainer
 
     run = TrainingRun(dataset_name(paths.pair, party), preprocessed, results_root, fold, schedule,
-                      pretrained=pretrained, trainer=FinetuneTrainer.__name__)
+                      pretrained=pretrained, trainer=FinetuneTrainer.__name__, seed=params.seed)
     warmup = schedule.warmup()
     logger.info("fine-tuning %s's model on %s's data, fold %d: %d epochs x %d iterations, lr %.2g -> %.2g "
                 "(warm-up %d epochs) then polynomial decay", source, party, fold, schedule.epochs,
@@ -80,12 +81,14 @@ def finetune(pair: str, party: str, fold: int, params: Params, *, base_lr: float
     """``other→party``: the other party's basis model fine-tuned on ``party``'s data with
     the warm-up schedule (``finetune`` params), then predicted on both test sets."""
     paths = PairPaths(pair, root)
-    settings = load_section(params, "finetune", FinetuneParams)
+    settings = FinetuneParams.from_params(params)
     model = approaches.finetuned(party)
     exported = train_finetuned(paths, party, fold, params, base_lr=base_lr or settings.base_lr,
                                epochs=settings.epochs, iterations_per_epoch=settings.iterations_per_epoch,
                                results_root=paths.model_dir(model.approach, model.trained_on, fold),
                                progress=progress)
+    write_training_budget(paths, model, fold, params, settings.epochs, settings.iterations_per_epoch,
+                          base_lr=base_lr or settings.base_lr, warmup_epochs=settings.warmup_epochs)
     predict_test_sets(paths, model, fold, params, progress=progress)
     return exported
 
@@ -120,7 +123,7 @@ def merged(pair: str, fold: int, params: Params, *, root: Path = Path("."), prog
     from stitch_ops.nnunet.train import TrainingRun, train_fold
 
     paths = PairPaths(pair, root)
-    settings = load_section(params, "merged", MergedParams)
+    settings = MergedParams.from_params(params)
     model = approaches.merged()
     preprocessed = paths.preprocessed_root("merged")
     name = merged_dataset_name(pair)
@@ -128,10 +131,12 @@ def merged(pair: str, fold: int, params: Params, *, root: Path = Path("."), prog
                         params.nnunet.configuration)
     schedule = NnUNetSchedule(**{**asdict(params.nnunet), "epochs": settings.epochs,
                                  "iterations_per_epoch": settings.iterations_per_epoch})
-    run = TrainingRun(name, preprocessed, paths.model_dir(model.approach, model.trained_on, fold), fold, schedule)
+    run = TrainingRun(name, preprocessed, paths.model_dir(model.approach, model.trained_on, fold), fold, schedule,
+                      seed=params.seed)
     exported = train_fold(run, progress=progress,
                           provenance={"pair": pair, "approach": model.approach, "trained_on": model.trained_on,
                                       "shorthand": model.shorthand})
+    write_training_budget(paths, model, fold, params, settings.epochs, settings.iterations_per_epoch)
     predict_test_sets(paths, model, fold, params, progress=progress)
     return exported
 
@@ -147,18 +152,21 @@ def federated(pair: str, fold: int, params: Params, *, root: Path = Path("."), p
     from stitch_ops.nnunet.model import build_network, export_model
 
     paths = PairPaths(pair, root)
-    settings = load_section(params, "federated", FederatedParams)
+    settings = FederatedParams.from_params(params)
     model = approaches.federated()
     results = paths.model_dir(model.approach, model.trained_on, fold)
     schedule = NnUNetSchedule(**{**asdict(params.nnunet), "epochs": settings.rounds,
                                  "iterations_per_epoch": settings.iterations_per_epoch})
     parties = [PartyData(p, dataset_name(pair, p), paths.preprocessed_root(p, plans_from=JOINT).resolve(),
                          (results / "parties" / p).resolve()) for p in PARTIES]
-    fingerprint = hashlib.sha256(json.dumps([str(schedule), [str(p) for p in parties], fold]).encode()).hexdigest()[:16]
+    fingerprint = hashlib.sha256(json.dumps([str(schedule), [str(p) for p in parties], fold, params.seed])
+                                 .encode()).hexdigest()[:16]
     marker = results / "run_config.json"
     if marker.is_file() and _read(marker).get("fingerprint") == fingerprint:
         if (results / "export" / "weights.pth").is_file():
             logger.info("%s is already trained; nothing to do", results / "export")
+            write_training_budget(paths, model, fold, params, settings.rounds, settings.iterations_per_epoch,
+                                  parties=len(parties), rounds=settings.rounds)
             predict_test_sets(paths, model, fold, params, progress=progress)
             return results / "export"
     else:
@@ -168,8 +176,10 @@ def federated(pair: str, fold: int, params: Params, *, root: Path = Path("."), p
     options = RayOptions(settings.address, settings.cpus_per_party, settings.pin_parties)
     logger.info("federated training of %s fold %d: %d rounds x %d iterations per party, Ray at %s", pair, fold,
                 settings.rounds, settings.iterations_per_epoch, settings.address or "this machine")
-    state, mirroring, history = train_federated(parties, fold, schedule, results / "global", ray_options=options,
-                                                fault=fault, progress=progress)
+    with TrainingClock(results):
+        state, mirroring, history = train_federated(parties, fold, schedule, results / "global",
+                                                    ray_options=options, fault=fault, seed=params.seed,
+                                                    progress=progress)
     from stitch_ops.baselines.federated import load_canonical_state
 
     folder = parties[0].preprocessed_root / parties[0].dataset_name
@@ -183,8 +193,21 @@ def federated(pair: str, fold: int, params: Params, *, root: Path = Path("."), p
                              "shorthand": model.shorthand, "fold": fold, "epochs": settings.rounds,
                              "rounds": settings.rounds, "trainer": "FedAvg(ScheduledTrainer)",
                              "pseudo_dice": {m["party"]: m["pseudo_dice"] for m in last}})
+    write_training_budget(paths, model, fold, params, settings.rounds, settings.iterations_per_epoch,
+                          parties=len(parties), rounds=settings.rounds)
     predict_test_sets(paths, model, fold, params, progress=progress)
     return results / "export"
+
+
+def write_training_budget(paths: PairPaths, model: ModelId, fold: int, params: Params, epochs: int,
+                          iterations_per_epoch: int, **extra: object) -> Path:
+    """``budget.json`` of a trained model: its schedule, the batch size it trained with (from
+    the exported plans) and the wall time its results folder's clock summed over attempts."""
+    results = paths.model_dir(model.approach, model.trained_on, fold)
+    plans = _read(results / "export" / "plans.json")
+    batch_size = plans["configurations"][params.nnunet.configuration]["batch_size"]
+    budget = Budget.of_schedule(epochs, iterations_per_epoch, batch_size, TrainingClock(results).seconds, **extra)
+    return write_budget(paths.metrics(model.approach, model.trained_on, fold) / BUDGET_JSON, budget)
 
 
 def _read(path: Path) -> dict:

@@ -36,18 +36,22 @@ def plan(pair: str, party: str, params: Params, *, root: Path = Path("."), progr
 
 def train(pair: str, party: str, fold: int, params: Params, *, root: Path = Path("."),
           progress: bool = True) -> Path:
-    """Train ``party``'s basis model (approach ``local``) on its own data; returns the export folder."""
-    from stitch_ops.nnunet.train import TrainingRun, train_fold
+    """Train ``party``'s basis model (approach ``local``) on its own data and write its
+    ``budget.json``; returns the export folder."""
+    from stitch_ops.budget import BUDGET_JSON, write_budget
+    from stitch_ops.nnunet.train import TrainingRun, train_fold, training_budget
 
     paths = PairPaths(pair, root)
     params.pair(pair)
     model = approaches.local(party)
     run = TrainingRun(dataset_name(pair, party), paths.preprocessed_root(party),
-                      paths.model_dir(model.approach, model.trained_on, fold), fold, params.nnunet)
+                      paths.model_dir(model.approach, model.trained_on, fold), fold, params.nnunet, seed=params.seed)
     logger.info("training %s fold %d: %d epochs x %d iterations", run.dataset_name, fold,
                 params.nnunet.epochs, params.nnunet.iterations_per_epoch)
-    return train_fold(run, progress=progress,
-                      provenance={"pair": pair, "approach": model.approach, "trained_on": model.trained_on})
+    exported = train_fold(run, progress=progress,
+                          provenance={"pair": pair, "approach": model.approach, "trained_on": model.trained_on})
+    write_budget(paths.metrics(model.approach, model.trained_on, fold) / BUDGET_JSON, training_budget(run))
+    return exported
 
 
 def predict(pair: str, approach: str, trained_on: str, fold: int, params: Params, *,

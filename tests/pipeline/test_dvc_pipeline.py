@@ -95,10 +95,10 @@ def test_second_repro_does_nothing(pipeline: Path):
 def test_exported_bundle_verifies_and_segments_through_monai_bundle(pipeline: Path, tmp_path: Path):
     bundle = pipeline / "exports" / "polyp" / "local_a_fold0"
     report = verify_bundle(bundle)
-    assert [m.name for m in report.models] == ["fold_0"]
+    assert report.models == [bundle / "models"] and report.output_shape[1] == 2
     images = pipeline / "data" / "polyp" / "nnUNet_raw" / "Dataset001_polyp_a" / "imagesTs"
     run([sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
-         "--model_dir", "models/fold_0", "--input_dir", str(images), "--output_dir", str(tmp_path / "seg"),
+         "--bundle_root", str(bundle), "--input_dir", str(images), "--output_dir", str(tmp_path / "seg"),
          "--progress", "False"], bundle)
     written = sorted(p.name for p in (tmp_path / "seg").glob("*.png"))
     assert written == sorted(p.name.replace("_0000", "") for p in images.glob("*.png"))
@@ -106,9 +106,29 @@ def test_exported_bundle_verifies_and_segments_through_monai_bundle(pipeline: Pa
 
 def test_exported_stitch_bundle_verifies_and_segments_through_monai_bundle(pipeline: Path, tmp_path: Path):
     bundle = pipeline / "exports" / "polyp" / "stitch_via_a_double_batched_fold0"
-    assert [m.name for m in verify_bundle(bundle).models] == ["fold_0"]
+    assert verify_bundle(bundle).models == [bundle / "models"]
     images = pipeline / "data" / "polyp" / "nnUNet_raw" / "Dataset002_polyp_b" / "imagesTs"
     run([sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
-         "--model_dir", "models/fold_0", "--input_dir", str(images), "--output_dir", str(tmp_path / "seg"),
+         "--bundle_root", str(bundle), "--input_dir", str(images), "--output_dir", str(tmp_path / "seg"),
          "--progress", "False"], bundle)
     assert len(list((tmp_path / "seg").glob("*.png"))) == len(list(images.glob("*.png")))
+
+
+@pytest.mark.parametrize("pair", PAIRS)
+def test_every_training_stage_states_its_budget_and_none_is_starved(pipeline: Path, pair: str):
+    import json
+
+    budgets = {path.parent.parent.relative_to(pipeline / "metrics" / pair).as_posix(): json.loads(path.read_text())
+               for path in (pipeline / "metrics" / pair).glob("*/*/fold_0/budget.json")}
+    expected = {"local/a", "local/b", "finetune/a_to_b", "finetune/b_to_a", "federated/a_fed_b", "merged/a_plus_b"}
+    assert expected <= set(budgets), sorted(budgets)
+    assert any(name.startswith("stitch/") for name in budgets), sorted(budgets)
+    basis = budgets["local/a"]["iterations"]
+    for name in expected:
+        record = budgets[name]
+        assert {"epochs", "iterations", "samples_seen", "wall_time_s"} <= set(record), name
+        assert record["iterations"] >= basis and record["samples_seen"] == record["iterations"] * record["batch_size"]
+        assert record["wall_time_s"] > 0, name
+    for name in (n for n in budgets if n.startswith("stitch/")):
+        assert len(budgets[name]["loss_per_epoch"]) == budgets[name]["epochs"]
+        assert isinstance(budgets[name]["plateau_reached"], bool)
