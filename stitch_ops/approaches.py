@@ -51,8 +51,8 @@ class Approach(StrEnum):
 class StitchMethod(StrEnum):
     """How stitches are trained (DESIGN.md, step 4): the ``{method}`` of ``via_{c}_{method}``."""
 
+    DOUBLE_BATCHED = "double_batched"  # the default
     DIRECT_MATCHING = "direct_matching"
-    DOUBLE_BATCHED = "double_batched"
 
     @property
     def label(self) -> str:

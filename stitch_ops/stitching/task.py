@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from stitch_ops.approaches import Approach, StitchMethod
 from stitch_ops.errors import InputFileError, UserError
 from stitch_ops.nnunet.model import NnUNetModel
 from stitch_ops.outputs import output_file, read_json, write_json, write_table
@@ -68,7 +69,7 @@ class StitchTask:
     images: Path
     out: Path
     labels: Path | None = None
-    method: str = "double_batched"
+    method: str = StitchMethod.DOUBLE_BATCHED.value
     epochs: int = 2
     iterations_per_epoch: int = 20
     batch_size: int = 4
@@ -223,7 +224,7 @@ def _score(models: dict[str, NnUNetModel], preprocessed: Any, labels: Path, case
     scores = {}
     for name, model in models.items():
         frame = score_on_validation(model, preprocessed, labels, scratch / name, device, pair="task",
-                                    test_party="val", approach="stitch", trained_on="task", fold=0, cases=cases)
+                                    test_party="val", approach=Approach.STITCH, trained_on="task", fold=0, cases=cases)
         scores[name] = (float(frame["dice"].mean()), float(frame["hd95"].mean()))
     shutil.rmtree(scratch, ignore_errors=True)
     return scores
@@ -326,7 +327,7 @@ def run(task: StitchTask, progress: bool = True) -> dict[str, Any]:
                       {"kind": "stitch_ensemble", "ensemble": ensemble.description.to_dict()})
     metrics = {f"val/{name}/{metric}": value for name, scores in summary.get("validation", {}).items()
                for metric, value in scores.items()}
-    info = ExportInfo(approach="stitch", trained_on=f"stitches trained on {len(cases)} unlabeled images of the "
+    info = ExportInfo(approach=Approach.STITCH.value, trained_on=f"stitches trained on {len(cases)} unlabeled images of the "
                                                     f"stitching institution ({task.method})",
                       eval_metrics=metrics, notes=(f"position k={k} of {num_matches} matches; {summary['selection']}",))
     export_bundle(model, out / "bundle", info)
