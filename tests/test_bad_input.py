@@ -382,3 +382,13 @@ def test_debug_shows_the_traceback_in_a_process(tmp_path: Path):
     result = _process(["-m", "stitch_ops.bundle", "verify", "nowhere", "--debug"], tmp_path)
     assert result.returncode == 1
     assert "Traceback" in result.stderr and "BundleError: no bundle folder at nowhere" in result.stderr
+
+
+def test_every_entry_point_is_a_command_checked_here():
+    """A module runnable as ``python -m stitch_ops....`` must be one of the commands above
+    (so the table and the every-subcommand check reach it), or be added to them."""
+    runnable = {".".join(path.relative_to(REPO).with_suffix("").parts)
+                for path in (REPO / "stitch_ops").rglob("*.py")
+                if '__name__ == "__main__"' in path.read_text()}
+    checked = {"stitch_ops.cli"} | {cli.command_module(command).__name__ for command in cli.STAGES}
+    assert runnable <= checked, f"entry points no command reaches: {sorted(runnable - checked)}"

@@ -30,8 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from stitch_ops import __version__
+from stitch_ops.approaches import Approach, ensemble_finetuned, finetuned
 from stitch_ops.nnunet.model import NnUNetModel
-from stitch_ops.config import Params
+from stitch_ops.config import PARTIES, Params
+from stitch_ops.errors import UserError
 from stitch_ops.outputs import output_dir, output_file, read_json, write_json
 from stitch_ops.paths import PairPaths, bundle_definition
 
@@ -308,6 +310,32 @@ def flat_metrics(summary_file: Path | None) -> dict[str, float]:
     return {k: float(v) for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+def ensemble_members(approach: str, trained_on: str) -> list[tuple[str, str]]:
+    """``(approach, trained_on)`` of the two models a plain ensemble averages; ``[]`` for
+    any other approach (``ensemble/a_and_b``: both basis models; ``ensemble_finetuned/a_and_b_to_p``:
+    p's basis model and the other's model fine-tuned on p's data)."""
+    if approach == Approach.ENSEMBLE:
+        return [(Approach.LOCAL.value, party) for party in PARTIES]
+    if approach == Approach.ENSEMBLE_FINETUNED:
+        party = next((p for p in PARTIES if ensemble_finetuned(p).trained_on == trained_on), None)
+        if party is None:
+            raise UserError(f"an {approach} model is one of "
+                            f"{[ensemble_finetuned(p).trained_on for p in PARTIES]}, got {trained_on!r}")
+        return [(Approach.LOCAL.value, party), (Approach.FINETUNE.value, finetuned(party).trained_on)]
+    return []
+
+
+def plain_ensemble(models: list) -> object:
+    """Two opened models as one network (their softmax averaged), fed the first one's preprocessing."""
+    from stitch_ops.nnunet.model import NnUNetModel
+    from stitch_ops.stitching import ParentSpec, TwoModelEnsemble
+
+    first, second = models
+    spec = {"kind": "ensemble", "members": [ParentSpec.of_model(m).to_dict() for m in models]}
+    return NnUNetModel(TwoModelEnsemble(first.network, second.network), first.plans, first.dataset_json,
+                       first.configuration, None, "plain ensemble (softmax average)", spec)
+
+
 def export_pipeline_model(pair: str, approach: str, trained_on: str, fold: int, params: Params, *,
                           root: Path = Path("."), make_zip: bool = True) -> Path:
     """The trained bundle of one pipeline model, with its evaluation metrics when scored:
@@ -316,10 +344,18 @@ def export_pipeline_model(pair: str, approach: str, trained_on: str, fold: int, 
 
     params.pair(pair)
     paths = PairPaths(pair, root)
-    model = open_model(paths.model_dir(approach, trained_on, fold) / "export")
+    notes = [f"fold {fold} of the {pair} pair"]
+    members = ensemble_members(approach, trained_on)
+    if members:
+        model = plain_ensemble([open_model(paths.model_dir(a, t, fold) / "export") for a, t in members])
+        notes.append(f"the softmax average of {members[0][0]} {members[0][1]} and {members[1][0]} {members[1][1]}, "
+                     f"both fed {members[0][1]}'s preprocessing (the pipeline averages each model's own "
+                     f"prediction in the image geometry)")
+    else:
+        model = open_model(paths.model_dir(approach, trained_on, fold) / "export")
     info = ExportInfo(approach=approach, trained_on=f"{pair} party {trained_on} (profile {params.profile})",
                       eval_metrics=flat_metrics(paths.metrics(approach, trained_on, fold) / "summary.json"),
                       authors="stitch_ops developers", copyright="Copyright (c) stitch_ops developers",
-                      notes=(f"fold {fold} of the {pair} pair",))
+                      notes=tuple(notes))
     return export_bundle(model, paths.export(approach, trained_on, fold), info,
                          definition=bundle_definition(approach, root), make_zip=make_zip)

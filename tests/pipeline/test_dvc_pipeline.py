@@ -132,3 +132,23 @@ def test_every_training_stage_states_its_budget_and_none_is_starved(pipeline: Pa
     for name in (n for n in budgets if n.startswith("stitch/")):
         assert len(budgets[name]["loss_per_epoch"]) == budgets[name]["epochs"]
         assert isinstance(budgets[name]["plateau_reached"], bool)
+
+
+def test_repro_ends_with_a_report_that_renders_in_chromium(pipeline: Path):
+    """The Done-when of issue 7: `dvc repro` ends with reports/index.html, every figure of every
+    pair's report renders in headless Chromium (non-zero natural width) and the pages log no error."""
+    import json
+
+    from tests.browser import check_page
+
+    reports = pipeline / "reports"
+    index = check_page(reports / "index.html")
+    assert index.errors == []
+    for pair in PAIRS:
+        check = check_page(reports / f"{pair}.html")
+        assert check.errors == [], (pair, check.errors)
+        assert len(check.images) >= 4, check.images  # bi-objective x2, own data a and b at least
+        assert all(width > 0 for _, width in check.images), check.images
+        headline = json.loads((reports / "metrics" / f"{pair}.json").read_text())
+        assert sorted(headline["findings"]["verdicts"]) == [str(n) for n in range(1, 10)]
+        assert headline["models"]["local_a"]["test_a_dice"] >= 0
