@@ -2,9 +2,9 @@
 
 :func:`evaluate` scores the predictions of (approach, trained-on, fold) on both parties'
 test sets (and the fold's validation cases when predicted), writes ``cases.csv`` +
-``summary.json`` (DVC metrics) and upserts one MLflow run tagged pair / approach /
+``summary.json`` (DVC metrics) and finishes the model's MLflow run, tagged pair / approach /
 trained_on / fold (plus ``perspective`` and ``shorthand`` from :mod:`stitch_ops.approaches`),
-with the per-case table and the exported model as artifacts.
+with the per-case table as artifact and the exported model registered as an MLflow pyfunc.
 """
 
 from __future__ import annotations
@@ -65,17 +65,28 @@ def _file_ending(raw_dataset: Path) -> str:
 
 def _log_to_mlflow(paths: PairPaths, approach: str, trained_on: str, fold: int, params: Params, out: Path,
                    summary: dict[str, float], stage: str) -> None:
+    """Finish the model's MLflow run (opened live by its training stage, or created here for
+    models that are not trained), with the per-case table as artifact and the exported model
+    as a registered MLflow pyfunc (:mod:`stitch_ops.tracking.models`)."""
     from stitch_ops import tracking
+    from stitch_ops.tracking.datasets import DataInput
+    from stitch_ops.tracking.live import finish_model_run, model_identity
 
     tracking.configure(paths.root)
     model_dir = paths.model_dir(approach, trained_on, fold) / "export"
-    artifacts = [out / "cases.csv"] + ([model_dir] if model_dir.is_dir() else [])
     model = approaches.lookup(approach, trained_on)  # perspective and shorthand tags, when known
-    run_id = tracking.log_run(
+    run_id = finish_model_run(
         experiment=tracking.experiment_name(paths.pair),
-        tags={"pair": paths.pair, "approach": approach, "trained_on": trained_on, "fold": str(fold),
-              "profile": params.profile, **(model.tags() if model is not None else {})},
+        identity=model_identity(paths.pair, approach, trained_on, fold),
+        tags={"profile": params.profile, **(model.tags() if model is not None else {})},
         params={"fold": fold, "profile": params.profile, "seed": params.seed,
                 **{f"nnunet.{k}": v for k, v in vars(params.nnunet).items()}},
-        metrics=summary, artifacts=artifacts, run_name=f"{approach}:{trained_on}:fold{fold}", dvc_stage=stage)
+        metrics=summary, artifacts=[out / "cases.csv"], run_name=f"{approach}:{trained_on}:fold{fold}",
+        dvc_stage=stage,
+        inputs=[DataInput(f"{paths.pair}/{party}/test", paths.raw_dataset(party) / "imagesTs", "evaluation")
+                for party in PARTIES])
+    if model_dir.is_dir():  # the trained model as a pyfunc, registered (ensembles have no folder)
+        from stitch_ops.tracking.models import log_model
+
+        log_model(run_id, model_dir, pair=paths.pair, approach=approach, trained_on=trained_on)
     logger.info("MLflow run %s: %s", run_id, {k: round(v, 4) for k, v in summary.items() if "mean" in k})
