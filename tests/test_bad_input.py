@@ -24,6 +24,7 @@ import yaml
 from PIL import Image
 
 from stitch_ops import cli
+from stitch_ops.bundle.export import write_manifest
 from stitch_ops.errors import UserError
 from stitch_ops.paths import PairPaths, dataset_name
 
@@ -91,8 +92,7 @@ def bundle(root: Path, metadata: str | None = None, config: str = '{"network": {
     return folder
 
 
-METADATA = ('{"version": "0.1.0", "monai_version": "1.4", "pytorch_version": "2.8", "task": "seg", '
-            '"description": "d", "network_data_format": {}}')
+METADATA = (REPO / "bundles" / "local" / "configs" / "metadata.json").read_text()  # complete, as exported
 LOCAL_A = PairPaths("polyp").model_dir("local", "a", 0) / "export"
 STITCH_NETWORK = PairPaths("polyp").model_dir("stitch", "via_a_double_batched", 0) / "network" / "stitched_network.pt"
 
@@ -108,6 +108,20 @@ class Case:
 
 
 CASES: dict[str, Case] = {
+    # ---- task commands: models as people share them ------------------------------------------
+    "predict with a model that does not exist": Case(["predict", "--model", "nowhere", "--input", "imgs", "--out", "o"],
+                                                     "no model at nowhere: expected a bundle", setup=lambda root: None),
+    "predict with a folder that is not a model": Case(
+        ["predict", "--model", "empty", "--input", "imgs", "--out", "o"], "empty is not a model: expected a bundle",
+        setup=lambda root: (root / "empty").mkdir()),
+    "predict with a corrupt zip": Case(["predict", "--model", "m.zip", "--input", "imgs", "--out", "o"],
+                                       "m.zip is a file but not a zip archive", setup=lambda root: write(root / "m.zip")),
+    "stitch with a folder that is not a model": Case(
+        ["stitch", "--own", "empty", "--other", "nowhere", "--images", "imgs", "--out", "o"], "is not a model",
+        setup=lambda root: (root / "empty").mkdir()),
+    "stitch with an unknown method": Case(
+        ["stitch", "--own", "a", "--other", "b", "--images", "i", "--out", "o", "--method", "direct"],
+        "argument --method: invalid choice: 'direct'", setup=lambda root: None),
     # ---- params.yaml --------------------------------------------------------------------
     "missing params file": Case(["nnunet", "train", "--pair", "polyp", "--party", "a", "--fold", "0"],
                                 "no params file at", setup=lambda root: None),
@@ -117,7 +131,7 @@ CASES: dict[str, Case] = {
         ["data", "prepare", "--pair", "polyp"], "'epoch' (did you mean 'epochs'?)",
         setup=lambda root: write_params(root, **{"nnunet.epoch": 3})),
     "missing top-level params key": Case(
-        ["stitching", "train", "--pair", "polyp", "--data-party", "a", "--fold", "0"],
+        ["stitching", "train", "--pair", "polyp", "--c", "a", "--fold", "0"],
         "missing the top-level key 'folds'", setup=lambda root: write_params(root, folds=None)),
     "out-of-range params value": Case(["nnunet", "train", "--pair", "polyp", "--party", "a", "--fold", "0"],
                                       "'nnunet.epochs' must be a positive integer, got 0",
@@ -136,15 +150,15 @@ CASES: dict[str, Case] = {
         "'finetune.warmup_epochs' must be an integer in [0, epochs",
         setup=lambda root: write_params(root, **{"finetune.warmup_epochs": 9})),
     "misspelled stitch training key": Case(
-        ["stitching", "train", "--pair", "polyp", "--data-party", "a", "--fold", "0"], "'epoch' (did you mean 'epochs'?)",
+        ["stitching", "train", "--pair", "polyp", "--c", "a", "--fold", "0"], "'epoch' (did you mean 'epochs'?)",
         setup=lambda root: write_params(root, **{"stitching.training.epoch": 3})),
     "unknown stitch loss term": Case(
-        ["stitching", "train", "--pair", "polyp", "--data-party", "a", "--fold", "0"], "unknown term(s) ['stitched']",
+        ["stitching", "train", "--pair", "polyp", "--c", "a", "--fold", "0"], "unknown term(s) ['stitched']",
         setup=lambda root: write_params(root, **{"stitching.training.loss_terms": ["stitched"]})),
     "missing params section": Case(["baselines", "federated", "--pair", "polyp", "--fold", "0"],
                                    "no section 'federated'", setup=lambda root: write_params(root, federated=None)),
     # ---- names on the command line --------------------------------------------------------
-    "unknown command": Case(["train"], "invalid choice: 'train' (choose from 'data', 'nnunet'"),
+    "unknown command": Case(["train"], "argument COMMAND: invalid choice: 'train' (choose from"),
     "unknown pair": Case(["data", "prepare", "--pair", "knee"], "pair 'knee' is not in params 'data'; known pairs"),
     "unknown pair (bundle export)": Case(["bundle", "export", "--pair", "knee", "--trained-on", "a", "--fold", "0"],
                                          "pair 'knee' is not in params 'data'"),
@@ -156,7 +170,7 @@ CASES: dict[str, Case] = {
                                   "argument --fold: invalid int value: 'x'"),
     "missing option": Case(["nnunet", "train", "--party", "a", "--fold", "0"],
                            "the following arguments are required: --pair"),
-    "unknown stitch method": Case(["stitching", "train", "--pair", "polyp", "--data-party", "a", "--fold", "0",
+    "unknown stitch method": Case(["stitching", "train", "--pair", "polyp", "--c", "a", "--fold", "0",
                                    "--method", "double-batched"], "argument --method: invalid choice: 'double-batched'"),
     "unknown fine-tuning route": Case(["baselines", "finetune", "--pair", "polyp", "--trained-on", "a_to_c",
                                        "--fold", "0"], "invalid choice: 'a_to_c' (choose from 'a_to_b', 'b_to_a')"),
@@ -202,15 +216,15 @@ CASES: dict[str, Case] = {
     "corrupt model JSON": Case(["nnunet", "predict", "--pair", "polyp", "--trained-on", "a", "--fold", "0"],
                                "model.json is not valid JSON",
                                setup=lambda root: (write_params(root), exported_model(root / LOCAL_A, model_json="{"))),
-    "stitch without basis models": Case(["stitching", "train", "--pair", "polyp", "--data-party", "a", "--fold", "0"],
+    "stitch without basis models": Case(["stitching", "train", "--pair", "polyp", "--c", "a", "--fold", "0"],
                                         "no model folder at models/polyp/local/a/fold_0/export"),
-    "corrupt stitched network": Case(["stitching", "select", "--pair", "polyp", "--data-party", "a", "--fold", "0"],
+    "corrupt stitched network": Case(["stitching", "select", "--pair", "polyp", "--c", "a", "--fold", "0"],
                                      "as a saved stitched network",
                                      setup=lambda root: (write_params(root), write(root / STITCH_NETWORK))),
     "evaluate before split": Case(["evaluation", "--pair", "polyp", "--trained-on", "a", "--fold", "0"],
                                   "dataset.json"),
     "evaluate with a corrupt dataset.json": Case(
-        ["evaluation", "--pair", "polyp", "--trained-on", "a", "--fold", "0"], "as a nnU-Net dataset.json",
+        ["evaluation", "--pair", "polyp", "--trained-on", "a", "--fold", "0"], "dataset.json is not valid JSON",
         setup=lambda root: (write_params(root), write(PairPaths("polyp", root).raw_dataset("a") / "dataset.json", "{"))),
     "evaluate missing predictions": Case(["evaluation", "--pair", "polyp", "--trained-on", "a", "--fold", "0"],
                                          "predictions missing in predictions/polyp/local/a/fold_0/test_a",
@@ -221,9 +235,11 @@ CASES: dict[str, Case] = {
         setup=lambda root: (write_params(root), raw_dataset(root, "a"),
                             write(root / PairPaths("polyp").predictions("local", "a", 0) / "test_a" / "case_1.png"))),
     "ensemble before split": Case(["baselines", "ensemble", "--pair", "polyp", "--fold", "0"],
-                                  "dataset.json is missing: run the stage that makes it first"),
+                                  "dataset.json is missing; run the stage that makes it first"),
     "transfer plans before plan": Case(["baselines", "transfer-plans", "--pair", "polyp"], "is missing"),
     "report of an unknown pair": Case(["report", "--pair", "knee", "--no-mlflow"], "unknown pair(s) ['knee']"),
+    "MLflow UI without a store": Case(["tracking", "ui", "--port", "5999"], "no MLflow store at mlflow.db",
+                                      setup=lambda root: None),
     "verify a missing bundle": Case(["bundle", "verify", "nowhere"], "no bundle folder at nowhere",
                                     setup=lambda root: None),
     "a bundle without metadata": Case(["bundle", "verify", "received_bundle"],
@@ -233,16 +249,15 @@ CASES: dict[str, Case] = {
                                            setup=lambda root: bundle(root, metadata='{"version": ')),
     "a bundle that runs code": Case(["bundle", "verify", "received_bundle"], "pass --trust only if you trust",
                                     setup=lambda root: bundle(root, METADATA, '{"x": "$__import__(\'os\')"}')),
+    "a bundle whose models are not checked": Case(
+        ["bundle", "verify", "received_bundle"], "ships models/ but no manifest.sha256",
+        setup=lambda root: exported_model(bundle(root, METADATA) / "models" / "fold_0")),
     "a bundle with a corrupt model": Case(
         ["bundle", "verify", "received_bundle"], "weights.pth as plain weights",
-        setup=lambda root: exported_model(bundle(root, METADATA) / "models" / "fold_0")),
+        setup=lambda root: (exported_model(bundle(root, METADATA) / "models" / "fold_0"),
+                            write_manifest(root / "received_bundle"))),
     "export a bundle with no model": Case(["bundle", "export", "--pair", "polyp", "--trained-on", "a", "--fold", "0"],
-                                          "No such file or directory: models/polyp/local/a/fold_0/export",
-                                          setup=lambda root: (write_params(root), (root / "bundles").symlink_to(
-                                              REPO / "bundles"))),
-    "export a bundle outside the checkout": Case(
-        ["bundle", "export", "--pair", "polyp", "--trained-on", "a", "--fold", "0"],
-        "No such file or directory: bundles/local; check the path"),
+                                          "no model at models/polyp/local/a/fold_0/export: expected a bundle"),
 }
 
 
@@ -271,7 +286,7 @@ def assert_one_clean_line(status: int, stderr: str, phrase: str) -> None:
 def test_the_table_has_at_least_30_cases_across_every_command():
     commands = {case.argv[0] for case in CASES.values()}
     assert len(CASES) >= 30
-    assert set(cli.STAGES) | {"profile"} <= commands
+    assert set(cli.TASKS) | set(cli.STAGES) | {"profile"} <= commands
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -284,14 +299,24 @@ def test_bad_input_fails_with_one_clear_line(name: str, tmp_path: Path, capsys: 
 
 # ---- every subcommand, including ones added later ---------------------------------------------
 
+def _command_parser(command: str) -> argparse.ArgumentParser:
+    """The parser of a top-level command: a task command's ``<task>_parser()`` in
+    ``stitch_ops.commands``, or a stage module's ``build_parser()``."""
+    if command in cli.TASKS:
+        from stitch_ops import commands
+
+        return getattr(commands, f"{command}_parser")()
+    return cli.command_module(command).build_parser()
+
+
 def _subcommands() -> list[list[str]]:
-    """``[stage, subcommand]`` for every subcommand of every stage command (``[stage]`` when
-    it has none), found from the stage modules' ``build_parser()``."""
+    """``[command, subcommand]`` for every subcommand of every command (``[command]`` when
+    it has none), found from the commands' parsers."""
     found = []
-    for stage in cli.STAGES:
-        parser = cli.command_module(stage).build_parser()
+    for command in [*cli.TASKS, *cli.STAGES]:
+        parser = _command_parser(command)
         subs = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
-        found += [[stage, name] for action in subs for name in action.choices] if subs else [[stage]]
+        found += [[command, name] for action in subs for name in action.choices] if subs else [[command]]
     return found
 
 
@@ -310,7 +335,7 @@ def _required_arguments(parser: argparse.ArgumentParser) -> list[str]:
 
 
 def _subparser(path: list[str]) -> argparse.ArgumentParser:
-    parser = cli.command_module(path[0]).build_parser()
+    parser = _command_parser(path[0])
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction) and len(path) > 1:
             return action.choices[path[1]]
@@ -359,3 +384,13 @@ def test_debug_shows_the_traceback_in_a_process(tmp_path: Path):
     result = _process(["-m", "stitch_ops.bundle", "verify", "nowhere", "--debug"], tmp_path)
     assert result.returncode == 1
     assert "Traceback" in result.stderr and "BundleError: no bundle folder at nowhere" in result.stderr
+
+
+def test_every_entry_point_is_a_command_checked_here():
+    """A module runnable as ``python -m stitch_ops....`` must be one of the commands above
+    (so the table and the every-subcommand check reach it), or be added to them."""
+    runnable = {".".join(path.relative_to(REPO).with_suffix("").parts)
+                for path in (REPO / "stitch_ops").rglob("*.py")
+                if '__name__ == "__main__"' in path.read_text()}
+    checked = {"stitch_ops.cli"} | {cli.command_module(command).__name__ for command in cli.STAGES}
+    assert runnable <= checked, f"entry points no command reaches: {sorted(runnable - checked)}"

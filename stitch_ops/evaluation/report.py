@@ -27,9 +27,7 @@ from __future__ import annotations
 import argparse
 import base64
 import html
-import json
 import logging
-import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,6 +42,7 @@ from stitch_ops.evaluation import figures
 from stitch_ops.evaluation.findings import NEAR, NOTABLE, Finding, Verdict, judge, mean_table
 from stitch_ops.evaluation.results import METHOD_INITIALS, PairResults, load_pair
 from stitch_ops.evaluation.stats import ALPHA, feasible_from, perspective_tests
+from stitch_ops.outputs import read_json, scratch_dir, swap_in, write_json, write_table, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +81,7 @@ class PairReport:
 
 
 def _fmt(value: object, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and pd.isna(value)):
+    if value is None or value is pd.NA or (isinstance(value, float) and pd.isna(value)):
         return "–"
     if isinstance(value, bool):
         return "yes" if value else "no"
@@ -98,11 +97,24 @@ def _approach_table(results: PairResults) -> pd.DataFrame:
                                                      "models_used": "models used"})
 
 
+def _last_improvement(losses: object) -> float | None:
+    """Relative improvement of the mean loss in the last epoch (the plateau criterion's number)."""
+    if not isinstance(losses, list) or len(losses) < 2 or not losses[-2]:
+        return None
+    return (float(losses[-2]) - float(losses[-1])) / abs(float(losses[-2]))
+
+
 def _budget_table(results: PairResults) -> pd.DataFrame:
     budgets = results.budgets
     if budgets.empty:
         return budgets
-    return budgets.sort_values(["fold", "model"]).rename(columns={"model": "shorthand"}).reset_index(drop=True)
+    table = budgets.sort_values(["fold", "model"]).rename(columns={"model": "shorthand"}).reset_index(drop=True)
+    if table["loss_per_epoch"].notna().any():
+        table["last-epoch loss improvement"] = [_last_improvement(v) for v in table["loss_per_epoch"]]
+        table["plateau reached"] = table["plateau_reached"]
+    else:
+        table = table.drop(columns=["plateau_reached"])
+    return table.drop(columns=["loss_per_epoch", "plateau_reached"], errors="ignore")
 
 
 def _biobjective_table(results: PairResults, by_fold: bool) -> pd.DataFrame:
@@ -124,8 +136,8 @@ def _biobjective_table(results: PairResults, by_fold: bool) -> pd.DataFrame:
 
 def _family(results: PairResults, party: str) -> list[str]:
     models = results.models
-    return [m for m, p, known in zip(models["model"], models["perspective"], models["known"])
-            if known and feasible_from(party, p)]
+    return [m for m, p, known, kind in zip(models["model"], models["perspective"], models["known"], models["role"])
+            if known and kind == "approach" and feasible_from(party, p)]
 
 
 def _common_folds(results: PairResults, party: str, family: list[str]) -> list[int]:
@@ -162,16 +174,16 @@ def _stats(results: PairResults) -> tuple[pd.DataFrame, dict[str, str]]:
 def _selection_table(results: PairResults) -> pd.DataFrame:
     rows = []
     for row in results.selections.itertuples():
-        rows.append({"stitching party c": row.c, "method": row.method, "fold": row.fold, "strategy": row.strategy,
-                     "k": row.k, "relative position": row.relative_position})
+        rows.append({"stitch-ensemble": row.label, "fold": row.fold, "strategy": row.strategy, "k": row.k,
+                     "relative position": row.relative_position, "note": row.note})
     positions = results.positions
     if "selected" in positions.columns:  # the stage's own selection, when no selection.json exists
         chosen = positions[positions["selected"].astype(str).str.lower() == "true"]
         for row in chosen.itertuples():
             if not ((results.selections["slug"] == row.slug) & (results.selections["fold"] == row.fold)).any():
-                rows.append({"stitching party c": row.c, "method": row.method, "fold": row.fold,
-                             "strategy": "stage's selection (positions.csv)", "k": row.k,
-                             "relative position": getattr(row, "relative_position", None)})
+                rows.append({"stitch-ensemble": row.label, "fold": row.fold,
+                             "strategy": "current_fold (positions.csv)", "k": row.k,
+                             "relative position": getattr(row, "relative_position", None), "note": ""})
     return pd.DataFrame(rows)
 
 
@@ -203,6 +215,10 @@ def _figures(results: PairResults, stats_families: dict[str, list[str]], out: Pa
             made.append((f"Position trend, stitches trained on {c}'s images",
                          figures.position_trend(table, results.no_stitch, out / f"positions_{c}.png", unit,
                                                 f"{pair}: stitch-ensembles a←[{c}]→b on {c}'s validation cases")))
+    curves = results.budgets[results.budgets["loss_per_epoch"].notna()] if not results.budgets.empty else None
+    if curves is not None and not curves.empty:
+        made.append(("Stitch training loss per epoch",
+                     figures.training_curves(curves, out / "stitch_training.png", f"{pair}: stitch training")))
     if not results.rq1.empty:
         for (c, fold), table in results.rq1.groupby(["c", "fold"]):
             made.append((f"RQ1, stitches trained on {c}'s images, fold {fold}",
@@ -283,7 +299,9 @@ def _sections(results: PairResults, stats: pd.DataFrame, notes: dict[str, str], 
             "Online: the parties must train together."), [("", _approach_table(results))], []),
         _Section("Training budgets", (
             "From each trained model's <code>budget.json</code>: optimizer steps per party, samples seen, wall "
-            "time (measured on whatever machine ran the stage)."), [("", _budget_table(results))], []),
+            "time (measured on whatever machine ran the stage). Stitch training: the relative improvement of "
+            "the mean loss in the last epoch and whether it fell below the plateau criterion."),
+            [("", _budget_table(results))], by_caption("Stitch training")),
         _Section("Bi-objective results", (
             f"Mean Dice and HD95 [{unit}] on each party's test set (HD95: lower is better), averaged over "
             f"folds {folds}."), [("Averaged over folds", _biobjective_table(results, by_fold=False))]
@@ -432,21 +450,6 @@ def _log_to_mlflow(pair: str, params: Params | None, metrics: dict[str, float], 
                             dvc_stage=f"report@{pair}")
 
 
-# ---------------------------------------------------------------- outputs
-
-
-def _replace(staged: Path, target: Path) -> None:
-    """Swap ``staged`` in for ``target`` (file or folder)."""
-    if target.is_dir() and not target.is_symlink():
-        old = target.with_name(target.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        target.rename(old)
-        staged.rename(target)
-        shutil.rmtree(old)
-    else:
-        staged.replace(target)
-
-
 def run(pair: str, root: Path = Path("."), out: Path = REPORTS, params: Params | None = None,
         log_mlflow: bool = True) -> PairReport:
     """Write the report of ``pair`` (see the module docstring); returns what was written.
@@ -464,28 +467,24 @@ def run(pair: str, root: Path = Path("."), out: Path = REPORTS, params: Params |
     stats, notes = _stats(results)
     families = {p: _family(results, p) for p in PARTIES}
     findings = judge(results, stats)
-    staging = out / f".{pair}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    (staging / pair / "tables").mkdir(parents=True)
-    made = _figures(results, families, staging / pair / "figures")
-    (staging / pair / "figures").mkdir(exist_ok=True)
-    sections = _sections(results, stats, notes, findings, made, params)
-    tables = {"findings": _findings_table(findings), "approaches": _approach_table(results),
-              "budgets": _budget_table(results), "biobjective": _biobjective_table(results, by_fold=False),
-              "biobjective_per_fold": _biobjective_table(results, by_fold=True), "wilcoxon_holm": stats,
-              "selected_positions": _selection_table(results)}
-    for name, table in tables.items():
-        table.to_csv(staging / pair / "tables" / f"{name}.csv", index=False)
-    (staging / f"{pair}.html").write_text(render_html(results, sections, findings, params), encoding="utf-8")
-    (staging / f"{pair}.md").write_text(render_markdown(results, sections, findings, f"{pair}/figures"),
-                                        encoding="utf-8")
-    (staging / "metrics.json").write_text(json.dumps(headline(results, stats, findings), indent=2,
-                                                     ensure_ascii=False) + "\n", encoding="utf-8")
-    (out / "metrics").mkdir(parents=True, exist_ok=True)
-    for name in (pair, f"{pair}.md", f"{pair}.html"):
-        _replace(staging / name, out / name)
-    _replace(staging / "metrics.json", out / "metrics" / f"{pair}.json")
-    shutil.rmtree(staging)
+    with scratch_dir(out / f".{pair}") as staging:  # every file complete before any is swapped in
+        (staging / pair / "tables").mkdir(parents=True)
+        made = _figures(results, families, staging / pair / "figures")
+        (staging / pair / "figures").mkdir(exist_ok=True)
+        sections = _sections(results, stats, notes, findings, made, params)
+        tables = {"findings": _findings_table(findings), "approaches": _approach_table(results),
+                  "budgets": _budget_table(results), "biobjective": _biobjective_table(results, by_fold=False),
+                  "biobjective_per_fold": _biobjective_table(results, by_fold=True), "wilcoxon_holm": stats,
+                  "selected_positions": _selection_table(results)}
+        for name, table in tables.items():
+            write_table(staging / pair / "tables" / f"{name}.csv", table)
+        write_text(staging / f"{pair}.html", render_html(results, sections, findings, params))
+        write_text(staging / f"{pair}.md", render_markdown(results, sections, findings, f"{pair}/figures"))
+        write_json(staging / "metrics.json", headline(results, stats, findings), ensure_ascii=False)
+        (out / "metrics").mkdir(parents=True, exist_ok=True)
+        for name in (pair, f"{pair}.md", f"{pair}.html"):
+            swap_in(staging / name, out / name)
+        swap_in(staging / "metrics.json", out / "metrics" / f"{pair}.json")
     figure_paths = tuple(out / pair / "figures" / p.name for _, p in made)
     run_id = None
     if log_mlflow:
@@ -506,7 +505,7 @@ def write_index(pairs: Sequence[str], out: Path = REPORTS) -> Path:
         if not metrics_file.is_file():
             rows.append(f"<tr><td>{html.escape(pair)}</td><td colspan=4 class=na>{NOT_AVAILABLE}</td></tr>")
             continue
-        data = json.loads(metrics_file.read_text(encoding="utf-8"))
+        data = read_json(metrics_file, hint=f"rerun `dvc repro report@{pair}`")
         found = data.get("findings", {})
         verdicts[pair] = found.get("verdicts", {})
         wilcoxon = data.get("wilcoxon", {})
@@ -532,10 +531,7 @@ def write_index(pairs: Sequence[str], out: Path = REPORTS) -> Path:
             "<h2>The paper's findings, per pair</h2>"
             f"<table><thead><tr><th>finding</th>{head}</tr></thead><tbody>{''.join(finding_rows)}</tbody></table>"
             "</body></html>")
-    out.mkdir(parents=True, exist_ok=True)
-    staged = out / ".index.html.partial"
-    staged.write_text(page, encoding="utf-8")
-    staged.replace(out / "index.html")
+    write_text(out / "index.html", page)
     logger.info("wrote %s (%d pairs)", out / "index.html", len(pairs))
     return out / "index.html"
 

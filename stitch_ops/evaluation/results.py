@@ -18,7 +18,6 @@ method's initials (``a←[a]→b DB`` = double-batched, ``DM`` = direct matching
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from dataclasses import dataclass, field
@@ -26,14 +25,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from stitch_ops.baselines import approaches
+from stitch_ops import approaches
 from stitch_ops.config import PARTIES
+from stitch_ops.outputs import read_json
+from stitch_ops.paths import PairPaths
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PairResults", "load_pair", "model_label", "METHOD_INITIALS"]
+__all__ = ["METHOD_INITIALS", "PairResults", "StitchSlug", "load_pair", "model_label", "role"]
 
-METHOD_INITIALS = {"double_batched": "DB", "direct_matching": "DM"}
+METHOD_INITIALS = {approaches.StitchMethod.DOUBLE_BATCHED.value: "DB",
+                   approaches.StitchMethod.DIRECT_MATCHING.value: "DM"}
 """Short names of the stitch training methods in labels and legends."""
 
 _FOLD = re.compile(r"fold_(\d+)$")
@@ -48,14 +50,15 @@ class PairResults:
     Attributes:
         pair: the pair's name.
         cases: every ``cases.csv`` row, plus ``model`` (label), ``perspective`` (``a``, ``b``,
-            ``both`` or ``unknown``) and ``shorthand``.
+            ``both`` or ``unknown``), ``shorthand`` and ``role``.
         models: one row per evaluated (approach, trained_on): ``model, approach, trained_on,
-            shorthand, perspective, data_used, models_used, online, known``.
-        budgets: one row per ``budget.json``: ``model, approach, trained_on, fold`` and
-            :data:`BUDGET_COLUMNS`.
-        positions: every ``positions.csv`` row plus ``slug, c, method, fold``.
-        no_stitch: ``slug, c, method, fold, dice, hd95`` of the no-stitch reference.
-        selections: ``slug, c, method, fold, strategy, k, relative_position``.
+            shorthand, perspective, data_used, models_used, online, known, role`` (see :func:`role`).
+        budgets: one row per ``budget.json``: ``model, approach, trained_on, fold``,
+            :data:`BUDGET_COLUMNS`, and for stitch training ``plateau_reached`` and
+            ``loss_per_epoch`` (a list; ``None`` where the file has none).
+        positions: every ``positions.csv`` row plus ``slug, c, method, label, fold``.
+        no_stitch: ``slug, c, method, label, fold, dice, hd95`` of the no-stitch reference.
+        selections: ``slug, c, method, label, fold, strategy, k, relative_position, note``.
         rq1: every ``rq1.csv`` row plus ``c, fold``.
         hd95_unit: ``"mm"`` (NIfTI volumes), ``"px"`` (2-D frames) or ``"units of the data"``.
         train_cases: number of cross-validation cases per party, when the raw datasets exist.
@@ -75,44 +78,62 @@ class PairResults:
     problems: list[str] = field(default_factory=list)
 
 
-def _stitch_suffix(trained_on: str) -> str:
-    """``via_a_double_batched`` → ``DB``; ``via_a_double_batched_all_folds`` → ``DB all_folds``."""
-    rest = re.sub(r"^via_[^_]+_", "", trained_on)
-    for method, initials in METHOD_INITIALS.items():
-        rest = rest.replace(method, initials)
-    return rest.replace("_", " ").strip()
+SELECTION_VARIANTS = ("all_folds", "rule_of_thumb")
+"""Slug endings of the stitch-ensembles that selection strategies 2 and 3 chose."""
+
+
+@dataclass(frozen=True)
+class StitchSlug:
+    """What a stitch trained-on slug says: ``[no_stitch_]via_{c}[_{method}][_finetuned][_{selection}]``."""
+
+    c: str
+    method: str | None
+    finetuned: bool
+    selection: str | None
+    reference: bool
+
+    @classmethod
+    def parse(cls, slug: str) -> StitchSlug:
+        reference = slug.startswith("no_stitch_")
+        rest = slug.removeprefix("no_stitch_")
+        match = re.match(r"^via_([^_]+)", rest)
+        method = next((m for m in METHOD_INITIALS if m in rest), None)
+        selection = next((s for s in SELECTION_VARIANTS if rest.endswith(f"_{s}")), None)
+        return cls(match.group(1) if match else "?", method, "_finetuned" in rest, selection, reference)
+
+
+def role(approach: str, trained_on: str) -> str:
+    """``approach`` for a model of Table 2 (stitch-ensembles: as selection strategy 1 chose them),
+    ``selection variant`` for the stitch-ensembles strategies 2 and 3 chose, ``reference`` for the
+    no-stitch reference. Only ``approach`` models enter the own-data tests and the findings."""
+    if approach != approaches.Approach.STITCH:
+        return "approach"
+    parts = StitchSlug.parse(trained_on)
+    return "reference" if parts.reference else "selection variant" if parts.selection else "approach"
 
 
 def model_label(approach: str, trained_on: str) -> str:
-    """The label of a model in tables and figures: the paper's shorthand (+ method initials
-    for stitch-ensembles); ``approach/trained_on`` for a model the approach table lacks."""
+    """The label of a model in tables and figures: the paper's shorthand (+ the stitch training
+    method's initials and the selection strategy for stitch-ensembles); ``approach/trained_on``
+    for a model the approach table lacks."""
     model = approaches.lookup(approach, trained_on)
     if model is None:
         return f"{approach}/{trained_on}"
-    if model.approach == approaches.Approach.STITCH:
-        suffix = _stitch_suffix(trained_on)
-        return f"{model.shorthand} {suffix}" if suffix else model.shorthand
-    return model.shorthand
+    if model.approach != approaches.Approach.STITCH:
+        return model.shorthand
+    parts = StitchSlug.parse(trained_on)
+    suffix = [METHOD_INITIALS[parts.method]] if parts.method else []
+    suffix += [parts.selection.replace("_", " ")] if parts.selection else []
+    return " ".join([model.shorthand, *suffix])
 
 
-_CONDITIONS = {  # DESIGN.md's Table 2, for an approach table without these columns
-    "local": ("own", ()), "finetune": ("other's model, then own data", ("other",)),
-    "ensemble": ("models only", ("a", "b")), "ensemble_finetuned": ("own", ("a", "b")),
-    "federated": ("both, never pooled", ()), "merged": ("both, pooled", ()),
-    "stitch": ("c's images, no labels", ("a", "b")),
-}
-
-
-def _operating_conditions(model: object | None) -> dict[str, object]:
+def _operating_conditions(model: approaches.ModelId | None) -> dict[str, object]:
     """Data used, models used and whether it runs online, from the approach table."""
     if model is None:
         return {"data_used": "?", "models_used": "?", "online": "?"}
-    data_used, models_used = _CONDITIONS.get(str(model.approach), ("?", ()))
-    used = getattr(model, "models_used", models_used)
-    online = getattr(model, "online", model.approach == "federated")
-    return {"data_used": getattr(model, "data_used", data_used),
-            "models_used": ", ".join(used) if used else "none (trained from scratch)",
-            "online": "yes" if online else "no"}
+    return {"data_used": model.data_used,
+            "models_used": ", ".join(model.models_used) if model.models_used else "none (trained from scratch)",
+            "online": "yes" if model.online else "no"}
 
 
 def _fold(path: Path) -> int | None:
@@ -122,7 +143,7 @@ def _fold(path: Path) -> int | None:
 
 def _read_json(path: Path, problems: list[str]) -> dict | None:
     try:
-        return json.loads(path.read_text())
+        return read_json(path)
     except (OSError, ValueError) as err:
         problems.append(f"{path}: {err}")
         return None
@@ -148,7 +169,7 @@ def _cases(root: Path, problems: list[str]) -> pd.DataFrame:
             continue
         tables.append(table.loc[:, list(CASE_COLUMNS)])
     if not tables:
-        return pd.DataFrame(columns=[*CASE_COLUMNS, "model", "shorthand", "perspective"])
+        return pd.DataFrame(columns=[*CASE_COLUMNS, "model", "shorthand", "perspective", "role"])
     cases = pd.concat(tables, ignore_index=True)
     cases["case"] = cases["case"].astype(str)
     cases["test_party"] = cases["test_party"].astype(str)
@@ -159,6 +180,7 @@ def _cases(root: Path, problems: list[str]) -> pd.DataFrame:
     cases["model"] = [labels[p] for p in pairs]
     cases["shorthand"] = [ids[p].shorthand if ids[p] else labels[p] for p in pairs]
     cases["perspective"] = [ids[p].perspective if ids[p] else "unknown" for p in pairs]
+    cases["role"] = [role(*p) for p in pairs]
     return cases
 
 
@@ -171,9 +193,10 @@ def _models(cases: pd.DataFrame) -> pd.DataFrame:
                      "shorthand": model.shorthand if model else model_label(approach, trained_on),
                      "perspective": model.perspective if model else "unknown",
                      **_operating_conditions(model), "known": model is not None,
+                     "role": role(approach, trained_on),
                      "order": order.get(trained_on, len(order))})
     columns = ["model", "approach", "trained_on", "shorthand", "perspective", "data_used", "models_used",
-               "online", "known"]
+               "online", "known", "role"]
     if not rows:
         return pd.DataFrame(columns=columns)
     return pd.DataFrame(rows).sort_values(["order", "model"]).loc[:, columns].reset_index(drop=True)
@@ -189,22 +212,24 @@ def _budgets(root: Path, problems: list[str]) -> pd.DataFrame:
         missing = [k for k in BUDGET_COLUMNS if k not in data]
         if missing:
             problems.append(f"{path}: missing keys {missing}")
+        losses = data.get("loss_per_epoch")
         rows.append({"model": model_label(approach, trained_on), "approach": approach, "trained_on": trained_on,
-                     "fold": _fold(path.parent), **{k: data.get(k) for k in BUDGET_COLUMNS}})
-    return pd.DataFrame(rows, columns=["model", "approach", "trained_on", "fold", *BUDGET_COLUMNS])
+                     "fold": _fold(path.parent), **{k: data.get(k) for k in BUDGET_COLUMNS},
+                     "plateau_reached": data.get("plateau_reached"),
+                     "loss_per_epoch": losses if isinstance(losses, list) else None})
+    return pd.DataFrame(rows, columns=["model", "approach", "trained_on", "fold", *BUDGET_COLUMNS,
+                                       "plateau_reached", "loss_per_epoch"])
 
 
-def _stitch_identity(slug: str) -> dict[str, str]:
-    """``via_a_double_batched`` → c = a, method = double_batched."""
-    match = re.match(r"^via_([^_]+)_(.+)$", slug)
-    if not match:
-        return {"slug": slug, "c": "?", "method": slug}
-    return {"slug": slug, "c": match.group(1), "method": match.group(2)}
+def _stitch_identity(slug: str) -> dict[str, object]:
+    """``via_a_double_batched`` → c = a, method = double_batched, and the model's label."""
+    parts = StitchSlug.parse(slug)
+    return {"slug": slug, "c": parts.c, "method": parts.method or "?", "label": model_label(approaches.Approach.STITCH, slug)}
 
 
 def _positions(root: Path, problems: list[str]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     positions, references, selections = [], [], []
-    for folder in sorted(p for p in (root / "stitch").glob("*/fold_*") if p.is_dir()):
+    for folder in sorted(p for p in (root / approaches.Approach.STITCH).glob("*/fold_*") if p.is_dir()):
         identity = {**_stitch_identity(folder.parent.name), "fold": _fold(folder)}
         if (folder / "positions.csv").is_file():
             table = _read_csv(folder / "positions.csv", problems)
@@ -223,11 +248,12 @@ def _positions(root: Path, problems: list[str]) -> tuple[pd.DataFrame, pd.DataFr
             for strategy, chosen in data.items():
                 if isinstance(chosen, dict):
                     selections.append({**identity, "strategy": strategy, "k": chosen.get("k"),
-                                       "relative_position": chosen.get("relative_position")})
-    identity_columns = ["slug", "c", "method", "fold"]
+                                       "relative_position": chosen.get("relative_position"),
+                                       "note": chosen.get("note", "")})
+    identity_columns = ["slug", "c", "method", "label", "fold"]
     return (pd.concat(positions, ignore_index=True) if positions else pd.DataFrame(columns=identity_columns),
             pd.DataFrame(references, columns=[*identity_columns, "dice", "hd95"]),
-            pd.DataFrame(selections, columns=[*identity_columns, "strategy", "k", "relative_position"]))
+            pd.DataFrame(selections, columns=[*identity_columns, "strategy", "k", "relative_position", "note"]))
 
 
 def _rq1(root: Path, problems: list[str]) -> pd.DataFrame:
@@ -251,14 +277,13 @@ def _raw_facts(root: Path, pair: str) -> tuple[str, dict[str, int]]:
     """HD95's unit (from the datasets' file ending) and each party's number of CV cases."""
     unit, sizes = "units of the data", {}
     for party in PARTIES:
-        for dataset_json in sorted((root / "data" / pair / "nnUNet_raw").glob(f"Dataset*_{pair}_{party}/dataset.json")):
-            try:
-                info = json.loads(dataset_json.read_text())
-            except (OSError, ValueError):
-                continue
-            unit = "px" if str(info.get("file_ending", "")).lower() == ".png" else "mm"
-            if isinstance(info.get("numTraining"), int):
-                sizes[party] = info["numTraining"]
+        try:
+            info = read_json(PairPaths(pair, root).raw_dataset(party) / "dataset.json")
+        except (OSError, ValueError):
+            continue
+        unit = "px" if str(info.get("file_ending", "")).lower() == ".png" else "mm"
+        if isinstance(info.get("numTraining"), int):
+            sizes[party] = info["numTraining"]
     return unit, sizes
 
 
@@ -268,7 +293,7 @@ def load_pair(pair: str, root: Path = Path(".")) -> PairResults:
     Missing files give empty tables; unreadable ones are listed in ``problems`` rather
     than stopping the report.
     """
-    metrics_root = Path(root) / "metrics" / pair
+    metrics_root = PairPaths(pair, Path(root)).metrics_root
     problems: list[str] = []
     cases = _cases(metrics_root, problems)
     positions, no_stitch, selections = _positions(metrics_root, problems)
