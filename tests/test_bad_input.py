@@ -131,7 +131,7 @@ CASES: dict[str, Case] = {
         ["data", "prepare", "--pair", "polyp"], "'epoch' (did you mean 'epochs'?)",
         setup=lambda root: write_params(root, **{"nnunet.epoch": 3})),
     "missing top-level params key": Case(
-        ["stitching", "train", "--pair", "polyp", "--data-party", "a", "--fold", "0"],
+        ["stitching", "train", "--pair", "polyp", "--c", "a", "--fold", "0"],
         "missing the top-level key 'folds'", setup=lambda root: write_params(root, folds=None)),
     "out-of-range params value": Case(["nnunet", "train", "--pair", "polyp", "--party", "a", "--fold", "0"],
                                       "'nnunet.epochs' must be a positive integer, got 0",
@@ -150,10 +150,10 @@ CASES: dict[str, Case] = {
         "'finetune.warmup_epochs' must be an integer in [0, epochs",
         setup=lambda root: write_params(root, **{"finetune.warmup_epochs": 9})),
     "misspelled stitch training key": Case(
-        ["stitching", "train", "--pair", "polyp", "--data-party", "a", "--fold", "0"], "'epoch' (did you mean 'epochs'?)",
+        ["stitching", "train", "--pair", "polyp", "--c", "a", "--fold", "0"], "'epoch' (did you mean 'epochs'?)",
         setup=lambda root: write_params(root, **{"stitching.training.epoch": 3})),
     "unknown stitch loss term": Case(
-        ["stitching", "train", "--pair", "polyp", "--data-party", "a", "--fold", "0"], "unknown term(s) ['stitched']",
+        ["stitching", "train", "--pair", "polyp", "--c", "a", "--fold", "0"], "unknown term(s) ['stitched']",
         setup=lambda root: write_params(root, **{"stitching.training.loss_terms": ["stitched"]})),
     "missing params section": Case(["baselines", "federated", "--pair", "polyp", "--fold", "0"],
                                    "no section 'federated'", setup=lambda root: write_params(root, federated=None)),
@@ -170,7 +170,7 @@ CASES: dict[str, Case] = {
                                   "argument --fold: invalid int value: 'x'"),
     "missing option": Case(["nnunet", "train", "--party", "a", "--fold", "0"],
                            "the following arguments are required: --pair"),
-    "unknown stitch method": Case(["stitching", "train", "--pair", "polyp", "--data-party", "a", "--fold", "0",
+    "unknown stitch method": Case(["stitching", "train", "--pair", "polyp", "--c", "a", "--fold", "0",
                                    "--method", "double-batched"], "argument --method: invalid choice: 'double-batched'"),
     "unknown fine-tuning route": Case(["baselines", "finetune", "--pair", "polyp", "--trained-on", "a_to_c",
                                        "--fold", "0"], "invalid choice: 'a_to_c' (choose from 'a_to_b', 'b_to_a')"),
@@ -216,15 +216,15 @@ CASES: dict[str, Case] = {
     "corrupt model JSON": Case(["nnunet", "predict", "--pair", "polyp", "--trained-on", "a", "--fold", "0"],
                                "model.json is not valid JSON",
                                setup=lambda root: (write_params(root), exported_model(root / LOCAL_A, model_json="{"))),
-    "stitch without basis models": Case(["stitching", "train", "--pair", "polyp", "--data-party", "a", "--fold", "0"],
+    "stitch without basis models": Case(["stitching", "train", "--pair", "polyp", "--c", "a", "--fold", "0"],
                                         "no model folder at models/polyp/local/a/fold_0/export"),
-    "corrupt stitched network": Case(["stitching", "select", "--pair", "polyp", "--data-party", "a", "--fold", "0"],
+    "corrupt stitched network": Case(["stitching", "select", "--pair", "polyp", "--c", "a", "--fold", "0"],
                                      "as a saved stitched network",
                                      setup=lambda root: (write_params(root), write(root / STITCH_NETWORK))),
     "evaluate before split": Case(["evaluation", "--pair", "polyp", "--trained-on", "a", "--fold", "0"],
                                   "dataset.json"),
     "evaluate with a corrupt dataset.json": Case(
-        ["evaluation", "--pair", "polyp", "--trained-on", "a", "--fold", "0"], "as a nnU-Net dataset.json",
+        ["evaluation", "--pair", "polyp", "--trained-on", "a", "--fold", "0"], "dataset.json is not valid JSON",
         setup=lambda root: (write_params(root), write(PairPaths("polyp", root).raw_dataset("a") / "dataset.json", "{"))),
     "evaluate missing predictions": Case(["evaluation", "--pair", "polyp", "--trained-on", "a", "--fold", "0"],
                                          "predictions missing in predictions/polyp/local/a/fold_0/test_a",
@@ -235,9 +235,11 @@ CASES: dict[str, Case] = {
         setup=lambda root: (write_params(root), raw_dataset(root, "a"),
                             write(root / PairPaths("polyp").predictions("local", "a", 0) / "test_a" / "case_1.png"))),
     "ensemble before split": Case(["baselines", "ensemble", "--pair", "polyp", "--fold", "0"],
-                                  "dataset.json is missing: run the stage that makes it first"),
+                                  "dataset.json is missing; run the stage that makes it first"),
     "transfer plans before plan": Case(["baselines", "transfer-plans", "--pair", "polyp"], "is missing"),
     "report of an unknown pair": Case(["report", "--pair", "knee", "--no-mlflow"], "unknown pair(s) ['knee']"),
+    "MLflow UI without a store": Case(["tracking", "ui", "--port", "5999"], "no MLflow store at mlflow.db",
+                                      setup=lambda root: None),
     "verify a missing bundle": Case(["bundle", "verify", "nowhere"], "no bundle folder at nowhere",
                                     setup=lambda root: None),
     "a bundle without metadata": Case(["bundle", "verify", "received_bundle"],
@@ -382,3 +384,13 @@ def test_debug_shows_the_traceback_in_a_process(tmp_path: Path):
     result = _process(["-m", "stitch_ops.bundle", "verify", "nowhere", "--debug"], tmp_path)
     assert result.returncode == 1
     assert "Traceback" in result.stderr and "BundleError: no bundle folder at nowhere" in result.stderr
+
+
+def test_every_entry_point_is_a_command_checked_here():
+    """A module runnable as ``python -m stitch_ops....`` must be one of the commands above
+    (so the table and the every-subcommand check reach it), or be added to them."""
+    runnable = {".".join(path.relative_to(REPO).with_suffix("").parts)
+                for path in (REPO / "stitch_ops").rglob("*.py")
+                if '__name__ == "__main__"' in path.read_text()}
+    checked = {"stitch_ops.cli"} | {cli.command_module(command).__name__ for command in cli.STAGES}
+    assert runnable <= checked, f"entry points no command reaches: {sorted(runnable - checked)}"

@@ -32,10 +32,9 @@ Every node needs ``stitch_ops`` installed.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,7 @@ from typing import Any
 import torch
 
 from stitch_ops.config import NnUNetSchedule
+from stitch_ops.outputs import output_file, read_json, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -175,23 +175,24 @@ class FederatedParty:
         from stitch_ops.nnunet.env import NnUNetRoots, configure, resolve_device
 
         configure(NnUNetRoots(preprocessed=data.preprocessed_root, results=data.results_root), training=True)
-        from stitch_ops.nnunet.trainer import ScheduledTrainer, seed_everything
+        from stitch_ops.nnunet.trainer import ScheduledTrainer, quiet_stdout, seed_everything
 
         folder = data.preprocessed_root / data.dataset_name
-        plans = json.loads((folder / "nnUNetPlans.json").read_text())
-        dataset_json = json.loads((folder / "dataset.json").read_text())
+        plans = read_json(folder / "nnUNetPlans.json", hint="rerun the joint_plans stage")
+        dataset_json = read_json(folder / "dataset.json", hint="rerun the joint_plans stage")
         if schedule.batch_size is not None:
             plans["configurations"][schedule.configuration]["batch_size"] = schedule.batch_size
         plans["continue_training"] = True  # nnunetv2 >= 2.7 expects the flag (as train_fold sets it)
         self.data = data
         self.crash_at_round = crash_at_round
-        self.trainer = ScheduledTrainer(plans=plans, configuration=schedule.configuration, fold=fold,
-                                        dataset_json=dataset_json, device=resolve_device(schedule.device))
-        self.trainer.apply_schedule(schedule, seed)
-        self.trainer.save_every = schedule.epochs + 1  # the global checkpoint is the driver's
-        seed_everything(seed, 1)  # the initial global model (party 0's initial weights)
-        self.trainer.initialize()
-        self.trainer.on_train_start()
+        with quiet_stdout():  # an actor's prints reach the driver's console
+            self.trainer = ScheduledTrainer(plans=plans, configuration=schedule.configuration, fold=fold,
+                                            dataset_json=dataset_json, device=resolve_device(schedule.device))
+            self.trainer.apply_schedule(schedule, seed)
+            self.trainer.save_every = schedule.epochs + 1  # the global checkpoint is the driver's
+            seed_everything(seed, 1)  # the initial global model (party 0's initial weights)
+            self.trainer.initialize()
+            self.trainer.on_train_start()
 
     def num_cases(self) -> int:
         """Training cases of this fold (the party's FedAvg weight)."""
@@ -211,13 +212,12 @@ class FederatedParty:
         written atomically, the two newest kept (a kill between this party's save and the
         driver's global checkpoint leaves the previous round's state for the resume)."""
         path = self._local_state_path(round_index)
-        path.parent.mkdir(parents=True, exist_ok=True)
         scaler = self.trainer.grad_scaler
         record = {"round": round_index, "optimizer": self.trainer.optimizer.state_dict(),
                   "grad_scaler": scaler.state_dict() if scaler is not None else None,
                   "logging": self.trainer.logger.get_checkpoint(), "best_ema": self.trainer._best_ema}
-        torch.save(record, path.with_suffix(".partial"))
-        os.replace(path.with_suffix(".partial"), path)
+        with output_file(path) as tmp:
+            torch.save(record, tmp)
         for old in path.parent.glob("after_round_*.pth"):
             if int(old.stem.removeprefix("after_round_")) < round_index - 1:
                 old.unlink()
@@ -292,21 +292,38 @@ class GlobalCheckpoint:
         return int(record["completed_rounds"]), record["state"]
 
     def save(self, completed_rounds: int, state: Mapping[str, torch.Tensor], history: list[dict]) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.folder / (CHECKPOINT + ".tmp")
-        torch.save({"completed_rounds": completed_rounds, "state": dict(state)}, tmp)
-        os.replace(tmp, self.folder / CHECKPOINT)
-        (self.folder / HISTORY).write_text(json.dumps(history, indent=2))
+        with output_file(self.folder / CHECKPOINT) as tmp:
+            torch.save({"completed_rounds": completed_rounds, "state": dict(state)}, tmp)
+        write_json(self.folder / HISTORY, history)
 
     def history(self) -> list[dict]:
         path = self.folder / HISTORY
-        return json.loads(path.read_text()) if path.is_file() else []
+        return read_json(path, hint="delete the federated model folder to start over") if path.is_file() else []
+
+
+CURVE_KEYS = ("train_loss", "val_loss", "pseudo_dice", "lr")
+
+
+def round_curve(record: Mapping[str, Any]) -> dict[str, float]:
+    """One round of the history as training-curve values: each party's (``a/train_loss``, ...)
+    and the global ones (``train_loss``, ...: the parties' values weighted like FedAvg)."""
+    parties = record["parties"]
+    weights = [float(w) for w in record["weights"]]
+    values = {f"{m['party']}/{key}": float(m[key]) for m in parties for key in CURVE_KEYS}
+    for key in CURVE_KEYS:
+        values[key] = sum(w * float(m[key]) for w, m in zip(weights, parties)) / sum(weights)
+    return values
 
 
 def train_federated(parties: Sequence[PartyData], fold: int, schedule: NnUNetSchedule, checkpoint_dir: Path, *,
                     ray_options: RayOptions = RayOptions(), fault: FaultInjection | None = None,
-                    seed: int = 0, progress: bool = True) -> tuple[dict[str, torch.Tensor], tuple[int, ...] | None, list[dict]]:
+                    seed: int = 0, progress: bool = True,
+                    on_round: Callable[[int, Mapping[str, float]], None] | None = None,
+                    ) -> tuple[dict[str, torch.Tensor], tuple[int, ...] | None, list[dict]]:
     """Run ``schedule.epochs`` FedAvg rounds (resuming after the last completed one).
+
+    ``on_round`` is called with (round, :func:`round_curve`) after every completed round,
+    first for the rounds completed before a resume (a live MLflow run, one step per round).
 
     Returns:
         (global canonical state, the networks' mirroring axes, per-round history).
@@ -323,6 +340,10 @@ def train_federated(parties: Sequence[PartyData], fold: int, schedule: NnUNetSch
     checkpoint = GlobalCheckpoint(checkpoint_dir)
     history = checkpoint.history()
     resumed = checkpoint.load()
+    if resumed is not None:
+        history = history[:resumed[0]]
+    for record in history if on_round is not None else []:
+        on_round(int(record["round"]), round_curve(record))
     actor_class = ray.remote(FederatedParty)
     actors = []
     server = None
@@ -365,6 +386,8 @@ def train_federated(parties: Sequence[PartyData], fold: int, schedule: NnUNetSch
                 state = ray.get(server.state.remote())
                 history.append({"round": round_index, "weights": sizes, "parties": metrics})
                 checkpoint.save(round_index + 1, state, history)
+                if on_round is not None:
+                    on_round(round_index, round_curve(history[-1]))
                 bar.update()
                 bar.set_postfix(dice=" ".join(f"{m['party']}:{m['pseudo_dice']:.3f}" for m in metrics))
     finally:

@@ -55,9 +55,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from stitch_ops.approaches import StitchMethod
 from stitch_ops.config import ConfigError
 from stitch_ops.errors import InputFileError, reading
-from stitch_ops.stitching.network import StitchedNetwork, SwitchConfiguration, TrainingMethod, atomic_save
+from stitch_ops.stitching.network import StitchedNetwork, SwitchConfiguration, atomic_save
 from stitch_ops.stitching.stitch import PairStatistics
 from stitch_ops.stitching.switch import DEFAULT_LOSS_TERMS, LossTerm, SwitchMode
 
@@ -106,7 +107,7 @@ class StitchTrainingConfig:
         probe_batches: fixed batches the probe loss is measured on after every epoch.
     """
 
-    method: TrainingMethod = TrainingMethod.DOUBLE_BATCHED
+    method: StitchMethod = StitchMethod.DOUBLE_BATCHED
     epochs: int = 10
     iterations_per_epoch: int = 100
     batch_size: int = 4
@@ -120,7 +121,7 @@ class StitchTrainingConfig:
     probe_batches: int = 4
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "method", TrainingMethod(self.method))
+        object.__setattr__(self, "method", StitchMethod(self.method))
         unknown_terms = [term for term in self.loss_terms if term not in {t.value for t in LossTerm} | set(LossTerm)]
         if unknown_terms:
             raise ConfigError(f"StitchTrainingConfig.loss_terms: unknown term(s) {unknown_terms}; "
@@ -163,11 +164,12 @@ class StitchTrainingConfig:
 
 @dataclass(frozen=True)
 class EpochLog:
-    """Mean training loss (sum over switches) of one epoch, and the probe loss after it
-    (the same objective on fixed batches; ``None`` where it was not measured)."""
+    """Mean training loss (sum over switches) of one epoch, the learning rate at its end, and
+    the probe loss after it (the same objective on fixed batches; ``None`` where not measured)."""
 
     epoch: int
     loss: float
+    lr: float = float("nan")
     probe: float | None = None
 
 
@@ -177,6 +179,7 @@ def train_stitches(
     config: StitchTrainingConfig,
     checkpoint: Path | None = None,
     progress: bool = True,
+    on_epoch: Callable[[EpochLog], None] | None = None,
 ) -> tuple[EpochLog, ...]:
     """Train every stitch of ``network`` on unlabeled images.
 
@@ -185,7 +188,9 @@ def train_stitches(
         batches: images ``B C H W [D]`` on any device (moved to the network's).
         config: method, schedule and seed.
         checkpoint: file to write after every epoch and to resume from if it exists.
-        progress: show a progress bar with the running loss.
+        progress: show one progress bar (all iterations, with ETA) with the running loss.
+        on_epoch: called after every epoch (first for those restored from the checkpoint),
+            e.g. to log a live MLflow run.
 
     Returns:
         the log of every epoch, including those restored from the checkpoint.
@@ -201,19 +206,26 @@ def train_stitches(
     elif config.init == "least_squares":
         logger.info("initialising the stitches by least squares on %d batches", config.init_batches)
         fit_stitches_least_squares(network, itertools.islice(_cycle(batches, 0), config.init_batches))
+    for log in history if on_epoch is not None else []:
+        on_epoch(log)
     device = next(network.parameters()).device
     probe = list(itertools.islice(_cycle(batches, PROBE_EPOCH), config.probe_batches))
     network.train()
     network.set_training(config.method, config.loss_terms)
+    bar = tqdm(total=config.epochs * config.iterations_per_epoch, initial=len(history) * config.iterations_per_epoch,
+               desc=f"stitches {config.method.value}", unit="it", disable=not progress)
     try:
         for epoch in range(len(history), config.epochs):
             _configure_switches(network, config, epoch)
-            loss = _run_epoch(network, optimizer, batches, config, epoch, device, progress)
-            history.append(EpochLog(epoch, loss, probe_loss(network, probe, config, device)))
+            loss = _run_epoch(network, optimizer, batches, config, epoch, device, bar)
+            history.append(EpochLog(epoch, loss, optimizer.param_groups[0]["lr"], probe_loss(network, probe, config, device)))
             logger.info("epoch %d/%d: loss %.6f, probe loss %.6f", epoch + 1, config.epochs, loss, history[-1].probe)
             if checkpoint is not None:
                 _save(network, optimizer, config, history, Path(checkpoint))
+            if on_epoch is not None:
+                on_epoch(history[-1])
     finally:
+        bar.close()
         network.set_training(None)
         network.configure(SwitchConfiguration.all_original(len(network.matches)))
         network.eval()
@@ -291,7 +303,7 @@ def training_step(network: StitchedNetwork, optimizer: torch.optim.Optimizer, im
     The network must be prepared with ``set_training(method)`` (and, for
     double-batched training, its switches configured); returns the summed loss.
     """
-    if network.training_method is TrainingMethod.DOUBLE_BATCHED:
+    if network.training_method is StitchMethod.DOUBLE_BATCHED:
         images = torch.cat([images, images])
     loss = sum(pair.a + pair.b for pair in network.switch_losses(images))
     optimizer.zero_grad(set_to_none=True)
@@ -300,25 +312,25 @@ def training_step(network: StitchedNetwork, optimizer: torch.optim.Optimizer, im
     return float(loss.detach())
 
 
-def _run_epoch(network, optimizer, batches: Batches, config: StitchTrainingConfig, epoch: int, device, progress: bool) -> float:
+def _run_epoch(network, optimizer, batches: Batches, config: StitchTrainingConfig, epoch: int, device, bar: tqdm) -> float:
     images = _cycle(batches, epoch)
     total_steps = config.epochs * config.iterations_per_epoch
-    bar = tqdm(range(config.iterations_per_epoch), desc=f"stitches {config.method.value} epoch {epoch + 1}/{config.epochs}", disable=not progress)
     loss_sum = 0.0
-    for iteration in bar:
+    for iteration in range(config.iterations_per_epoch):
         lr = cosine_learning_rate(epoch * config.iterations_per_epoch + iteration, total_steps, config.lr)
         for group in optimizer.param_groups:
             group["lr"] = lr
         loss = training_step(network, optimizer, next(images).to(device))
         loss_sum += loss
-        bar.set_postfix(loss=f"{loss_sum / (iteration + 1):.4g}")
+        bar.update()
+        bar.set_postfix(epoch=epoch + 1, loss=f"{loss_sum / (iteration + 1):.4g}")
     return loss_sum / config.iterations_per_epoch
 
 
 def _configure_switches(network: StitchedNetwork, config: StitchTrainingConfig, epoch: int) -> None:
     """Double-batched: every switch random in the second half, from a generator seeded by (seed, epoch)."""
     n = len(network.matches)
-    if config.method is TrainingMethod.DIRECT_MATCHING:
+    if config.method is StitchMethod.DIRECT_MATCHING:
         network.configure(SwitchConfiguration.all_original(n))
         return
     generator = torch.Generator().manual_seed(int(np.random.SeedSequence([config.seed, epoch]).generate_state(1)[0]))
@@ -351,7 +363,7 @@ def _save(network, optimizer, config: StitchTrainingConfig, history: list[EpochL
             "format": _FORMAT,
             "config": json.dumps(config.to_dict()),
             "matches": _match_fingerprint(network),
-            "history": [[log.epoch, log.loss, log.probe] for log in history],
+            "history": [[log.epoch, log.loss, log.lr, log.probe] for log in history],
             "stitches": _stitch_state(network),
             "optimizer": optimizer.state_dict(),
         },
@@ -376,7 +388,7 @@ def _resume(network, optimizer, config: StitchTrainingConfig, path: Path) -> lis
     if unexpected or any(key.startswith("switches_") for key in missing):
         raise InputFileError(f"checkpoint {path} does not fit these stitches: missing {missing[:5]}, unexpected {unexpected[:5]}")
     optimizer.load_state_dict(saved["optimizer"])
-    history = [EpochLog(int(row[0]), float(row[1]), None if len(row) < 3 or row[2] is None else float(row[2]))
-               for row in saved["history"]]
+    history = [EpochLog(int(entry[0]), float(entry[1]), *(float(v) for v in entry[2:3]),
+                        *(None if v is None else float(v) for v in entry[3:4])) for entry in saved["history"]]
     logger.info("resumed from %s after epoch %d", path, len(history))
     return history
