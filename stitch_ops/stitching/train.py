@@ -261,7 +261,7 @@ def probe_loss(network: StitchedNetwork, probe: list[Tensor], config: StitchTrai
     total = 0.0
     for images in probe:
         images = images.to(device)
-        if network.training_method is TrainingMethod.DOUBLE_BATCHED:
+        if network.training_method is StitchMethod.DOUBLE_BATCHED:
             images = torch.cat([images, images])
         total += float(sum(pair.a + pair.b for pair in network.switch_losses(images)))
     return total / len(probe)

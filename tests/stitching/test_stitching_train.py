@@ -105,14 +105,14 @@ def test_double_batched_starts_from_the_least_squares_fit(toy_pair):
 def test_plateau_is_less_than_the_tolerance_over_the_last_epoch(losses, reached):
     assert plateau_reached([EpochLog(e, v) for e, v in enumerate(losses)], tolerance=0.01) is reached
     # the probe loss (fixed batches) decides where it was measured, not the noisy training mean
-    assert plateau_reached([EpochLog(e, 5.0 * (e % 2) + 1, v) for e, v in enumerate(losses)], tolerance=0.01) is reached
+    assert plateau_reached([EpochLog(e, 5.0 * (e % 2) + 1, probe=v) for e, v in enumerate(losses)], tolerance=0.01) is reached
 
 
 def test_probe_loss_is_the_same_objective_on_the_same_batches_every_time(toy_pair, toy_network):
     from stitch_ops.stitching.train import probe_loss
 
     probe = _batches(toy_pair.train_images)[:2]
-    for method in TrainingMethod:
+    for method in StitchMethod:
         config = StitchTrainingConfig(method, batch_size=8)
         toy_network.set_training(method)
         first, second = (probe_loss(toy_network, probe, config, torch.device("cpu")) for _ in range(2))
