@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from stitch_ops.approaches import StitchMethod
 from stitch_ops.cli_common import common_options, run_command
 from stitch_ops.config import PARTIES, Params
 
@@ -14,14 +15,14 @@ def _train(args: argparse.Namespace, params: Params) -> None:
     from stitch_ops.stitching.pipeline import train
 
     params.pair(args.pair)
-    train(params, args.pair, args.data_party, args.method, args.fold, args.progress)
+    train(params, args.pair, args.c, args.method, args.fold, args.progress)
 
 
 def _select(args: argparse.Namespace, params: Params) -> None:
     from stitch_ops.stitching.pipeline import select
 
     params.pair(args.pair)
-    select(params, args.pair, args.data_party, args.method, args.fold, args.progress)
+    select(params, args.pair, args.c, args.method, args.fold, args.progress)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,9 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     shared = argparse.ArgumentParser(add_help=False)
     shared.add_argument("--pair", required=True, help="dataset pair, a key of params 'data'")
-    shared.add_argument("--data-party", required=True, choices=PARTIES,
-                        help="c in a←[c]→b: whose unlabeled images train the stitches")
-    shared.add_argument("--method", default="double_batched", choices=("double_batched", "direct_matching"),
+    shared.add_argument("--c", required=True, choices=PARTIES,
+                        help="c in a←[c]→b: the party whose unlabeled images train the stitches")
+    shared.add_argument("--method", default=StitchMethod.DOUBLE_BATCHED.value, choices=[m.value for m in StitchMethod],
                         help="stitch training: double-batched (default) or direct matching")
     shared.add_argument("--fold", type=int, required=True, choices=range(5))
     commands.add_parser("train", parents=[common_options(), shared],

@@ -13,10 +13,8 @@ the parties' plans differ only slightly (per-image z-scoring; in-plane spacing).
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,45 +22,59 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from stitch_ops.config import ConfigError, Params
-from stitch_ops.paths import PairPaths, dataset_name
+from stitch_ops import approaches
+from stitch_ops.approaches import Approach, StitchMethod
+from stitch_ops.config import PARTIES, ConfigError, Params, load_section
+from stitch_ops.data.splits import read_fold
+from stitch_ops.outputs import output_dir, read_json, scratch_dir, write_json, write_table
+from stitch_ops.paths import VALIDATION_SET, PairPaths, dataset_name, test_set
 
 logger = logging.getLogger(__name__)
 
-APPROACH = "stitch"
+APPROACH = Approach.STITCH
 NETWORK_FILE = "stitched_network.pt"
 ENSEMBLE_FILE = "stitch_ensemble.pt"
 
 
 @dataclass(frozen=True)
 class StitchingParams:
-    """``params.yaml`` section ``stitching``."""
+    """``params.yaml`` section ``stitching``: ``load_section(params, "stitching", StitchingParams)``.
 
-    data_parties: tuple[str, ...]
-    methods: tuple[str, ...]
+    Attributes:
+        c_parties: the parties c whose unlabeled images train stitches (``a←[c]→b``).
+        methods: the stitch training methods to run (one stitch-ensemble per c and method).
+        selection: the selection strategy of k; the pipeline's per-fold stages need ``current_fold``.
+        max_positions: score at most this many positions, spread evenly (``None``: every k).
+        training: the stitch schedule, :class:`~stitch_ops.stitching.train.StitchTrainingConfig`
+            keys except ``method`` and ``seed``.
+    """
+
+    c_parties: tuple[str, ...]
+    methods: tuple[StitchMethod, ...]
     selection: str
-    max_positions: int | None
-    training: dict[str, Any]
+    training: Mapping[str, Any]
+    max_positions: int | None = None
 
-    @classmethod
-    def of(cls, params: Params) -> StitchingParams:
+    def __post_init__(self) -> None:
         from stitch_ops.evaluation.selection import SelectionStrategy
         from stitch_ops.stitching.train import StitchTrainingConfig
 
-        raw = dict(params.section("stitching"))
-        unknown = set(raw) - {"data_parties", "methods", "selection", "max_positions", "training"}
-        if unknown:
-            raise ConfigError(f"unknown key(s) in params section 'stitching': {sorted(unknown)}")
-        section = cls(tuple(raw["data_parties"]), tuple(raw["methods"]), raw["selection"],
-                      raw.get("max_positions"), dict(raw["training"]))
-        if SelectionStrategy(section.selection) is not SelectionStrategy.CURRENT_FOLD:
+        bad = [c for c in self.c_parties if c not in PARTIES]
+        if bad or not self.c_parties:
+            raise ConfigError(f"'stitching.c_parties' must list parties among {list(PARTIES)}, got "
+                              f"{list(self.c_parties)}")
+        try:
+            object.__setattr__(self, "methods", tuple(StitchMethod(m) for m in self.methods))
+        except ValueError:
+            raise ConfigError(f"'stitching.methods' must be among {[m.value for m in StitchMethod]}, got "
+                              f"{list(self.methods)}") from None
+        if self.selection != SelectionStrategy.CURRENT_FOLD:
             raise ConfigError("'stitching.selection' can only be current_fold in the pipeline: its stages run "
                               "per fold, and all_folds needs every fold's positions.csv (use "
                               "stitch_ops.evaluation.selection.select_position on them directly)")
-        StitchTrainingConfig.from_dict(section.training)  # validates the schedule now, not mid-run
-        if section.max_positions is not None and section.max_positions < 1:
-            raise ConfigError(f"'stitching.max_positions' must be null or >= 1, got {section.max_positions}")
-        return section
+        StitchTrainingConfig.from_dict(self.training)  # validates the schedule now, not mid-run
+        if self.max_positions is not None and self.max_positions < 1:
+            raise ConfigError(f"'stitching.max_positions' must be null or >= 1, got {self.max_positions}")
 
     def training_config(self, method: str, seed: int) -> Any:
         from stitch_ops.stitching.train import StitchTrainingConfig
@@ -70,49 +82,49 @@ class StitchingParams:
         return StitchTrainingConfig.from_dict({**self.training, "method": method, "seed": seed})
 
 
-def trained_on(data_party: str, method: str) -> str:
+def trained_on(c: str, method: str) -> str:
     """Slug of a stitch-ensemble: whose data trained the stitches, and how (``via_a_double_batched``)."""
-    return f"via_{data_party}_{method}"
+    return approaches.stitch_ensemble(c, method).trained_on
 
 
 def _basis_models(paths: PairPaths, fold: int) -> tuple[Any, Any]:
     from stitch_ops.nnunet.model import load_model
 
-    return tuple(load_model(paths.model_dir("local", party, fold) / "export") for party in ("a", "b"))
+    return tuple(load_model(_basis_export(paths, party, fold)) for party in PARTIES)
 
 
-def _fold_cases(paths: PairPaths, party: str, fold: int, subset: str) -> list[str]:
-    splits = json.loads((paths.raw_dataset(party) / "splits_final.json").read_text())
-    return list(splits[fold][subset])
+def _basis_export(paths: PairPaths, party: str, fold: int) -> Path:
+    basis = approaches.local(party)
+    return paths.model_dir(basis.approach, basis.trained_on, fold) / "export"
 
 
-def train(params: Params, pair: str, data_party: str, method: str, fold: int, progress: bool = True) -> Path:
+def train(params: Params, pair: str, c: str, method: str, fold: int, progress: bool = True) -> Path:
     """Train the stitches of (a, b) at ``fold`` on c's unlabeled images (the fold's training
     cases, labels never read); writes ``<model dir>/network/`` and returns the saved network."""
     from stitch_ops.budget import BUDGET_JSON, Budget, TrainingClock, write_budget
     from stitch_ops.stitching import PreprocessedImages
     from stitch_ops.stitching.train import plateau_reached
 
-    section = StitchingParams.of(params)
+    section = load_section(params, "stitching", StitchingParams)
     config = section.training_config(method, params.seed)
     paths = PairPaths(pair)
     model_a, model_b = _basis_models(paths, fold)
-    own = model_a if data_party == "a" else model_b
+    own = model_a if c == PARTIES[0] else model_b
     configuration = own.plans["configurations"][own.configuration]
-    images = PreprocessedImages(paths.preprocessed_root(data_party) / dataset_name(pair, data_party)
-                                / configuration["data_identifier"], _fold_cases(paths, data_party, fold, "train"))
-    out = paths.model_dir(APPROACH, trained_on(data_party, method), fold) / "network"
-    logger.info("%s: training stitches on %d unlabeled images of party %s (%s)", pair, len(images), data_party, method)
+    images = PreprocessedImages(paths.preprocessed_root(c) / dataset_name(pair, c)
+                                / configuration["data_identifier"], list(read_fold(paths.raw_dataset(c), fold).train))
+    slug = trained_on(c, method)
+    out = paths.model_dir(APPROACH, slug, fold) / "network"
+    logger.info("%s: training stitches on %d unlabeled images of party %s (%s)", pair, len(images), c, method)
     from stitch_ops.tracking.curves import TRAINING_LOG, publish_curve, write_curve
     from stitch_ops.tracking.datasets import DataInput
     from stitch_ops.tracking.live import training_run
 
     rows: list[dict[str, float]] = []
-    with training_run(pair=pair, approach=APPROACH, trained_on=trained_on(data_party, method), fold=fold,
-                      dvc_stage=f"stitch_train@{pair}-{data_party}-{method}-{fold}", profile=params.profile,
-                      inputs=[DataInput(f"{pair}/{data_party}/train (unlabeled)",
-                                        paths.preprocessed_root(data_party), "training")],
-                      params={"method": method, "data_party": data_party,
+    with training_run(pair=pair, approach=APPROACH, trained_on=slug, fold=fold,
+                      dvc_stage=f"stitch_train@{pair}-{c}-{method}-{fold}", profile=params.profile,
+                      inputs=[DataInput(f"{pair}/{c}/train (unlabeled)", paths.preprocessed_root(c), "training")],
+                      params={"method": method, "c": c,
                               **{f"stitching.training.{k}": v for k, v in config.to_dict().items()}}) as live:
         def on_epoch(log: Any) -> None:
             rows.append({"epoch": log.epoch, "train_loss": log.loss, "lr": log.lr})
@@ -121,13 +133,13 @@ def train(params: Params, pair: str, data_party: str, method: str, fold: int, pr
 
         _, history = train_stitch_network(model_a, model_b, images, configuration["patch_size"], config, out,
                                           progress, on_epoch=on_epoch)
-    publish_curve(out / TRAINING_LOG, paths.training_curve(APPROACH, trained_on(data_party, method), fold))
+    publish_curve(out / TRAINING_LOG, paths.training_curve(APPROACH, slug, fold))
     plateau = plateau_reached(history, config.plateau_tolerance)
     if not plateau:
         logger.warning("%s %s fold %d: the stitch training loss has not reached a plateau (last epoch "
-                       "improved by >= %.1f %%); raise stitching.training.epochs", pair,
-                       trained_on(data_party, method), fold, 100 * config.plateau_tolerance)
-    write_budget(paths.metrics(APPROACH, trained_on(data_party, method), fold) / BUDGET_JSON,
+                       "improved by >= %.1f %%); raise stitching.training.epochs", pair, slug, fold,
+                       100 * config.plateau_tolerance)
+    write_budget(paths.metrics(APPROACH, slug, fold) / BUDGET_JSON,
                  Budget.of_schedule(config.epochs, config.iterations_per_epoch, config.batch_size,
                                     TrainingClock(out).seconds, method=config.method.value, init=config.init,
                                     loss_per_epoch=[e.loss for e in history], plateau_reached=plateau,
@@ -158,7 +170,7 @@ def train_stitch_network(model_a: Any, model_b: Any, images: Any, patch_size: An
     with TrainingClock(out):
         history = train_stitches(network, patches.epoch, config, checkpoint=out / "checkpoint.pt", progress=progress,
                                  on_epoch=on_epoch)
-    (out / "training_log.json").write_text(json.dumps([vars(e) for e in history], indent=2))
+    write_json(out / "training_log.json", [vars(e) for e in history])
     save_stitched_network(network, out / NETWORK_FILE)
     return network, history
 
@@ -182,7 +194,7 @@ def evaluated_positions(num_matches: int, max_positions: int | None) -> list[int
     return sorted({int(round(k)) for k in np.linspace(0, num_matches - 1, max_positions)})
 
 
-def select(params: Params, pair: str, data_party: str, method: str, fold: int, progress: bool = True) -> int:
+def select(params: Params, pair: str, c: str, method: str, fold: int, progress: bool = True) -> int:
     """Score positions on c's validation cases, select k, export it to ``<model dir>/export``,
     predict both test sets and c's validation cases; returns k. ``positions.csv`` (every scored
     k, with the selected one marked) goes next to the evaluation's metrics."""
@@ -192,14 +204,14 @@ def select(params: Params, pair: str, data_party: str, method: str, fold: int, p
     from stitch_ops.nnunet.predict import predict_folder, preprocess_cases
     from stitch_ops.stitching import extract_stitch_ensemble, load_stitched_network
 
-    section = StitchingParams.of(params)
+    section = load_section(params, "stitching", StitchingParams)
     paths = PairPaths(pair)
-    slug = trained_on(data_party, method)
+    slug = trained_on(c, method)
     model_dir = paths.model_dir(APPROACH, slug, fold)
     network = load_stitched_network(model_dir / "network" / NETWORK_FILE)
-    own = load_model(paths.model_dir("local", data_party, fold) / "export")
-    raw = paths.raw_dataset(data_party)
-    val_cases = _fold_cases(paths, data_party, fold, "val")
+    own = load_model(_basis_export(paths, c, fold))
+    raw = paths.raw_dataset(c)
+    val_cases = list(read_fold(raw, fold).val)
 
     def as_model(module: Any, description: str) -> NnUNetModel:
         return NnUNetModel(module, own.plans, own.dataset_json, own.configuration, None, description)
@@ -208,67 +220,58 @@ def select(params: Params, pair: str, data_party: str, method: str, fold: int, p
     experiment = tracking.experiment_name(pair)
     identity = {"pair": pair, "approach": APPROACH, "trained_on": slug, "fold": str(fold)}
     parent = tracking.log_run(experiment=experiment, tags={**identity, "kind": "position_selection"},
-                              params={"method": method, "data_party": data_party,
+                              params={"method": method, "c": c,
                                       "selection": section.selection, "matches": len(network.matches)},
                               metrics={}, run_name=f"{APPROACH}:{slug}:fold{fold}:positions",
-                              dvc_stage=f"stitch_select@{pair}-{data_party}-{method}-{fold}")
+                              dvc_stage=f"stitch_select@{pair}-{c}-{method}-{fold}")
     preprocessed = preprocess_cases(own, raw / "imagesTr", val_cases, progress)  # once, for all k
-    scratch = model_dir / "positions.partial"
     rows = []
-    for k in evaluated_positions(len(network.matches), section.max_positions):
-        match = network.matches[k]
-        ensemble = as_model(extract_stitch_ensemble(network, k), f"stitch-ensemble k={k}")
-        scores = score_on_validation(ensemble, preprocessed, raw / "labelsTr", scratch / f"k{k}",
-                                     params.nnunet.device, pair=pair, test_party=f"val_{data_party}",
-                                     approach=APPROACH, trained_on=slug, fold=fold, cases=val_cases)
-        row = {"k": k, "node_a": match.node_a, "node_b": match.node_b, "dice": scores["dice"].mean(),
-               "hd95": scores["hd95"].mean()}
-        rows.append(row)
-        tracking.log_run(experiment=experiment, tags={**identity, "k": str(k)},
-                         params={"k": k, "node_a": match.node_a, "node_b": match.node_b, "method": method},
-                         metrics={f"val_{data_party}/dice_mean": row["dice"],
-                                  f"val_{data_party}/hd95_mean": row["hd95"]},
-                         run_name=f"k={k} {match.node_a}", parent_run_id=parent)
-        logger.info("k=%d (%s / %s): val Dice %.4f, HD95 %.2f", k, match.node_a, match.node_b,
-                    row["dice"], row["hd95"])
-    shutil.rmtree(scratch)
+    with scratch_dir(model_dir / "positions") as scratch:
+        for k in evaluated_positions(len(network.matches), section.max_positions):
+            match = network.matches[k]
+            ensemble = as_model(extract_stitch_ensemble(network, k), f"stitch-ensemble k={k}")
+            scores = score_on_validation(ensemble, preprocessed, raw / "labelsTr", scratch / f"k{k}",
+                                         params.nnunet.device, pair=pair, test_party=f"{VALIDATION_SET}_{c}",
+                                         approach=APPROACH, trained_on=slug, fold=fold, cases=val_cases)
+            row = {"k": k, "node_a": match.node_a, "node_b": match.node_b, "dice": scores["dice"].mean(),
+                   "hd95": scores["hd95"].mean()}
+            rows.append(row)
+            tracking.log_run(experiment=experiment, tags={**identity, "k": str(k)},
+                             params={"k": k, "node_a": match.node_a, "node_b": match.node_b, "method": method},
+                             metrics={f"{VALIDATION_SET}_{c}/dice_mean": row["dice"],
+                                      f"{VALIDATION_SET}_{c}/hd95_mean": row["hd95"]},
+                             run_name=f"k={k} {match.node_a}", parent_run_id=parent)
+            logger.info("k=%d (%s / %s): val Dice %.4f, HD95 %.2f", k, match.node_a, match.node_b,
+                        row["dice"], row["hd95"])
     positions = pd.DataFrame(rows)
     k = select_position(positions, section.selection)
     positions["selected"] = positions["k"] == k
-    paths.metrics(APPROACH, slug, fold).mkdir(parents=True, exist_ok=True)
-    positions.to_csv(paths.metrics(APPROACH, slug, fold) / "positions.csv", index=False)
+    write_table(paths.metrics(APPROACH, slug, fold) / "positions.csv", positions)
     tracking.log_metrics(parent, {"selected_k": float(k)})
-    _export(extract_stitch_ensemble(network, k), own, model_dir / "export", k, method, data_party,
-            section.selection)
+    _export(extract_stitch_ensemble(network, k), own, model_dir / "export", k, method, c, section.selection)
     ensemble = as_model(extract_stitch_ensemble(network, k), f"stitch-ensemble k={k}")
     predictions = paths.predictions(APPROACH, slug, fold)
-    for party in ("a", "b"):
-        predict_folder(ensemble, paths.raw_dataset(party) / "imagesTs", predictions / f"test_{party}",
+    for party in PARTIES:
+        predict_folder(ensemble, paths.raw_dataset(party) / "imagesTs", predictions / test_set(party),
                        device=params.nnunet.device, progress=progress)
-    predict_folder(ensemble, raw / "imagesTr", predictions / "val", cases=val_cases,
+    predict_folder(ensemble, raw / "imagesTr", predictions / VALIDATION_SET, cases=val_cases,
                    device=params.nnunet.device, progress=progress)
     logger.info("%s %s fold %d: selected k=%d (%s)", pair, slug, fold, k, network.matches[k].node_a)
     return k
 
 
-def _export(ensemble: Any, own: Any, target: Path, k: int, method: str, data_party: str,
-            selection: str) -> None:
+def _export(ensemble: Any, own: Any, target: Path, k: int, method: str, c: str, selection: str) -> None:
     """The selected stitch-ensemble as a portable folder: weights + description in one
     ``weights_only`` file, and the stitching party's plans that say how to feed it."""
     from stitch_ops.stitching import save_stitch_ensemble
 
-    staging = target.with_name(target.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    save_stitch_ensemble(ensemble, staging / ENSEMBLE_FILE)
-    (staging / "plans.json").write_text(json.dumps(own.plans, indent=2))
-    (staging / "dataset.json").write_text(json.dumps(own.dataset_json, indent=2))
-    (staging / "model.json").write_text(json.dumps({
-        "configuration": own.configuration, "mirroring_axes": None, "description": f"stitch-ensemble k={k}",
-        "k": k, "node_a": ensemble.match.node_a, "node_b": ensemble.match.node_b,
-        "method": method, "data_party": data_party, "selection": selection}, indent=2))
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
+    meta = {"configuration": own.configuration, "mirroring_axes": None, "description": f"stitch-ensemble k={k}",
+            "k": k, "node_a": ensemble.match.node_a, "node_b": ensemble.match.node_b, "method": method, "c": c,
+            "selection": selection}
+    with output_dir(target) as staging:
+        save_stitch_ensemble(ensemble, staging / ENSEMBLE_FILE)
+        for name, content in (("plans.json", own.plans), ("dataset.json", own.dataset_json), ("model.json", meta)):
+            write_json(staging / name, content)
 
 
 def load_exported_ensemble(folder: Path) -> Any:
@@ -280,6 +283,7 @@ def load_exported_ensemble(folder: Path) -> Any:
     missing = [f.name for f in files if not f.is_file()]
     if missing:
         raise ModelError(f"{folder} is not an exported stitch-ensemble: missing {missing}")
-    meta = json.loads(files[3].read_text())
-    return NnUNetModel(load_stitch_ensemble(files[0]), json.loads(files[1].read_text()),
-                       json.loads(files[2].read_text()), meta["configuration"], None, meta["description"])
+    hint = "export the stitch-ensemble again (stitch_select stage)"
+    plans, dataset_json, meta = (read_json(f, hint=hint) for f in files[1:])
+    return NnUNetModel(load_stitch_ensemble(files[0]), plans, dataset_json, meta["configuration"], None,
+                       meta["description"])

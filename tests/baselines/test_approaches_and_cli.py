@@ -1,4 +1,4 @@
-"""Slugs, perspectives and shorthands of the baselines; params sections; the command line."""
+"""Params sections of the baselines; the command line (their slugs: tests/test_approaches.py)."""
 
 from __future__ import annotations
 
@@ -7,23 +7,8 @@ import sys
 
 import pytest
 
-from stitch_ops.baselines import approaches
 from stitch_ops.baselines.config import FederatedParams, SweepParams
 from stitch_ops.config import ConfigError
-
-
-def test_model_ids_name_the_paper_approaches():
-    assert approaches.finetuned("b").tags() == {"perspective": "b", "shorthand": "a→b"}
-    assert approaches.finetuned("b").trained_on == "a_to_b"
-    assert approaches.ensemble_finetuned("a").trained_on == "a_and_b_to_a"
-    assert approaches.ensemble_finetuned("a").shorthand == "a&b→a"
-    assert {m.shorthand for m in (approaches.ensemble(), approaches.federated(), approaches.merged())} == {
-        "a&b", "a‖b", "a+b"}
-    assert approaches.lookup("federated", "a_fed_b") == approaches.federated()
-    assert approaches.lookup("stitch", "a_b_c") is None
-    assert approaches.finetuning_party("b_to_a") == "a"
-    with pytest.raises(ValueError, match="a_to_b"):
-        approaches.finetuning_party("a")
 
 
 def test_sweep_and_federated_params_are_checked_when_built():
