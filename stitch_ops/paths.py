@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from stitch_ops.approaches import Approach
+
 PARTY_DATASET_IDS = {"a": 1, "b": 2}
 MERGED_DATASET_ID = 3
 VALIDATION_SET = "val"
@@ -69,6 +71,12 @@ class PairPaths:
     def metrics_root(self) -> Path:
         """Every evaluated model's metrics: ``metrics/{pair}/{approach}/{trained_on}/fold_k``."""
         return self.root / "metrics" / self.pair
+    def training_curve(self, approach: str, trained_on: str, fold: int) -> Path:
+        """The copy of a model's per-epoch training curve that ``dvc plots`` draws: nnU-Net
+        trainings (losses, pseudo-Dice, LR) under ``plots/training``, stitch training (loss,
+        LR) under ``plots/stitch_training``, as the two have different columns."""
+        kind = "stitch_training" if approach == Approach.STITCH else "training"
+        return self.root / "plots" / kind / self.pair / approach / trained_on / f"fold_{fold}.csv"
 
     def metrics(self, approach: str, trained_on: str, fold: int) -> Path:
         return self.metrics_root / approach / trained_on / f"fold_{fold}"

@@ -31,7 +31,10 @@ from typing import Any
 
 from stitch_ops import __version__
 from stitch_ops.nnunet.model import NnUNetModel
-from stitch_ops.config import Params
+from stitch_ops import approaches
+from stitch_ops.approaches import Approach
+from stitch_ops.config import PARTIES, Params
+from stitch_ops.errors import UnknownNameError
 from stitch_ops.outputs import output_dir, output_file, read_json, write_json
 from stitch_ops.paths import PairPaths, bundle_definition
 
@@ -308,6 +311,30 @@ def flat_metrics(summary_file: Path | None) -> dict[str, float]:
     return {k: float(v) for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+def ensemble_members(approach: str, trained_on: str) -> list[approaches.ModelId]:
+    """The two models a plain ensemble averages (``a&b``: both basis models; ``a&b→p``: p's basis
+    model and the other's model fine-tuned on p's data); ``[]`` for any other approach."""
+    if approach == Approach.ENSEMBLE:
+        return [approaches.local(p) for p in PARTIES]
+    if approach == Approach.ENSEMBLE_FINETUNED:
+        party = next((p for p in PARTIES if approaches.ensemble_finetuned(p).trained_on == trained_on), None)
+        if party is None:
+            raise UnknownNameError(f"an {approach} model is one of "
+                                   f"{[approaches.ensemble_finetuned(p).trained_on for p in PARTIES]}, got {trained_on!r}")
+        return [approaches.local(party), approaches.finetuned(party)]
+    return []
+
+
+def plain_ensemble(models: list[NnUNetModel]) -> NnUNetModel:
+    """Two opened models as one network (their softmax averaged), fed the first one's preprocessing."""
+    from stitch_ops.stitching import ParentSpec, TwoModelEnsemble
+
+    first, second = models
+    spec = {"kind": "ensemble", "members": [ParentSpec.of_model(m).to_dict() for m in models]}
+    return NnUNetModel(TwoModelEnsemble(first.network, second.network), first.plans, first.dataset_json,
+                       first.configuration, None, "plain ensemble (softmax average)", spec)
+
+
 def export_pipeline_model(pair: str, approach: str, trained_on: str, fold: int, params: Params, *,
                           root: Path = Path("."), make_zip: bool = True) -> Path:
     """The trained bundle of one pipeline model, with its evaluation metrics when scored:
@@ -316,10 +343,18 @@ def export_pipeline_model(pair: str, approach: str, trained_on: str, fold: int, 
 
     params.pair(pair)
     paths = PairPaths(pair, root)
-    model = open_model(paths.model_dir(approach, trained_on, fold) / "export")
+    notes = [f"fold {fold} of the {pair} pair"]
+    members = ensemble_members(approach, trained_on)
+    if members:
+        model = plain_ensemble([open_model(paths.model_dir(m.approach, m.trained_on, fold) / "export") for m in members])
+        notes.append(f"the softmax average of {members[0].approach} {members[0].trained_on} and {members[1].approach} "
+                     f"{members[1].trained_on}, both fed {members[0].trained_on}'s preprocessing (the pipeline "
+                     f"averages each model's own prediction in the image geometry)")
+    else:
+        model = open_model(paths.model_dir(approach, trained_on, fold) / "export")
     info = ExportInfo(approach=approach, trained_on=f"{pair} party {trained_on} (profile {params.profile})",
                       eval_metrics=flat_metrics(paths.metrics(approach, trained_on, fold) / "summary.json"),
                       authors="stitch_ops developers", copyright="Copyright (c) stitch_ops developers",
-                      notes=(f"fold {fold} of the {pair} pair",))
+                      notes=tuple(notes))
     return export_bundle(model, paths.export(approach, trained_on, fold), info,
                          definition=bundle_definition(approach, root), make_zip=make_zip)

@@ -48,8 +48,17 @@ def train(pair: str, party: str, fold: int, params: Params, *, root: Path = Path
                       paths.model_dir(model.approach, model.trained_on, fold), fold, params.nnunet, seed=params.seed)
     logger.info("training %s fold %d: %d epochs x %d iterations", run.dataset_name, fold,
                 params.nnunet.epochs, params.nnunet.iterations_per_epoch)
-    exported = train_fold(run, progress=progress,
-                          provenance={"pair": pair, "approach": model.approach, "trained_on": model.trained_on})
+    from stitch_ops.tracking.curves import TRAINING_LOG, publish_curve
+    from stitch_ops.tracking.datasets import DataInput
+    from stitch_ops.tracking.live import training_run
+
+    with training_run(pair=pair, approach=model.approach, trained_on=model.trained_on, fold=fold,
+                      dvc_stage=f"train@{pair}-{party}-{fold}", profile=params.profile,
+                      inputs=[DataInput(f"{pair}/{party}/train", run.preprocessed_root, "training")],
+                      params={f"nnunet.{k}": v for k, v in vars(params.nnunet).items()}) as live:
+        exported = train_fold(run, progress=progress, on_epoch=live.log_epoch,
+                              provenance={"pair": pair, "approach": model.approach, "trained_on": model.trained_on})
+    publish_curve(run.results_root / TRAINING_LOG, paths.training_curve(model.approach, model.trained_on, fold))
     write_budget(paths.metrics(model.approach, model.trained_on, fold) / BUDGET_JSON, training_budget(run))
     return exported
 

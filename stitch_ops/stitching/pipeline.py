@@ -14,7 +14,7 @@ the parties' plans differ only slightly (per-image z-scoring; in-plane spacing).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,7 +116,24 @@ def train(params: Params, pair: str, c: str, method: str, fold: int, progress: b
     slug = trained_on(c, method)
     out = paths.model_dir(APPROACH, slug, fold) / "network"
     logger.info("%s: training stitches on %d unlabeled images of party %s (%s)", pair, len(images), c, method)
-    _, history = train_stitch_network(model_a, model_b, images, configuration["patch_size"], config, out, progress)
+    from stitch_ops.tracking.curves import TRAINING_LOG, publish_curve, write_curve
+    from stitch_ops.tracking.datasets import DataInput
+    from stitch_ops.tracking.live import training_run
+
+    rows: list[dict[str, float]] = []
+    with training_run(pair=pair, approach=APPROACH, trained_on=slug, fold=fold,
+                      dvc_stage=f"stitch_train@{pair}-{c}-{method}-{fold}", profile=params.profile,
+                      inputs=[DataInput(f"{pair}/{c}/train (unlabeled)", paths.preprocessed_root(c), "training")],
+                      params={"method": method, "c": c,
+                              **{f"stitching.training.{k}": v for k, v in config.to_dict().items()}}) as live:
+        def on_epoch(log: Any) -> None:
+            rows.append({"epoch": log.epoch, "train_loss": log.loss, "lr": log.lr})
+            live.log_epoch(log.epoch, {"train_loss": log.loss, "lr": log.lr})
+            write_curve(out / TRAINING_LOG, rows)
+
+        _, history = train_stitch_network(model_a, model_b, images, configuration["patch_size"], config, out,
+                                          progress, on_epoch=on_epoch)
+    publish_curve(out / TRAINING_LOG, paths.training_curve(APPROACH, slug, fold))
     plateau = plateau_reached(history, config.plateau_tolerance)
     if not plateau:
         logger.warning("%s %s fold %d: the stitch training loss has not reached a plateau (last epoch "
@@ -131,13 +148,14 @@ def train(params: Params, pair: str, c: str, method: str, fold: int, progress: b
 
 
 def train_stitch_network(model_a: Any, model_b: Any, images: Any, patch_size: Any, config: Any, out: Path,
-                         progress: bool = True) -> tuple[Any, Any]:
+                         progress: bool = True, on_epoch: Callable[[Any], None] | None = None) -> tuple[Any, Any]:
     """Combine two loaded models, train their stitches on random patches of ``images``
     (unlabeled, :class:`~stitch_ops.stitching.PreprocessedImages`) and save the network.
 
     Resumable: ``out/checkpoint.pt`` is written after every epoch and continued from;
     ``out/stitched_network.pt`` and ``out/training_log.json`` appear only when training ends;
     the wall time of every attempt is summed in ``out`` (:class:`~stitch_ops.budget.TrainingClock`).
+    ``on_epoch`` gets every epoch's log (a live MLflow run; see :func:`train_stitches`).
     Returns the trained :class:`~stitch_ops.stitching.StitchedNetwork` and the epochs' losses.
     """
     from stitch_ops.budget import TrainingClock
@@ -150,7 +168,8 @@ def train_stitch_network(model_a: Any, model_b: Any, images: Any, patch_size: An
     logger.info("%d matches; %d stitches to train (%s)", len(network.matches), 2 * len(network.matches),
                 config.method.value)
     with TrainingClock(out):
-        history = train_stitches(network, patches.epoch, config, checkpoint=out / "checkpoint.pt", progress=progress)
+        history = train_stitches(network, patches.epoch, config, checkpoint=out / "checkpoint.pt", progress=progress,
+                                 on_epoch=on_epoch)
     write_json(out / "training_log.json", [vars(e) for e in history])
     save_stitched_network(network, out / NETWORK_FILE)
     return network, history
@@ -229,7 +248,7 @@ def select(params: Params, pair: str, c: str, method: str, fold: int, progress: 
     positions["selected"] = positions["k"] == k
     write_table(paths.metrics(APPROACH, slug, fold) / "positions.csv", positions)
     tracking.log_metrics(parent, {"selected_k": float(k)})
-    _export(extract_stitch_ensemble(network, k), own, model_dir / "export", k, method, c)
+    _export(extract_stitch_ensemble(network, k), own, model_dir / "export", k, method, c, section.selection)
     ensemble = as_model(extract_stitch_ensemble(network, k), f"stitch-ensemble k={k}")
     predictions = paths.predictions(APPROACH, slug, fold)
     for party in PARTIES:
@@ -241,13 +260,14 @@ def select(params: Params, pair: str, c: str, method: str, fold: int, progress: 
     return k
 
 
-def _export(ensemble: Any, own: Any, target: Path, k: int, method: str, c: str) -> None:
+def _export(ensemble: Any, own: Any, target: Path, k: int, method: str, c: str, selection: str) -> None:
     """The selected stitch-ensemble as a portable folder: weights + description in one
     ``weights_only`` file, and the stitching party's plans that say how to feed it."""
     from stitch_ops.stitching import save_stitch_ensemble
 
     meta = {"configuration": own.configuration, "mirroring_axes": None, "description": f"stitch-ensemble k={k}",
-            "k": k, "node_a": ensemble.match.node_a, "node_b": ensemble.match.node_b, "method": method, "c": c}
+            "k": k, "node_a": ensemble.match.node_a, "node_b": ensemble.match.node_b, "method": method, "c": c,
+            "selection": selection}
     with output_dir(target) as staging:
         save_stitch_ensemble(ensemble, staging / ENSEMBLE_FILE)
         for name, content in (("plans.json", own.plans), ("dataset.json", own.dataset_json), ("model.json", meta)):
