@@ -15,8 +15,6 @@ from stitch_ops.approaches import Approach
 PARTY_DATASET_IDS = {"a": 1, "b": 2}
 MERGED_DATASET_ID = 3
 VALIDATION_SET = "val"
-REPORTS = Path("reports")
-"""The reports folder: ``{pair}.html``, ``{pair}.md``, ``{pair}/`` (figures, tables), ``index.html``."""
 
 
 def bundle_definition(approach: str, root: Path = Path(".")) -> Path:
@@ -71,6 +69,7 @@ class PairPaths:
     def metrics_root(self) -> Path:
         """Every evaluated model's metrics: ``metrics/{pair}/{approach}/{trained_on}/fold_k``."""
         return self.root / "metrics" / self.pair
+
     def training_curve(self, approach: str, trained_on: str, fold: int) -> Path:
         """The copy of a model's per-epoch training curve that ``dvc plots`` draws: nnU-Net
         trainings (losses, pseudo-Dice, LR) under ``plots/training``, stitch training (loss,

@@ -30,11 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from stitch_ops import __version__
+from stitch_ops.approaches import Approach, ensemble_finetuned, finetuned
 from stitch_ops.nnunet.model import NnUNetModel
-from stitch_ops import approaches
-from stitch_ops.approaches import Approach
 from stitch_ops.config import PARTIES, Params
-from stitch_ops.errors import UnknownNameError
+from stitch_ops.errors import UserError
 from stitch_ops.outputs import output_dir, output_file, read_json, write_json
 from stitch_ops.paths import PairPaths, bundle_definition
 
@@ -311,22 +310,24 @@ def flat_metrics(summary_file: Path | None) -> dict[str, float]:
     return {k: float(v) for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def ensemble_members(approach: str, trained_on: str) -> list[approaches.ModelId]:
-    """The two models a plain ensemble averages (``a&b``: both basis models; ``a&b→p``: p's basis
-    model and the other's model fine-tuned on p's data); ``[]`` for any other approach."""
+def ensemble_members(approach: str, trained_on: str) -> list[tuple[str, str]]:
+    """``(approach, trained_on)`` of the two models a plain ensemble averages; ``[]`` for
+    any other approach (``ensemble/a_and_b``: both basis models; ``ensemble_finetuned/a_and_b_to_p``:
+    p's basis model and the other's model fine-tuned on p's data)."""
     if approach == Approach.ENSEMBLE:
-        return [approaches.local(p) for p in PARTIES]
+        return [(Approach.LOCAL.value, party) for party in PARTIES]
     if approach == Approach.ENSEMBLE_FINETUNED:
-        party = next((p for p in PARTIES if approaches.ensemble_finetuned(p).trained_on == trained_on), None)
+        party = next((p for p in PARTIES if ensemble_finetuned(p).trained_on == trained_on), None)
         if party is None:
-            raise UnknownNameError(f"an {approach} model is one of "
-                                   f"{[approaches.ensemble_finetuned(p).trained_on for p in PARTIES]}, got {trained_on!r}")
-        return [approaches.local(party), approaches.finetuned(party)]
+            raise UserError(f"an {approach} model is one of "
+                            f"{[ensemble_finetuned(p).trained_on for p in PARTIES]}, got {trained_on!r}")
+        return [(Approach.LOCAL.value, party), (Approach.FINETUNE.value, finetuned(party).trained_on)]
     return []
 
 
-def plain_ensemble(models: list[NnUNetModel]) -> NnUNetModel:
+def plain_ensemble(models: list) -> object:
     """Two opened models as one network (their softmax averaged), fed the first one's preprocessing."""
+    from stitch_ops.nnunet.model import NnUNetModel
     from stitch_ops.stitching import ParentSpec, TwoModelEnsemble
 
     first, second = models
@@ -346,10 +347,10 @@ def export_pipeline_model(pair: str, approach: str, trained_on: str, fold: int, 
     notes = [f"fold {fold} of the {pair} pair"]
     members = ensemble_members(approach, trained_on)
     if members:
-        model = plain_ensemble([open_model(paths.model_dir(m.approach, m.trained_on, fold) / "export") for m in members])
-        notes.append(f"the softmax average of {members[0].approach} {members[0].trained_on} and {members[1].approach} "
-                     f"{members[1].trained_on}, both fed {members[0].trained_on}'s preprocessing (the pipeline "
-                     f"averages each model's own prediction in the image geometry)")
+        model = plain_ensemble([open_model(paths.model_dir(a, t, fold) / "export") for a, t in members])
+        notes.append(f"the softmax average of {members[0][0]} {members[0][1]} and {members[1][0]} {members[1][1]}, "
+                     f"both fed {members[0][1]}'s preprocessing (the pipeline averages each model's own "
+                     f"prediction in the image geometry)")
     else:
         model = open_model(paths.model_dir(approach, trained_on, fold) / "export")
     info = ExportInfo(approach=approach, trained_on=f"{pair} party {trained_on} (profile {params.profile})",

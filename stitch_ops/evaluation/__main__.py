@@ -2,10 +2,8 @@
 
 Scores the predictions of (approach, trained-on party, fold) on both parties' test sets
 (and the fold's validation cases when predicted), writes ``cases.csv`` + ``summary.json``
-(DVC metrics) and finishes the model's MLflow run (opened live by its training stage, or
-created here for models that are not trained), tagged pair / approach / trained_on / fold,
-with the per-case table as artifact and the exported model as a registered MLflow pyfunc
-(:func:`stitch_ops.evaluation.stages.evaluate`).
+(DVC metrics) and upserts one MLflow run tagged pair / approach / trained_on / fold, with
+the per-case table and the exported model as artifacts (:func:`stitch_ops.evaluation.stages.evaluate`).
 """
 
 from __future__ import annotations

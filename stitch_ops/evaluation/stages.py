@@ -2,9 +2,9 @@
 
 :func:`evaluate` scores the predictions of (approach, trained-on, fold) on both parties'
 test sets (and the fold's validation cases when predicted), writes ``cases.csv`` +
-``summary.json`` (DVC metrics) and upserts one MLflow run tagged pair / approach /
+``summary.json`` (DVC metrics) and finishes the model's MLflow run, tagged pair / approach /
 trained_on / fold (plus ``perspective`` and ``shorthand`` from :mod:`stitch_ops.approaches`),
-with the per-case table and the exported model as artifacts.
+with the per-case table as artifact and the exported model registered as an MLflow pyfunc.
 """
 
 from __future__ import annotations
@@ -67,6 +67,9 @@ def _file_ending(raw_dataset: Path) -> str:
 
 def _log_to_mlflow(paths: PairPaths, approach: str, trained_on: str, fold: int, params: Params, out: Path,
                    summary: dict[str, float], stage: str) -> None:
+    """Finish the model's MLflow run (opened live by its training stage, or created here for
+    models that are not trained), with the per-case table as artifact and the exported model
+    as a registered MLflow pyfunc (:mod:`stitch_ops.tracking.models`)."""
     from stitch_ops import tracking
     from stitch_ops.tracking.datasets import DataInput
     from stitch_ops.tracking.live import finish_model_run, model_identity

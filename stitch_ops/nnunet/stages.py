@@ -53,7 +53,7 @@ def train(pair: str, party: str, fold: int, params: Params, *, root: Path = Path
     from stitch_ops.tracking.live import training_run
 
     with training_run(pair=pair, approach=model.approach, trained_on=model.trained_on, fold=fold,
-                      dvc_stage=f"train@{pair}-{party}-{fold}", profile=params.profile,
+                      dvc_stage=f"train@{pair}-{party}-{fold}", profile=params.profile, root=root,
                       inputs=[DataInput(f"{pair}/{party}/train", run.preprocessed_root, "training")],
                       params={f"nnunet.{k}": v for k, v in vars(params.nnunet).items()}) as live:
         exported = train_fold(run, progress=progress, on_epoch=live.log_epoch,

@@ -17,6 +17,7 @@ from stitch_ops.nnunet.env import NnUNetRoots, configure, resolve_device
 from stitch_ops.nnunet.model import export_model, load_model
 from stitch_ops.nnunet.plan import PLANS
 from stitch_ops.outputs import read_json, write_json
+
 from stitch_ops.tracking.curves import TRAINING_LOG, read_curve, write_curve
 
 logger = logging.getLogger(__name__)
