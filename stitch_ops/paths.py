@@ -54,3 +54,8 @@ class PairPaths:
 
     def metrics(self, approach: str, trained_on: str, fold: int) -> Path:
         return self.root / "metrics" / self.pair / approach / trained_on / f"fold_{fold}"
+
+    def scores(self, approach: str, trained_on: str, fold: int) -> Path:
+        """Validation scores that selection reads (e.g. every scored stitch position); kept apart
+        from ``metrics/`` so that the selection stage can depend on the whole ``scores/`` tree."""
+        return self.root / "scores" / self.pair / approach / trained_on / f"fold_{fold}"

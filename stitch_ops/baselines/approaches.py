@@ -14,7 +14,13 @@ approach                    trained-on slug         shorthand           perspect
 ``ensemble_finetuned``      ``a_and_b_to_a`` / _b   ``a&b→a`` / ``a&b→b``  a, b      own data
 ``federated``               ``a_fed_b``             ``a‖b``             both         both, never pooled
 ``merged``                  ``a_plus_b``            ``a+b``             both         both, pooled
+``stitch``                  ``via_c_{method}``      ``a←[c]→b``         c            c's images
+``stitch``                  ``via_c_{method}_finetuned``  ``a←[a]→b→a``  c          c's data
+``stitch``                  ``no_stitch_via_c[_finetuned]``  ``… (no stitch)``  c    c's preprocessing
 ==========================  ======================  ==================  ===========  ==============
+
+A stitch-ensemble slug chosen by selection strategy 2 or 3 ends in ``_all_folds`` /
+``_rule_of_thumb`` (tag ``selection``); strategy 1 (``current_fold``) keeps the plain slug.
 """
 
 from __future__ import annotations
@@ -54,10 +60,12 @@ class ModelId:
     trained_on: str
     shorthand: str
     perspective: str
+    selection: str | None = None  # stitch-ensembles: the selection strategy that chose k
 
     def tags(self) -> dict[str, str]:
         """The MLflow tags this model adds to the evaluation run."""
-        return {"perspective": self.perspective, "shorthand": self.shorthand}
+        tags = {"perspective": self.perspective, "shorthand": self.shorthand}
+        return tags if self.selection is None else {**tags, "selection": self.selection}
 
 
 def finetuned(party: str) -> ModelId:
@@ -105,18 +113,53 @@ def local(party: str) -> ModelId:
 
 
 STITCH_METHODS = ("double_batched", "direct_matching")
+SELECTION_STRATEGIES = ("current_fold", "all_folds", "rule_of_thumb")
+"""Selection strategies 1, 2, 3 (DESIGN.md, "Selecting k"); the first is the stitch-ensemble's default slug."""
 
 
-def stitch_ensemble(data_party: str, method: str) -> ModelId:
-    """``a←[c]→b``: the basis models stitched, stitches trained on c's unlabeled data (issue 3)."""
-    return ModelId(Approach.STITCH, f"via_{data_party}_{method}", f"a←[{data_party}]→b", data_party)
+def stitch_slug(data_party: str, method: str, finetuned: bool = False) -> str:
+    """Folder slug of a stitch network: ``via_a_double_batched``, ``via_a_double_batched_finetuned``."""
+    return f"via_{data_party}_{method}" + ("_finetuned" if finetuned else "")
+
+
+def stitch_shorthand(data_party: str, finetuned: bool = False) -> str:
+    """``a←[c]→b``, or ``a←[a]→b→a`` / ``b←[b]→a→b`` when the other parent is fine-tuned on c's data."""
+    if finetuned:
+        return f"{data_party}←[{data_party}]→{other(data_party)}→{data_party}"
+    return f"a←[{data_party}]→b"
+
+
+def stitch_ensemble(data_party: str, method: str, finetuned: bool = False,
+                    selection: str = SELECTION_STRATEGIES[0]) -> ModelId:
+    """A stitch-ensemble at the position k chosen by ``selection`` on c's validation cases.
+
+    ``a←[c]→b`` (``finetuned=False``): the two basis models, stitches trained on c's unlabeled
+    data (issue 3). ``a←[a]→b→a`` (``finetuned=True``): c's basis model and the other party's
+    model fine-tuned on c's data (``finetune`` approach, ``other→c``), stitches on c's data.
+    Strategy 1 keeps the plain slug; strategies 2 and 3 append their name.
+    """
+    if selection not in SELECTION_STRATEGIES:
+        raise ValueError(f"selection must be one of {SELECTION_STRATEGIES}, got {selection!r}")
+    slug = stitch_slug(data_party, method, finetuned)
+    if selection != SELECTION_STRATEGIES[0]:
+        slug = f"{slug}_{selection}"
+    return ModelId(Approach.STITCH, slug, stitch_shorthand(data_party, finetuned), data_party, selection)
+
+
+def no_stitch(data_party: str, finetuned: bool = False) -> ModelId:
+    """The no-stitch reference of a stitch-ensemble: its two parents fed c's preprocessing and
+    averaged with no stitch (the paper's dashed line); shorthand ``a←[c]→b (no stitch)``."""
+    slug = f"no_stitch_via_{data_party}" + ("_finetuned" if finetuned else "")
+    return ModelId(Approach.STITCH, slug, f"{stitch_shorthand(data_party, finetuned)} (no stitch)", data_party)
 
 
 def all_models() -> list[ModelId]:
     """Every model id of Table 2 (basis models, baselines, stitch-ensembles), for lookups by slug."""
+    stitched = [stitch_ensemble(p, m, f, s) for p in PARTIES for m in STITCH_METHODS for f in (False, True)
+                for s in SELECTION_STRATEGIES]
     return ([local(p) for p in PARTIES] + [finetuned(p) for p in PARTIES] + [ensemble()]
             + [ensemble_finetuned(p) for p in PARTIES] + [federated(), merged()]
-            + [stitch_ensemble(p, m) for p in PARTIES for m in STITCH_METHODS])
+            + stitched + [no_stitch(p, f) for p in PARTIES for f in (False, True)])
 
 
 def lookup(approach: str, trained_on: str) -> ModelId | None:

@@ -1,10 +1,15 @@
 """The stitching stages of the pipeline, on the two parties' basis models.
 
-``train``: build the combined network of the two basis models of a fold and train its
-stitches on the *unlabeled* training images of the stitching party c (``a←[c]→b``).
+``train``: build the combined network of the two parents of a fold and train its
+stitches on the *unlabeled* training images of the stitching party c. The parents are the
+two basis models (``a←[c]→b``) or, with ``finetuned``, c's basis model and the other
+party's model fine-tuned on c's data (``a←[a]→b→a``; the ``finetune`` approach's
+``other_to_c`` model).
 ``select``: score the stitch-ensemble at every evaluated position k on c's validation
-cases, log one MLflow run per position, pick k by the selection strategy, export that
-stitch-ensemble and predict both parties' test sets with it, like any other model.
+cases (``scores/{pair}/stitch/{slug}/fold_k/positions.csv``), log one MLflow run per
+position, pick k by selection strategy 1, export that stitch-ensemble and predict both
+parties' test sets with it, like any other model. Strategies 2 and 3 and the no-stitch
+reference are in :mod:`stitch_ops.stitching.strategies`.
 
 The stitch-ensemble is fed with c's preprocessing (c's ``plans.json``): the party that
 runs it only has its own pipeline. Both parents see that input; for the embedded data
@@ -42,6 +47,7 @@ class StitchingParams:
     selection: str
     max_positions: int | None
     training: dict[str, Any]
+    finetuned_parties: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, params: Params) -> StitchingParams:
@@ -49,15 +55,16 @@ class StitchingParams:
         from stitch_ops.stitching.train import StitchTrainingConfig
 
         raw = dict(params.section("stitching"))
-        unknown = set(raw) - {"data_parties", "methods", "selection", "max_positions", "training"}
+        unknown = set(raw) - {"data_parties", "methods", "selection", "max_positions", "training",
+                              "finetuned_parties"}
         if unknown:
             raise ConfigError(f"unknown key(s) in params section 'stitching': {sorted(unknown)}")
         section = cls(tuple(raw["data_parties"]), tuple(raw["methods"]), raw["selection"],
-                      raw.get("max_positions"), dict(raw["training"]))
+                      raw.get("max_positions"), dict(raw["training"]), tuple(raw.get("finetuned_parties") or ()))
         if SelectionStrategy(section.selection) is not SelectionStrategy.CURRENT_FOLD:
-            raise ConfigError("'stitching.selection' can only be current_fold in the pipeline: its stages run "
-                              "per fold, and all_folds needs every fold's positions.csv (use "
-                              "stitch_ops.evaluation.selection.select_position on them directly)")
+            raise ConfigError("'stitching.selection' can only be current_fold: it names the strategy of the "
+                              "plain stitch-ensemble slug; all_folds and rule_of_thumb are always computed "
+                              "as well, by the stitch_strategies stages")
         StitchTrainingConfig.from_dict(section.training)  # validates the schedule now, not mid-run
         if section.max_positions is not None and section.max_positions < 1:
             raise ConfigError(f"'stitching.max_positions' must be null or >= 1, got {section.max_positions}")
@@ -69,15 +76,31 @@ class StitchingParams:
         return StitchTrainingConfig.from_dict({**self.training, "method": method, "seed": seed})
 
 
-def trained_on(data_party: str, method: str) -> str:
-    """Slug of a stitch-ensemble: whose data trained the stitches, and how (``via_a_double_batched``)."""
-    return f"via_{data_party}_{method}"
+def trained_on(data_party: str, method: str, finetuned: bool = False) -> str:
+    """Slug of a stitch-ensemble: whose data trained the stitches, and how (``via_a_double_batched``;
+    ``via_a_double_batched_finetuned`` for ``a←[a]→b→a``)."""
+    from stitch_ops.baselines.approaches import stitch_slug
+
+    return stitch_slug(data_party, method, finetuned)
 
 
-def _basis_models(paths: PairPaths, fold: int) -> tuple[Any, Any]:
+def parent_dirs(paths: PairPaths, data_party: str, fold: int, finetuned: bool = False) -> tuple[Path, Path]:
+    """Exported models of parents A and B: the basis models, or (``finetuned``) c's basis model
+    and the other party's model fine-tuned on c's data, on the side of its architecture."""
+    from stitch_ops.baselines.approaches import finetuned as finetuned_model
+
+    local = [paths.model_dir("local", party, fold) / "export" for party in ("a", "b")]
+    if not finetuned:
+        return local[0], local[1]
+    tuned = finetuned_model(data_party)
+    tuned_dir = paths.model_dir(tuned.approach, tuned.trained_on, fold) / "export"
+    return (local[0], tuned_dir) if data_party == "a" else (tuned_dir, local[1])
+
+
+def _parents(paths: PairPaths, data_party: str, fold: int, finetuned: bool = False) -> tuple[Any, Any]:
     from stitch_ops.nnunet.model import load_model
 
-    return tuple(load_model(paths.model_dir("local", party, fold) / "export") for party in ("a", "b"))
+    return tuple(load_model(folder) for folder in parent_dirs(paths, data_party, fold, finetuned))
 
 
 def _fold_cases(paths: PairPaths, party: str, fold: int, subset: str) -> list[str]:
@@ -85,8 +108,9 @@ def _fold_cases(paths: PairPaths, party: str, fold: int, subset: str) -> list[st
     return list(splits[fold][subset])
 
 
-def train(params: Params, pair: str, data_party: str, method: str, fold: int, progress: bool = True) -> Path:
-    """Train the stitches of (a, b) at ``fold`` on c's unlabeled images (the fold's training
+def train(params: Params, pair: str, data_party: str, method: str, fold: int, progress: bool = True,
+          finetuned: bool = False) -> Path:
+    """Train the stitches of the parents at ``fold`` on c's unlabeled images (the fold's training
     cases, labels never read); writes ``<model dir>/network/`` and returns the saved network."""
     from stitch_ops.stitching import PreprocessedImages, RandomPatches, StitchedNetwork, train_stitches
     from stitch_ops.stitching.network import save_stitched_network
@@ -94,14 +118,14 @@ def train(params: Params, pair: str, data_party: str, method: str, fold: int, pr
     section = StitchingParams.of(params)
     config = section.training_config(method, params.seed)
     paths = PairPaths(pair)
-    model_a, model_b = _basis_models(paths, fold)
+    model_a, model_b = _parents(paths, data_party, fold, finetuned)
     own = model_a if data_party == "a" else model_b
     configuration = own.plans["configurations"][own.configuration]
     images = PreprocessedImages(paths.preprocessed_root(data_party) / dataset_name(pair, data_party)
                                 / configuration["data_identifier"], _fold_cases(paths, data_party, fold, "train"))
     patches = RandomPatches(images, configuration["patch_size"], config.batch_size, config.seed)
     network = StitchedNetwork.from_models(model_a, model_b)
-    out = paths.model_dir(APPROACH, trained_on(data_party, method), fold) / "network"
+    out = paths.model_dir(APPROACH, trained_on(data_party, method, finetuned), fold) / "network"
     out.mkdir(parents=True, exist_ok=True)
     logger.info("%s: %d matches; training stitches on %d unlabeled images of party %s (%s)",
                 pair, len(network.matches), len(images), data_party, method)
@@ -118,10 +142,12 @@ def evaluated_positions(num_matches: int, max_positions: int | None) -> list[int
     return sorted({int(round(k)) for k in np.linspace(0, num_matches - 1, max_positions)})
 
 
-def select(params: Params, pair: str, data_party: str, method: str, fold: int, progress: bool = True) -> int:
-    """Score positions on c's validation cases, select k, export it to ``<model dir>/export``,
-    predict both test sets and c's validation cases; returns k. ``positions.csv`` (every scored
-    k, with the selected one marked) goes next to the evaluation's metrics."""
+def select(params: Params, pair: str, data_party: str, method: str, fold: int, progress: bool = True,
+           finetuned: bool = False) -> int:
+    """Score positions on c's validation cases, select k (strategy 1), export it to
+    ``<model dir>/export``, predict both test sets and c's validation cases; returns k.
+    ``scores/{pair}/stitch/{slug}/fold_k/positions.csv`` holds every scored k (``k,
+    relative_position, matches, node_a, node_b, dice, hd95, cases, selected``)."""
     from stitch_ops import tracking
     from stitch_ops.evaluation.evaluate import evaluate_folder
     from stitch_ops.evaluation.selection import select_position
@@ -131,7 +157,7 @@ def select(params: Params, pair: str, data_party: str, method: str, fold: int, p
 
     section = StitchingParams.of(params)
     paths = PairPaths(pair)
-    slug = trained_on(data_party, method)
+    slug = trained_on(data_party, method, finetuned)
     model_dir = paths.model_dir(APPROACH, slug, fold)
     network = load_stitched_network(model_dir / "network" / NETWORK_FILE)
     own = load_model(paths.model_dir("local", data_party, fold) / "export")
@@ -145,7 +171,7 @@ def select(params: Params, pair: str, data_party: str, method: str, fold: int, p
     experiment = tracking.experiment_name(pair)
     identity = {"pair": pair, "approach": APPROACH, "trained_on": slug, "fold": str(fold)}
     parent = tracking.log_run(experiment=experiment, tags={**identity, "kind": "position_selection"},
-                              params={"method": method, "data_party": data_party,
+                              params={"method": method, "data_party": data_party, "finetuned": finetuned,
                                       "selection": section.selection, "matches": len(network.matches)},
                               metrics={}, run_name=f"{APPROACH}:{slug}:fold{fold}:positions",
                               dvc_stage=f"stitch_select@{pair}-{data_party}-{method}-{fold}")
@@ -160,11 +186,13 @@ def select(params: Params, pair: str, data_party: str, method: str, fold: int, p
         scores = evaluate_folder(scratch / f"k{k}", raw / "labelsTr", own.dataset_json["file_ending"],
                                  pair=pair, test_party=f"val_{data_party}", approach=APPROACH, trained_on=slug,
                                  fold=fold, cases=val_cases, progress=False)
-        row = {"k": k, "node_a": match.node_a, "node_b": match.node_b, "dice": scores["dice"].mean(),
-               "hd95": scores["hd95"].mean()}
+        row = {"k": k, "relative_position": k / len(network.matches), "matches": len(network.matches),
+               "node_a": match.node_a, "node_b": match.node_b, "dice": scores["dice"].mean(),
+               "hd95": scores["hd95"].mean(), "cases": len(scores)}
         rows.append(row)
         tracking.log_run(experiment=experiment, tags={**identity, "k": str(k)},
-                         params={"k": k, "node_a": match.node_a, "node_b": match.node_b, "method": method},
+                         params={"k": k, "relative_position": row["relative_position"], "node_a": match.node_a,
+                                 "node_b": match.node_b, "method": method},
                          metrics={f"val_{data_party}/dice_mean": row["dice"],
                                   f"val_{data_party}/hd95_mean": row["hd95"]},
                          run_name=f"k={k} {match.node_a}", parent_run_id=parent)
@@ -174,10 +202,9 @@ def select(params: Params, pair: str, data_party: str, method: str, fold: int, p
     positions = pd.DataFrame(rows)
     k = select_position(positions, section.selection)
     positions["selected"] = positions["k"] == k
-    paths.metrics(APPROACH, slug, fold).mkdir(parents=True, exist_ok=True)
-    positions.to_csv(paths.metrics(APPROACH, slug, fold) / "positions.csv", index=False)
+    write_csv(positions, paths.scores(APPROACH, slug, fold) / "positions.csv")
     tracking.log_metrics(parent, {"selected_k": float(k)})
-    _export(extract_stitch_ensemble(network, k), own, model_dir / "export", k, method, data_party)
+    _export(extract_stitch_ensemble(network, k), own, model_dir / "export", k, method, data_party, finetuned)
     ensemble = as_model(extract_stitch_ensemble(network, k), f"stitch-ensemble k={k}")
     predictions = paths.predictions(APPROACH, slug, fold)
     for party in ("a", "b"):
@@ -189,7 +216,16 @@ def select(params: Params, pair: str, data_party: str, method: str, fold: int, p
     return k
 
 
-def _export(ensemble: Any, own: Any, target: Path, k: int, method: str, data_party: str) -> None:
+def write_csv(table: pd.DataFrame, path: Path) -> None:
+    """Write a table atomically (a temporary file beside ``path``, then renamed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(path.name + ".partial")
+    table.to_csv(staging, index=False)
+    staging.replace(path)
+
+
+def _export(ensemble: Any, own: Any, target: Path, k: int, method: str, data_party: str,
+            finetuned: bool = False) -> None:
     """The selected stitch-ensemble as a portable folder: weights + description in one
     ``weights_only`` file, and the stitching party's plans that say how to feed it."""
     from stitch_ops.stitching import save_stitch_ensemble
@@ -203,7 +239,7 @@ def _export(ensemble: Any, own: Any, target: Path, k: int, method: str, data_par
     (staging / "model.json").write_text(json.dumps({
         "configuration": own.configuration, "mirroring_axes": None, "description": f"stitch-ensemble k={k}",
         "k": k, "node_a": ensemble.match.node_a, "node_b": ensemble.match.node_b,
-        "method": method, "data_party": data_party}, indent=2))
+        "method": method, "data_party": data_party, "finetuned": finetuned}, indent=2))
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
 

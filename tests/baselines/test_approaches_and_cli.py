@@ -44,3 +44,22 @@ def test_cli_help_lists_every_baseline_command():
     bad = subprocess.run([sys.executable, "-m", "stitch_ops.baselines", "finetune", "--pair", "polyp",
                           "--trained-on", "a", "--fold", "0"], capture_output=True, text=True)
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
+
+
+def test_stitch_models_of_issue_7_are_in_the_table():
+    mirrored = approaches.stitch_ensemble("b", "direct_matching", finetuned=True)
+    assert approaches.stitch_ensemble("a", "double_batched", finetuned=True).shorthand == "a←[a]→b→a"
+    assert (mirrored.shorthand, mirrored.trained_on, mirrored.perspective) == (
+        "b←[b]→a→b", "via_b_direct_matching_finetuned", "b")
+    strategy = approaches.lookup("stitch", "via_a_double_batched_rule_of_thumb")
+    assert strategy is not None and strategy.tags()["selection"] == "rule_of_thumb"
+    assert approaches.lookup("stitch", "via_a_double_batched").tags()["selection"] == "current_fold"
+    assert approaches.lookup("stitch", "via_b_direct_matching_finetuned_all_folds").selection == "all_folds"
+    reference = approaches.lookup("stitch", "no_stitch_via_a_finetuned")
+    assert reference == approaches.no_stitch("a", finetuned=True) and reference.perspective == "a"
+    assert "selection" not in reference.tags()
+    assert approaches.no_stitch("b").trained_on == "no_stitch_via_b"
+    slugs = [(m.approach, m.trained_on) for m in approaches.all_models()]
+    assert len(slugs) == len(set(slugs))
+    with pytest.raises(ValueError, match="selection must be one of"):
+        approaches.stitch_ensemble("a", "double_batched", selection="best_on_test")
