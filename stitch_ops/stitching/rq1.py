@@ -162,7 +162,27 @@ def run(params: Params, pair: str, data_party: str, progress: bool = True, root:
     shutil.rmtree(scratch, ignore_errors=True)
     table = pd.DataFrame(rows, columns=list(COLUMNS))
     _write(table, out, f"{pair}: stitches trained on {data_party}'s data, validation cases of {data_party}")
+    _log(pair, data_party, table, out, section)
     return table
+
+
+def _log(pair: str, data_party: str, table: pd.DataFrame, out: Path, section: Rq1Params) -> None:
+    """One MLflow run per (pair, c) with the table and the plot; metrics: each method's mean
+    validation Dice/HD95 with no stitch and with every eligible stitch active."""
+    from stitch_ops import tracking
+
+    metrics = {}
+    for method, group in table.groupby("method"):
+        for label, count in (("none", group["n_stitches"].min()), ("all", group["n_stitches"].max())):
+            rows = group[group["n_stitches"] == count]
+            metrics[f"{method}/dice_{label}_stitches"] = float(rows["dice"].mean())
+            metrics[f"{method}/hd95_{label}_stitches"] = float(rows["hd95"].mean())
+    tracking.configure(Path("."))
+    tracking.log_run(experiment=tracking.experiment_name(pair),
+                     tags={"pair": pair, "approach": "rq1", "trained_on": data_party, "fold": str(FOLD)},
+                     params={"samples": section.samples, "counts": section.counts, "networks": len(table)},
+                     metrics=metrics, artifacts=[out / "rq1.csv", out / "rq1.png"],
+                     run_name=f"rq1:{data_party}:fold{FOLD}", dvc_stage=f"rq1@{pair}-{data_party}")
 
 
 def _write(table: pd.DataFrame, out: Path, title: str) -> None:
