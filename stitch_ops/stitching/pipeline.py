@@ -154,6 +154,7 @@ def select(params: Params, pair: str, data_party: str, method: str, fold: int, p
     from stitch_ops.nnunet.model import NnUNetModel, load_model
     from stitch_ops.nnunet.predict import predict_folder, predict_preprocessed, preprocess_cases
     from stitch_ops.stitching import extract_stitch_ensemble, load_stitched_network
+    from stitch_ops.stitching.ensemble import TwoModelEnsemble
 
     section = StitchingParams.of(params)
     paths = PairPaths(pair)
@@ -174,7 +175,8 @@ def select(params: Params, pair: str, data_party: str, method: str, fold: int, p
                               params={"method": method, "data_party": data_party, "finetuned": finetuned,
                                       "selection": section.selection, "matches": len(network.matches)},
                               metrics={}, run_name=f"{APPROACH}:{slug}:fold{fold}:positions",
-                              dvc_stage=f"stitch_select@{pair}-{data_party}-{method}-{fold}")
+                              dvc_stage=f"stitch_select{'_finetuned' if finetuned else ''}"
+                                        f"@{pair}-{data_party}-{method}-{fold}")
     preprocessed = preprocess_cases(own, raw / "imagesTr", val_cases, progress)  # once, for all k
     scratch = model_dir / "positions.partial"
     rows = []
@@ -198,6 +200,8 @@ def select(params: Params, pair: str, data_party: str, method: str, fold: int, p
                          run_name=f"k={k} {match.node_a}", parent_run_id=parent)
         logger.info("k=%d (%s / %s): val Dice %.4f, HD95 %.2f", k, match.node_a, match.node_b,
                     row["dice"], row["hd95"])
+    _log_no_stitch(as_model(TwoModelEnsemble(network.parent_a, network.parent_b), "no-stitch reference"),
+                   preprocessed, scratch / "no_stitch", params, data_party, val_cases, experiment, identity, parent)
     shutil.rmtree(scratch)
     positions = pd.DataFrame(rows)
     k = select_position(positions, section.selection)
@@ -214,6 +218,30 @@ def select(params: Params, pair: str, data_party: str, method: str, fold: int, p
                    device=params.nnunet.device, progress=progress)
     logger.info("%s %s fold %d: selected k=%d (%s)", pair, slug, fold, k, network.matches[k].node_a)
     return k
+
+
+def _log_no_stitch(reference: Any, preprocessed: Any, scratch: Path, params: Params, data_party: str,
+                   val_cases: list[str], experiment: str, identity: dict[str, str], parent: str) -> None:
+    """The no-stitch reference (both parents, c's preprocessing, softmax averaged) scored on the
+    same validation cases and logged beside the positions (tag ``position=no_stitch``), so the
+    MLflow UI shows a stitch's effect at equal preprocessing. ``stitch_reference`` evaluates the
+    same network on the test sets; its validation means are ``no_stitch.json``."""
+    from stitch_ops import tracking
+    from stitch_ops.evaluation.evaluate import evaluate_folder
+    from stitch_ops.nnunet.predict import predict_preprocessed
+
+    predict_preprocessed(reference, preprocessed, scratch, save_probabilities=False, device=params.nnunet.device,
+                         progress=False)
+    raw = PairPaths(identity["pair"]).raw_dataset(data_party)
+    scores = evaluate_folder(scratch, raw / "labelsTr", reference.dataset_json["file_ending"],
+                             pair=identity["pair"], test_party=f"val_{data_party}", approach=APPROACH,
+                             trained_on=identity["trained_on"], fold=int(identity["fold"]), cases=val_cases,
+                             progress=False)
+    metrics = {f"val_{data_party}/dice_mean": float(scores["dice"].mean()),
+               f"val_{data_party}/hd95_mean": float(scores["hd95"].mean())}
+    tracking.log_run(experiment=experiment, tags={**identity, "position": "no_stitch"}, params={"position": "no_stitch"},
+                     metrics=metrics, run_name="no stitch (parents averaged)", parent_run_id=parent)
+    logger.info("no stitch: val Dice %.4f, HD95 %.2f", *metrics.values())
 
 
 def write_csv(table: pd.DataFrame, path: Path) -> None:
