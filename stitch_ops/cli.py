@@ -11,8 +11,12 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from pathlib import Path
+from types import ModuleType
+
 from stitch_ops import __version__
-from stitch_ops.config import ConfigError, DEFAULT_PARAMS, apply_profile, profile_names
+from stitch_ops.cli_common import one_line_usage_errors, report_errors
+from stitch_ops.config import DEFAULT_PARAMS, ConfigError, apply_profile, profile_names
 
 STAGES = {
     "data": "generate the synthetic two-party data, convert real datasets, split into folds",
@@ -21,24 +25,36 @@ STAGES = {
     "evaluation": "Dice/HD95 per case on both parties' test sets, logged to MLflow",
     "baselines": "fine-tuning, ensembles, federated learning (Ray), merged data, learning-rate sweep",
     "bundle": "export trained MONAI bundles; verify a bundle received from another party",
+    "report": "the HTML/Markdown report per pair (tables, Wilcoxon/Holm, figures, the paper's findings)",
 }
+MODULES = {"report": "stitch_ops.evaluation.report"}
+"""Commands whose module is not ``stitch_ops.<command>.__main__``."""
+
+
+def command_module(command: str) -> ModuleType:
+    """The module of a stage command: its ``main(argv)`` runs it, its ``build_parser()`` describes it."""
+    return importlib.import_module(MODULES.get(command, f"stitch_ops.{command}.__main__"))
 
 
 def _profile(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="stitch-ops profile",
-                                     description="Write a profile's values into params.yaml "
-                                                 "(comments kept); then run `dvc repro`.")
+    parser = one_line_usage_errors(argparse.ArgumentParser(
+        prog="stitch-ops profile", description="Write a profile's values into params.yaml "
+                                               "(comments kept); then run `dvc repro`."))
     parser.add_argument("name", choices=profile_names(), help="smoke: CI, minutes; quick: the default "
                         "demo (<= 20 min on 2 cores); paper: 5 folds, nnU-Net's schedule, for a GPU")
-    parser.add_argument("--params", default=DEFAULT_PARAMS, type=lambda p: __import__("pathlib").Path(p))
+    parser.add_argument("--params", default=DEFAULT_PARAMS, type=Path)
+    parser.add_argument("--debug", action="store_true", help="on an error, show the Python traceback")
     args = parser.parse_args(argv)
-    try:
+
+    def action() -> None:
+        if not args.params.is_file():
+            raise ConfigError(f"no params file at {args.params.resolve()}; run from the repository root "
+                              f"or pass --params")
         params = apply_profile(args.name, args.params)
-    except ConfigError as err:
-        parser.error(str(err))
-    print(f"{args.params}: profile {params.profile} (folds {list(params.folds)}, "
-          f"{params.nnunet.epochs} epochs x {params.nnunet.iterations_per_epoch} iterations)")
-    return 0
+        print(f"{args.params}: profile {params.profile} (folds {list(params.folds)}, "
+              f"{params.nnunet.epochs} epochs x {params.nnunet.iterations_per_epoch} iterations)")
+
+    return report_errors(parser.prog, action, debug=args.debug)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -53,10 +69,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         commands.add_parser(stage, help=summary, add_help=False)
     commands.add_parser("profile", help="switch params.yaml to the smoke, quick or paper profile",
                         add_help=False)
-    args, rest = parser.parse_known_args(argv)
+    args, rest = one_line_usage_errors(parser).parse_known_args(argv)
     if args.command == "profile":
         return _profile(rest)
-    return importlib.import_module(f"stitch_ops.{args.command}.__main__").main(rest)
+    # each stage's main reports its own errors; this catches what escapes one that does not
+    stage_main = command_module(args.command).main
+    return report_errors(f"stitch-ops {args.command}", lambda: stage_main(rest), debug="--debug" in rest)
 
 
 if __name__ == "__main__":

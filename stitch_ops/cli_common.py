@@ -1,14 +1,28 @@
-"""Pieces every stage's command line shares: ``--params``, ``--no-progress``, ``-v``, logging."""
+"""Pieces every stage's command line shares: ``--params``, ``--no-progress``, ``-v``,
+``--debug``, logging, and one way to fail on bad input.
+
+Every command reports bad input the same way (DESIGN.md, house rules): one line on
+stderr, ``<prog>: error: <what is wrong; how to fix it>``, exit status 2, no traceback
+(``--debug`` shows it). Command lines built with :func:`run_command` (or run under
+:func:`report_errors`) get that behaviour, argparse's own errors included.
+"""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
-from stitch_ops.config import DEFAULT_PARAMS, ConfigError, Params, load_params
+from stitch_ops.config import DEFAULT_PARAMS, Params, load_params
+from stitch_ops.errors import EXIT_STATUS, UserError, one_line
+
+# Errors of the operating system about a path are bad input too (a wrong path, a file an
+# earlier stage did not make); everything else that escapes a command is a bug.
+PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 
 def common_options() -> argparse.ArgumentParser:
@@ -19,6 +33,8 @@ def common_options() -> argparse.ArgumentParser:
     parent.add_argument("--no-progress", dest="progress", action="store_false",
                         help="hide progress bars (e.g. in CI logs)")
     parent.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parent.add_argument("--debug", action="store_true",
+                        help="on an error, show the Python traceback (for bug reports)")
     return parent
 
 
@@ -29,20 +45,62 @@ def setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def error_message(err: BaseException) -> str:
+    """The one line a user sees for ``err``."""
+    if isinstance(err, OSError) and err.filename is not None:
+        return (f"{err.strerror or type(err).__name__}: {err.filename}; check the path, or run the "
+                f"stage that makes it first (`dvc repro`)")
+    return one_line(err)
+
+
+def fail(prog: str, message: str) -> int:
+    """Print ``<prog>: error: <message>`` as one line on stderr; the exit status of bad input."""
+    print(f"{prog}: error: {one_line(message)}", file=sys.stderr)
+    return EXIT_STATUS
+
+
+def report_errors(prog: str, action: Callable[[], int | None], *, debug: bool = False) -> int:
+    """Run ``action``; bad input (:class:`~stitch_ops.errors.UserError`, a missing file)
+    becomes one line on stderr and exit status 2, or its traceback with ``debug``."""
+    try:
+        return int(action() or 0)
+    except (UserError, *PATH_ERRORS) as err:
+        if debug:
+            raise
+        return fail(prog, error_message(err))
+
+
+def _one_line_error(parser: argparse.ArgumentParser, message: str) -> NoReturn:
+    parser.exit(EXIT_STATUS, f"{parser.prog}: error: {one_line(message)} (see `{parser.prog} --help`)\n")
+
+
+def one_line_usage_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Make ``parser`` and all its subcommands report a bad command line (unknown choice,
+    missing option) in one line, naming the valid choices, instead of usage + error."""
+    parser.error = functools.partial(_one_line_error, parser)  # type: ignore[method-assign]
+    for action in parser._actions:  # argparse keeps subcommands only here
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in set(action.choices.values()):
+                one_line_usage_errors(sub)
+    return parser
+
+
+def _command_prog(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    has_subcommands = any(isinstance(a, argparse._SubParsersAction) for a in parser._actions)
+    return f"{parser.prog} {args.command}" if has_subcommands else parser.prog
+
+
 def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
                 handlers: dict[str, Callable[[argparse.Namespace, Params | None], None]],
                 without_params: Sequence[str] = ()) -> int:
     """Parse ``argv``, load the params (except for ``without_params`` commands, which work
-    outside a pipeline checkout), run the chosen subcommand; user errors exit 2 with one
-    clear line instead of a traceback."""
-    args = parser.parse_args(argv)
+    outside a pipeline checkout), run the chosen subcommand; bad input exits 2 with one
+    clear line instead of a traceback (see :func:`report_errors`)."""
+    args = one_line_usage_errors(parser).parse_args(argv)
     setup_logging(args.verbose)
-    try:
+
+    def action() -> None:
         params = None if args.command in without_params else load_params(args.params)
         handlers[args.command](args, params)
-    except (ConfigError, FileNotFoundError, ValueError) as err:
-        if args.verbose:
-            raise
-        print(f"{parser.prog} {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+
+    return report_errors(_command_prog(parser, args), action, debug=args.debug)

@@ -20,11 +20,13 @@ from typing import Any
 
 import yaml
 
+from stitch_ops.errors import UserError, one_line
+
 PARTIES = ("a", "b")
 DEFAULT_PARAMS = Path("params.yaml")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A value in ``params.yaml`` (or a profile) is missing or invalid."""
 
 
@@ -173,8 +175,14 @@ def load_params(path: Path = DEFAULT_PARAMS) -> Params:
     if not path.is_file():
         raise ConfigError(f"no params file at {path.resolve()}; run from the repository root "
                           f"or pass --params")
-    with path.open() as fh:
-        return parse_params(yaml.safe_load(fh) or {})
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path} is not valid YAML ({one_line(err)}); fix it, or restore it with "
+                          f"`git checkout {path}`") from err
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{path} must be a mapping of sections (profile, seed, pairs, ...), got {raw!r}")
+    return parse_params(raw)
 
 
 def profile_names() -> list[str]:

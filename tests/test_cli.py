@@ -17,7 +17,7 @@ def stitch_ops(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
 def test_top_level_help_lists_every_stage():
     result = stitch_ops("--help")
     assert result.returncode == 0
-    for stage in ("data", "nnunet", "stitching", "evaluation", "baselines", "bundle", "profile"):
+    for stage in ("data", "nnunet", "stitching", "evaluation", "baselines", "bundle", "report", "profile"):
         assert stage in result.stdout
 
 
@@ -26,7 +26,7 @@ def test_top_level_help_lists_every_stage():
     ["data", "convert", "--help"], ["nnunet", "--help"], ["nnunet", "plan", "--help"],
     ["nnunet", "train", "--help"], ["nnunet", "predict", "--help"], ["evaluation", "--help"],
     ["bundle", "export", "--help"], ["bundle", "verify", "--help"], ["profile", "--help"],
-    ["stitching", "train", "--help"], ["stitching", "select", "--help"], ["baselines", "--help"],
+    ["stitching", "train", "--help"], ["stitching", "select", "--help"], ["baselines", "--help"], ["report", "--help"],
 ])
 def test_every_subcommand_explains_itself(command):
     result = stitch_ops(*command)

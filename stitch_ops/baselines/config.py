@@ -1,6 +1,14 @@
 """Typed views of the ``params.yaml`` sections of the baselines: ``finetune``, ``federated``,
 ``merged`` and ``sweep``. Each validates itself when built, so a bad value fails before
-any training starts, naming the key."""
+any training starts, naming the key.
+
+**Equal budgets.** Every approach that trains an nnU-Net gets the basis models' schedule
+(``nnunet.epochs`` × ``nnunet.iterations_per_epoch``): a schedule key left ``null`` in
+``finetune``, ``federated`` or ``merged`` means "the same as the basis models", and
+``from_params`` resolves it, so the budgets cannot drift apart when a profile changes the
+basis schedule. A profile that must be shorter shortens ``nnunet`` and all follow;
+:func:`planned_budgets` states the result per approach.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +31,17 @@ def _section(params: Params, name: str, cls: type) -> Any:
     return cls(**raw)
 
 
+def _resolve(settings: Any, basis: NnUNetSchedule, keys: dict[str, str]) -> Any:
+    """``settings`` with every ``null`` schedule key replaced by the basis schedule's value."""
+    return replace(settings, **{key: getattr(basis, source) for key, source in keys.items()
+                                if getattr(settings, key) is None})
+
+
+def _optional_positive_int(section: str, key: str, value: Any) -> None:
+    if value is not None:
+        _positive_int(section, key, value)
+
+
 def _learning_rate(section: str, key: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
         raise ConfigError(f"params '{section}.{key}' must be a learning rate in (0, 1), got {value!r}")
@@ -39,25 +58,29 @@ class FinetuneParams:
         warmup_epochs: epochs of linear warm-up from the last non-zero learning rate of the
             original model's polynomial schedule to ``base_lr`` (0: none).
         epochs, iterations_per_epoch: the fine-tuning schedule (polynomial decay from
-            ``base_lr`` after the warm-up).
+            ``base_lr`` after the warm-up); ``null`` (the default): the basis models'.
     """
 
     base_lr: float = 1e-3
     warmup_epochs: int = 1
-    epochs: int = 3
-    iterations_per_epoch: int = 25
+    epochs: int | None = None
+    iterations_per_epoch: int | None = None
 
     def __post_init__(self) -> None:
         _learning_rate("finetune", "base_lr", self.base_lr)
-        _positive_int("finetune", "epochs", self.epochs)
-        _positive_int("finetune", "iterations_per_epoch", self.iterations_per_epoch)
-        if not isinstance(self.warmup_epochs, int) or not 0 <= self.warmup_epochs < self.epochs:
+        _optional_positive_int("finetune", "epochs", self.epochs)
+        _optional_positive_int("finetune", "iterations_per_epoch", self.iterations_per_epoch)
+        if not isinstance(self.warmup_epochs, int) or isinstance(self.warmup_epochs, bool) or self.warmup_epochs < 0:
+            raise ConfigError(f"'finetune.warmup_epochs' must be a non-negative integer, got {self.warmup_epochs!r}")
+        if self.epochs is not None and not self.warmup_epochs < self.epochs:
             raise ConfigError(f"'finetune.warmup_epochs' must be an integer in [0, epochs={self.epochs}), "
                               f"got {self.warmup_epochs!r}")
 
     @classmethod
     def from_params(cls, params: Params) -> FinetuneParams:
-        return _section(params, "finetune", cls)
+        """The section with ``null`` epochs / iterations resolved to the basis schedule."""
+        settings = _section(params, "finetune", cls)
+        return _resolve(settings, params.nnunet, {"epochs": "epochs", "iterations_per_epoch": "iterations_per_epoch"})
 
 
 @dataclass(frozen=True)
@@ -66,8 +89,10 @@ class FederatedParams:
 
     Attributes:
         rounds: communication rounds; one round is one nnU-Net epoch on each party's own
-            data followed by the weighted average of the weights.
-        iterations_per_epoch: training iterations of a party in one round.
+            data followed by the weighted average of the weights. ``null`` (the default):
+            ``nnunet.epochs``, so each party trains as many iterations as a basis model.
+        iterations_per_epoch: training iterations of a party in one round (``null``: the
+            basis models').
         address: ``null`` starts Ray on this machine (``ray.init()``, ``cpus_per_party``
             CPUs per party actor); ``"auto"`` or ``"ray://head:10001"`` joins an existing
             cluster unchanged.
@@ -76,38 +101,43 @@ class FederatedParams:
             custom resource ``party_<p>`` (the node that holds p's data).
     """
 
-    rounds: int = 6
-    iterations_per_epoch: int = 25
+    rounds: int | None = None
+    iterations_per_epoch: int | None = None
     address: str | None = None
     cpus_per_party: int = 1
     pin_parties: bool = False
 
     def __post_init__(self) -> None:
-        _positive_int("federated", "rounds", self.rounds)
-        _positive_int("federated", "iterations_per_epoch", self.iterations_per_epoch)
+        _optional_positive_int("federated", "rounds", self.rounds)
+        _optional_positive_int("federated", "iterations_per_epoch", self.iterations_per_epoch)
         _positive_int("federated", "cpus_per_party", self.cpus_per_party)
         if self.address is not None and not isinstance(self.address, str):
             raise ConfigError(f"'federated.address' must be null, 'auto' or a Ray address, got {self.address!r}")
 
     @classmethod
     def from_params(cls, params: Params) -> FederatedParams:
-        return _section(params, "federated", cls)
+        """The section with ``null`` rounds / iterations resolved to the basis schedule."""
+        settings = _section(params, "federated", cls)
+        return _resolve(settings, params.nnunet, {"rounds": "epochs", "iterations_per_epoch": "iterations_per_epoch"})
 
 
 @dataclass(frozen=True)
 class MergedParams:
-    """Training on the pooled data of both parties (``a+b``)."""
+    """Training on the pooled data of both parties (``a+b``); ``null`` schedule keys (the
+    default): the basis models' epochs and iterations."""
 
-    epochs: int = 6
-    iterations_per_epoch: int = 25
+    epochs: int | None = None
+    iterations_per_epoch: int | None = None
 
     def __post_init__(self) -> None:
-        _positive_int("merged", "epochs", self.epochs)
-        _positive_int("merged", "iterations_per_epoch", self.iterations_per_epoch)
+        _optional_positive_int("merged", "epochs", self.epochs)
+        _optional_positive_int("merged", "iterations_per_epoch", self.iterations_per_epoch)
 
     @classmethod
     def from_params(cls, params: Params) -> MergedParams:
-        return _section(params, "merged", cls)
+        """The section with ``null`` epochs / iterations resolved to the basis schedule."""
+        settings = _section(params, "merged", cls)
+        return _resolve(settings, params.nnunet, {"epochs": "epochs", "iterations_per_epoch": "iterations_per_epoch"})
 
 
 @dataclass(frozen=True)
@@ -164,3 +194,34 @@ class SweepParams:
 def with_schedule(schedule: NnUNetSchedule, **changes: Any) -> NnUNetSchedule:
     """``schedule`` with some fields replaced (epochs, iterations, learning rate)."""
     return replace(schedule, **changes)
+
+
+@dataclass(frozen=True)
+class PlannedBudget:
+    """The schedule an approach gets in a profile: optimizer steps per party."""
+
+    approach: str
+    epochs: int
+    iterations_per_epoch: int
+
+    @property
+    def iterations(self) -> int:
+        return self.epochs * self.iterations_per_epoch
+
+
+def planned_budgets(params: Params) -> dict[str, PlannedBudget]:
+    """Steps per party of every approach that trains an nnU-Net, resolved from ``params``.
+
+    ``local`` is the basis model; ``finetune`` counts only the fine-tuning (on top of the
+    other party's basis model); ``federated`` counts one party's steps over all rounds.
+    """
+    basis = params.nnunet
+    finetune = FinetuneParams.from_params(params)
+    federated = FederatedParams.from_params(params)
+    merged = MergedParams.from_params(params)
+    return {
+        "local": PlannedBudget("local", basis.epochs, basis.iterations_per_epoch),
+        "finetune": PlannedBudget("finetune", finetune.epochs, finetune.iterations_per_epoch),
+        "federated": PlannedBudget("federated", federated.rounds, federated.iterations_per_epoch),
+        "merged": PlannedBudget("merged", merged.epochs, merged.iterations_per_epoch),
+    }

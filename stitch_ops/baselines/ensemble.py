@@ -18,6 +18,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from stitch_ops.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 
@@ -48,7 +50,7 @@ def ensemble_folders(inputs: Sequence[Path], output: Path, dataset_json: Mapping
         raise ValueError(f"an ensemble needs at least two prediction folders, got {len(inputs)}")
     case_sets = [_cases(Path(f)) for f in inputs]
     if any(s != case_sets[0] for s in case_sets):
-        raise ValueError(f"prediction folders {[str(f) for f in inputs]} hold different cases "
+        raise UserError(f"prediction folders {[str(f) for f in inputs]} hold different cases "
                          f"(e.g. {sorted(case_sets[0].symmetric_difference(*case_sets[1:]))[:5]}); "
                          f"ensemble the same test set with the same fold")
     file_ending = dataset_json["file_ending"]

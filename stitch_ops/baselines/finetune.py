@@ -24,6 +24,7 @@ from typing import Any
 from torch.optim.lr_scheduler import _LRScheduler
 
 from stitch_ops.config import NnUNetSchedule
+from stitch_ops.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +112,6 @@ def check_same_architecture(model_plans: dict[str, Any], plans: dict[str, Any], 
     theirs = model_plans["configurations"].get(configuration, {}).get("architecture")
     ours = plans["configurations"].get(configuration, {}).get("architecture")
     if theirs != ours:
-        raise ValueError(f"the model in {model} has a different {configuration} architecture than the plans "
+        raise UserError(f"the model in {model} has a different {configuration} architecture than the plans "
                          f"its fine-tuning data was preprocessed with; preprocess with the model's plans "
                          f"(`python -m stitch_ops.baselines transfer-plans`)")

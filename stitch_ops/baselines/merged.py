@@ -16,13 +16,14 @@ import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from stitch_ops.errors import UserError
 from stitch_ops.nnunet.plan import PLANS
 from stitch_ops.paths import MERGED_DATASET_ID
 
 logger = logging.getLogger(__name__)
 
 
-class TestCaseLeakError(ValueError):
+class TestCaseLeakError(UserError):
     """A test case reached a training dataset or its split."""
 
     __test__ = False  # not a pytest test class

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from stitch_ops.errors import UserError
 from stitch_ops.nnunet.plan import PLANS
 
 logger = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ def preprocess_with_plans(plans: Mapping[str, Any], raw_dataset: Path, preproces
 
     plans = dict(plans)
     if plans.get("dataset_name") != raw_dataset.name:
-        raise ValueError(f"plans are for dataset {plans.get('dataset_name')!r}, not {raw_dataset.name!r}: "
+        raise UserError(f"plans are for dataset {plans.get('dataset_name')!r}, not {raw_dataset.name!r}: "
                          f"transfer them first (transfer_plans)")
     dataset_json = read_json(raw_dataset / "dataset.json")
     splits = raw_dataset / "splits_final.json"

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from stitch_ops.baselines import approaches
 from stitch_ops.baselines.approaches import ModelId, other
 from stitch_ops.baselines.config import FederatedParams, FinetuneParams, MergedParams
+from stitch_ops.budget import BUDGET_JSON, Budget, TrainingClock, write_budget
 from stitch_ops.config import PARTIES, Params
 from stitch_ops.nnunet.plan import PLANS
 from stitch_ops.paths import PairPaths, dataset_name
@@ -91,6 +92,8 @@ def finetune(pair: str, party: str, fold: int, params: Params, *, base_lr: float
                                epochs=settings.epochs, iterations_per_epoch=settings.iterations_per_epoch,
                                results_root=paths.model_dir(model.approach, model.trained_on, fold),
                                progress=progress)
+    write_training_budget(paths, model, fold, params, settings.epochs, settings.iterations_per_epoch,
+                          base_lr=base_lr or settings.base_lr, warmup_epochs=settings.warmup_epochs)
     predict_test_sets(paths, model, fold, params, progress=progress)
     return exported
 
@@ -137,6 +140,7 @@ def merged(pair: str, fold: int, params: Params, *, root: Path = Path("."), prog
     exported = train_fold(run, progress=progress,
                           provenance={"pair": pair, "approach": model.approach, "trained_on": model.trained_on,
                                       "shorthand": model.shorthand})
+    write_training_budget(paths, model, fold, params, settings.epochs, settings.iterations_per_epoch)
     predict_test_sets(paths, model, fold, params, progress=progress)
     return exported
 
@@ -164,6 +168,8 @@ def federated(pair: str, fold: int, params: Params, *, root: Path = Path("."), p
     if marker.is_file() and _read(marker).get("fingerprint") == fingerprint:
         if (results / "export" / "weights.pth").is_file():
             logger.info("%s is already trained; nothing to do", results / "export")
+            write_training_budget(paths, model, fold, params, settings.rounds, settings.iterations_per_epoch,
+                                  parties=len(parties), rounds=settings.rounds)
             predict_test_sets(paths, model, fold, params, progress=progress)
             return results / "export"
     else:
@@ -173,8 +179,9 @@ def federated(pair: str, fold: int, params: Params, *, root: Path = Path("."), p
     options = RayOptions(settings.address, settings.cpus_per_party, settings.pin_parties)
     logger.info("federated training of %s fold %d: %d rounds x %d iterations per party, Ray at %s", pair, fold,
                 settings.rounds, settings.iterations_per_epoch, settings.address or "this machine")
-    state, mirroring, history = train_federated(parties, fold, schedule, results / "global", ray_options=options,
-                                                fault=fault, progress=progress)
+    with TrainingClock(results):
+        state, mirroring, history = train_federated(parties, fold, schedule, results / "global",
+                                                    ray_options=options, fault=fault, progress=progress)
     from stitch_ops.baselines.federated import load_canonical_state
 
     folder = parties[0].preprocessed_root / parties[0].dataset_name
@@ -188,8 +195,21 @@ def federated(pair: str, fold: int, params: Params, *, root: Path = Path("."), p
                              "shorthand": model.shorthand, "fold": fold, "epochs": settings.rounds,
                              "rounds": settings.rounds, "trainer": "FedAvg(ScheduledTrainer)",
                              "pseudo_dice": {m["party"]: m["pseudo_dice"] for m in last}})
+    write_training_budget(paths, model, fold, params, settings.rounds, settings.iterations_per_epoch,
+                          parties=len(parties), rounds=settings.rounds)
     predict_test_sets(paths, model, fold, params, progress=progress)
     return results / "export"
+
+
+def write_training_budget(paths: PairPaths, model: ModelId, fold: int, params: Params, epochs: int,
+                          iterations_per_epoch: int, **extra: object) -> Path:
+    """``budget.json`` of a trained model: its schedule, the batch size it trained with (from
+    the exported plans) and the wall time its results folder's clock summed over attempts."""
+    results = paths.model_dir(model.approach, model.trained_on, fold)
+    plans = _read(results / "export" / "plans.json")
+    batch_size = plans["configurations"][params.nnunet.configuration]["batch_size"]
+    budget = Budget.of_schedule(epochs, iterations_per_epoch, batch_size, TrainingClock(results).seconds, **extra)
+    return write_budget(paths.metrics(model.approach, model.trained_on, fold) / BUDGET_JSON, budget)
 
 
 def _read(path: Path) -> dict:

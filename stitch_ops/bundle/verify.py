@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stitch_ops.errors import UserError
 from stitch_ops.nnunet.model import ModelError, load_model
 
 REQUIRED_FILES = ("configs/metadata.json", "LICENSE", "docs/README.md")
@@ -22,7 +23,7 @@ REQUIRED_METADATA = ("version", "monai_version", "pytorch_version", "task", "des
 TRUSTED_TARGET_PREFIXES = ("stitch_ops.", "monai.")
 
 
-class BundleError(ValueError):
+class BundleError(UserError):
     """A bundle is not what it claims to be, or carries code the user did not agree to run."""
 
 

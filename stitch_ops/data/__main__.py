@@ -19,6 +19,7 @@ from pathlib import Path
 
 from stitch_ops.cli_common import common_options, run_command
 from stitch_ops.config import PARTIES, Params
+from stitch_ops.errors import UserError
 from stitch_ops.paths import PairPaths, dataset_name
 
 logger = logging.getLogger("stitch_ops.data")
@@ -71,7 +72,7 @@ def convert(args: argparse.Namespace, params: Params | None) -> None:
                                               image_size=args.image_size, progress=args.progress)
     else:
         if args.labels is None:
-            raise ValueError("nifti conversion needs --labels, the folder of label volumes")
+            raise UserError("nifti conversion needs --labels, the folder of label volumes")
         out = converters.convert_nifti_folder(args.source, args.labels, args.target, args.label_name,
                                               progress=args.progress)
     logger.info("wrote nnU-Net raw dataset %s; point params data.<pair>.source.<party> at it", out)

@@ -40,6 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
+from stitch_ops.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 IMAGES_TR = "imagesTr"
@@ -60,7 +62,7 @@ _CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError):
     """A dataset on disk is not what the pipeline needs; the message names the file and the fix."""
 
 

@@ -63,7 +63,11 @@ def _validation_party(args: argparse.Namespace) -> str | None:
 def _file_ending(raw_dataset: Path) -> str:
     import json
 
-    return json.loads((raw_dataset / "dataset.json").read_text())["file_ending"]
+    from stitch_ops.errors import reading
+
+    path = raw_dataset / "dataset.json"
+    with reading(path, "nnU-Net dataset.json", "rerun the split stage (`dvc repro split@<pair>`)"):
+        return json.loads(path.read_text())["file_ending"]
 
 
 def _log_to_mlflow(args: argparse.Namespace, params: Params, out: Path, summary: dict[str, float]) -> None:

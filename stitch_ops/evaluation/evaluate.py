@@ -29,6 +29,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from stitch_ops.errors import InputFileError, reading
+
 from stitch_ops.evaluation.metrics import dice, hd95
 
 logger = logging.getLogger(__name__)
@@ -57,6 +59,10 @@ STATISTICS: tuple[str, ...] = ("mean", "median", "std")
 FOREGROUND_LABEL = 1
 
 
+REREAD_HINT = ("replace it: rerun the stage that wrote it (a prediction: the model's predict stage; "
+               "a reference label: the split stage)")
+
+
 def read_label(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
     """Read a label file as a foreground mask and its spacing.
 
@@ -68,15 +74,17 @@ def read_label(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
         spacing in numpy axis order (1.0 per axis for PNG).
 
     Raises:
-        ValueError: if the file holds a multi-component (e.g. RGB) image.
+        InputFileError: the file is missing, unreadable (corrupt) or holds a
+            multi-component (e.g. RGB) image.
     """
     import SimpleITK as sitk
 
-    image = sitk.ReadImage(str(path))
+    with reading(path, "label image", REREAD_HINT):
+        image = sitk.ReadImage(str(path))
     if image.GetNumberOfComponentsPerPixel() != 1:
-        raise ValueError(
+        raise InputFileError(
             f"{path}: a label file should hold one integer label per pixel, "
-            f"got {image.GetNumberOfComponentsPerPixel()} components (RGB?)."
+            f"got {image.GetNumberOfComponentsPerPixel()} components (RGB?); {REREAD_HINT}"
         )
     array = sitk.GetArrayFromImage(image)
     if path.name.lower().endswith(".png"):

@@ -31,7 +31,8 @@ def plan(args: argparse.Namespace, params: Params) -> None:
 
 
 def train(args: argparse.Namespace, params: Params) -> None:
-    from stitch_ops.nnunet.train import TrainingRun, train_fold
+    from stitch_ops.budget import BUDGET_JSON, write_budget
+    from stitch_ops.nnunet.train import TrainingRun, train_fold, training_budget
 
     paths = PairPaths(args.pair)
     params.pair(args.pair)
@@ -41,6 +42,7 @@ def train(args: argparse.Namespace, params: Params) -> None:
                 params.nnunet.epochs, params.nnunet.iterations_per_epoch)
     train_fold(run, progress=args.progress,
                provenance={"pair": args.pair, "approach": LOCAL, "trained_on": args.party})
+    write_budget(paths.metrics(LOCAL, args.party, args.fold) / BUDGET_JSON, training_budget(run))
 
 
 def validation_cases(paths: PairPaths, party: str, fold: int) -> list[str]:

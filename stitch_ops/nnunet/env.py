@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from stitch_ops.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 # Defaults for a 2-core machine without GPU (DESIGN.md); a user's own settings win.
@@ -72,6 +74,6 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was requested but torch sees no GPU; "
+        raise UserError("device 'cuda' was requested but torch sees no GPU; "
                            "set nnunet.device to 'auto' or 'cpu' in params.yaml")
     return torch.device(device)

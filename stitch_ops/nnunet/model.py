@@ -17,12 +17,14 @@ from typing import Any
 
 import torch
 
+from stitch_ops.errors import InputFileError, describe
+
 logger = logging.getLogger(__name__)
 
 MODEL_FILES = ("weights.pth", "plans.json", "dataset.json", "model.json")
 
 
-class ModelError(ValueError):
+class ModelError(InputFileError):
     """A folder is not the exported nnU-Net model it claims to be."""
 
 
@@ -107,7 +109,7 @@ def load_model(folder: Path, device: torch.device | str = "cpu") -> NnUNetModel:
     try:
         weights = torch.load(folder / "weights.pth", map_location=device, weights_only=True)
     except Exception as err:  # torch raises several types for corrupt / unsafe files
-        raise ModelError(f"cannot load {folder / 'weights.pth'} as plain weights ({err}); a model is "
+        raise ModelError(f"cannot load {folder / 'weights.pth'} as plain weights ({describe(err)}); a model is "
                          f"data, not code: it must be a state_dict of tensors") from err
     network = build_network(plans, dataset_json, meta["configuration"])
     result = network.load_state_dict(weights, strict=False)

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from stitch_ops.budget import Budget, TrainingClock
 from stitch_ops.config import NnUNetSchedule
 from stitch_ops.nnunet.env import NnUNetRoots, configure, resolve_device
 from stitch_ops.nnunet.model import export_model, load_model
@@ -96,13 +97,23 @@ def train_fold(run: TrainingRun, *, trainer_class: type | None = None, progress:
     trainer.apply_schedule(run.schedule)
     trainer.initialize()
     _restore(trainer, run)
-    trainer.run_training(progress=progress)
+    with TrainingClock(run.results_root):
+        trainer.run_training(progress=progress)
     return export_model(trainer.network, trainer.plans_manager.plans, dataset_json,
                         configuration=run.schedule.configuration, target=run.export_dir,
                         mirroring_axes=trainer.inference_allowed_mirroring_axes,
                         provenance={"dataset": run.dataset_name, "fold": run.fold,
                                     "trainer": trainer_class.__name__, "epochs": trainer.num_epochs,
                                     "pseudo_dice": trainer.pseudo_dice(), **(provenance or {})})
+
+
+def training_budget(run: TrainingRun, **extra: Any) -> Budget:
+    """What a finished :func:`train_fold` ran: its schedule, the batch size it trained with
+    (from the exported plans) and its wall time summed over attempts."""
+    plans = _load_json(run.export_dir / "plans.json")
+    batch_size = plans["configurations"][run.schedule.configuration]["batch_size"]
+    return Budget.of_schedule(run.schedule.epochs, run.schedule.iterations_per_epoch, batch_size,
+                              TrainingClock(run.results_root).seconds, **extra)
 
 
 def _restore(trainer: Any, run: TrainingRun) -> None:

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from stitch_ops.errors import InputFileError
+
 __all__ = ["PreprocessedImages", "RandomPatches"]
 
 
@@ -41,13 +43,13 @@ class PreprocessedImages:
 
         self.folder = Path(folder)
         if not self.folder.is_dir() or not any(self.folder.iterdir()):
-            raise ValueError(f"no preprocessed images in {self.folder}: expected nnUNet_preprocessed/DatasetXXX/<data identifier>/")
+            raise InputFileError(f"no preprocessed images in {self.folder}: expected nnUNet_preprocessed/DatasetXXX/<data identifier>/")
         dataset_class = infer_dataset_class(str(self.folder))
         self.blosc2 = dataset_class is nnUNetDatasetBlosc2
         available = sorted(dataset_class.get_identifiers(str(self.folder)))
         missing = sorted(set(identifiers or ()) - set(available))
         if missing:
-            raise ValueError(f"cases {missing[:5]} are not in {self.folder} (it has {len(available)} cases, e.g. {available[:3]})")
+            raise InputFileError(f"cases {missing[:5]} are not in {self.folder} (it has {len(available)} cases, e.g. {available[:3]})")
         self.identifiers = sorted(identifiers) if identifiers is not None else available
 
     def __len__(self) -> int:

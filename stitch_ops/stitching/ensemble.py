@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
+from stitch_ops.errors import reading
 from stitch_ops.graph.matching import Match
 from stitch_ops.graph.trace import trace_network
 from stitch_ops.stitching.merge import merge_graphs, program
@@ -204,8 +205,9 @@ def load_stitch_ensemble(path: Path, trusted: bool = False) -> StitchEnsemble:
     Raises:
         ValueError: if the file is not a stitch-ensemble or its stitches do not fit the parents.
     """
-    saved = torch.load(Path(path), map_location="cpu", weights_only=True)
-    description = StitchEnsembleDescription.from_dict(json.loads(saved["description"]))
+    with reading(path, "saved stitch-ensemble", "export it again (`stitch-ops stitching select`)"):
+        saved = torch.load(Path(path), map_location="cpu", weights_only=True)
+        description = StitchEnsembleDescription.from_dict(json.loads(saved["description"]))
     graph_a, graph_b = (trace_network(spec.build(trusted), description.probe_shape) for spec in description.parents)
     match = description.match
     node_a, node_b = graph_a.node(match.node_a), graph_b.node(match.node_b)

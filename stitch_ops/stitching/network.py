@@ -31,6 +31,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, fx, nn
 
+from stitch_ops.errors import InputFileError, reading
 from stitch_ops.graph.matching import Match, MatchingConfig, match_networks
 from stitch_ops.graph.trace import NetworkGraph, trace_network
 from stitch_ops.stitching.merge import merge_graphs, program
@@ -307,10 +308,11 @@ def save_stitched_network(network: StitchedNetwork, path: Path) -> None:
 
 def load_stitched_network(path: Path, trusted: bool = False) -> StitchedNetwork:
     """Rebuild a network saved by :func:`save_stitched_network`, on the CPU (``trusted``: see :meth:`ParentSpec.build`)."""
-    saved = torch.load(Path(path), map_location="cpu", weights_only=True)
-    description = json.loads(saved["description"])
+    with reading(path, "saved stitched network", "train the stitches again (`stitch-ops stitching train`)"):
+        saved = torch.load(Path(path), map_location="cpu", weights_only=True)
+        description = json.loads(saved["description"])
     if description.get("format") != _FORMAT:
-        raise ValueError(f"{path} is not a saved stitched network: expected format {_FORMAT!r}, got {description.get('format')!r}")
+        raise InputFileError(f"{path} is not a saved stitched network: expected format {_FORMAT!r}, got {description.get('format')!r}")
     specs = tuple(ParentSpec.from_dict(d) for d in description["parents"])
     probe = description["probe_shape"]
     graphs = [trace_network(spec.build(trusted), probe) for spec in specs]

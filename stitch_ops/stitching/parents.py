@@ -18,6 +18,8 @@ from typing import Any
 
 from torch import nn
 
+from stitch_ops.errors import UserError
+
 __all__ = ["ParentSpec", "probe_shape"]
 
 _TRUSTED_ARCHITECTURES = "dynamic_network_architectures.architectures."
@@ -41,7 +43,7 @@ class ParentSpec:
     def __post_init__(self) -> None:
         available = list(self.plans.get("configurations", {}))
         if self.configuration not in available:
-            raise ValueError(f"configuration {self.configuration!r} is not in the plans; available: {available}")
+            raise UserError(f"configuration {self.configuration!r} is not in the plans; available: {available}")
 
     @property
     def architecture(self) -> Mapping[str, Any]:
@@ -94,7 +96,7 @@ class ParentSpec:
     def from_dict(cls, data: Mapping[str, Any]) -> ParentSpec:
         missing = {"plans", "dataset_json", "configuration"} - set(data)
         if missing:
-            raise ValueError(f"a parent description needs plans, dataset_json and configuration; missing {sorted(missing)}")
+            raise UserError(f"a parent description needs plans, dataset_json and configuration; missing {sorted(missing)}")
         return cls(plans=data["plans"], dataset_json=data["dataset_json"], configuration=data["configuration"])
 
     def _check_trusted(self) -> None:
@@ -104,7 +106,7 @@ class ParentSpec:
         for key, name in names.items():
             allowed = _TRUSTED_ARCHITECTURES if key == "network_class_name" else _TRUSTED_BUILDING_BLOCKS
             if name is not None and not str(name).startswith(allowed):
-                raise ValueError(
+                raise UserError(
                     f"the parent description names {key}={name!r}, expected a class under {allowed!r}; "
                     "a foreign description is data, not code: pass trusted=True only if you trust its author"
                 )
@@ -122,10 +124,10 @@ def probe_shape(spec_a: ParentSpec, spec_b: ParentSpec, batch_size: int = 2) -> 
             cannot read the same image.
     """
     if spec_a.input_channels != spec_b.input_channels:
-        raise ValueError(f"parents must read the same images: A has {spec_a.input_channels} input channels, B {spec_b.input_channels}")
+        raise UserError(f"parents must read the same images: A has {spec_a.input_channels} input channels, B {spec_b.input_channels}")
     strides_a, strides_b = spec_a.total_strides, spec_b.total_strides
     if len(strides_a) != len(strides_b):
-        raise ValueError(f"parents must have the same dimensionality, got {len(strides_a)}-D and {len(strides_b)}-D")
+        raise UserError(f"parents must have the same dimensionality, got {len(strides_a)}-D and {len(strides_b)}-D")
     spatial = tuple(2 * math.lcm(a, b) for a, b in zip(strides_a, strides_b))
     return (batch_size, spec_a.input_channels, *spatial)
 

@@ -112,8 +112,10 @@ def train(params: Params, pair: str, data_party: str, method: str, fold: int, pr
           finetuned: bool = False) -> Path:
     """Train the stitches of the parents at ``fold`` on c's unlabeled images (the fold's training
     cases, labels never read); writes ``<model dir>/network/`` and returns the saved network."""
+    from stitch_ops.budget import BUDGET_JSON, Budget, TrainingClock, write_budget
     from stitch_ops.stitching import PreprocessedImages, RandomPatches, StitchedNetwork, train_stitches
     from stitch_ops.stitching.network import save_stitched_network
+    from stitch_ops.stitching.train import plateau_reached
 
     section = StitchingParams.of(params)
     config = section.training_config(method, params.seed)
@@ -125,13 +127,26 @@ def train(params: Params, pair: str, data_party: str, method: str, fold: int, pr
                                 / configuration["data_identifier"], _fold_cases(paths, data_party, fold, "train"))
     patches = RandomPatches(images, configuration["patch_size"], config.batch_size, config.seed)
     network = StitchedNetwork.from_models(model_a, model_b)
-    out = paths.model_dir(APPROACH, trained_on(data_party, method, finetuned), fold) / "network"
+    slug = trained_on(data_party, method, finetuned)
+    out = paths.model_dir(APPROACH, slug, fold) / "network"
     out.mkdir(parents=True, exist_ok=True)
     logger.info("%s: %d matches; training stitches on %d unlabeled images of party %s (%s)",
                 pair, len(network.matches), len(images), data_party, method)
-    history = train_stitches(network, patches.epoch, config, checkpoint=out / "checkpoint.pt", progress=progress)
+    with TrainingClock(out):
+        history = train_stitches(network, patches.epoch, config, checkpoint=out / "checkpoint.pt",
+                                 progress=progress)
     save_stitched_network(network, out / NETWORK_FILE)
     (out / "training_log.json").write_text(json.dumps([vars(e) for e in history], indent=2))
+    plateau = plateau_reached(history, config.plateau_tolerance)
+    if not plateau:
+        logger.warning("%s %s fold %d: the stitch training loss has not reached a plateau (last epoch "
+                       "improved by >= %.1f %%); raise stitching.training.epochs", pair,
+                       slug, fold, 100 * config.plateau_tolerance)
+    write_budget(paths.metrics(APPROACH, slug, fold) / BUDGET_JSON,
+                 Budget.of_schedule(config.epochs, config.iterations_per_epoch, config.batch_size,
+                                    TrainingClock(out).seconds, method=config.method.value, init=config.init,
+                                    loss_per_epoch=[e.loss for e in history], plateau_reached=plateau,
+                                    plateau_tolerance=config.plateau_tolerance))
     return out / NETWORK_FILE
 
 

@@ -16,6 +16,19 @@ annealed learning rate, on *unlabeled* images.
   anchored to the reference (see :mod:`stitch_ops.stitching.switch`). Gradients
   flow back through the parents' later layers into earlier stitches.
 
+Both methods start, by default, from the *least-squares fit* of every stitch
+(:func:`fit_stitches_least_squares`): the exact optimum of direct matching on the
+fitting batches, as SN-Net initialises its stitching layers (Pan et al., "Stitchable
+Neural Networks", CVPR 2023, ``stitching_deit/snnet.py``: ``StitchingLayer.init_stitch_weights_bias``
+from a least-squares solution on a few batches). Direct matching then only refines it on
+more data; double-batched training starts from a stitch that already maps the right
+features instead of from the identity-like default.
+
+**Plateau.** An epoch's mean loss is logged; training has *reached a plateau* when the
+last epoch improved the mean loss by less than ``plateau_tolerance`` (relative, 1 % by
+default) over the epoch before (:func:`plateau_reached`). The profiles choose the
+number of epochs so that it does; the pipeline records the curve and the verdict.
+
 Training checkpoints after every epoch (atomically), and a rerun with the same
 checkpoint path continues after the last completed epoch, also when ``epochs``
 has been raised since.
@@ -23,9 +36,11 @@ has been raised since.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
+from difflib import get_close_matches
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -36,6 +51,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from stitch_ops.config import ConfigError
+from stitch_ops.errors import InputFileError, reading
 from stitch_ops.stitching.network import StitchedNetwork, SwitchConfiguration, TrainingMethod, atomic_save
 from stitch_ops.stitching.stitch import PairStatistics
 from stitch_ops.stitching.switch import DEFAULT_LOSS_TERMS, LossTerm, SwitchMode
@@ -46,6 +63,7 @@ __all__ = [
     "StitchTrainingConfig",
     "cosine_learning_rate",
     "fit_stitches_least_squares",
+    "plateau_reached",
     "stitch_optimizer",
     "train_stitches",
     "training_step",
@@ -57,6 +75,8 @@ _FORMAT = "stitch_ops.stitch_training_checkpoint/1"
 
 Batches = Iterable[Tensor] | Callable[[int], Iterable[Tensor]]
 """Images ``B C H W [D]``: an iterable (re-iterated every epoch), or a function from the epoch to one."""
+
+INITIALISATIONS = ("least_squares", "default")
 
 
 @dataclass(frozen=True)
@@ -72,6 +92,11 @@ class StitchTrainingConfig:
         weight_decay: AdamW weight decay on the stitches.
         loss_terms: double-batched loss terms (ignored by direct matching).
         seed: seeds the switches' random choices (and nothing else).
+        init: ``least_squares`` (default): start every stitch from the least-squares fit
+            on ``init_batches`` batches; ``default``: the stitch modules' own initialisation.
+        init_batches: batches the least-squares fit accumulates statistics over.
+        plateau_tolerance: relative improvement of the mean epoch loss below which the
+            training counts as having reached a plateau (see :func:`plateau_reached`).
     """
 
     method: TrainingMethod = TrainingMethod.DOUBLE_BATCHED
@@ -82,27 +107,42 @@ class StitchTrainingConfig:
     weight_decay: float = 1e-4
     loss_terms: tuple[LossTerm, ...] = DEFAULT_LOSS_TERMS
     seed: int = 0
+    init: str = "least_squares"
+    init_batches: int = 8
+    plateau_tolerance: float = 0.01
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "method", TrainingMethod(self.method))
+        unknown_terms = [term for term in self.loss_terms if term not in {t.value for t in LossTerm} | set(LossTerm)]
+        if unknown_terms:
+            raise ConfigError(f"StitchTrainingConfig.loss_terms: unknown term(s) {unknown_terms}; "
+                              f"choose from {[t.value for t in LossTerm]}")
         object.__setattr__(self, "loss_terms", tuple(LossTerm(term) for term in self.loss_terms))
-        for name in ("epochs", "iterations_per_epoch", "batch_size"):
+        if self.init not in INITIALISATIONS:
+            raise ValueError(f"StitchTrainingConfig.init should be one of {list(INITIALISATIONS)}, got {self.init!r}")
+        if not 0 < self.plateau_tolerance < 1:
+            raise ValueError(f"StitchTrainingConfig.plateau_tolerance should be in (0, 1), got {self.plateau_tolerance!r}")
+        for name in ("epochs", "iterations_per_epoch", "batch_size", "init_batches"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"StitchTrainingConfig.{name} should be a positive integer, got {value!r}")
+                raise ConfigError(f"StitchTrainingConfig.{name} should be a positive integer, got {value!r}")
         if not self.lr > 0:
-            raise ValueError(f"StitchTrainingConfig.lr should be > 0, got {self.lr!r}")
+            raise ConfigError(f"StitchTrainingConfig.lr should be > 0, got {self.lr!r}")
         if self.weight_decay < 0:
-            raise ValueError(f"StitchTrainingConfig.weight_decay should be >= 0, got {self.weight_decay!r}")
+            raise ConfigError(f"StitchTrainingConfig.weight_decay should be >= 0, got {self.weight_decay!r}")
         if not self.loss_terms:
-            raise ValueError(f"StitchTrainingConfig.loss_terms should name at least one of {[t.value for t in LossTerm]}")
+            raise ConfigError(f"StitchTrainingConfig.loss_terms should name at least one of {[t.value for t in LossTerm]}")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StitchTrainingConfig:
         """Build from plain data (a ``params.yaml`` section), rejecting unknown keys."""
         unknown = set(data) - {f.name for f in fields(cls)}
         if unknown:
-            raise ValueError(f"unknown StitchTrainingConfig key(s) {sorted(unknown)}; known: {[f.name for f in fields(cls)]}")
+            known = [f.name for f in fields(cls)]
+            hints = [f"{key!r}" + "".join(f" (did you mean {close!r}?)" for close in get_close_matches(key, known, 1))
+                     for key in sorted(unknown)]
+            raise ConfigError(f"unknown StitchTrainingConfig key(s) {', '.join(hints)} (params 'stitching.training'); "
+                              f"known: {known}")
         return cls(**{key: tuple(value) if key == "loss_terms" else value for key, value in data.items()})
 
     def to_dict(self) -> dict[str, Any]:
@@ -148,6 +188,9 @@ def train_stitches(
     history: list[EpochLog] = []
     if checkpoint is not None and Path(checkpoint).exists():
         history = _resume(network, optimizer, config, Path(checkpoint))
+    elif config.init == "least_squares":
+        logger.info("initialising the stitches by least squares on %d batches", config.init_batches)
+        fit_stitches_least_squares(network, itertools.islice(_cycle(batches, 0), config.init_batches))
     device = next(network.parameters()).device
     network.train()
     network.set_training(config.method, config.loss_terms)
@@ -182,6 +225,21 @@ def fit_stitches_least_squares(network: StitchedNetwork, batches: Iterable[Tenso
     for pair, switch_a, switch_b in zip(statistics, network.switches_a, network.switches_b):
         switch_a.stitch.set_affine_(*pair.swapped().least_squares(ridge))
         switch_b.stitch.set_affine_(*pair.least_squares(ridge))
+
+
+def plateau_reached(history: Iterable[EpochLog], tolerance: float = 0.01) -> bool:
+    """Whether the last epoch improved the mean loss by less than ``tolerance`` (relative).
+
+    ``(loss[-2] - loss[-1]) / loss[-2] < tolerance``; a loss that went up counts as a
+    plateau, a single epoch does not (nothing to compare with).
+    """
+    losses = [log.loss for log in history]
+    if len(losses) < 2:
+        return False
+    previous, last = losses[-2], losses[-1]
+    if previous <= 0:
+        return last >= previous
+    return (previous - last) / previous < tolerance
 
 
 def cosine_learning_rate(step: int, total_steps: int, lr: float) -> float:
@@ -273,19 +331,21 @@ def _save(network, optimizer, config: StitchTrainingConfig, history: list[EpochL
 
 
 def _resume(network, optimizer, config: StitchTrainingConfig, path: Path) -> list[EpochLog]:
-    saved = torch.load(path, map_location="cpu", weights_only=True)
+    with reading(path, "stitch training checkpoint", "delete it to train these stitches from scratch"):
+        saved = torch.load(path, map_location="cpu", weights_only=True)
     if saved.get("format") != _FORMAT:
-        raise ValueError(f"{path} is not a stitch training checkpoint (format {saved.get('format')!r}, expected {_FORMAT!r})")
+        raise InputFileError(f"{path} is not a stitch training checkpoint (format {saved.get('format')!r}, expected {_FORMAT!r})")
     if saved["matches"] != _match_fingerprint(network):
-        raise ValueError(f"checkpoint {path} was written for other matches; delete it to train these stitches from scratch")
+        raise InputFileError(f"checkpoint {path} was written for other matches; delete it to train these stitches from scratch")
     saved_config = json.loads(saved["config"])
-    expected = {k: v for k, v in config.to_dict().items() if k != "epochs"}
-    got = {k: v for k, v in saved_config.items() if k != "epochs"}
+    free = ("epochs", "plateau_tolerance")  # may change between attempts: they do not alter what was trained
+    expected = {k: v for k, v in config.to_dict().items() if k not in free}
+    got = {k: v for k, v in saved_config.items() if k not in free}
     if got != expected:
-        raise ValueError(f"checkpoint {path} was written with config {got}, expected {expected} (only epochs may change); delete it to start over")
+        raise InputFileError(f"checkpoint {path} was written with config {got}, expected {expected} (only epochs may change); delete it to start over")
     missing, unexpected = network.load_state_dict(saved["stitches"], strict=False)
     if unexpected or any(key.startswith("switches_") for key in missing):
-        raise ValueError(f"checkpoint {path} does not fit these stitches: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise InputFileError(f"checkpoint {path} does not fit these stitches: missing {missing[:5]}, unexpected {unexpected[:5]}")
     optimizer.load_state_dict(saved["optimizer"])
     history = [EpochLog(int(epoch), float(loss)) for epoch, loss in saved["history"]]
     logger.info("resumed from %s after epoch %d", path, len(history))

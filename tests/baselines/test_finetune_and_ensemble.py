@@ -24,6 +24,9 @@ def test_finetuning_starts_from_the_other_model_with_warmup(tiny_pair: TinyPair,
                              results_root=tmp_path / "a_to_b", progress=False)
     meta = json.loads((export / "model.json").read_text())
     assert meta["trainer"] == "FinetuneTrainer" and meta["trained_on"] == "a_to_b"
+    from stitch_ops.budget import TrainingClock
+
+    assert TrainingClock(tmp_path / "a_to_b").seconds > 0  # the training's wall time, for budget.json
     assert meta["warmup_start_lr"] == pytest.approx(last_nonzero_lr(0.01, 2))  # basis: 2 epochs at 1e-2
     checkpoint = next((tmp_path / "a_to_b").rglob("checkpoint_final.pth"))
     lrs = torch.load(checkpoint, map_location="cpu", weights_only=False)["logging"]["lrs"]
@@ -66,3 +69,17 @@ def test_ensemble_refuses_folders_with_different_cases(tiny_pair: TinyPair, tmp_
         np.savez(tmp_path / name / f"{case}.npz", probabilities=np.zeros((2, 1, 2, 2)))
     with pytest.raises(ValueError, match="different cases"):
         ensemble_folders([tmp_path / "x", tmp_path / "y"], tmp_path / "out", {"file_ending": ".png", "labels": {}})
+
+
+def test_trained_models_state_their_budget(tiny_pair: TinyPair, basis_models):
+    """``budget.json`` of a basis model: its schedule, the batch it trained with, its wall time."""
+    from stitch_ops.nnunet.train import TrainingRun, training_budget
+    from stitch_ops.paths import dataset_name
+    from tests.baselines.tiny_pair import TINY
+
+    paths = tiny_pair.paths
+    run = TrainingRun(dataset_name(PAIR, "a"), paths.preprocessed_root("a"), paths.model_dir("local", "a", 0), 0, TINY)
+    budget = training_budget(run)
+    assert (budget.epochs, budget.iterations, budget.samples_seen) == (TINY.epochs, TINY.epochs * TINY.iterations_per_epoch,
+                                                                      TINY.epochs * TINY.iterations_per_epoch * TINY.batch_size)
+    assert budget.wall_time_s > 0 and budget.extra["batch_size"] == TINY.batch_size

@@ -150,3 +150,23 @@ def test_exported_stitch_bundle_verifies_and_segments_through_monai_bundle(pipel
          "--model_dir", "models/fold_0", "--input_dir", str(images), "--output_dir", str(tmp_path / "seg"),
          "--progress", "False"], bundle)
     assert len(list((tmp_path / "seg").glob("*.png"))) == len(list(images.glob("*.png")))
+
+
+@pytest.mark.parametrize("pair", PAIRS)
+def test_every_training_stage_states_its_budget_and_none_is_starved(pipeline: Path, pair: str):
+    import json
+
+    budgets = {path.parent.parent.relative_to(pipeline / "metrics" / pair).as_posix(): json.loads(path.read_text())
+               for path in (pipeline / "metrics" / pair).glob("*/*/fold_0/budget.json")}
+    expected = {"local/a", "local/b", "finetune/a_to_b", "finetune/b_to_a", "federated/a_fed_b", "merged/a_plus_b"}
+    assert expected <= set(budgets), sorted(budgets)
+    assert any(name.startswith("stitch/") for name in budgets), sorted(budgets)
+    basis = budgets["local/a"]["iterations"]
+    for name in expected:
+        record = budgets[name]
+        assert {"epochs", "iterations", "samples_seen", "wall_time_s"} <= set(record), name
+        assert record["iterations"] >= basis and record["samples_seen"] == record["iterations"] * record["batch_size"]
+        assert record["wall_time_s"] > 0, name
+    for name in (n for n in budgets if n.startswith("stitch/")):
+        assert len(budgets[name]["loss_per_epoch"]) == budgets[name]["epochs"]
+        assert isinstance(budgets[name]["plateau_reached"], bool)

@@ -9,6 +9,7 @@ import torch
 from tiny_nets import dice, permute_hidden_channels, tiny_parent
 
 from stitch_ops.stitching import (
+    EpochLog,
     LossTerm,
     StitchedNetwork,
     StitchTrainingConfig,
@@ -20,6 +21,7 @@ from stitch_ops.stitching import (
     sample_configuration,
     train_stitches,
 )
+from stitch_ops.stitching.train import plateau_reached
 
 
 def _batches(images: torch.Tensor, size: int = 8) -> list[torch.Tensor]:
@@ -42,7 +44,8 @@ def permuted_pair(toy_pair):
 
 def test_direct_matching_recovers_a_channel_permutation(toy_pair, permuted_pair):
     network = copy.deepcopy(permuted_pair)
-    config = StitchTrainingConfig(TrainingMethod.DIRECT_MATCHING, epochs=4, iterations_per_epoch=50, batch_size=8, lr=0.1, weight_decay=0.0)
+    config = StitchTrainingConfig(TrainingMethod.DIRECT_MATCHING, epochs=4, iterations_per_epoch=50, batch_size=8, lr=0.1, weight_decay=0.0,
+                                  init="default")  # learn it by gradient descent, not by the closed form
     history = train_stitches(network, _batches(toy_pair.train_images), config, progress=False)
     worst = _worst_ensemble_dice(network, toy_pair.network_a, toy_pair.val_images)
     print(f"\npermutation recovery after direct matching: final loss {history[-1].loss:.4f}, "
@@ -63,9 +66,48 @@ def toy_network(toy_pair):
 
 
 def test_double_batched_loss_decreases(toy_pair, toy_network):
-    config = StitchTrainingConfig(TrainingMethod.DOUBLE_BATCHED, epochs=2, iterations_per_epoch=12, batch_size=8, lr=0.05)
+    config = StitchTrainingConfig(TrainingMethod.DOUBLE_BATCHED, epochs=2, iterations_per_epoch=12, batch_size=8, lr=0.05, init="default")
     history = train_stitches(toy_network, _batches(toy_pair.train_images), config, progress=False)
     assert history[1].loss < 0.8 * history[0].loss
+
+
+def test_least_squares_start_is_the_direct_matching_optimum(toy_pair):
+    """From the least-squares start (the default), direct matching begins where training from
+    the default initialisation ends up only after many steps, and has nothing left to gain."""
+    losses = {}
+    for init in ("default", "least_squares"):
+        network = StitchedNetwork.from_parents(toy_pair.spec_a, toy_pair.network_a, toy_pair.spec_b, toy_pair.network_b)
+        config = StitchTrainingConfig(TrainingMethod.DIRECT_MATCHING, epochs=3, iterations_per_epoch=10, batch_size=8,
+                                      lr=0.01, init=init, init_batches=4)
+        losses[init] = [log.loss for log in train_stitches(network, _batches(toy_pair.train_images), config, progress=False)]
+    print(f"\ndirect matching loss per epoch: {losses}")
+    assert losses["least_squares"][0] < 0.5 * losses["default"][0]
+    assert losses["least_squares"][-1] <= losses["default"][-1]
+    assert plateau_reached([EpochLog(e, v) for e, v in enumerate(losses["least_squares"])], tolerance=0.05)
+
+
+def test_double_batched_starts_from_the_least_squares_fit(toy_pair):
+    network = StitchedNetwork.from_parents(toy_pair.spec_a, toy_pair.network_a, toy_pair.spec_b, toy_pair.network_b)
+    fitted = copy.deepcopy(network)
+    fit_stitches_least_squares(fitted, _batches(toy_pair.train_images)[:4])
+    config = StitchTrainingConfig(TrainingMethod.DOUBLE_BATCHED, epochs=1, iterations_per_epoch=1, batch_size=8, lr=1e-12,
+                                  weight_decay=0.0, init_batches=4)
+    train_stitches(network, _batches(toy_pair.train_images), config, progress=False)
+    for trained, expected in zip(network.switches_a, fitted.switches_a):  # one step at lr ~ 0: still the fit
+        assert torch.allclose(trained.stitch.layer.weight, expected.stitch.layer.weight, atol=1e-6)
+
+
+@pytest.mark.parametrize("losses, reached", [([1.0], False), ([1.0, 0.5], False), ([1.0, 0.995], True),
+                                             ([1.0, 1.2], True), ([2.0, 1.0, 0.999], True)])
+def test_plateau_is_less_than_the_tolerance_over_the_last_epoch(losses, reached):
+    assert plateau_reached([EpochLog(e, v) for e, v in enumerate(losses)], tolerance=0.01) is reached
+
+
+def test_bad_initialisation_or_tolerance_is_refused():
+    with pytest.raises(ValueError, match="init should be one of"):
+        StitchTrainingConfig(init="zeros")
+    with pytest.raises(ValueError, match="plateau_tolerance should be in"):
+        StitchTrainingConfig(plateau_tolerance=0.0)
 
 
 def _gradients_from_one_late_switch(network: StitchedNetwork, images: torch.Tensor, method: TrainingMethod) -> list[bool]:
@@ -111,7 +153,8 @@ def test_parents_weights_and_normalisation_statistics_do_not_change(toy_pair):
 
 def test_double_batched_stitches_do_not_collapse(toy_pair, toy_network):
     """Every loss term is anchored to the reference: stitched maps keep explaining the reference's variance."""
-    config = StitchTrainingConfig(TrainingMethod.DOUBLE_BATCHED, epochs=2, iterations_per_epoch=12, batch_size=8, lr=0.05)
+    config = StitchTrainingConfig(TrainingMethod.DOUBLE_BATCHED, epochs=2, iterations_per_epoch=12, batch_size=8, lr=0.05,
+                                  init="default")  # from the stitches' own start, not the least-squares fit
     train_stitches(toy_network, _batches(toy_pair.train_images), config, progress=False)
     explained = []
     with torch.no_grad():
@@ -141,7 +184,8 @@ def test_direct_and_double_batched_with_many_stitches_active(toy_pair):
     results = {}
     for method in TrainingMethod:
         network = StitchedNetwork.from_parents(toy_pair.spec_a, toy_pair.network_a, toy_pair.spec_b, toy_pair.network_b)
-        config = StitchTrainingConfig(method, epochs=2, iterations_per_epoch=25, batch_size=8, lr=0.05, weight_decay=0.0)
+        config = StitchTrainingConfig(method, epochs=2, iterations_per_epoch=25, batch_size=8, lr=0.05, weight_decay=0.0,
+                                      init="default")
         history = train_stitches(network, _batches(toy_pair.train_images), config, progress=False)
         assert history[-1].loss < history[0].loss
         n = len(network.matches)

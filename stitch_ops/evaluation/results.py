@@ -1,0 +1,282 @@
+"""Everything the pipeline measured for one pair, read from the ``metrics/{pair}/`` tree.
+
+The report never asks a stage what it did: it globs the files the stages agreed to write
+(docs/ARCHITECTURE.md, "Contracts"), so a model kind added later appears without a change
+here, and a file not produced yet is simply absent (the report says "not available in
+this run"):
+
+- ``{approach}/{trained_on}/fold_{k}/cases.csv``: per-case Dice/HD95 of every evaluated model;
+- ``{approach}/{trained_on}/fold_{k}/budget.json``: the training budget of a trained model;
+- ``stitch/{slug}/fold_{k}/positions.csv``, ``no_stitch.json``, ``selection.json``: scored
+  stitch positions, the no-stitch reference, the positions each selection strategy chose;
+- ``rq1/{c}/fold_{k}/rq1.csv``: RQ1's sampled networks.
+
+Each model is labelled by the paper's shorthand from the approach table; where two
+models share one (the stitch-ensembles of both training methods), the label gets the
+method's initials (``a←[a]→b DB`` = double-batched, ``DM`` = direct matching).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from stitch_ops.baselines import approaches
+from stitch_ops.config import PARTIES
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PairResults", "load_pair", "model_label", "METHOD_INITIALS"]
+
+METHOD_INITIALS = {"double_batched": "DB", "direct_matching": "DM"}
+"""Short names of the stitch training methods in labels and legends."""
+
+_FOLD = re.compile(r"fold_(\d+)$")
+CASE_COLUMNS = ("pair", "test_party", "approach", "trained_on", "fold", "case", "dice", "hd95")
+BUDGET_COLUMNS = ("epochs", "iterations", "samples_seen", "wall_time_s")
+
+
+@dataclass(frozen=True)
+class PairResults:
+    """One pair's results, as tidy tables (empty tables where nothing was produced).
+
+    Attributes:
+        pair: the pair's name.
+        cases: every ``cases.csv`` row, plus ``model`` (label), ``perspective`` (``a``, ``b``,
+            ``both`` or ``unknown``) and ``shorthand``.
+        models: one row per evaluated (approach, trained_on): ``model, approach, trained_on,
+            shorthand, perspective, data_used, models_used, online, known``.
+        budgets: one row per ``budget.json``: ``model, approach, trained_on, fold`` and
+            :data:`BUDGET_COLUMNS`.
+        positions: every ``positions.csv`` row plus ``slug, c, method, fold``.
+        no_stitch: ``slug, c, method, fold, dice, hd95`` of the no-stitch reference.
+        selections: ``slug, c, method, fold, strategy, k, relative_position``.
+        rq1: every ``rq1.csv`` row plus ``c, fold``.
+        hd95_unit: ``"mm"`` (NIfTI volumes), ``"px"`` (2-D frames) or ``"units of the data"``.
+        train_cases: number of cross-validation cases per party, when the raw datasets exist.
+        problems: files that exist but could not be read (shown in the report).
+    """
+
+    pair: str
+    cases: pd.DataFrame
+    models: pd.DataFrame
+    budgets: pd.DataFrame
+    positions: pd.DataFrame
+    no_stitch: pd.DataFrame
+    selections: pd.DataFrame
+    rq1: pd.DataFrame
+    hd95_unit: str = "units of the data"
+    train_cases: dict[str, int] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
+def _stitch_suffix(trained_on: str) -> str:
+    """``via_a_double_batched`` → ``DB``; ``via_a_double_batched_all_folds`` → ``DB all_folds``."""
+    rest = re.sub(r"^via_[^_]+_", "", trained_on)
+    for method, initials in METHOD_INITIALS.items():
+        rest = rest.replace(method, initials)
+    return rest.replace("_", " ").strip()
+
+
+def model_label(approach: str, trained_on: str) -> str:
+    """The label of a model in tables and figures: the paper's shorthand (+ method initials
+    for stitch-ensembles); ``approach/trained_on`` for a model the approach table lacks."""
+    model = approaches.lookup(approach, trained_on)
+    if model is None:
+        return f"{approach}/{trained_on}"
+    if model.approach == approaches.Approach.STITCH:
+        suffix = _stitch_suffix(trained_on)
+        return f"{model.shorthand} {suffix}" if suffix else model.shorthand
+    return model.shorthand
+
+
+_CONDITIONS = {  # DESIGN.md's Table 2, for an approach table without these columns
+    "local": ("own", ()), "finetune": ("other's model, then own data", ("other",)),
+    "ensemble": ("models only", ("a", "b")), "ensemble_finetuned": ("own", ("a", "b")),
+    "federated": ("both, never pooled", ()), "merged": ("both, pooled", ()),
+    "stitch": ("c's images, no labels", ("a", "b")),
+}
+
+
+def _operating_conditions(model: object | None) -> dict[str, object]:
+    """Data used, models used and whether it runs online, from the approach table."""
+    if model is None:
+        return {"data_used": "?", "models_used": "?", "online": "?"}
+    data_used, models_used = _CONDITIONS.get(str(model.approach), ("?", ()))
+    used = getattr(model, "models_used", models_used)
+    online = getattr(model, "online", model.approach == "federated")
+    return {"data_used": getattr(model, "data_used", data_used),
+            "models_used": ", ".join(used) if used else "none (trained from scratch)",
+            "online": "yes" if online else "no"}
+
+
+def _fold(path: Path) -> int | None:
+    match = _FOLD.match(path.name)
+    return int(match.group(1)) if match else None
+
+
+def _read_json(path: Path, problems: list[str]) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        problems.append(f"{path}: {err}")
+        return None
+
+
+def _read_csv(path: Path, problems: list[str]) -> pd.DataFrame | None:
+    try:
+        return pd.read_csv(path)
+    except (OSError, ValueError) as err:
+        problems.append(f"{path}: {err}")
+        return None
+
+
+def _cases(root: Path, problems: list[str]) -> pd.DataFrame:
+    tables = []
+    for path in sorted(root.glob("*/*/fold_*/cases.csv")):
+        table = _read_csv(path, problems)
+        if table is None:
+            continue
+        missing = [c for c in CASE_COLUMNS if c not in table.columns]
+        if missing:
+            problems.append(f"{path}: missing columns {missing}")
+            continue
+        tables.append(table.loc[:, list(CASE_COLUMNS)])
+    if not tables:
+        return pd.DataFrame(columns=[*CASE_COLUMNS, "model", "shorthand", "perspective"])
+    cases = pd.concat(tables, ignore_index=True)
+    cases["case"] = cases["case"].astype(str)
+    cases["test_party"] = cases["test_party"].astype(str)
+    keys = cases[["approach", "trained_on"]].drop_duplicates()
+    labels = {(a, t): model_label(a, t) for a, t in keys.itertuples(index=False)}
+    ids = {(a, t): approaches.lookup(a, t) for a, t in keys.itertuples(index=False)}
+    pairs = list(zip(cases["approach"], cases["trained_on"]))
+    cases["model"] = [labels[p] for p in pairs]
+    cases["shorthand"] = [ids[p].shorthand if ids[p] else labels[p] for p in pairs]
+    cases["perspective"] = [ids[p].perspective if ids[p] else "unknown" for p in pairs]
+    return cases
+
+
+def _models(cases: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    order = {m.trained_on: i for i, m in enumerate(approaches.all_models())}
+    for (approach, trained_on), _ in cases.groupby(["approach", "trained_on"], sort=False):
+        model = approaches.lookup(approach, trained_on)
+        rows.append({"model": model_label(approach, trained_on), "approach": approach, "trained_on": trained_on,
+                     "shorthand": model.shorthand if model else model_label(approach, trained_on),
+                     "perspective": model.perspective if model else "unknown",
+                     **_operating_conditions(model), "known": model is not None,
+                     "order": order.get(trained_on, len(order))})
+    columns = ["model", "approach", "trained_on", "shorthand", "perspective", "data_used", "models_used",
+               "online", "known"]
+    if not rows:
+        return pd.DataFrame(columns=columns)
+    return pd.DataFrame(rows).sort_values(["order", "model"]).loc[:, columns].reset_index(drop=True)
+
+
+def _budgets(root: Path, problems: list[str]) -> pd.DataFrame:
+    rows = []
+    for path in sorted(root.glob("*/*/fold_*/budget.json")):
+        data = _read_json(path, problems)
+        if data is None:
+            continue
+        approach, trained_on = path.parts[-4], path.parts[-3]
+        missing = [k for k in BUDGET_COLUMNS if k not in data]
+        if missing:
+            problems.append(f"{path}: missing keys {missing}")
+        rows.append({"model": model_label(approach, trained_on), "approach": approach, "trained_on": trained_on,
+                     "fold": _fold(path.parent), **{k: data.get(k) for k in BUDGET_COLUMNS}})
+    return pd.DataFrame(rows, columns=["model", "approach", "trained_on", "fold", *BUDGET_COLUMNS])
+
+
+def _stitch_identity(slug: str) -> dict[str, str]:
+    """``via_a_double_batched`` → c = a, method = double_batched."""
+    match = re.match(r"^via_([^_]+)_(.+)$", slug)
+    if not match:
+        return {"slug": slug, "c": "?", "method": slug}
+    return {"slug": slug, "c": match.group(1), "method": match.group(2)}
+
+
+def _positions(root: Path, problems: list[str]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    positions, references, selections = [], [], []
+    for folder in sorted(p for p in (root / "stitch").glob("*/fold_*") if p.is_dir()):
+        identity = {**_stitch_identity(folder.parent.name), "fold": _fold(folder)}
+        if (folder / "positions.csv").is_file():
+            table = _read_csv(folder / "positions.csv", problems)
+            if table is not None and {"k", "dice", "hd95"} <= set(table.columns):
+                for key, value in identity.items():
+                    table[key] = value
+                positions.append(table)
+            elif table is not None:
+                problems.append(f"{folder / 'positions.csv'}: needs columns k, dice, hd95")
+        if (folder / "no_stitch.json").is_file():
+            data = _read_json(folder / "no_stitch.json", problems)
+            if data is not None:
+                references.append({**identity, "dice": data.get("dice"), "hd95": data.get("hd95")})
+        if (folder / "selection.json").is_file():
+            data = _read_json(folder / "selection.json", problems) or {}
+            for strategy, chosen in data.items():
+                if isinstance(chosen, dict):
+                    selections.append({**identity, "strategy": strategy, "k": chosen.get("k"),
+                                       "relative_position": chosen.get("relative_position")})
+    identity_columns = ["slug", "c", "method", "fold"]
+    return (pd.concat(positions, ignore_index=True) if positions else pd.DataFrame(columns=identity_columns),
+            pd.DataFrame(references, columns=[*identity_columns, "dice", "hd95"]),
+            pd.DataFrame(selections, columns=[*identity_columns, "strategy", "k", "relative_position"]))
+
+
+def _rq1(root: Path, problems: list[str]) -> pd.DataFrame:
+    tables = []
+    for path in sorted((root / "rq1").glob("*/fold_*/rq1.csv")):
+        table = _read_csv(path, problems)
+        if table is None:
+            continue
+        needed = {"method", "n_stitches", "dice", "hd95"}
+        if not needed <= set(table.columns):
+            problems.append(f"{path}: needs columns {sorted(needed)}")
+            continue
+        table["c"] = path.parts[-3]
+        table["fold"] = _fold(path.parent)
+        tables.append(table)
+    columns = ["c", "fold", "method", "n_stitches", "sample", "dice", "hd95"]
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=columns)
+
+
+def _raw_facts(root: Path, pair: str) -> tuple[str, dict[str, int]]:
+    """HD95's unit (from the datasets' file ending) and each party's number of CV cases."""
+    unit, sizes = "units of the data", {}
+    for party in PARTIES:
+        for dataset_json in sorted((root / "data" / pair / "nnUNet_raw").glob(f"Dataset*_{pair}_{party}/dataset.json")):
+            try:
+                info = json.loads(dataset_json.read_text())
+            except (OSError, ValueError):
+                continue
+            unit = "px" if str(info.get("file_ending", "")).lower() == ".png" else "mm"
+            if isinstance(info.get("numTraining"), int):
+                sizes[party] = info["numTraining"]
+    return unit, sizes
+
+
+def load_pair(pair: str, root: Path = Path(".")) -> PairResults:
+    """Read every result of ``pair`` under ``root`` (the repository root).
+
+    Missing files give empty tables; unreadable ones are listed in ``problems`` rather
+    than stopping the report.
+    """
+    metrics_root = Path(root) / "metrics" / pair
+    problems: list[str] = []
+    cases = _cases(metrics_root, problems)
+    positions, no_stitch, selections = _positions(metrics_root, problems)
+    unit, sizes = _raw_facts(Path(root), pair)
+    results = PairResults(pair=pair, cases=cases, models=_models(cases), budgets=_budgets(metrics_root, problems),
+                          positions=positions, no_stitch=no_stitch, selections=selections,
+                          rq1=_rq1(metrics_root, problems), hd95_unit=unit, train_cases=sizes, problems=problems)
+    logger.info("%s: %d per-case rows of %d models, %d budgets, %d scored positions, %d RQ1 rows%s",
+                pair, len(cases), len(results.models), len(results.budgets), len(positions), len(results.rq1),
+                f"; {len(problems)} unreadable files" if problems else "")
+    return results

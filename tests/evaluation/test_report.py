@@ -1,0 +1,131 @@
+"""The report on hand-made metrics trees: findings with known verdicts, tables, figures, files."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from stitch_ops.evaluation.findings import Verdict, judge
+from stitch_ops.evaluation.report import _stats, mlflow_metrics, run, write_index
+from stitch_ops.evaluation.results import load_pair, model_label
+from tests.evaluation.report_tree import EXPECTED, MEANS, PAIR, write_tree
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture()
+def tree(tmp_path: Path) -> Path:
+    return write_tree(tmp_path)
+
+
+def test_labels_are_the_papers_shorthands():
+    assert model_label("finetune", "b_to_a") == "b→a"
+    assert model_label("stitch", "via_a_double_batched") == "a←[a]→b DB"
+    assert model_label("stitch", "via_b_direct_matching") == "a←[b]→b DM"
+    assert model_label("mystery", "x") == "mystery/x"
+
+
+def test_load_pair_reads_every_contract_file(tree: Path):
+    results = load_pair(PAIR, tree)
+    assert set(results.models["model"]) == {model_label(a, t) for a, t in MEANS}
+    assert results.hd95_unit == "px"
+    assert results.train_cases == {"a": 60, "b": 30}
+    assert len(results.budgets) == 8 and results.budgets["iterations"].eq(150).all()
+    assert set(results.positions["slug"]) == {"via_a_double_batched", "via_a_direct_matching"}
+    assert len(results.no_stitch) == 2
+    assert set(results.selections["strategy"]) == {"current_fold", "all_folds", "rule_of_thumb"}
+    assert set(results.rq1["method"]) == {"direct_matching", "double_batched"}
+    assert results.problems == []
+
+
+def test_findings_have_the_hand_checked_verdicts(tree: Path):
+    results = load_pair(PAIR, tree)
+    stats, _ = _stats(results)
+    findings = judge(results, stats)
+    assert [f.number for f in findings] == list(range(1, 10))
+    assert {f.number: str(f.verdict) for f in findings} == EXPECTED
+    # the numbers behind a verdict are the data's
+    assert "D(a,a) = 0.90" in findings[0].numbers and "D(a+b,a) = 0.91" in findings[0].numbers
+    assert "held for 1 of 2" in findings[5].numbers
+
+
+def test_findings_flip_with_the_data(tmp_path: Path):
+    models = dict(MEANS)
+    models[("ensemble", "a_and_b")] = (0.95, 0.80)  # a&b now helps a and hurts b: finding 5 fails
+    results = load_pair(PAIR, write_tree(tmp_path, models=models))
+    findings = {f.number: f for f in judge(results, _stats(results)[0])}
+    assert findings[5].verdict is Verdict.NOT_HELD
+    assert "0.950" in findings[5].numbers
+
+
+def test_missing_inputs_are_not_testable_not_guessed(tmp_path: Path):
+    models = {k: v for k, v in MEANS.items() if k[0] not in ("merged", "stitch")}
+    results = load_pair(PAIR, write_tree(tmp_path, models=models, extras=False))
+    findings = {f.number: f for f in judge(results, _stats(results)[0])}
+    for number in (1, 3, 6, 7, 8):
+        assert findings[number].verdict is Verdict.NOT_TESTABLE, number
+    assert findings[5].verdict is Verdict.HELD
+
+
+def test_own_data_family_per_perspective(tree: Path):
+    stats, notes = _stats(load_pair(PAIR, tree))
+    family_a = set(stats.loc[stats["perspective"] == "a", "model"])
+    assert family_a == {"b→a", "a&b", "a&b→a", "a‖b", "a+b", "a←[a]→b DB", "a←[a]→b DM"}
+    family_b = set(stats.loc[stats["perspective"] == "b", "model"])
+    assert family_b == {"a→b", "a&b", "a&b→b", "a‖b", "a+b"}  # no stitching with a's data, no b→a
+    assert (stats["n_pairs"] == 12).all()
+    dice_a = stats[(stats["perspective"] == "a") & (stats["metric"] == "dice")].set_index("model")
+    assert dice_a.loc["a&b", "direction"].startswith("worse than a")
+    assert dice_a.loc["a&b", "median_difference"] == pytest.approx(-0.06, abs=1e-3)
+    metrics = mlflow_metrics(load_pair(PAIR, tree), stats, [])
+    assert metrics["wilcoxon/a/stitch_via_a_double_batched/dice_p_holm"] == pytest.approx(
+        dice_a.loc["a←[a]→b DB", "p_holm"])
+
+
+def test_run_writes_self_contained_html_markdown_metrics_and_figures(tree: Path):
+    report = run(PAIR, tree, Path("reports"), log_mlflow=False)
+    page = report.html.read_text(encoding="utf-8")
+    images = re.findall(r"<img src='([^']+)'", page)
+    # bi-objective mean + fold 0, own data a and b, positions of c = a, RQ1 of c = a
+    assert len(images) == 6 == len(report.figures)
+    for uri in images:
+        assert uri.startswith("data:image/png;base64,")
+        assert base64.b64decode(uri.split(",", 1)[1]).startswith(PNG_MAGIC)
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+    for section in ("Findings of the paper", "Approaches and operating conditions", "Training budgets",
+                    "Bi-objective results", "Wilcoxon signed-rank + Holm", "Selection strategies"):
+        assert section.lower() in page.lower(), section
+    assert "a←[a]→b DB" in page and "rule_of_thumb" in page
+    markdown = report.markdown.read_text(encoding="utf-8")
+    assert "## Training budgets" in markdown and f"]({PAIR}/figures/biobjective_mean.png)" in markdown
+    assert all(p.read_bytes().startswith(PNG_MAGIC) for p in report.figures)
+    headline = json.loads(report.metrics.read_text(encoding="utf-8"))
+    assert headline["findings"]["verdicts"] == {str(k): v for k, v in EXPECTED.items()}
+    assert headline["models"]["local_a"]["test_a_dice"] == pytest.approx(0.90, abs=1e-3)
+    tables = pd.read_csv(tree / "reports" / PAIR / "tables" / "wilcoxon_holm.csv")
+    assert set(tables["perspective"]) == {"a", "b"}
+    assert not list((tree / "reports").glob(".*partial*"))
+
+
+def test_unavailable_inputs_say_so(tmp_path: Path):
+    root = write_tree(tmp_path, models={("local", "a"): (0.9, 0.7)}, extras=False, hd95_file_ending=None)
+    page = run(PAIR, root, Path("reports"), log_mlflow=False).html.read_text(encoding="utf-8")
+    assert page.count("not available in this run") >= 4
+    assert "HD95 in units of the data" in page
+
+
+def test_rerun_replaces_outputs_and_index_links_pairs(tree: Path):
+    run(PAIR, tree, Path("reports"), log_mlflow=False)
+    shutil.rmtree(tree / "metrics" / PAIR / "rq1")
+    report = run(PAIR, tree, Path("reports"), log_mlflow=False)
+    assert not (tree / "reports" / PAIR / "figures" / "rq1_a_fold0.png").exists()
+    assert len(report.figures) == 5
+    index = write_index([PAIR, "absent"], tree / "reports").read_text(encoding="utf-8")
+    assert f"href='{PAIR}.html'" in index
+    assert "not available in this run" in index  # the pair without a report
