@@ -1,4 +1,5 @@
-"""The ``stitch-ops`` command: one subcommand per stage of the data's journey.
+"""The ``stitch-ops`` command: task commands (``stitch``, ``predict``) for people who share
+models, then one subcommand per stage of the data's journey.
 
 ``stitch-ops <stage> ...`` is the same as ``python -m stitch_ops.<stage> ...`` (which the
 DVC stages call), so ``stitch-ops <stage> --help`` shows the stage's own options.
@@ -18,6 +19,10 @@ from stitch_ops import __version__
 from stitch_ops.cli_common import one_line_usage_errors, report_errors
 from stitch_ops.config import DEFAULT_PARAMS, ConfigError, apply_profile, profile_names
 
+TASKS = {
+    "stitch": "stitch your model with another party's on your own unlabeled images; export a bundle",
+    "predict": "segment a folder of images with any model (bundle, nnU-Net results folder or zip)",
+}
 STAGES = {
     "data": "generate the synthetic two-party data, convert real datasets, split into folds",
     "nnunet": "plan/preprocess, train and predict nnU-Net models",
@@ -65,6 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "federated learning and pooled data. The whole pipeline: `dvc repro`.")
     parser.add_argument("--version", action="version", version=f"stitch_ops {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for task, summary in TASKS.items():  # task commands first: what people who share models run
+        commands.add_parser(task, help=summary, add_help=False)
     for stage, summary in STAGES.items():
         commands.add_parser(stage, help=summary, add_help=False)
     commands.add_parser("profile", help="switch params.yaml to the smoke, quick or paper profile",
@@ -72,6 +79,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, rest = one_line_usage_errors(parser).parse_known_args(argv)
     if args.command == "profile":
         return _profile(rest)
+    if args.command in TASKS:
+        from stitch_ops import commands
+
+        task_main = getattr(commands, f"{args.command}_main")
+        return report_errors(f"stitch-ops {args.command}", lambda: task_main(rest), debug="--debug" in rest)
     # each stage's main reports its own errors; this catches what escapes one that does not
     stage_main = command_module(args.command).main
     return report_errors(f"stitch-ops {args.command}", lambda: stage_main(rest), debug="--debug" in rest)

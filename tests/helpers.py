@@ -3,13 +3,41 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINE_FILES = ("dvc.yaml", "params.yaml", ".dvcignore", "bundles", "stitch_ops")
+# what stitch_ops.nnunet.env.configure sets for the whole process
+NNUNET_VARIABLES = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_n_proc_DA",
+                    "nnUNet_def_n_proc", "nnUNet_compile")
+
+
+@contextmanager
+def kept_global_state() -> Iterator[None]:
+    """Restore nnU-Net's environment variables and the global random generators (Python,
+    NumPy, torch) on exit: for tests and session fixtures that call code which sets them."""
+    import numpy as np
+    import torch
+
+    environment = {key: os.environ.get(key) for key in NNUNET_VARIABLES}
+    generators = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    try:
+        yield
+    finally:
+        for key, value in environment.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        random.setstate(generators[0])
+        np.random.set_state(generators[1])
+        torch.set_rng_state(generators[2])
 
 
 def pipeline_env() -> dict[str, str]:
@@ -18,7 +46,7 @@ def pipeline_env() -> dict[str, str]:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.update(DVC_NO_ANALYTICS="1", nnUNet_def_n_proc="1", nnUNet_compile="f")
     env.pop("MLFLOW_TRACKING_URI", None)
-    # in-process tests may have pointed nnU-Net elsewhere or set training-only variables
+    # a user's shell has no nnU-Net folders set: the stages set them for themselves
     for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_n_proc_DA"):
         env.pop(key, None)
     return env

@@ -24,6 +24,7 @@ import yaml
 from PIL import Image
 
 from stitch_ops import cli
+from stitch_ops.bundle.export import write_manifest
 from stitch_ops.errors import UserError
 from stitch_ops.paths import PairPaths, dataset_name
 
@@ -91,8 +92,7 @@ def bundle(root: Path, metadata: str | None = None, config: str = '{"network": {
     return folder
 
 
-METADATA = ('{"version": "0.1.0", "monai_version": "1.4", "pytorch_version": "2.8", "task": "seg", '
-            '"description": "d", "network_data_format": {}}')
+METADATA = (REPO / "bundles" / "local" / "configs" / "metadata.json").read_text()  # complete, as exported
 LOCAL_A = PairPaths("polyp").model_dir("local", "a", 0) / "export"
 STITCH_NETWORK = PairPaths("polyp").model_dir("stitch", "via_a_double_batched", 0) / "network" / "stitched_network.pt"
 
@@ -108,6 +108,20 @@ class Case:
 
 
 CASES: dict[str, Case] = {
+    # ---- task commands: models as people share them ------------------------------------------
+    "predict with a model that does not exist": Case(["predict", "--model", "nowhere", "--input", "imgs", "--out", "o"],
+                                                     "no model at nowhere: expected a bundle", setup=lambda root: None),
+    "predict with a folder that is not a model": Case(
+        ["predict", "--model", "empty", "--input", "imgs", "--out", "o"], "empty is not a model: expected a bundle",
+        setup=lambda root: (root / "empty").mkdir()),
+    "predict with a corrupt zip": Case(["predict", "--model", "m.zip", "--input", "imgs", "--out", "o"],
+                                       "m.zip is a file but not a zip archive", setup=lambda root: write(root / "m.zip")),
+    "stitch with a folder that is not a model": Case(
+        ["stitch", "--own", "empty", "--other", "nowhere", "--images", "imgs", "--out", "o"], "is not a model",
+        setup=lambda root: (root / "empty").mkdir()),
+    "stitch with an unknown method": Case(
+        ["stitch", "--own", "a", "--other", "b", "--images", "i", "--out", "o", "--method", "direct"],
+        "argument --method: invalid choice: 'direct'", setup=lambda root: None),
     # ---- params.yaml --------------------------------------------------------------------
     "missing params file": Case(["nnunet", "train", "--pair", "polyp", "--party", "a", "--fold", "0"],
                                 "no params file at", setup=lambda root: None),
@@ -144,7 +158,7 @@ CASES: dict[str, Case] = {
     "missing params section": Case(["baselines", "federated", "--pair", "polyp", "--fold", "0"],
                                    "no section 'federated'", setup=lambda root: write_params(root, federated=None)),
     # ---- names on the command line --------------------------------------------------------
-    "unknown command": Case(["train"], "invalid choice: 'train' (choose from 'data', 'nnunet'"),
+    "unknown command": Case(["train"], "argument COMMAND: invalid choice: 'train' (choose from"),
     "unknown pair": Case(["data", "prepare", "--pair", "knee"], "pair 'knee' is not in params 'data'; known pairs"),
     "unknown pair (bundle export)": Case(["bundle", "export", "--pair", "knee", "--trained-on", "a", "--fold", "0"],
                                          "pair 'knee' is not in params 'data'"),
@@ -233,16 +247,15 @@ CASES: dict[str, Case] = {
                                            setup=lambda root: bundle(root, metadata='{"version": ')),
     "a bundle that runs code": Case(["bundle", "verify", "received_bundle"], "pass --trust only if you trust",
                                     setup=lambda root: bundle(root, METADATA, '{"x": "$__import__(\'os\')"}')),
+    "a bundle whose models are not checked": Case(
+        ["bundle", "verify", "received_bundle"], "ships models/ but no manifest.sha256",
+        setup=lambda root: exported_model(bundle(root, METADATA) / "models" / "fold_0")),
     "a bundle with a corrupt model": Case(
         ["bundle", "verify", "received_bundle"], "weights.pth as plain weights",
-        setup=lambda root: exported_model(bundle(root, METADATA) / "models" / "fold_0")),
+        setup=lambda root: (exported_model(bundle(root, METADATA) / "models" / "fold_0"),
+                            write_manifest(root / "received_bundle"))),
     "export a bundle with no model": Case(["bundle", "export", "--pair", "polyp", "--trained-on", "a", "--fold", "0"],
-                                          "No such file or directory: models/polyp/local/a/fold_0/export",
-                                          setup=lambda root: (write_params(root), (root / "bundles").symlink_to(
-                                              REPO / "bundles"))),
-    "export a bundle outside the checkout": Case(
-        ["bundle", "export", "--pair", "polyp", "--trained-on", "a", "--fold", "0"],
-        "No such file or directory: bundles/local; check the path"),
+                                          "no model at models/polyp/local/a/fold_0/export: expected a bundle"),
 }
 
 
@@ -271,7 +284,7 @@ def assert_one_clean_line(status: int, stderr: str, phrase: str) -> None:
 def test_the_table_has_at_least_30_cases_across_every_command():
     commands = {case.argv[0] for case in CASES.values()}
     assert len(CASES) >= 30
-    assert set(cli.STAGES) | {"profile"} <= commands
+    assert set(cli.TASKS) | set(cli.STAGES) | {"profile"} <= commands
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -284,14 +297,24 @@ def test_bad_input_fails_with_one_clear_line(name: str, tmp_path: Path, capsys: 
 
 # ---- every subcommand, including ones added later ---------------------------------------------
 
+def _command_parser(command: str) -> argparse.ArgumentParser:
+    """The parser of a top-level command: a task command's ``<task>_parser()`` in
+    ``stitch_ops.commands``, or a stage module's ``build_parser()``."""
+    if command in cli.TASKS:
+        from stitch_ops import commands
+
+        return getattr(commands, f"{command}_parser")()
+    return cli.command_module(command).build_parser()
+
+
 def _subcommands() -> list[list[str]]:
-    """``[stage, subcommand]`` for every subcommand of every stage command (``[stage]`` when
-    it has none), found from the stage modules' ``build_parser()``."""
+    """``[command, subcommand]`` for every subcommand of every command (``[command]`` when
+    it has none), found from the commands' parsers."""
     found = []
-    for stage in cli.STAGES:
-        parser = cli.command_module(stage).build_parser()
+    for command in [*cli.TASKS, *cli.STAGES]:
+        parser = _command_parser(command)
         subs = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
-        found += [[stage, name] for action in subs for name in action.choices] if subs else [[stage]]
+        found += [[command, name] for action in subs for name in action.choices] if subs else [[command]]
     return found
 
 
@@ -310,7 +333,7 @@ def _required_arguments(parser: argparse.ArgumentParser) -> list[str]:
 
 
 def _subparser(path: list[str]) -> argparse.ArgumentParser:
-    parser = cli.command_module(path[0]).build_parser()
+    parser = _command_parser(path[0])
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction) and len(path) > 1:
             return action.choices[path[1]]

@@ -17,8 +17,10 @@ exactly once, and written back under all its names (:func:`load_canonical_state`
 crashes, :class:`FederatedRoundError` is raised, the server's global model is left as
 it was after the last completed round, and the driver's checkpoint
 (``global/latest.pth``, replaced atomically after each completed round) is untouched.
-Running again resumes from that round (parties restart from the global weights; their
-local optimiser state is lost).
+Running again resumes from that round: parties restart from the global weights and from
+the local state (optimiser momentum, logged curves) each saved after that round in its own
+results folder, and every round is seeded with ``(seed, round)``, so a resumed run ends
+with the same global model as an uninterrupted one.
 
 **Where it runs.** ``address=None`` starts Ray on this machine with ``cpus_per_party``
 CPUs per party. ``address="auto"`` (or ``"ray://head:10001"``) joins an existing cluster
@@ -47,6 +49,7 @@ logger = logging.getLogger(__name__)
 GLOBAL = "global"
 CHECKPOINT = "latest.pth"
 HISTORY = "rounds.json"
+LOCAL_STATE = "local_state"
 
 
 class FederatedRoundError(RuntimeError):
@@ -167,11 +170,12 @@ class FaultInjection:
 class FederatedParty:
     """One party's nnU-Net training, one epoch per call (run as a Ray actor)."""
 
-    def __init__(self, data: PartyData, fold: int, schedule: NnUNetSchedule, crash_at_round: int | None = None):
+    def __init__(self, data: PartyData, fold: int, schedule: NnUNetSchedule, crash_at_round: int | None = None,
+                 seed: int = 0):
         from stitch_ops.nnunet.env import NnUNetRoots, configure, resolve_device
 
         configure(NnUNetRoots(preprocessed=data.preprocessed_root, results=data.results_root), training=True)
-        from stitch_ops.nnunet.trainer import ScheduledTrainer
+        from stitch_ops.nnunet.trainer import ScheduledTrainer, seed_everything
 
         folder = data.preprocessed_root / data.dataset_name
         plans = json.loads((folder / "nnUNetPlans.json").read_text())
@@ -183,8 +187,9 @@ class FederatedParty:
         self.crash_at_round = crash_at_round
         self.trainer = ScheduledTrainer(plans=plans, configuration=schedule.configuration, fold=fold,
                                         dataset_json=dataset_json, device=resolve_device(schedule.device))
-        self.trainer.apply_schedule(schedule)
+        self.trainer.apply_schedule(schedule, seed)
         self.trainer.save_every = schedule.epochs + 1  # the global checkpoint is the driver's
+        seed_everything(seed, 1)  # the initial global model (party 0's initial weights)
         self.trainer.initialize()
         self.trainer.on_train_start()
 
@@ -198,6 +203,40 @@ class FederatedParty:
     def mirroring_axes(self) -> tuple[int, ...] | None:
         return self.trainer.inference_allowed_mirroring_axes
 
+    def _local_state_path(self, round_index: int) -> Path:
+        return self.data.results_root / LOCAL_STATE / f"after_round_{round_index}.pth"
+
+    def _save_local_state(self, round_index: int) -> None:
+        """What FedAvg keeps local (optimiser state, logged curves), after ``round_index``;
+        written atomically, the two newest kept (a kill between this party's save and the
+        driver's global checkpoint leaves the previous round's state for the resume)."""
+        path = self._local_state_path(round_index)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        scaler = self.trainer.grad_scaler
+        record = {"round": round_index, "optimizer": self.trainer.optimizer.state_dict(),
+                  "grad_scaler": scaler.state_dict() if scaler is not None else None,
+                  "logging": self.trainer.logger.get_checkpoint(), "best_ema": self.trainer._best_ema}
+        torch.save(record, path.with_suffix(".partial"))
+        os.replace(path.with_suffix(".partial"), path)
+        for old in path.parent.glob("after_round_*.pth"):
+            if int(old.stem.removeprefix("after_round_")) < round_index - 1:
+                old.unlink()
+
+    def restore(self, completed_rounds: int) -> bool:
+        """Resume this party's local state saved after round ``completed_rounds - 1``;
+        False (and a fresh optimiser) when there is none."""
+        path = self._local_state_path(completed_rounds - 1)
+        if not path.is_file():
+            return False
+        # the party's own file, written by _save_local_state (the logger holds plain Python lists)
+        record = torch.load(path, map_location=self.trainer.device, weights_only=False)
+        self.trainer.optimizer.load_state_dict(record["optimizer"])
+        if self.trainer.grad_scaler is not None and record["grad_scaler"] is not None:
+            self.trainer.grad_scaler.load_state_dict(record["grad_scaler"])
+        self.trainer.logger.load_checkpoint(record["logging"])
+        self.trainer._best_ema = record["best_ema"]
+        return True
+
     def train_round(self, round_index: int, state: Mapping[str, torch.Tensor]) -> tuple[dict, dict]:
         """Start from the global ``state``, train one epoch; return (new state, metrics)."""
         if self.crash_at_round == round_index:
@@ -205,6 +244,7 @@ class FederatedParty:
         load_canonical_state(self.trainer.network, state)
         self.trainer.current_epoch = round_index
         self.trainer.run_epoch()
+        self._save_local_state(round_index)
         logged = self.trainer.logger
         metrics = {"party": self.data.party, "round": round_index,
                    "train_loss": float(logged.get_value("train_losses", step=-1)),
@@ -265,7 +305,7 @@ class GlobalCheckpoint:
 
 def train_federated(parties: Sequence[PartyData], fold: int, schedule: NnUNetSchedule, checkpoint_dir: Path, *,
                     ray_options: RayOptions = RayOptions(), fault: FaultInjection | None = None,
-                    progress: bool = True) -> tuple[dict[str, torch.Tensor], tuple[int, ...] | None, list[dict]]:
+                    seed: int = 0, progress: bool = True) -> tuple[dict[str, torch.Tensor], tuple[int, ...] | None, list[dict]]:
     """Run ``schedule.epochs`` FedAvg rounds (resuming after the last completed one).
 
     Returns:
@@ -292,7 +332,7 @@ def train_federated(parties: Sequence[PartyData], fold: int, schedule: NnUNetSch
             crash = fault.round_index if fault is not None and fault.party == data.party else None
             actors.append(actor_class.options(num_cpus=ray_options.cpus_per_party, resources=resources,
                                               max_restarts=0)
-                          .remote(data, fold, schedule, crash))
+                          .remote(data, fold, schedule, crash, seed))
         try:
             sizes = ray.get([a.num_cases.remote() for a in actors])
             mirroring = ray.get(actors[0].mirroring_axes.remote())
@@ -301,6 +341,11 @@ def train_federated(parties: Sequence[PartyData], fold: int, schedule: NnUNetSch
             else:
                 completed, state = resumed
                 logger.info("resuming federated training after round %d of %d", completed, schedule.epochs)
+                restored = ray.get([a.restore.remote(completed) for a in actors])
+                for data, ok in zip(parties, restored):
+                    if not ok:
+                        logger.warning("party %s has no local state of round %d: its optimiser starts afresh",
+                                       data.party, completed - 1)
         except RayError as err:
             raise FederatedRoundError(f"a party failed to start: {err}") from err
         server = ray.remote(num_cpus=0)(FedAvgServer).remote(state, completed)

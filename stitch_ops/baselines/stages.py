@@ -70,7 +70,7 @@ def train_finetuned(paths: PairPaths, party: str, fold: int, params: Params, *, 
     from stitch_ops.baselines.trainers import FinetuneTrainer
 
     run = TrainingRun(dataset_name(paths.pair, party), preprocessed, results_root, fold, schedule,
-                      pretrained=pretrained, trainer=FinetuneTrainer.__name__)
+                      pretrained=pretrained, trainer=FinetuneTrainer.__name__, seed=params.seed)
     warmup = schedule.warmup()
     logger.info("fine-tuning %s's model on %s's data, fold %d: %d epochs x %d iterations, lr %.2g -> %.2g "
                 "(warm-up %d epochs) then polynomial decay", source, party, fold, schedule.epochs,
@@ -136,7 +136,8 @@ def merged(pair: str, fold: int, params: Params, *, root: Path = Path("."), prog
                         params.nnunet.configuration)
     schedule = NnUNetSchedule(**{**asdict(params.nnunet), "epochs": settings.epochs,
                                  "iterations_per_epoch": settings.iterations_per_epoch})
-    run = TrainingRun(name, preprocessed, paths.model_dir(model.approach, model.trained_on, fold), fold, schedule)
+    run = TrainingRun(name, preprocessed, paths.model_dir(model.approach, model.trained_on, fold), fold, schedule,
+                      seed=params.seed)
     exported = train_fold(run, progress=progress,
                           provenance={"pair": pair, "approach": model.approach, "trained_on": model.trained_on,
                                       "shorthand": model.shorthand})
@@ -163,7 +164,8 @@ def federated(pair: str, fold: int, params: Params, *, root: Path = Path("."), p
                                  "iterations_per_epoch": settings.iterations_per_epoch})
     parties = [PartyData(p, dataset_name(pair, p), paths.preprocessed_root(p, plans_from=JOINT).resolve(),
                          (results / "parties" / p).resolve()) for p in PARTIES]
-    fingerprint = hashlib.sha256(json.dumps([str(schedule), [str(p) for p in parties], fold]).encode()).hexdigest()[:16]
+    fingerprint = hashlib.sha256(json.dumps([str(schedule), [str(p) for p in parties], fold, params.seed])
+                                 .encode()).hexdigest()[:16]
     marker = results / "run_config.json"
     if marker.is_file() and _read(marker).get("fingerprint") == fingerprint:
         if (results / "export" / "weights.pth").is_file():
@@ -181,7 +183,8 @@ def federated(pair: str, fold: int, params: Params, *, root: Path = Path("."), p
                 settings.rounds, settings.iterations_per_epoch, settings.address or "this machine")
     with TrainingClock(results):
         state, mirroring, history = train_federated(parties, fold, schedule, results / "global",
-                                                    ray_options=options, fault=fault, progress=progress)
+                                                    ray_options=options, fault=fault, seed=params.seed,
+                                                    progress=progress)
     from stitch_ops.baselines.federated import load_canonical_state
 
     folder = parties[0].preprocessed_root / parties[0].dataset_name

@@ -15,8 +15,8 @@ class FinetuneTrainer(ScheduledTrainer):
 
     warmup: WarmupSchedule
 
-    def apply_schedule(self, schedule: NnUNetSchedule) -> None:
-        super().apply_schedule(schedule)
+    def apply_schedule(self, schedule: NnUNetSchedule, seed: int = 0) -> None:
+        super().apply_schedule(schedule, seed)
         if isinstance(schedule, FinetuneSchedule):
             self.warmup = schedule.warmup()
         else:  # no warm-up: nnU-Net's polynomial schedule from initial_lr

@@ -85,7 +85,7 @@ def finetune_on_own_data(model_dir: str | Path, raw_dataset: str | Path, output_
     from stitch_ops.baselines.trainers import FinetuneTrainer
 
     run = TrainingRun(name, preprocessed, work / "nnUNet_results" / f"fold_{fold}", fold, ft, pretrained=model_dir,
-                      trainer=FinetuneTrainer.__name__)
+                      trainer=FinetuneTrainer.__name__, seed=seed)
     exported = train_fold(run, trainer_class=FinetuneTrainer, progress=progress,
                           provenance={"approach": "finetune", "source_model": str(model_dir),
                                       "source": str(raw_dataset), "base_lr": base_lr})

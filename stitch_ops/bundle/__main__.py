@@ -1,4 +1,4 @@
-"""``python -m stitch_ops.bundle {export,verify}``: trained MONAI bundles in and out."""
+"""``stitch-ops bundle {export,verify}``: trained MONAI bundles out, received bundles checked."""
 
 from __future__ import annotations
 
@@ -10,24 +10,52 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from stitch_ops.cli_common import common_options, run_command
-from stitch_ops.config import Params
-from stitch_ops.paths import PairPaths
+from stitch_ops.config import Params, load_params
+from stitch_ops.errors import UserError
 
 logger = logging.getLogger("stitch_ops.bundle")
 
 
-def export(args: argparse.Namespace, params: Params) -> None:
-    from stitch_ops.bundle.export import export_trained_bundle
+def _flat_metrics(summary_file: Path | None) -> dict[str, float]:
+    """Numeric entries of a ``summary.json`` (aggregates only: nothing per case)."""
+    if summary_file is None or not summary_file.is_file():
+        return {}
+    summary = json.loads(summary_file.read_text())
+    return {k: float(v) for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
+
+def export(args: argparse.Namespace, params: Params | None) -> None:
+    from stitch_ops.bundle.export import ExportInfo, export_bundle
+    from stitch_ops.bundle.sources import open_model
+
+    if args.model is not None:
+        if args.out is None:
+            raise UserError("--model needs --out DIR: where to write the bundle (and DIR.zip)")
+        model = open_model(args.model, args.fold, trusted=args.trust)
+        info = ExportInfo(approach=args.approach or "nnunet",
+                          trained_on=args.trained_on or "the exporting institution's own data",
+                          eval_metrics=_flat_metrics(args.metrics))
+        definition = Path("bundles") / info.approach
+        target = export_bundle(model, args.out, info, definition=definition, make_zip=not args.no_zip)
+        print(f"{target}: MONAI bundle of {model.description}" + ("" if args.no_zip else f"; zip {target}.zip"))
+        return
+    from stitch_ops.paths import PairPaths
+
+    if args.pair is None or args.trained_on is None or args.fold is None:
+        raise UserError("pass --model MODEL --out DIR (any model), or --pair, --trained-on and --fold "
+                         "(a model of the pipeline)")
+    params = load_params(args.params)
     params.pair(args.pair)
+    approach = args.approach or "local"
     paths = PairPaths(args.pair)
-    summary_file = paths.metrics(args.approach, args.trained_on, args.fold) / "summary.json"
-    metrics = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
-    target = Path("exports") / args.pair / f"{args.approach}_{args.trained_on}_fold{args.fold}"
-    export_trained_bundle(Path("bundles") / args.approach,
-                          {f"fold_{args.fold}": paths.model_dir(args.approach, args.trained_on, args.fold) / "export"},
-                          target, {"trained_on": f"{args.pair} party {args.trained_on}",
-                                   "eval_metrics": metrics, "profile": params.profile})
+    model = open_model(paths.model_dir(approach, args.trained_on, args.fold) / "export")
+    metrics = _flat_metrics(paths.metrics(approach, args.trained_on, args.fold) / "summary.json")
+    info = ExportInfo(approach=approach, trained_on=f"{args.pair} party {args.trained_on} (profile {params.profile})",
+                      eval_metrics=metrics, authors="stitch_ops developers",
+                      copyright="Copyright (c) stitch_ops developers",
+                      notes=(f"fold {args.fold} of the {args.pair} pair",))
+    target = Path("exports") / args.pair / f"{approach}_{args.trained_on}_fold{args.fold}"
+    export_bundle(model, target, info, definition=Path("bundles") / approach, make_zip=not args.no_zip)
     logger.info("trained bundle written to %s", target)
 
 
@@ -36,8 +64,10 @@ def verify(args: argparse.Namespace, params: Params | None) -> None:
 
     report = verify_bundle(args.bundle, trust=args.trust)
     print(f"{report.path}: MONAI bundle '{report.metadata.get('name', '?')}' version "
-          f"{report.metadata['version']}; configs {report.configs}; "
-          f"{len(report.models)} model(s) load as plain weights"
+          f"{report.metadata['version']}: metadata matches the schema; {report.files_checked} file(s) match the "
+          f"manifest; configs {report.configs}"
+          + (f"; network loads as plain weights and maps the declared input to {report.output_shape}"
+             if report.models else "; no trained model")
           + (f"; trusted code: {report.code}" if report.code else ""))
 
 
@@ -46,22 +76,32 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     common = common_options()
     exp = commands.add_parser("export", parents=[common],
-                              help="write a trained bundle to exports/<pair>/<approach>_<party>_fold<k>")
-    exp.add_argument("--pair", required=True)
-    exp.add_argument("--approach", default="local")
-    exp.add_argument("--trained-on", required=True)
-    exp.add_argument("--fold", type=int, required=True, choices=range(5))
+                              help="write a trained model as a MONAI bundle folder and .zip")
+    exp.add_argument("--model", type=Path,
+                     help="any model: a bundle, an nnU-Net results folder or export zip, an exported folder")
+    exp.add_argument("--out", type=Path, help="with --model: the bundle folder to write (and OUT.zip)")
+    exp.add_argument("--pair", help="pipeline mode: export models/<pair>/<approach>/<trained-on>/fold_<k>")
+    exp.add_argument("--approach", help="the approach, e.g. local, finetune, stitch (default: local in "
+                                         "pipeline mode, nnunet with --model)")
+    exp.add_argument("--trained-on", help="pipeline mode: the party/slug; with --model: a description of "
+                                          "the training data (never case ids)")
+    exp.add_argument("--fold", help="one nnU-Net fold (default with --model: every fold present)",
+                     type=lambda v: v if v == "all" else int(v))
+    exp.add_argument("--metrics", type=Path, help="with --model: a summary.json of validation metrics")
+    exp.add_argument("--no-zip", action="store_true", help="write the folder only")
+    exp.add_argument("--trust", action="store_true", help="allow plans naming architectures outside "
+                                                          "dynamic_network_architectures")
     ver = commands.add_parser("verify", parents=[common],
-                              help="check a bundle received from someone else before using it")
+                              help="check a bundle (folder or .zip) received from someone else before using it")
     ver.add_argument("bundle", type=Path)
     ver.add_argument("--trust", action="store_true",
-                     help="accept configs that run code outside stitch_ops/monai")
+                     help="accept configs that run code outside stitch_ops/monai/torch")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     return run_command(build_parser(), argv, {"export": export, "verify": verify},
-                       without_params=("verify",))
+                       without_params=("verify", "export"))
 
 
 if __name__ == "__main__":

@@ -1,39 +1,302 @@
-"""Turn a bundle definition (``bundles/<approach>``) plus trained models into a trained
-bundle a party can send to another: configs, docs and licence copied, the portable model
-under ``models/fold_<k>``, and metadata stating what it was trained on and how it scored."""
+"""A trained model as a MONAI bundle another institution can receive: folder and ``.zip``.
+
+The bundle holds what a receiver needs and nothing about the patients it was trained on::
+
+    configs/metadata.json    every mandatory key of the MONAI bundle specification, with the
+                             versions that actually ran and the real input/output format
+    configs/inference.json   ``network_def`` (for MONAI's verify_net_in_out) and ``inference``
+    models/model.pt          the network's state_dict (weights_only-loadable)
+    models/network.json      how to rebuild the network from plain data (kind, folds, ...)
+    models/plans.json        the nnU-Net plans that preprocess its input (+ dataset.json:
+                             channels, labels, file ending; nothing per case)
+    docs/README.md           generated: trained on what, which folds, the owner's metrics
+    LICENSE
+    manifest.sha256          SHA-256 of every other file (``sha256sum -c manifest.sha256``)
+
+Never exported: images, labels, case identifiers, split files, nnU-Net's
+``dataset_fingerprint.json`` (per-case shapes and spacings), training logs.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import math
 import shutil
+import zipfile
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from stitch_ops import __version__
-from stitch_ops.bundle.verify import verify_bundle
+from stitch_ops.nnunet.model import NnUNetModel
+
+__all__ = ["ExportInfo", "MANIFEST", "PUBLIC_DATASET_KEYS", "export_bundle", "network_data_format",
+           "public_dataset_json", "write_manifest"]
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "manifest.sha256"
+# dataset.json keys that describe the data format; anything else (e.g. an MSD-style
+# "training" list of file names) may identify cases and stays home
+PUBLIC_DATASET_KEYS = ("channel_names", "labels", "file_ending", "regions_class_order",
+                       "overwrite_image_reader_writer", "numTraining", "name", "description",
+                       "reference", "licence", "release")
+DEFAULT_LICENSE = """Copyright (c) the exporting institution.
+
+The weights in models/ were trained on data that never left the exporting institution.
+Use them under the terms the exporting institution states; absent such terms, for
+research only, without warranty of any kind.
+"""
 
 
-def export_trained_bundle(definition: Path, models: Mapping[str, Path], target: Path,
-                          metadata: Mapping[str, Any]) -> Path:
-    """Write ``target`` atomically and verify it.
+@dataclass(frozen=True)
+class ExportInfo:
+    """What the generated metadata and README say about the model.
+
+    Attributes:
+        approach: the approach (``local``, ``finetune``, ``stitch``, ...), or ``nnunet`` for a
+            model trained outside this project.
+        trained_on: a description of the data (never case ids), e.g. ``"polyp party a"``.
+        eval_metrics: the owner's validation metrics (flat ``name -> number``).
+        version: the bundle's version.
+        authors, copyright: as the MONAI specification asks.
+        notes: extra lines for the README (e.g. the selected stitch position).
+    """
+
+    approach: str = "nnunet"
+    trained_on: str = "the exporting institution's own data"
+    eval_metrics: Mapping[str, float] = field(default_factory=dict)
+    version: str = "0.1.0"
+    authors: str = "the exporting institution"
+    copyright: str = "Copyright (c) the exporting institution"
+    notes: tuple[str, ...] = ()
+
+
+def public_dataset_json(dataset_json: Mapping[str, Any]) -> dict[str, Any]:
+    """``dataset.json`` reduced to the data format (channels, labels, file ending)."""
+    return {key: dataset_json[key] for key in PUBLIC_DATASET_KEYS if key in dataset_json}
+
+
+def _public(value: Any) -> Any:
+    """Every ``dataset_json`` inside a network description reduced like :func:`public_dataset_json`."""
+    if isinstance(value, dict):
+        return {k: public_dataset_json(v) if k == "dataset_json" and isinstance(v, dict) else _public(v)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [_public(v) for v in value]
+    return value
+
+
+def _total_strides(model: NnUNetModel) -> list[int]:
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    arch = PlansManager(model.plans).get_configuration(model.configuration).configuration["architecture"]
+    strides = arch["arch_kwargs"]["strides"]
+    dims = len(strides[-1]) if isinstance(strides[-1], (list, tuple)) else len(model.plans["configurations"]
+                                                                                  [model.configuration]["patch_size"])
+    per_axis = [[s] * dims if isinstance(s, int) else list(s) for s in strides]
+    return [math.prod(int(s[axis]) for s in per_axis) for axis in range(dims)]
+
+
+def network_data_format(model: NnUNetModel) -> dict[str, Any]:
+    """MONAI's ``network_data_format`` of ``model``: channels and their names, spatial dims
+    (multiples of the network's total stride), the target spacing, label names."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    plans_manager = PlansManager(model.plans)
+    configuration = plans_manager.get_configuration(model.configuration)
+    labels = plans_manager.get_label_manager(model.dataset_json)
+    names = {int(v) if not isinstance(v, (list, tuple)) else int(v[0]): k
+             for k, v in model.dataset_json["labels"].items()}
+    channels = model.dataset_json["channel_names"]
+    # twice the total stride: the deepest stage sees 2 voxels per axis (instance norm needs > 1)
+    spatial = [f"{2 * stride}*n" for stride in _total_strides(model)]
+    return {
+        "inputs": {"image": {
+            "type": "image", "format": "magnitude",
+            "modality": ", ".join(str(v) for v in channels.values()),
+            "num_channels": len(channels), "spatial_shape": spatial, "dtype": "float32",
+            "value_range": [], "is_patch_data": True,
+            "channel_def": {str(k): str(v) for k, v in channels.items()},
+            "spacing": [float(s) for s in configuration.spacing],
+            "preprocessing": "nnU-Net plans in models/plans.json (resampling and normalisation)",
+        }},
+        "outputs": {"pred": {
+            "type": "image", "format": "segmentation",
+            "num_channels": labels.num_segmentation_heads, "spatial_shape": spatial, "dtype": "float32",
+            "value_range": [], "is_patch_data": True,
+            "channel_def": {str(i): names.get(i, str(i)) for i in range(labels.num_segmentation_heads)},
+        }},
+    }
+
+
+def _versions() -> dict[str, Any]:
+    import monai
+    import numpy
+    import torch
+    from importlib.metadata import version
+
+    return {"monai_version": monai.__version__, "pytorch_version": torch.__version__,
+            "numpy_version": numpy.__version__,
+            "required_packages_version": {"nnunetv2": version("nnunetv2"), "stitch_ops": __version__}}
+
+
+def _metadata(model: NnUNetModel, info: ExportInfo, template: Mapping[str, Any]) -> dict[str, Any]:
+    labels = ", ".join(f"{v}: {k}" for k, v in model.dataset_json["labels"].items())
+    meta = {
+        "schema": template.get("schema", "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/"
+                                         "download/0.8.1/meta_schema_20220324.json"),
+        "version": info.version,
+        "changelog": {info.version: f"exported by stitch_ops {__version__}"},
+        **_versions(),
+        "name": template.get("name", f"stitch_ops {info.approach} model"),
+        "task": template.get("task", f"Segmentation ({labels}) with an nnU-Net"),
+        "description": template.get("description", f"{model.description}, trained on {info.trained_on}."),
+        "authors": info.authors,
+        "copyright": info.copyright,
+        "data_source": info.trained_on,
+        "data_type": model.dataset_json.get("file_ending", ""),
+        "image_classes": ", ".join(f"{k}: {v}" for k, v in model.dataset_json["channel_names"].items()),
+        "label_classes": labels,
+        "pred_classes": labels,
+        "eval_metrics": dict(info.eval_metrics),
+        "intended_use": template.get("intended_use", "Research only."),
+        "network_data_format": network_data_format(model),
+        "stitch_ops": {"approach": info.approach, "trained_on": info.trained_on, "kind": model.spec["kind"],
+                       "folds": model.folds, "configuration": model.configuration},
+    }
+    return meta
+
+
+INFERENCE_CONFIG = {
+    "bundle_root": ".",
+    "input_dir": "images",
+    "output_dir": "predictions",
+    "device": "auto",
+    "save_probabilities": False,
+    "progress": True,
+    "network_def": {"_target_": "stitch_ops.bundle.workflows.bundle_network", "bundle_root": "@bundle_root"},
+    "inference": {
+        "_target_": "stitch_ops.bundle.workflows.segment",
+        "model_dir": "@bundle_root",
+        "input_dir": "@input_dir",
+        "output_dir": "@output_dir",
+        "device": "@device",
+        "save_probabilities": "@save_probabilities",
+        "progress": "@progress",
+    },
+    "run": ["@inference"],
+}
+
+
+def _readme(model: NnUNetModel, info: ExportInfo, meta: Mapping[str, Any], approach_doc: str) -> str:
+    fmt = meta["network_data_format"]
+    lines = [f"# {meta['name']}", "", meta["description"], "",
+             "## What this model is", "",
+             f"- approach: `{info.approach}` ({model.spec['kind']})",
+             f"- trained on: {info.trained_on}",
+             f"- nnU-Net configuration `{model.configuration}`, folds {model.folds}",
+             f"- input: {fmt['inputs']['image']['num_channels']} channel(s) "
+             f"{fmt['inputs']['image']['channel_def']}, spacing {fmt['inputs']['image']['spacing']}",
+             f"- output: {fmt['outputs']['pred']['channel_def']}",
+             f"- exported with stitch_ops {__version__}, nnunetv2 "
+             f"{meta['required_packages_version']['nnunetv2']}, MONAI {meta['monai_version']}, "
+             f"PyTorch {meta['pytorch_version']}", *(f"- {note}" for note in info.notes), "",
+             "## Metrics on the owner's validation data", ""]
+    if info.eval_metrics:
+        lines += ["| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
+                  for k, v in info.eval_metrics.items()]
+    else:
+        lines.append("None recorded at export.")
+    lines += ["", "## Use", "", "Check it first, then segment a folder of nnU-Net-named images "
+              "(`{case}_0000" + model.dataset_json.get("file_ending", "") + "`):", "", "```bash",
+              "stitch-ops bundle verify THIS_BUNDLE",
+              "stitch-ops predict --model THIS_BUNDLE --input images/ --out predictions/",
+              "# or with MONAI:",
+              "python -m monai.bundle run --config_file THIS_BUNDLE/configs/inference.json "
+              "--bundle_root THIS_BUNDLE --input_dir images/ --output_dir predictions/", "```", "",
+              "Combine it with your own model without sharing data: `stitch-ops stitch --own YOUR_MODEL "
+              "--other THIS_BUNDLE --images YOUR_UNLABELED_IMAGES --out stitched/`.", "",
+              "No image, label, case identifier, split or per-case fingerprint of the training data is "
+              "in this bundle; `manifest.sha256` lists the SHA-256 of every file.", ""]
+    if approach_doc:
+        lines += ["## The approach", "", approach_doc.split("\n", 1)[-1].strip(), ""]
+    return "\n".join(lines)
+
+
+def write_manifest(folder: Path) -> Path:
+    """``manifest.sha256`` (``sha256sum`` format) over every other file of ``folder``."""
+    entries = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST):
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        entries.append(f"{digest}  {path.relative_to(folder).as_posix()}")
+    (folder / MANIFEST).write_text("\n".join(entries) + "\n")
+    return folder / MANIFEST
+
+
+def _zip(folder: Path, target: Path) -> Path:
+    staging = target.with_name(target.name + ".partial")
+    with zipfile.ZipFile(staging, "w", zipfile.ZIP_DEFLATED) as handle:
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            handle.write(path, f"{folder.name}/{path.relative_to(folder).as_posix()}")
+    staging.replace(target)
+    return target
+
+
+def export_bundle(model: NnUNetModel, target: Path, info: ExportInfo = ExportInfo(), *,
+                  definition: Path | None = None, make_zip: bool = True) -> Path:
+    """Write ``model`` as a verified MONAI bundle at ``target`` (and ``target.zip``), atomically.
 
     Args:
-        definition: the bundle folder in ``bundles/`` (configs/, docs/, LICENSE).
-        models: name → exported model folder, copied to ``models/<name>``.
-        metadata: fields added to ``configs/metadata.json`` (e.g. trained_on, eval_metrics).
+        model: any opened model (:func:`stitch_ops.bundle.sources.open_model`).
+        target: the bundle folder to write.
+        info: what the metadata and README say about it.
+        definition: a bundle definition (``bundles/<approach>``) whose name, task, description,
+            licence, README and training config are carried over; optional.
+        make_zip: also write ``<target>.zip`` (the bundle folder inside).
+
+    Returns:
+        ``target``.
     """
+    from stitch_ops.bundle.sources import write_model_dir
+    from stitch_ops.bundle.verify import verify_bundle
+
+    target = Path(target)
+    definition = Path(definition) if definition is not None else None
     staging = target.with_name(target.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(definition, staging)
-    for name, folder in models.items():
-        shutil.copytree(folder, staging / "models" / name)
-    meta_path = staging / "configs" / "metadata.json"
-    meta = json.loads(meta_path.read_text())
-    meta.update(metadata)
-    meta.setdefault("optional_packages_version", {})["stitch_ops"] = __version__
-    meta_path.write_text(json.dumps(meta, indent=4))
+    (staging / "configs").mkdir(parents=True)
+    (staging / "docs").mkdir()
+    template: dict[str, Any] = {}
+    approach_doc = ""
+    if definition is not None and definition.is_dir():
+        if (definition / "configs" / "metadata.json").is_file():
+            template = json.loads((definition / "configs" / "metadata.json").read_text())
+        for config in sorted((definition / "configs").glob("*.json")):
+            if config.name not in ("metadata.json", "inference.json"):
+                shutil.copy(config, staging / "configs" / config.name)
+        if (definition / "docs" / "README.md").is_file():
+            approach_doc = (definition / "docs" / "README.md").read_text()
+    licence = definition / "LICENSE" if definition is not None else None
+    (staging / "LICENSE").write_text(licence.read_text() if licence is not None and licence.is_file()
+                                     else DEFAULT_LICENSE)
+    public = NnUNetModel(model.network, model.plans, public_dataset_json(model.dataset_json),
+                         model.configuration, model.mirroring_axes, model.description,
+                         _public(model.spec))
+    write_model_dir(public, staging / "models")
+    meta = _metadata(public, info, template)
+    (staging / "configs" / "metadata.json").write_text(json.dumps(meta, indent=4))
+    (staging / "configs" / "inference.json").write_text(json.dumps(INFERENCE_CONFIG, indent=4))
+    (staging / "docs" / "README.md").write_text(_readme(public, info, meta, approach_doc))
+    write_manifest(staging)
     verify_bundle(staging)
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
+    if make_zip:
+        _zip(target, target.with_name(target.name + ".zip"))
+    logger.info("bundle written to %s%s", target, " (+ .zip)" if make_zip else "")
     return target

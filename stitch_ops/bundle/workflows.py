@@ -11,7 +11,8 @@ from pathlib import Path
 
 from stitch_ops.config import NnUNetSchedule
 from stitch_ops.nnunet.env import NnUNetRoots, configure
-from stitch_ops.nnunet.model import load_model
+import torch
+
 from stitch_ops.nnunet.predict import predict_folder
 from stitch_ops.nnunet.train import TrainingRun, train_fold
 
@@ -53,7 +54,7 @@ def train_on_own_data(raw_dataset: str | Path, output_dir: str | Path, fold: int
         configure(NnUNetRoots(raw=raw_root, preprocessed=preprocessed_root))
         plan_and_preprocess(WORK_DATASET_ID, preprocessed_root, working, schedule.configuration,
                             progress=progress)
-    run = TrainingRun(name, preprocessed_root, work / "nnUNet_results" / f"fold_{fold}", fold, schedule)
+    run = TrainingRun(name, preprocessed_root, work / "nnUNet_results" / f"fold_{fold}", fold, schedule, seed=seed)
     exported = train_fold(run, progress=progress, provenance={"approach": "local", "source": str(raw_dataset)})
     target = output_dir / "models" / f"fold_{fold}"
     shutil.rmtree(target, ignore_errors=True)
@@ -62,10 +63,21 @@ def train_on_own_data(raw_dataset: str | Path, output_dir: str | Path, fold: int
     return target
 
 
+def bundle_network(bundle_root: str | Path = ".") -> torch.nn.Module:
+    """The network of a trained bundle with its weights (``network_def`` of ``inference.json``,
+    what ``python -m monai.bundle verify_net_in_out network_def`` checks); loaded as data."""
+    from stitch_ops.bundle.sources import open_model
+
+    return open_model(Path(bundle_root)).network
+
+
 def segment(model_dir: str | Path, input_dir: str | Path, output_dir: str | Path, device: str = "auto",
             save_probabilities: bool = False, progress: bool = True) -> Path:
-    """Segment every ``{case}_0000.*`` image of ``input_dir`` with an exported model."""
-    model = load_model(Path(model_dir))
+    """Segment every ``{case}_0000.*`` image of ``input_dir`` with a model: a trained bundle
+    (folder or zip), its ``models/``, an nnU-Net results folder or export zip."""
+    from stitch_ops.bundle.sources import open_model
+
+    model = open_model(Path(model_dir))
     return predict_folder(model, Path(input_dir), Path(output_dir), save_probabilities=save_probabilities,
                           device=device, progress=progress)
 
@@ -74,8 +86,5 @@ def segment_with_stitch_ensemble(model_dir: str | Path, input_dir: str | Path, o
                                  device: str = "auto", save_probabilities: bool = False,
                                  progress: bool = True) -> Path:
     """Segment every ``{case}_0000.*`` image of ``input_dir`` with an exported stitch-ensemble."""
-    from stitch_ops.stitching.pipeline import load_exported_ensemble
+    return segment(model_dir, input_dir, output_dir, device, save_probabilities, progress)
 
-    model = load_exported_ensemble(Path(model_dir))
-    return predict_folder(model, Path(input_dir), Path(output_dir), save_probabilities=save_probabilities,
-                          device=device, progress=progress)

@@ -26,22 +26,32 @@ of object under different acquisition conditions:
     gel-filled lumen (bright centre, dark wall), strong bias field, more
     Rician noise, slightly thinner tube.
 
+**The paper's regime.** Party *a* is the larger, more varied party: a share of its
+cases (``STYLE_MIXES``: 35 %) is drawn from a style between a's and b's (blend weight
+0.5-1 towards b; :func:`blend_styles`), like a public dataset collected at several
+centres, one of which resembles b's. So a's model has seen b-like data and loses a
+little on b's test set, while b's model (one centre, one camera) has never seen a-like
+data and loses a lot on a's. The profiles size the parties so that the test set (the
+last of six parts) holds >= 24 frames (polyp) / >= 12 volumes (pelvis) per party.
+
 A model trained on one party learns cues that are only partly present in the
 other, so it does measurably worse there -- which fine-tuning, ensembles and
-stitching can then try to repair. (Check at quick sizes, 96 px: a small 2-D
-U-Net, 150 iterations, no augmentation, reaches Dice ~0.97 on its own party
-and ~0.15-0.6 on the other one; nnU-Net's augmentation narrows the gap
-somewhat. The styles below are the knobs.) Every case is drawn from its own seed
+stitching can then try to repair. The styles and ``STYLE_MIXES`` are the knobs;
+``tests/data/test_data_synthetic.py`` checks the cues, and the basis models of the
+``quick`` profile were checked to land in the regime (README, "The embedded data").
+Every case is drawn from its own seed
 (``SeedSequence([seed, pair, party]).spawn``), so files are byte-identical on
-rerun and case *i* does not depend on how many cases follow it.
+rerun and case *i* does not depend on how many cases follow it (nor does its
+blend towards the other party's style, drawn from its own seed too).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -138,6 +148,78 @@ def _party_seeds(seed: int, pair: str, party: str, n: int) -> list[np.random.See
     """One independent seed per case (or per video), stable whatever ``n`` is."""
     root = np.random.SeedSequence([int(seed), PAIRS.index(pair), PARTIES.index(party)])
     return root.spawn(n)
+
+
+# =========================================================================== the paper's regime
+
+
+@dataclass(frozen=True)
+class StyleMix:
+    """How far a party's cases reach into the other party's style.
+
+    The paper's regime: party *a* (Kvasir-like, more and more varied data) covers part of
+    *b*'s appearance, *b* (one centre, one camera) does not cover *a*'s. So a share of
+    a's cases (a's videos, for polyp b) is drawn from a style *between* a's and b's:
+    ``blend_styles(own, other, t)`` with ``t ~ U(reach)`` (``t = 1``: b's style itself).
+    a's model has then seen b-like data and loses a little on b's test set; b's model has
+    never seen a-like data and loses a lot on a's. ``share = 0``: the party's own style only.
+    """
+
+    share: float = 0.0
+    reach: tuple[float, float] = (0.0, 0.0)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.share <= 1.0 or not 0.0 <= self.reach[0] <= self.reach[1] <= 1.0:
+            raise ValueError(f"StyleMix needs 0 <= share <= 1 and 0 <= reach[0] <= reach[1] <= 1, got {self}.")
+
+
+STYLE_MIXES = {
+    "polyp": {"a": StyleMix(share=0.35, reach=(0.5, 1.0)), "b": StyleMix()},
+    "pelvis": {"a": StyleMix(share=0.35, reach=(0.5, 1.0)), "b": StyleMix()},
+}
+
+_KEEP_OWN = ("frames_per_video",)  # a party's acquisition protocol, not its appearance
+
+
+def blend_styles(own: Any, other: Any, t: float) -> Any:
+    """The style ``(1 - t) · own + t · other``, field by field (integers rounded).
+
+    Numbers and tuples of numbers are interpolated; ``frames_per_video`` stays the
+    party's own (it is how the party records, not how its images look).
+    """
+    if type(own) is not type(other):
+        raise TypeError(f"cannot blend a {type(own).__name__} with a {type(other).__name__}.")
+    if t == 0.0:
+        return own
+
+    def mix(x: Any, y: Any) -> Any:
+        if isinstance(x, tuple):
+            return tuple(mix(u, v) for u, v in zip(x, y))
+        value = (1.0 - t) * x + t * y
+        return int(round(value)) if isinstance(x, int) and not isinstance(x, bool) else float(value)
+
+    changes = {f.name: mix(getattr(own, f.name), getattr(other, f.name)) for f in fields(own) if f.name not in _KEEP_OWN}
+    return replace(own, **changes)
+
+
+def case_blend(seed: int, pair: str, party: str, index: int) -> float:
+    """Blend weight ``t`` towards the other party's style of case (or video) ``index``.
+
+    Drawn from its own seed, so it does not depend on how many cases follow.
+    """
+    mix = STYLE_MIXES[pair][party]
+    if mix.share <= 0.0:
+        return 0.0
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), PAIRS.index(pair), PARTIES.index(party), 7, index]))
+    reaches, t = rng.uniform(0.0, 1.0) < mix.share, rng.uniform(*mix.reach)
+    return float(t) if reaches else 0.0
+
+
+def case_style(styles: Mapping[str, Any], seed: int, pair: str, party: str, index: int) -> tuple[Any, float]:
+    """The style of one case (or video) of ``party`` and its blend weight towards the other party."""
+    t = case_blend(seed, pair, party, index)
+    other = PARTIES[1 - PARTIES.index(party)]
+    return blend_styles(styles[party], styles[other], t), t
 
 
 # =========================================================================== polyp
@@ -260,12 +342,13 @@ class _PolypWriter:
         case_index = 0
         for video, (length, video_seed) in enumerate(zip(lengths, _party_seeds(seed, "polyp", party, len(lengths)))):
             scene_seed, walk_seed, *frame_seeds = video_seed.spawn(length + 2)
-            scene = _sample_polyp_scene(np.random.default_rng(scene_seed), style, size)
+            look, _ = case_style(POLYP_STYLES, seed, "polyp", party, video)
+            scene = _sample_polyp_scene(np.random.default_rng(scene_seed), look, size)
             rng_walk = np.random.default_rng(walk_seed)
             offset, zoom = np.zeros(2), 1.0
             for frame_seed in frame_seeds:
                 rng = np.random.default_rng(frame_seed)
-                image, label = _render_polyp(scene, style, size, rng, offset, zoom)
+                image, label = _render_polyp(scene, look, size, rng, offset, zoom)
                 case = f"polyp_{party}_{case_index:04d}"
                 group = f"polyp_{party}_video{video:03d}" if style.frames_per_video > 1 else case
                 yield case, group, image, label
@@ -474,10 +557,11 @@ class _PelvisWriter:
             (tmp / IMAGES_TR).mkdir()
             (tmp / LABELS_TR).mkdir()
             for index, case_seed in enumerate(_party_seeds(seed, "pelvis", party, n)):
-                volume, label = _render_pelvis(np.random.default_rng(case_seed), style, size)
+                case_look, _ = case_style(PELVIS_STYLES, seed, "pelvis", party, index)
+                volume, label = _render_pelvis(np.random.default_rng(case_seed), case_look, size)
                 case = f"pelvis_{party}_{index:04d}"
-                _save_nifti(volume, style.spacing, image_path(tmp, case, self.file_ending))
-                _save_nifti(label, style.spacing, label_path(tmp, case, self.file_ending))
+                _save_nifti(volume, case_look.spacing, image_path(tmp, case, self.file_ending))
+                _save_nifti(label, case_look.spacing, label_path(tmp, case, self.file_ending))
                 advance(1)
             write_dataset_json(
                 tmp,

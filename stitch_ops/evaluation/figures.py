@@ -7,6 +7,7 @@
   reference (both parents on c's preprocessing, no stitch) dashed;
 - :func:`rq1`: validation Dice/HD95 against the number of active stitches, one line per
   stitch training method (mean of the sampled networks, samples as dots);
+- :func:`training_curves`: the stitch training loss per epoch (how far it got to a plateau);
 - :func:`own_data`: violin + box plots of the per-case Dice/HD95 on one party's test set,
   one per approach feasible from that party.
 
@@ -25,7 +26,7 @@ import pandas as pd
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["biobjective", "own_data", "position_trend", "rq1"]
+__all__ = ["biobjective", "own_data", "position_trend", "rq1", "training_curves"]
 
 DPI = 110
 METHOD_NAMES = {"double_batched": "double-batched", "direct_matching": "direct matching"}
@@ -101,7 +102,7 @@ def position_trend(positions: pd.DataFrame, no_stitch: pd.DataFrame, path: Path,
     """Validation Dice and HD95 against the relative position of the stitch.
 
     Args:
-        positions: rows ``slug, method, c, fold, k, dice, hd95`` (``relative_position``
+        positions: rows ``slug, label, fold, k, dice, hd95`` (``relative_position``
             when written; otherwise ``k / (max k + 1)``), optionally ``selected``.
         no_stitch: rows ``slug, fold, dice, hd95``: the dashed reference lines.
     """
@@ -117,7 +118,7 @@ def position_trend(positions: pd.DataFrame, no_stitch: pd.DataFrame, path: Path,
             x = table["k"].astype(float) / (table["k"].max() + 1)
         name = f"{slug} fold {fold}"
         first = table.iloc[0]
-        label = f"c = {first['c']}, {METHOD_NAMES.get(first['method'], first['method'])}, fold {fold}"
+        label = f"{first['label']}, fold {fold}" if "label" in table.columns else f"{slug}, fold {fold}"
         reference = no_stitch[(no_stitch["slug"] == slug) & (no_stitch["fold"] == fold)]
         for ax, metric in zip(axes, ("dice", "hd95")):
             ax.plot(x, table[metric], marker="o", markersize=3, color=colours[name], label=label)
@@ -195,5 +196,27 @@ def own_data(cases: pd.DataFrame, models: Sequence[str], path: Path, unit: str, 
         ax.set_ylabel("Dice (higher is better)" if metric == "dice" else _hd95_label(unit))
         ax.grid(alpha=0.3, axis="y")
     fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def training_curves(budgets: pd.DataFrame, path: Path, title: str) -> Path:
+    """Mean training loss per epoch of each stitch training (log scale).
+
+    Args:
+        budgets: rows ``model, fold, loss_per_epoch`` (a list of floats per row).
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    names = [f"{m}, fold {f}" for m, f in zip(budgets["model"], budgets["fold"])]
+    colours = _colours(names)
+    for name, losses in zip(names, budgets["loss_per_epoch"]):
+        ax.plot(range(1, len(losses) + 1), losses, marker="o", markersize=3, color=colours[name], label=name)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("mean stitch training loss (MSE, log scale)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title)
     fig.tight_layout()
     return _save(fig, path)

@@ -6,8 +6,9 @@ or no RQ1 table), with the numbers it used. ``D(m, t)`` below is model m's mean 
 party t's test set over every fold and case; ``p`` is a party, ``o`` the other one;
 ``l`` / ``s`` the larger / smaller party (more cross-validation cases; ``a`` when the
 sizes are unknown, as the embedded pairs make a the larger, more varied party).
-A *combination* is any model that is not a basis model; it is *feasible from p* when its
-perspective is p or both. Thresholds (Dice points): ``NEAR`` = 0.03 ("about as well"),
+A *combination* is any model of Table 2 that is not a basis model (stitch-ensembles as
+selection strategy 1 chose them; the no-stitch reference and strategies 2/3 are shown, not
+judged); it is *feasible from p* when its perspective is p or both. Thresholds (Dice points): ``NEAR`` = 0.03 ("about as well"),
 ``NOTABLE`` = 0.05 ("notably", "degrades", "forgets").
 
 1. For both p: ``|D(p, p) − D(a+b, p)| ≤ NEAR`` and ``D(p, o) ≤ D(a+b, o) − NOTABLE``.
@@ -20,7 +21,7 @@ perspective is p or both. Thresholds (Dice points): ``NEAR`` = 0.03 ("about as w
    (``D(o→p, o) ≤ D(o, o) − NOTABLE`` on the original party's test set) and at least one
    matches pooled data on the fine-tuning party's (``D(o→p, p) ≥ D(a+b, p) − NEAR``).
 5. ``D(a&b, l) < D(l, l)`` and ``D(a&b, s) > D(s, s)``.
-6. For every stitch-ensemble ``a←[c]→b`` with ``gap = D(c, c) − D(a&b, c) > 0``: it closes at
+6. For every stitch-ensemble ``a←[c]→b`` of the basis models with ``gap = D(c, c) − D(a&b, c) > 0``: it closes at
    least half the gap (``D(S, c) − D(a&b, c) ≥ gap / 2``), keeps the ensemble's robustness
    (``D(S, o) ≥ D(a&b, o) − NEAR``), and, where positions and the no-stitch reference were
    scored, the worst position's validation Dice is below the reference by more than NEAR.
@@ -48,7 +49,7 @@ import pandas as pd
 
 from stitch_ops.baselines import approaches
 from stitch_ops.config import PARTIES
-from stitch_ops.evaluation.results import PairResults, model_label
+from stitch_ops.evaluation.results import PairResults, StitchSlug, model_label
 from stitch_ops.evaluation.stats import ALPHA
 
 __all__ = ["CLAIMS", "Finding", "NEAR", "NOTABLE", "Verdict", "judge", "mean_table"]
@@ -158,7 +159,7 @@ def _combinations(results: PairResults, party: str) -> list[str]:
     """Labels of evaluated non-basis models feasible from ``party``."""
     models = results.models
     keep = models[(models["approach"] != approaches.Approach.LOCAL) & models["known"].astype(bool)
-                  & models["perspective"].isin([party, approaches.BOTH])]
+                  & (models["role"] == "approach") & models["perspective"].isin([party, approaches.BOTH])]
     return list(keep["model"])
 
 
@@ -284,7 +285,9 @@ def _worst_position_degrades(results: PairResults, slug: str) -> tuple[bool | No
 
 def _finding_6(results: PairResults, D: _Means) -> Finding:
     both = _label(approaches.ensemble())
-    stitched = results.models[results.models["approach"] == approaches.Approach.STITCH]
+    models = results.models
+    stitched = models[(models["approach"] == approaches.Approach.STITCH) & (models["role"] == "approach")
+                      & ~models["trained_on"].map(lambda slug: StitchSlug.parse(slug).finetuned)]
     if stitched.empty or not (D.has(both) and D.has("a") and D.has("b")):
         return _not_testable(6, f"needs stitch-ensembles, {both} and the basis models on both test sets")
     oks, parts = [], []

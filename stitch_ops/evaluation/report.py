@@ -82,7 +82,7 @@ class PairReport:
 
 
 def _fmt(value: object, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and pd.isna(value)):
+    if value is None or value is pd.NA or (isinstance(value, float) and pd.isna(value)):
         return "–"
     if isinstance(value, bool):
         return "yes" if value else "no"
@@ -98,11 +98,24 @@ def _approach_table(results: PairResults) -> pd.DataFrame:
                                                      "models_used": "models used"})
 
 
+def _last_improvement(losses: object) -> float | None:
+    """Relative improvement of the mean loss in the last epoch (the plateau criterion's number)."""
+    if not isinstance(losses, list) or len(losses) < 2 or not losses[-2]:
+        return None
+    return (float(losses[-2]) - float(losses[-1])) / abs(float(losses[-2]))
+
+
 def _budget_table(results: PairResults) -> pd.DataFrame:
     budgets = results.budgets
     if budgets.empty:
         return budgets
-    return budgets.sort_values(["fold", "model"]).rename(columns={"model": "shorthand"}).reset_index(drop=True)
+    table = budgets.sort_values(["fold", "model"]).rename(columns={"model": "shorthand"}).reset_index(drop=True)
+    if table["loss_per_epoch"].notna().any():
+        table["last-epoch loss improvement"] = [_last_improvement(v) for v in table["loss_per_epoch"]]
+        table["plateau reached"] = table["plateau_reached"]
+    else:
+        table = table.drop(columns=["plateau_reached"])
+    return table.drop(columns=["loss_per_epoch", "plateau_reached"], errors="ignore")
 
 
 def _biobjective_table(results: PairResults, by_fold: bool) -> pd.DataFrame:
@@ -124,8 +137,8 @@ def _biobjective_table(results: PairResults, by_fold: bool) -> pd.DataFrame:
 
 def _family(results: PairResults, party: str) -> list[str]:
     models = results.models
-    return [m for m, p, known in zip(models["model"], models["perspective"], models["known"])
-            if known and feasible_from(party, p)]
+    return [m for m, p, known, kind in zip(models["model"], models["perspective"], models["known"], models["role"])
+            if known and kind == "approach" and feasible_from(party, p)]
 
 
 def _common_folds(results: PairResults, party: str, family: list[str]) -> list[int]:
@@ -162,16 +175,16 @@ def _stats(results: PairResults) -> tuple[pd.DataFrame, dict[str, str]]:
 def _selection_table(results: PairResults) -> pd.DataFrame:
     rows = []
     for row in results.selections.itertuples():
-        rows.append({"stitching party c": row.c, "method": row.method, "fold": row.fold, "strategy": row.strategy,
-                     "k": row.k, "relative position": row.relative_position})
+        rows.append({"stitch-ensemble": row.label, "fold": row.fold, "strategy": row.strategy, "k": row.k,
+                     "relative position": row.relative_position, "note": row.note})
     positions = results.positions
     if "selected" in positions.columns:  # the stage's own selection, when no selection.json exists
         chosen = positions[positions["selected"].astype(str).str.lower() == "true"]
         for row in chosen.itertuples():
             if not ((results.selections["slug"] == row.slug) & (results.selections["fold"] == row.fold)).any():
-                rows.append({"stitching party c": row.c, "method": row.method, "fold": row.fold,
-                             "strategy": "stage's selection (positions.csv)", "k": row.k,
-                             "relative position": getattr(row, "relative_position", None)})
+                rows.append({"stitch-ensemble": row.label, "fold": row.fold,
+                             "strategy": "current_fold (positions.csv)", "k": row.k,
+                             "relative position": getattr(row, "relative_position", None), "note": ""})
     return pd.DataFrame(rows)
 
 
@@ -203,6 +216,10 @@ def _figures(results: PairResults, stats_families: dict[str, list[str]], out: Pa
             made.append((f"Position trend, stitches trained on {c}'s images",
                          figures.position_trend(table, results.no_stitch, out / f"positions_{c}.png", unit,
                                                 f"{pair}: stitch-ensembles a←[{c}]→b on {c}'s validation cases")))
+    curves = results.budgets[results.budgets["loss_per_epoch"].notna()] if not results.budgets.empty else None
+    if curves is not None and not curves.empty:
+        made.append(("Stitch training loss per epoch",
+                     figures.training_curves(curves, out / "stitch_training.png", f"{pair}: stitch training")))
     if not results.rq1.empty:
         for (c, fold), table in results.rq1.groupby(["c", "fold"]):
             made.append((f"RQ1, stitches trained on {c}'s images, fold {fold}",
@@ -283,7 +300,9 @@ def _sections(results: PairResults, stats: pd.DataFrame, notes: dict[str, str], 
             "Online: the parties must train together."), [("", _approach_table(results))], []),
         _Section("Training budgets", (
             "From each trained model's <code>budget.json</code>: optimizer steps per party, samples seen, wall "
-            "time (measured on whatever machine ran the stage)."), [("", _budget_table(results))], []),
+            "time (measured on whatever machine ran the stage). Stitch training: the relative improvement of "
+            "the mean loss in the last epoch and whether it fell below the plateau criterion."),
+            [("", _budget_table(results))], by_caption("Stitch training")),
         _Section("Bi-objective results", (
             f"Mean Dice and HD95 [{unit}] on each party's test set (HD95: lower is better), averaged over "
             f"folds {folds}."), [("Averaged over folds", _biobjective_table(results, by_fold=False))]

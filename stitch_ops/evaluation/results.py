@@ -31,7 +31,7 @@ from stitch_ops.config import PARTIES
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PairResults", "load_pair", "model_label", "METHOD_INITIALS"]
+__all__ = ["METHOD_INITIALS", "PairResults", "StitchSlug", "load_pair", "model_label", "role"]
 
 METHOD_INITIALS = {"double_batched": "DB", "direct_matching": "DM"}
 """Short names of the stitch training methods in labels and legends."""
@@ -48,14 +48,15 @@ class PairResults:
     Attributes:
         pair: the pair's name.
         cases: every ``cases.csv`` row, plus ``model`` (label), ``perspective`` (``a``, ``b``,
-            ``both`` or ``unknown``) and ``shorthand``.
+            ``both`` or ``unknown``), ``shorthand`` and ``role``.
         models: one row per evaluated (approach, trained_on): ``model, approach, trained_on,
-            shorthand, perspective, data_used, models_used, online, known``.
-        budgets: one row per ``budget.json``: ``model, approach, trained_on, fold`` and
-            :data:`BUDGET_COLUMNS`.
-        positions: every ``positions.csv`` row plus ``slug, c, method, fold``.
-        no_stitch: ``slug, c, method, fold, dice, hd95`` of the no-stitch reference.
-        selections: ``slug, c, method, fold, strategy, k, relative_position``.
+            shorthand, perspective, data_used, models_used, online, known, role`` (see :func:`role`).
+        budgets: one row per ``budget.json``: ``model, approach, trained_on, fold``,
+            :data:`BUDGET_COLUMNS`, and for stitch training ``plateau_reached`` and
+            ``loss_per_epoch`` (a list; ``None`` where the file has none).
+        positions: every ``positions.csv`` row plus ``slug, c, method, label, fold``.
+        no_stitch: ``slug, c, method, label, fold, dice, hd95`` of the no-stitch reference.
+        selections: ``slug, c, method, label, fold, strategy, k, relative_position, note``.
         rq1: every ``rq1.csv`` row plus ``c, fold``.
         hd95_unit: ``"mm"`` (NIfTI volumes), ``"px"`` (2-D frames) or ``"units of the data"``.
         train_cases: number of cross-validation cases per party, when the raw datasets exist.
@@ -75,24 +76,53 @@ class PairResults:
     problems: list[str] = field(default_factory=list)
 
 
-def _stitch_suffix(trained_on: str) -> str:
-    """``via_a_double_batched`` → ``DB``; ``via_a_double_batched_all_folds`` → ``DB all_folds``."""
-    rest = re.sub(r"^via_[^_]+_", "", trained_on)
-    for method, initials in METHOD_INITIALS.items():
-        rest = rest.replace(method, initials)
-    return rest.replace("_", " ").strip()
+SELECTION_VARIANTS = ("all_folds", "rule_of_thumb")
+"""Slug endings of the stitch-ensembles that selection strategies 2 and 3 chose."""
+
+
+@dataclass(frozen=True)
+class StitchSlug:
+    """What a stitch trained-on slug says: ``[no_stitch_]via_{c}[_{method}][_finetuned][_{selection}]``."""
+
+    c: str
+    method: str | None
+    finetuned: bool
+    selection: str | None
+    reference: bool
+
+    @classmethod
+    def parse(cls, slug: str) -> StitchSlug:
+        reference = slug.startswith("no_stitch_")
+        rest = slug.removeprefix("no_stitch_")
+        match = re.match(r"^via_([^_]+)", rest)
+        method = next((m for m in METHOD_INITIALS if m in rest), None)
+        selection = next((s for s in SELECTION_VARIANTS if rest.endswith(f"_{s}")), None)
+        return cls(match.group(1) if match else "?", method, "_finetuned" in rest, selection, reference)
+
+
+def role(approach: str, trained_on: str) -> str:
+    """``approach`` for a model of Table 2 (stitch-ensembles: as selection strategy 1 chose them),
+    ``selection variant`` for the stitch-ensembles strategies 2 and 3 chose, ``reference`` for the
+    no-stitch reference. Only ``approach`` models enter the own-data tests and the findings."""
+    if approach != "stitch":
+        return "approach"
+    parts = StitchSlug.parse(trained_on)
+    return "reference" if parts.reference else "selection variant" if parts.selection else "approach"
 
 
 def model_label(approach: str, trained_on: str) -> str:
-    """The label of a model in tables and figures: the paper's shorthand (+ method initials
-    for stitch-ensembles); ``approach/trained_on`` for a model the approach table lacks."""
+    """The label of a model in tables and figures: the paper's shorthand (+ the stitch training
+    method's initials and the selection strategy for stitch-ensembles); ``approach/trained_on``
+    for a model the approach table lacks."""
     model = approaches.lookup(approach, trained_on)
     if model is None:
         return f"{approach}/{trained_on}"
-    if model.approach == approaches.Approach.STITCH:
-        suffix = _stitch_suffix(trained_on)
-        return f"{model.shorthand} {suffix}" if suffix else model.shorthand
-    return model.shorthand
+    if model.approach != approaches.Approach.STITCH:
+        return model.shorthand
+    parts = StitchSlug.parse(trained_on)
+    suffix = [METHOD_INITIALS[parts.method]] if parts.method else []
+    suffix += [parts.selection.replace("_", " ")] if parts.selection else []
+    return " ".join([model.shorthand, *suffix])
 
 
 _CONDITIONS = {  # DESIGN.md's Table 2, for an approach table without these columns
@@ -148,7 +178,7 @@ def _cases(root: Path, problems: list[str]) -> pd.DataFrame:
             continue
         tables.append(table.loc[:, list(CASE_COLUMNS)])
     if not tables:
-        return pd.DataFrame(columns=[*CASE_COLUMNS, "model", "shorthand", "perspective"])
+        return pd.DataFrame(columns=[*CASE_COLUMNS, "model", "shorthand", "perspective", "role"])
     cases = pd.concat(tables, ignore_index=True)
     cases["case"] = cases["case"].astype(str)
     cases["test_party"] = cases["test_party"].astype(str)
@@ -159,6 +189,7 @@ def _cases(root: Path, problems: list[str]) -> pd.DataFrame:
     cases["model"] = [labels[p] for p in pairs]
     cases["shorthand"] = [ids[p].shorthand if ids[p] else labels[p] for p in pairs]
     cases["perspective"] = [ids[p].perspective if ids[p] else "unknown" for p in pairs]
+    cases["role"] = [role(*p) for p in pairs]
     return cases
 
 
@@ -171,9 +202,10 @@ def _models(cases: pd.DataFrame) -> pd.DataFrame:
                      "shorthand": model.shorthand if model else model_label(approach, trained_on),
                      "perspective": model.perspective if model else "unknown",
                      **_operating_conditions(model), "known": model is not None,
+                     "role": role(approach, trained_on),
                      "order": order.get(trained_on, len(order))})
     columns = ["model", "approach", "trained_on", "shorthand", "perspective", "data_used", "models_used",
-               "online", "known"]
+               "online", "known", "role"]
     if not rows:
         return pd.DataFrame(columns=columns)
     return pd.DataFrame(rows).sort_values(["order", "model"]).loc[:, columns].reset_index(drop=True)
@@ -189,17 +221,19 @@ def _budgets(root: Path, problems: list[str]) -> pd.DataFrame:
         missing = [k for k in BUDGET_COLUMNS if k not in data]
         if missing:
             problems.append(f"{path}: missing keys {missing}")
+        losses = data.get("loss_per_epoch")
         rows.append({"model": model_label(approach, trained_on), "approach": approach, "trained_on": trained_on,
-                     "fold": _fold(path.parent), **{k: data.get(k) for k in BUDGET_COLUMNS}})
-    return pd.DataFrame(rows, columns=["model", "approach", "trained_on", "fold", *BUDGET_COLUMNS])
+                     "fold": _fold(path.parent), **{k: data.get(k) for k in BUDGET_COLUMNS},
+                     "plateau_reached": data.get("plateau_reached"),
+                     "loss_per_epoch": losses if isinstance(losses, list) else None})
+    return pd.DataFrame(rows, columns=["model", "approach", "trained_on", "fold", *BUDGET_COLUMNS,
+                                       "plateau_reached", "loss_per_epoch"])
 
 
-def _stitch_identity(slug: str) -> dict[str, str]:
-    """``via_a_double_batched`` → c = a, method = double_batched."""
-    match = re.match(r"^via_([^_]+)_(.+)$", slug)
-    if not match:
-        return {"slug": slug, "c": "?", "method": slug}
-    return {"slug": slug, "c": match.group(1), "method": match.group(2)}
+def _stitch_identity(slug: str) -> dict[str, object]:
+    """``via_a_double_batched`` → c = a, method = double_batched, and the model's label."""
+    parts = StitchSlug.parse(slug)
+    return {"slug": slug, "c": parts.c, "method": parts.method or "?", "label": model_label("stitch", slug)}
 
 
 def _positions(root: Path, problems: list[str]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -223,11 +257,12 @@ def _positions(root: Path, problems: list[str]) -> tuple[pd.DataFrame, pd.DataFr
             for strategy, chosen in data.items():
                 if isinstance(chosen, dict):
                     selections.append({**identity, "strategy": strategy, "k": chosen.get("k"),
-                                       "relative_position": chosen.get("relative_position")})
-    identity_columns = ["slug", "c", "method", "fold"]
+                                       "relative_position": chosen.get("relative_position"),
+                                       "note": chosen.get("note", "")})
+    identity_columns = ["slug", "c", "method", "label", "fold"]
     return (pd.concat(positions, ignore_index=True) if positions else pd.DataFrame(columns=identity_columns),
             pd.DataFrame(references, columns=[*identity_columns, "dice", "hd95"]),
-            pd.DataFrame(selections, columns=[*identity_columns, "strategy", "k", "relative_position"]))
+            pd.DataFrame(selections, columns=[*identity_columns, "strategy", "k", "relative_position", "note"]))
 
 
 def _rq1(root: Path, problems: list[str]) -> pd.DataFrame:

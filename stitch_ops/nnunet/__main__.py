@@ -37,7 +37,8 @@ def train(args: argparse.Namespace, params: Params) -> None:
     paths = PairPaths(args.pair)
     params.pair(args.pair)
     run = TrainingRun(dataset_name(args.pair, args.party), paths.preprocessed_root(args.party),
-                      paths.model_dir(LOCAL, args.party, args.fold), args.fold, params.nnunet)
+                      paths.model_dir(LOCAL, args.party, args.fold), args.fold, params.nnunet,
+                      seed=params.seed)
     logger.info("training %s fold %d: %d epochs x %d iterations", run.dataset_name, args.fold,
                 params.nnunet.epochs, params.nnunet.iterations_per_epoch)
     train_fold(run, progress=args.progress,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,9 @@ from stitch_ops.errors import InputFileError, describe
 logger = logging.getLogger(__name__)
 
 MODEL_FILES = ("weights.pth", "plans.json", "dataset.json", "model.json")
+
+_TRUSTED_ARCHITECTURES = "dynamic_network_architectures.architectures."
+_TRUSTED_BUILDING_BLOCKS = "torch.nn."
 
 
 class ModelError(InputFileError):
@@ -42,14 +46,70 @@ class NnUNetModel:
     configuration: str
     mirroring_axes: tuple[int, ...] | None = None
     description: str = "nnU-Net"
+    network_spec: dict[str, Any] | None = None
+    """How to rebuild ``network`` from plain data (``kind`` nnunet / stitch_ensemble / ensemble
+    plus what that kind needs); what a bundle stores beside ``model.pt``. ``None``: an
+    nnU-Net network of ``plans`` (one fold)."""
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        """``network_spec``, or the one-fold nnU-Net description when none was given."""
+        return self.network_spec or {"kind": "nnunet", "configuration": self.configuration, "folds": [None]}
+
+    @property
+    def folds(self) -> list[Any]:
+        """The nnU-Net folds inside (several are averaged as nnU-Net does); ``[None]`` when unknown."""
+        return list(self.spec.get("folds", [None]))
 
     @property
     def num_input_channels(self) -> int:
         return len(self.dataset_json.get("channel_names", self.dataset_json.get("modality", {})))
 
 
-def build_network(plans: dict[str, Any], dataset_json: dict[str, Any], configuration: str) -> torch.nn.Module:
-    """The plain nnU-Net architecture of ``plans`` (deep supervision off, random weights)."""
+class FoldEnsemble(torch.nn.Module):
+    """Several folds of one nnU-Net, averaged the way nnU-Net's predictor averages them:
+    the mean of their logits (``B K H W [D]``)."""
+
+    def __init__(self, networks: list[torch.nn.Module]):
+        super().__init__()
+        self.networks = torch.nn.ModuleList(networks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([network(x) for network in self.networks]).mean(0)
+
+
+def check_architecture(plans: dict[str, Any], configuration: str) -> None:
+    """Refuse plans that name classes outside ``dynamic_network_architectures`` / ``torch.nn``.
+
+    nnU-Net imports the classes its plans name; a foreign plans file is data, not code, so
+    only the architectures nnU-Net ships and torch's building blocks may be instantiated.
+
+    Raises:
+        ModelError: naming the class and what was expected.
+    """
+    architecture = plans.get("configurations", {}).get(configuration, {}).get("architecture")
+    if not isinstance(architecture, dict):
+        # nnU-Net's PlansManager resolves inherited configurations; the architecture may live there
+        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+        architecture = PlansManager(plans).get_configuration(configuration).configuration["architecture"]
+    names = {"network_class_name": architecture["network_class_name"]}
+    names |= {key: architecture["arch_kwargs"].get(key) for key in architecture.get("_kw_requires_import", ())}
+    for key, name in names.items():
+        allowed = _TRUSTED_ARCHITECTURES if key == "network_class_name" else _TRUSTED_BUILDING_BLOCKS
+        if name is not None and not str(name).startswith(allowed):
+            raise ModelError(f"the plans' {configuration!r} configuration names {key}={name!r}, expected a class under {allowed!r}: a received "
+                             f"model is data, not code (pass trusted=True / --trust only if you trust its author)")
+
+
+def build_network(plans: dict[str, Any], dataset_json: dict[str, Any], configuration: str,
+                  trusted: bool = False) -> torch.nn.Module:
+    """The plain nnU-Net architecture of ``plans`` (deep supervision off, random weights).
+
+    Built from the plans alone, never through a trainer class (which may be custom code
+    the receiver does not have or should not run); ``trusted`` allows architectures
+    outside ``dynamic_network_architectures`` (see :func:`check_architecture`).
+    """
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
@@ -57,6 +117,8 @@ def build_network(plans: dict[str, Any], dataset_json: dict[str, Any], configura
     if configuration not in plans_manager.available_configurations:
         raise ModelError(f"configuration {configuration!r} is not in the plans; "
                          f"available: {plans_manager.available_configurations}")
+    if not trusted:
+        check_architecture(plans, configuration)
     config = plans_manager.get_configuration(configuration)
     label_manager = plans_manager.get_label_manager(dataset_json)
     return get_network_from_plans(config.network_arch_class_name, config.network_arch_init_kwargs,
@@ -92,8 +154,43 @@ def _read_json(path: Path) -> dict[str, Any]:
                          f"export it again") from err
 
 
+def load_plain(path: Path, map_location: torch.device | str = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``: tensors and plain data only, never code.
+
+    numpy scalars and dtypes are allowed too (nnU-Net's checkpoints log metrics as numpy
+    scalars; reconstructing them runs no user code).
+
+    Raises:
+        ModelError: in one line, naming what the file would import if it were unpickled.
+    """
+    import numpy as np
+
+    allowed = [np._core.multiarray.scalar, np.dtype, *(getattr(np.dtypes, name) for name in dir(np.dtypes)
+                                                      if name.endswith("DType"))]
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError as err:
+        raise ModelError(f"{path} does not exist") from err
+    except Exception as err:  # torch raises several types for corrupt / unsafe files
+        text = str(err)
+        found = re.search(r"unsupported (?:global: )?GLOBAL ([\w.]+)", text, re.IGNORECASE)
+        if found:
+            raise ModelError(f"{path} is not plain data: loading it would run {found.group(1)}; refused "
+                             f"(a model is data, not code: ask the sender for tensors and plain data)") from None
+        # PyTorch's explanation is several lines of advice; keep the line that says what is wrong
+        boilerplate = ("Weights only load failed", "Check the documentation", "(1)", "(2)", "Re-running")
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        first = next((line for line in lines if not line.startswith(boilerplate)), lines[0] if lines else
+                     type(err).__name__)
+        raise ModelError(f"cannot load {path} as plain weights: {first[:200]}") from None
+
+
 def load_model(folder: Path, device: torch.device | str = "cpu") -> NnUNetModel:
     """Load an exported model folder, checking that it is what it claims to be.
+
+    Any other model source (a bundle, an nnU-Net results folder or export zip) is opened
+    with :func:`stitch_ops.bundle.sources.open_model`.
 
     Raises:
         ModelError: a file is missing, unreadable, or the weights do not fit the plans.
@@ -106,11 +203,9 @@ def load_model(folder: Path, device: torch.device | str = "cpu") -> NnUNetModel:
         raise ModelError(f"{folder} is not an exported nnU-Net model: missing {missing} "
                          f"(expected {list(MODEL_FILES)})")
     plans, dataset_json, meta = (_read_json(folder / n) for n in ("plans.json", "dataset.json", "model.json"))
-    try:
-        weights = torch.load(folder / "weights.pth", map_location=device, weights_only=True)
-    except Exception as err:  # torch raises several types for corrupt / unsafe files
-        raise ModelError(f"cannot load {folder / 'weights.pth'} as plain weights ({describe(err)}); a model is "
-                         f"data, not code: it must be a state_dict of tensors") from err
+    weights = load_plain(folder / "weights.pth", map_location=device)
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise ModelError(f"{folder / 'weights.pth'} is not a state_dict of tensors")
     network = build_network(plans, dataset_json, meta["configuration"])
     result = network.load_state_dict(weights, strict=False)
     if result.missing_keys or result.unexpected_keys:
@@ -118,4 +213,6 @@ def load_model(folder: Path, device: torch.device | str = "cpu") -> NnUNetModel:
                          f"missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}")
     axes = meta.get("mirroring_axes")
     return NnUNetModel(network.to(device).eval(), plans, dataset_json, meta["configuration"],
-                       tuple(axes) if axes is not None else None, description=meta.get("description", "nnU-Net"))
+                       tuple(axes) if axes is not None else None, description=meta.get("description", "nnU-Net"),
+                       network_spec={"kind": "nnunet", "configuration": meta["configuration"],
+                                     "folds": [meta.get("fold")], "mirroring_axes": axes})

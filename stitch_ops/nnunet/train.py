@@ -35,6 +35,7 @@ class TrainingRun:
     plans_identifier: str = PLANS
     pretrained: Path | None = None
     trainer: str = "ScheduledTrainer"
+    seed: int = 0
 
     def fingerprint(self) -> str:
         record = {k: str(v) for k, v in asdict(self).items() if k != "results_root"}
@@ -83,7 +84,7 @@ def train_fold(run: TrainingRun, *, trainer_class: type | None = None, progress:
         logger.info("%s is already trained; nothing to do", run.export_dir)
         return run.export_dir
     configure(NnUNetRoots(preprocessed=run.preprocessed_root, results=run.results_root), training=True)
-    from stitch_ops.nnunet.trainer import ScheduledTrainer
+    from stitch_ops.nnunet.trainer import ScheduledTrainer, global_rng_kept, seed_everything
 
     trainer_class = trainer_class or ScheduledTrainer
     base = run.preprocessed_root / run.dataset_name
@@ -92,13 +93,15 @@ def train_fold(run: TrainingRun, *, trainer_class: type | None = None, progress:
     if run.schedule.batch_size is not None:
         plans["configurations"][run.schedule.configuration]["batch_size"] = run.schedule.batch_size
     plans["continue_training"] = True
-    trainer = trainer_class(plans=plans, configuration=run.schedule.configuration, fold=run.fold,
-                            dataset_json=dataset_json, device=resolve_device(run.schedule.device))
-    trainer.apply_schedule(run.schedule)
-    trainer.initialize()
-    _restore(trainer, run)
-    with TrainingClock(run.results_root):
-        trainer.run_training(progress=progress)
+    with global_rng_kept():
+        trainer = trainer_class(plans=plans, configuration=run.schedule.configuration, fold=run.fold,
+                                dataset_json=dataset_json, device=resolve_device(run.schedule.device))
+        trainer.apply_schedule(run.schedule, run.seed)
+        seed_everything(run.seed, 1)  # the network's initial weights
+        trainer.initialize()
+        _restore(trainer, run)
+        with TrainingClock(run.results_root):
+            trainer.run_training(progress=progress)
     return export_model(trainer.network, trainer.plans_manager.plans, dataset_json,
                         configuration=run.schedule.configuration, target=run.export_dir,
                         mirroring_axes=trainer.inference_allowed_mirroring_axes,
@@ -117,11 +120,14 @@ def training_budget(run: TrainingRun, **extra: Any) -> Budget:
 
 
 def _restore(trainer: Any, run: TrainingRun) -> None:
-    """Resume from this run's latest checkpoint, or start from pretrained weights."""
-    latest = Path(trainer.output_folder) / "checkpoint_latest.pth"
-    if latest.is_file():
-        logger.info("resuming %s from %s", run.dataset_name, latest)
-        trainer.load_checkpoint(str(latest))
+    """Resume from this run's final checkpoint (killed while exporting) or its latest one
+    (killed while training), or start from pretrained weights."""
+    folder = Path(trainer.output_folder)
+    checkpoint = next((folder / name for name in ("checkpoint_final.pth", "checkpoint_latest.pth")
+                       if (folder / name).is_file()), None)
+    if checkpoint is not None:
+        logger.info("resuming %s from %s", run.dataset_name, checkpoint)
+        trainer.load_checkpoint(str(checkpoint))
     elif run.pretrained is not None:
         logger.info("starting from the weights of %s", run.pretrained)
         source = load_model(run.pretrained)

@@ -6,7 +6,10 @@ Imports ``nnunetv2`` at module level: import this module only after
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import random
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -16,22 +19,66 @@ from tqdm import tqdm
 from stitch_ops.config import NnUNetSchedule
 
 
+def seed_everything(*key: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators from ``key`` (e.g. ``(seed, epoch)``).
+
+    nnU-Net draws from the global generators only (network initialisation, the data loader's
+    case and patch choice, every augmentation); with augmentation in this process
+    (``nnUNet_n_proc_DA=0``) seeding them per epoch makes an epoch's result a function of the
+    checkpoint it starts from, so a resumed run equals an uninterrupted one. (With worker
+    processes, ``nnUNet_n_proc_DA>0``, nnU-Net's augmentation is not reproducible.)
+    """
+    words = np.random.SeedSequence([int(k) for k in key]).generate_state(2)
+    value = int(words[0]) | int(words[1]) << 32
+    random.seed(value)
+    np.random.seed(int(words[0]))
+    torch.manual_seed(value)
+
+
+@contextmanager
+def global_rng_kept() -> Iterator[None]:
+    """Restore Python's, NumPy's and torch's global generator states afterwards, so training
+    in a caller's process (tests, notebooks) does not change the caller's random streams."""
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+
+
 class ScheduledTrainer(nnUNetTrainer):
     """``nnUNetTrainer`` with epochs, iterations and learning rate taken from a
     :class:`~stitch_ops.config.NnUNetSchedule` (instead of one subclass per number), a
-    progress bar over the iterations, and one epoch callable at a time so federated
-    learning can average weights between epochs."""
+    progress bar over the iterations, one epoch callable at a time so federated
+    learning can average weights between epochs, seeded epochs (:func:`seed_everything`
+    with ``(seed, epoch)``) and checkpoints that are replaced atomically, so that a killed
+    run resumes to the same weights as an uninterrupted one."""
 
-    def apply_schedule(self, schedule: NnUNetSchedule) -> None:
+    seed: int = 0
+
+    def apply_schedule(self, schedule: NnUNetSchedule, seed: int = 0) -> None:
         self.num_epochs = schedule.epochs
         self.num_iterations_per_epoch = schedule.iterations_per_epoch
         self.num_val_iterations_per_epoch = schedule.val_iterations_per_epoch
         self.initial_lr = float(schedule.initial_lr)
         # checkpoint often enough that a killed short run resumes, rarely enough for long ones
         self.save_every = max(1, min(50, schedule.epochs // 10))
+        self.seed = seed
+
+    def save_checkpoint(self, filename: str) -> None:
+        """nnU-Net's checkpoint, written beside ``filename`` and renamed into place: a run killed
+        while saving keeps its previous checkpoint instead of a truncated one."""
+        partial = f"{filename}.partial"
+        super().save_checkpoint(partial)
+        if os.path.isfile(partial):
+            os.replace(partial, filename)
 
     def run_epoch(self, progress: tqdm | None = None) -> None:
-        """One epoch of nnU-Net training plus its pseudo-validation, as in ``run_training``."""
+        """One epoch of nnU-Net training plus its pseudo-validation, as in ``run_training``,
+        with the global generators seeded from ``(seed, epoch)``."""
+        seed_everything(self.seed, 0, self.current_epoch)
         self.on_epoch_start()
         self.on_train_epoch_start()
         train_outputs = []

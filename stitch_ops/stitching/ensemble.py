@@ -41,6 +41,7 @@ __all__ = [
     "StitchEnsemble",
     "StitchEnsembleDescription",
     "TwoModelEnsemble",
+    "build_stitch_ensemble",
     "extract_stitch_ensemble",
     "load_stitch_ensemble",
     "log_mean_softmax",
@@ -205,9 +206,23 @@ def load_stitch_ensemble(path: Path, trusted: bool = False) -> StitchEnsemble:
     Raises:
         ValueError: if the file is not a stitch-ensemble or its stitches do not fit the parents.
     """
-    with reading(path, "saved stitch-ensemble", "export it again (`stitch-ops stitching select`)"):
-        saved = torch.load(Path(path), map_location="cpu", weights_only=True)
-        description = StitchEnsembleDescription.from_dict(json.loads(saved["description"]))
+    from stitch_ops.nnunet.model import load_plain
+
+    saved = load_plain(Path(path))
+    if not isinstance(saved, dict) or "description" not in saved or "state_dict" not in saved:
+        raise ValueError(f"{path} is not a saved stitch-ensemble: expected a description and a state_dict")
+    ensemble = build_stitch_ensemble(StitchEnsembleDescription.from_dict(json.loads(saved["description"])), trusted)
+    ensemble.load_state_dict(saved["state_dict"])
+    return ensemble
+
+
+def build_stitch_ensemble(description: StitchEnsembleDescription, trusted: bool = False) -> StitchEnsemble:
+    """A stitch-ensemble with the architecture ``description`` gives (random weights): the
+    parents rebuilt from their plans and traced, the two stitches of the right shapes.
+
+    Raises:
+        ValueError: if the stitch shapes in the description do not fit the parents' matched maps.
+    """
     graph_a, graph_b = (trace_network(spec.build(trusted), description.probe_shape) for spec in description.parents)
     match = description.match
     node_a, node_b = graph_a.node(match.node_a), graph_b.node(match.node_b)
@@ -215,9 +230,7 @@ def load_stitch_ensemble(path: Path, trusted: bool = False) -> StitchEnsemble:
     expected_b = (node_a.channels, node_b.channels, len(node_b.shape))
     if (description.stitch_a, description.stitch_b) != (expected_a, expected_b):
         raise ValueError(
-            f"{path}: stitch shapes {description.stitch_a}, {description.stitch_b} do not fit the parents' "
+            f"stitch shapes {description.stitch_a}, {description.stitch_b} do not fit the parents' "
             f"matched maps, expected {expected_a}, {expected_b}"
         )
-    ensemble = StitchEnsemble(graph_a.module, graph_b.module, match, Stitch(*expected_a), Stitch(*expected_b), description)
-    ensemble.load_state_dict(saved["state_dict"])
-    return ensemble
+    return StitchEnsemble(graph_a.module, graph_b.module, match, Stitch(*expected_a), Stitch(*expected_b), description)

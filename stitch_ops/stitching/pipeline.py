@@ -113,8 +113,7 @@ def train(params: Params, pair: str, data_party: str, method: str, fold: int, pr
     """Train the stitches of the parents at ``fold`` on c's unlabeled images (the fold's training
     cases, labels never read); writes ``<model dir>/network/`` and returns the saved network."""
     from stitch_ops.budget import BUDGET_JSON, Budget, TrainingClock, write_budget
-    from stitch_ops.stitching import PreprocessedImages, RandomPatches, StitchedNetwork, train_stitches
-    from stitch_ops.stitching.network import save_stitched_network
+    from stitch_ops.stitching import PreprocessedImages
     from stitch_ops.stitching.train import plateau_reached
 
     section = StitchingParams.of(params)
@@ -125,18 +124,10 @@ def train(params: Params, pair: str, data_party: str, method: str, fold: int, pr
     configuration = own.plans["configurations"][own.configuration]
     images = PreprocessedImages(paths.preprocessed_root(data_party) / dataset_name(pair, data_party)
                                 / configuration["data_identifier"], _fold_cases(paths, data_party, fold, "train"))
-    patches = RandomPatches(images, configuration["patch_size"], config.batch_size, config.seed)
-    network = StitchedNetwork.from_models(model_a, model_b)
     slug = trained_on(data_party, method, finetuned)
     out = paths.model_dir(APPROACH, slug, fold) / "network"
-    out.mkdir(parents=True, exist_ok=True)
-    logger.info("%s: %d matches; training stitches on %d unlabeled images of party %s (%s)",
-                pair, len(network.matches), len(images), data_party, method)
-    with TrainingClock(out):
-        history = train_stitches(network, patches.epoch, config, checkpoint=out / "checkpoint.pt",
-                                 progress=progress)
-    save_stitched_network(network, out / NETWORK_FILE)
-    (out / "training_log.json").write_text(json.dumps([vars(e) for e in history], indent=2))
+    logger.info("%s: training stitches on %d unlabeled images of party %s (%s)", pair, len(images), data_party, method)
+    _, history = train_stitch_network(model_a, model_b, images, configuration["patch_size"], config, out, progress)
     plateau = plateau_reached(history, config.plateau_tolerance)
     if not plateau:
         logger.warning("%s %s fold %d: the stitch training loss has not reached a plateau (last epoch "
@@ -148,6 +139,44 @@ def train(params: Params, pair: str, data_party: str, method: str, fold: int, pr
                                     loss_per_epoch=[e.loss for e in history], plateau_reached=plateau,
                                     plateau_tolerance=config.plateau_tolerance))
     return out / NETWORK_FILE
+
+
+def train_stitch_network(model_a: Any, model_b: Any, images: Any, patch_size: Any, config: Any, out: Path,
+                         progress: bool = True) -> tuple[Any, Any]:
+    """Combine two loaded models, train their stitches on random patches of ``images``
+    (unlabeled, :class:`~stitch_ops.stitching.PreprocessedImages`) and save the network.
+
+    Resumable: ``out/checkpoint.pt`` is written after every epoch and continued from;
+    ``out/stitched_network.pt`` and ``out/training_log.json`` appear only when training ends;
+    the wall time of every attempt is summed in ``out`` (:class:`~stitch_ops.budget.TrainingClock`).
+    Returns the trained :class:`~stitch_ops.stitching.StitchedNetwork` and the epochs' losses.
+    """
+    from stitch_ops.budget import TrainingClock
+    from stitch_ops.stitching import RandomPatches, StitchedNetwork, train_stitches
+    from stitch_ops.stitching.network import save_stitched_network
+
+    patches = RandomPatches(images, patch_size, config.batch_size, config.seed)
+    network = StitchedNetwork.from_models(model_a, model_b)
+    out.mkdir(parents=True, exist_ok=True)
+    logger.info("%d matches; %d stitches to train (%s)", len(network.matches), 2 * len(network.matches),
+                config.method.value)
+    with TrainingClock(out):
+        history = train_stitches(network, patches.epoch, config, checkpoint=out / "checkpoint.pt", progress=progress)
+    (out / "training_log.json").write_text(json.dumps([vars(e) for e in history], indent=2))
+    save_stitched_network(network, out / NETWORK_FILE)
+    return network, history
+
+
+def score_on_validation(model: Any, preprocessed: Any, labels: Path, scratch: Path, device: str,
+                        **identity: Any) -> pd.DataFrame:
+    """Predict preprocessed validation cases with ``model`` into ``scratch`` and score them
+    against ``labels``: one row per case (``dice``, ``hd95``), ``identity`` as
+    :func:`~stitch_ops.evaluation.evaluate.evaluate_folder` takes it (pair, test_party, ...)."""
+    from stitch_ops.evaluation.evaluate import evaluate_folder
+    from stitch_ops.nnunet.predict import predict_preprocessed
+
+    predict_preprocessed(model, preprocessed, scratch, save_probabilities=False, device=device, progress=False)
+    return evaluate_folder(scratch, labels, model.dataset_json["file_ending"], progress=False, **identity)
 
 
 def evaluated_positions(num_matches: int, max_positions: int | None) -> list[int]:
@@ -164,10 +193,9 @@ def select(params: Params, pair: str, data_party: str, method: str, fold: int, p
     ``scores/{pair}/stitch/{slug}/fold_k/positions.csv`` holds every scored k (``k,
     relative_position, matches, node_a, node_b, dice, hd95, cases, selected``)."""
     from stitch_ops import tracking
-    from stitch_ops.evaluation.evaluate import evaluate_folder
     from stitch_ops.evaluation.selection import select_position
     from stitch_ops.nnunet.model import NnUNetModel, load_model
-    from stitch_ops.nnunet.predict import predict_folder, predict_preprocessed, preprocess_cases
+    from stitch_ops.nnunet.predict import predict_folder, preprocess_cases
     from stitch_ops.stitching import extract_stitch_ensemble, load_stitched_network
     from stitch_ops.stitching.ensemble import TwoModelEnsemble
 
@@ -198,11 +226,9 @@ def select(params: Params, pair: str, data_party: str, method: str, fold: int, p
     for k in evaluated_positions(len(network.matches), section.max_positions):
         match = network.matches[k]
         ensemble = as_model(extract_stitch_ensemble(network, k), f"stitch-ensemble k={k}")
-        predict_preprocessed(ensemble, preprocessed, scratch / f"k{k}", save_probabilities=False,
-                             device=params.nnunet.device, progress=False)
-        scores = evaluate_folder(scratch / f"k{k}", raw / "labelsTr", own.dataset_json["file_ending"],
-                                 pair=pair, test_party=f"val_{data_party}", approach=APPROACH, trained_on=slug,
-                                 fold=fold, cases=val_cases, progress=False)
+        scores = score_on_validation(ensemble, preprocessed, raw / "labelsTr", scratch / f"k{k}",
+                                     params.nnunet.device, pair=pair, test_party=f"val_{data_party}",
+                                     approach=APPROACH, trained_on=slug, fold=fold, cases=val_cases)
         row = {"k": k, "relative_position": k / len(network.matches), "matches": len(network.matches),
                "node_a": match.node_a, "node_b": match.node_b, "dice": scores["dice"].mean(),
                "hd95": scores["hd95"].mean(), "cases": len(scores)}
@@ -242,16 +268,11 @@ def _log_no_stitch(reference: Any, preprocessed: Any, scratch: Path, params: Par
     MLflow UI shows a stitch's effect at equal preprocessing. ``stitch_reference`` evaluates the
     same network on the test sets; its validation means are ``no_stitch.json``."""
     from stitch_ops import tracking
-    from stitch_ops.evaluation.evaluate import evaluate_folder
-    from stitch_ops.nnunet.predict import predict_preprocessed
 
-    predict_preprocessed(reference, preprocessed, scratch, save_probabilities=False, device=params.nnunet.device,
-                         progress=False)
     raw = PairPaths(identity["pair"]).raw_dataset(data_party)
-    scores = evaluate_folder(scratch, raw / "labelsTr", reference.dataset_json["file_ending"],
-                             pair=identity["pair"], test_party=f"val_{data_party}", approach=APPROACH,
-                             trained_on=identity["trained_on"], fold=int(identity["fold"]), cases=val_cases,
-                             progress=False)
+    scores = score_on_validation(reference, preprocessed, raw / "labelsTr", scratch, params.nnunet.device,
+                                 pair=identity["pair"], test_party=f"val_{data_party}", approach=APPROACH,
+                                 trained_on=identity["trained_on"], fold=int(identity["fold"]), cases=val_cases)
     metrics = {f"val_{data_party}/dice_mean": float(scores["dice"].mean()),
                f"val_{data_party}/hd95_mean": float(scores["hd95"].mean())}
     tracking.log_run(experiment=experiment, tags={**identity, "position": "no_stitch"}, params={"position": "no_stitch"},

@@ -116,11 +116,10 @@ def _output_node(module: torch.fx.GraphModule) -> str:
 
 def run(params: Params, pair: str, data_party: str, progress: bool = True, root: Path = Path(".")) -> pd.DataFrame:
     """Sample and score the RQ1 networks of ``pair`` for stitching party c; write the CSV and plot."""
-    from stitch_ops.evaluation.evaluate import evaluate_folder
     from stitch_ops.nnunet.model import NnUNetModel, load_model
-    from stitch_ops.nnunet.predict import predict_preprocessed, preprocess_cases
+    from stitch_ops.nnunet.predict import preprocess_cases
     from stitch_ops.stitching import load_stitched_network
-    from stitch_ops.stitching.pipeline import APPROACH, NETWORK_FILE, _fold_cases, trained_on
+    from stitch_ops.stitching.pipeline import APPROACH, NETWORK_FILE, _fold_cases, score_on_validation, trained_on
 
     section = Rq1Params.of(params)
     paths = PairPaths(pair, root)
@@ -149,11 +148,9 @@ def run(params: Params, pair: str, data_party: str, progress: bool = True, root:
                 model = NnUNetModel(network, own.plans, own.dataset_json, own.configuration, None,
                                     f"RQ1 {method} {n_stitches} stitches #{sample}")
                 folder = scratch / f"{method}_{n_stitches}_{sample}"
-                predict_preprocessed(model, preprocessed, folder, save_probabilities=False,
-                                     device=params.nnunet.device, progress=False)
-                scores = evaluate_folder(folder, raw / "labelsTr", own.dataset_json["file_ending"], pair=pair,
-                                         test_party=f"val_{data_party}", approach="rq1", trained_on=data_party,
-                                         fold=FOLD, cases=val_cases, progress=False)
+                scores = score_on_validation(model, preprocessed, raw / "labelsTr", folder, params.nnunet.device,
+                                             pair=pair, test_party=f"val_{data_party}", approach="rq1",
+                                             trained_on=data_party, fold=FOLD, cases=val_cases)
                 shutil.rmtree(folder)
                 rows.append({"method": method, "n_stitches": n_stitches, "sample": sample,
                              "dice": float(scores["dice"].mean()), "hd95": float(scores["hd95"].mean())})

@@ -19,12 +19,13 @@ from stitch_ops.baselines.federated import (
 
 
 def tiny_unet(seed: int) -> PlainConvUNet:
-    torch.manual_seed(seed)
-    return PlainConvUNet(input_channels=1, n_stages=3, features_per_stage=[4, 8, 16], conv_op=torch.nn.Conv2d,
-                         kernel_sizes=3, strides=[1, 2, 2], n_conv_per_stage=[1, 1, 1], num_classes=2,
-                         n_conv_per_stage_decoder=[1, 1], conv_bias=True, norm_op=torch.nn.InstanceNorm2d,
-                         norm_op_kwargs={"eps": 1e-5, "affine": True}, nonlin=torch.nn.LeakyReLU,
-                         deep_supervision=True)
+    with torch.random.fork_rng():  # the global generator stays as it was
+        torch.manual_seed(seed)
+        return PlainConvUNet(input_channels=1, n_stages=3, features_per_stage=[4, 8, 16], conv_op=torch.nn.Conv2d,
+                             kernel_sizes=3, strides=[1, 2, 2], n_conv_per_stage=[1, 1, 1], num_classes=2,
+                             n_conv_per_stage_decoder=[1, 1], conv_bias=True, norm_op=torch.nn.InstanceNorm2d,
+                             norm_op_kwargs={"eps": 1e-5, "affine": True}, nonlin=torch.nn.LeakyReLU,
+                             deep_supervision=True)
 
 
 def test_nnunet_registers_tensors_under_several_names():

@@ -7,9 +7,14 @@ from pathlib import Path
 
 import pytest
 
+import numpy as np
+import torch
+from PIL import Image
+
 from stitch_ops.data.synthetic import generate_pair
 from stitch_ops.evaluation.evaluate import evaluate_folder
-from stitch_ops.nnunet.model import load_model
+from stitch_ops.nnunet.model import NnUNetModel, build_network, load_model
+from stitch_ops.nnunet.predict import predict_folder
 from tests.helpers import REPO, run
 
 pytestmark = pytest.mark.slow
@@ -17,6 +22,23 @@ pytestmark = pytest.mark.slow
 BUNDLE = REPO / "bundles" / "local"
 TINY_SCHEDULE = ["--schedule#epochs", "1", "--schedule#iterations_per_epoch", "3",
                  "--schedule#val_iterations_per_epoch", "1"]
+
+
+def png(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path))
+
+
+def probabilities(path: Path) -> np.ndarray:
+    with np.load(path) as saved:
+        return saved["probabilities"]
+
+
+def dice_by_hand(prediction: np.ndarray, reference: np.ndarray) -> float:
+    """2|P∩R| / (|P| + |R|); 1 when both masks are empty (README: empty-mask policy)."""
+    p, r = prediction > 0, reference > 0
+    if not p.any() and not r.any():
+        return 1.0
+    return 2.0 * np.logical_and(p, r).sum() / (p.sum() + r.sum())
 
 
 def monai_bundle(config: str, *overrides: str, cwd: Path):
@@ -38,12 +60,31 @@ def test_train_then_segment_through_monai_bundle(tmp_path: Path):
     trained_at = trained.stat().st_mtime_ns
 
     test_dataset = next((out / "work" / "nnUNet_raw").iterdir())
-    monai_bundle("inference.json", "--model_dir", str(model_dir), "--input_dir",
-                 str(test_dataset / "imagesTs"), "--output_dir", str(tmp_path / "seg"), cwd=tmp_path)
-    scores = evaluate_folder(tmp_path / "seg", test_dataset / "labelsTs", ".png", pair="polyp",
-                             test_party="a", approach="local", trained_on="a", fold=0, progress=False)
-    assert len(scores) == len(list((test_dataset / "labelsTs").iterdir())) > 0
-    assert scores["dice"].between(0, 1).all()
+    images, labels, seg = test_dataset / "imagesTs", test_dataset / "labelsTs", tmp_path / "seg"
+    monai_bundle("inference.json", "--model_dir", str(model_dir), "--input_dir", str(images),
+                 "--output_dir", str(seg), "--save_probabilities", "True", cwd=tmp_path)
+    cases = sorted(p.stem for p in labels.glob("*.png"))
+    assert cases and sorted(p.stem for p in seg.glob("*.png")) == cases
+
+    # the segmentations are this model's: nnU-Net's predictor on the same weights gives the same
+    direct = predict_folder(model, images, tmp_path / "direct", device="cpu", progress=False)
+    for case in cases:
+        np.testing.assert_array_equal(png(seg / f"{case}.png"), png(direct / f"{case}.png"))
+        np.testing.assert_array_equal(probabilities(seg / f"{case}.npz"), probabilities(direct / f"{case}.npz"))
+    # ... and the same network with other weights gives other probabilities
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        untrained = build_network(model.plans, model.dataset_json, model.configuration)
+    other = predict_folder(NnUNetModel(untrained, model.plans, model.dataset_json, model.configuration, None, "other"),
+                           images, tmp_path / "other", device="cpu", progress=False)
+    assert not np.allclose(probabilities(seg / f"{cases[0]}.npz"), probabilities(other / f"{cases[0]}.npz"))
+
+    scores = evaluate_folder(seg, labels, ".png", pair="polyp", test_party="a", approach="local", trained_on="a",
+                             fold=0, progress=False).set_index("case")
+    assert sorted(scores.index) == cases
+    for case in cases:  # Dice against a computation by hand from the two masks
+        assert scores.loc[case, "dice"] == pytest.approx(dice_by_hand(png(seg / f"{case}.png"),
+                                                                       png(labels / f"{case}.png")))
 
     # a second run of the same training finds it finished instead of training again
     monai_bundle("train.json", "--raw_dataset", str(source), "--output_dir", str(out), *TINY_SCHEDULE,

@@ -102,7 +102,7 @@ def test_failed_conversion_keeps_existing_target(tmp_path: Path) -> None:
     target = convert_kvasir(source, tmp_path / "out")
     before = sorted(p.name for p in (target / "imagesTr").iterdir())
     (source / "masks" / f"{KVASIR_STEMS[0]}.jpg").unlink()
-    with pytest.raises(DatasetError):
+    with pytest.raises(DatasetError, match="no mask for image"):
         convert_kvasir(source, target)
     assert sorted(p.name for p in (target / "imagesTr").iterdir()) == before
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,7 +14,15 @@ import SimpleITK as sitk
 from PIL import Image
 from scipy import ndimage
 
-from stitch_ops.data.synthetic import PELVIS_STYLES, generate_pair
+from stitch_ops.data.synthetic import (
+    PELVIS_STYLES,
+    POLYP_STYLES,
+    STYLE_MIXES,
+    blend_styles,
+    case_blend,
+    case_style,
+    generate_pair,
+)
 
 if TYPE_CHECKING:
     from conftest import SyntheticData
@@ -78,8 +87,8 @@ def test_pelvis_layout_spacing_and_labels(synthetic: SyntheticData) -> None:
         assert meta["channel_names"] == {"0": "MRI"}
         assert meta["labels"] == {"background": 0, "rectum_sigmoid": 1}
         assert meta["file_ending"] == ".nii.gz"
-        style = PELVIS_STYLES[party]
         for case in _cases(root, ".nii.gz"):
+            style, _ = case_style(PELVIS_STYLES, 0, "pelvis", party, _index(case))  # a's b-like cases: b-like spacing
             image = sitk.ReadImage(str(root / "imagesTr" / f"{case}_0000.nii.gz"))
             label = sitk.ReadImage(str(root / "labelsTr" / f"{case}.nii.gz"))
             # SimpleITK reports x, y, z; numpy (and nnU-Net) order is z, y, x with the slice axis first
@@ -95,6 +104,7 @@ def test_pelvis_layout_spacing_and_labels(synthetic: SyntheticData) -> None:
 def test_nnunet_reader_spacing(synthetic: SyntheticData) -> None:
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 
+    assert case_blend(0, "pelvis", "a", 0) == 0.0  # case 0 of a has a's own scanner
     for party, expected in (("a", [4.0, 0.53, 0.53]), ("b", [3.3, 0.52, 0.52])):
         path = synthetic.root / "pelvis" / party / "imagesTr" / f"pelvis_{party}_0000_0000.nii.gz"
         data, props = SimpleITKIO().read_images([str(path)])
@@ -117,10 +127,22 @@ def test_polyp_b_comes_in_videos(synthetic: SyntheticData) -> None:
     assert max(same) < min(other), "consecutive frames of a video must look alike, frames of other videos less so"
 
 
-def _polyp_stats(root: Path) -> dict[str, float]:
+def _index(case: str) -> int:
+    return int(case.rsplit("_", 1)[1])
+
+
+def _own_style(pair: str, party: str, cases: list[str], own: bool = True) -> list[str]:
+    """The cases drawn in the party's own style (``own``) or reaching into the other party's."""
+    return [c for c in cases if (case_blend(0, pair, party, _index(c)) == 0.0) is own]
+
+
+def _polyp_stats(root: Path, own: bool = True) -> dict[str, float]:
     """Cheap proxies of the shift: polyp/mucosa green ratio, frames with specular highlights, polyp area."""
     green, highlights, area = [], [], []
-    for case in _cases(root, ".png"):
+    cases = _cases(root, ".png")
+    if root.name == "a":  # party a's frames are independent: frame index = video index
+        cases = _own_style("polyp", "a", cases, own)
+    for case in cases:
         image = _png(root / "imagesTr" / f"{case}_0000.png").astype(float)
         label = _png(root / "labelsTr" / f"{case}.png").astype(bool)
         ring = ndimage.binary_dilation(label, iterations=6) & ~ndimage.binary_dilation(label, iterations=2)
@@ -137,10 +159,13 @@ def test_polyp_parties_differ(synthetic: SyntheticData) -> None:
     assert a["area"] > 1.5 * b["area"], (a, b)  # b's polyps are smaller
 
 
-def _pelvis_stats(root: Path) -> dict[str, float]:
+def _pelvis_stats(root: Path, own: bool = True) -> dict[str, float]:
     """Tube/tissue contrast and noise (robust std of the difference of neighbouring columns)."""
     contrast, noise = [], []
-    for case in _cases(root, ".nii.gz"):
+    cases = _cases(root, ".nii.gz")
+    if root.name == "a":
+        cases = _own_style("pelvis", "a", cases, own)
+    for case in cases:
         image = sitk.GetArrayFromImage(sitk.ReadImage(str(root / "imagesTr" / f"{case}_0000.nii.gz"))).astype(float)
         label = sitk.GetArrayFromImage(sitk.ReadImage(str(root / "labelsTr" / f"{case}.nii.gz"))).astype(bool)
         core = ndimage.binary_erosion(label, structure=np.ones((1, 3, 3)), iterations=3)
@@ -155,6 +180,53 @@ def test_pelvis_parties_differ(synthetic: SyntheticData) -> None:
     a, b = (_pelvis_stats(synthetic.root / "pelvis" / p) for p in ("a", "b"))
     assert a["contrast"] < 0.4 and b["contrast"] > 1.0, (a, b)  # dark (air) lumen vs bright (gel) lumen
     assert b["noise"] > 1.5 * a["noise"], (a, b)
+
+
+# ---- the paper's regime: a's style range covers part of b's, b's does not cover a's ----
+
+
+def test_style_mix_draws_a_share_of_a_towards_b_and_none_of_b() -> None:
+    for pair in ("polyp", "pelvis"):
+        mix = STYLE_MIXES[pair]["a"]
+        blends = np.array([case_blend(0, pair, "a", i) for i in range(400)])
+        reaching = blends[blends > 0]
+        assert abs(len(reaching) / len(blends) - mix.share) < 0.08, (pair, len(reaching))
+        assert ((reaching >= mix.reach[0]) & (reaching <= mix.reach[1])).all()
+        assert reaching.max() > 0.9, "some of a's cases look (almost) exactly like b's"
+        assert all(case_blend(0, pair, "b", i) == 0.0 for i in range(100)), "b never reaches into a's style"
+        assert [case_blend(0, pair, "a", i) for i in range(10)] == list(blends[:10]), "a case's blend is its own"
+
+
+def test_blend_interpolates_every_field_but_the_recording_protocol() -> None:
+    a, b = POLYP_STYLES["a"], POLYP_STYLES["b"]
+    assert blend_styles(a, b, 0.0) == a
+    assert blend_styles(a, b, 1.0) == replace(b, frames_per_video=a.frames_per_video)
+    half = blend_styles(a, b, 0.5)
+    assert half.radius == pytest.approx(tuple((x + y) / 2 for x, y in zip(a.radius, b.radius)))
+    assert isinstance(half.highlights[1], int) and a.highlights[1] <= half.highlights[1] <= b.highlights[1]
+    assert blend_styles(PELVIS_STYLES["a"], PELVIS_STYLES["b"], 1.0) == PELVIS_STYLES["b"]
+
+
+def test_party_a_holds_b_like_frames_and_b_keeps_its_videos_whole(synthetic: SyntheticData, tmp_path: Path) -> None:
+    """On a small generated pair: a's reaching frames show b's cues (redder polyps, highlights,
+    bright gel lumen), a's own frames do not; b's videos stay consecutive and whole in the split."""
+    from stitch_ops.data.raw import read_case_groups
+    from stitch_ops.data.splits import split_raw_dataset
+
+    root = synthetic.root / "polyp"
+    own, reaching, b = _polyp_stats(root / "a"), _polyp_stats(root / "a", own=False), _polyp_stats(root / "b")
+    assert _own_style("polyp", "a", _cases(root / "a", ".png"), own=False), "the fixture holds b-like frames of a"
+    assert own["highlights"] == 0.0 and reaching["highlights"] > 0.5, (own, reaching)
+    assert reaching["green"] < own["green"] and abs(reaching["green"] - b["green"]) < abs(own["green"] - b["green"])
+    pelvis = synthetic.root / "pelvis"
+    assert _pelvis_stats(pelvis / "a", own=False)["contrast"] > 2 * _pelvis_stats(pelvis / "a")["contrast"]
+    record = split_raw_dataset(root / "b", tmp_path / "Dataset002_polyp_b", seed=0)
+    part_of = {case: k for k, part in enumerate(record.parts) for case in part}
+    groups = read_case_groups(root / "b")
+    videos: dict[str, set[int]] = {}
+    for case, video in groups.items():
+        videos.setdefault(video, set()).add(part_of[case])
+    assert all(len(parts) == 1 for parts in videos.values()), "a video is never cut between parts"
 
 
 @pytest.mark.parametrize(
@@ -172,3 +244,29 @@ def test_bad_arguments_are_refused(kwargs: dict, message: str, tmp_path: Path) -
     with pytest.raises(ValueError, match=message):
         generate_pair(**args, progress=False)
     assert not any(tmp_path.iterdir()), "nothing is written for refused arguments"
+
+
+@pytest.mark.parametrize("profile", ["quick", "paper"])
+def test_profile_test_sets_hold_enough_cases_for_a_paired_test(profile: str) -> None:
+    """The test set (the last of six parts) holds >= 24 frames (polyp) / >= 12 volumes (pelvis) per
+    party, and a is the larger party; polyp b's parts follow its videos (bin covering)."""
+    import yaml
+
+    from stitch_ops.data.splits import bin_covering_split, six_part_split
+    from stitch_ops.data.synthetic import _video_lengths
+
+    overlay = yaml.safe_load((Path(__file__).resolve().parents[2] / "stitch_ops" / "profiles" / f"{profile}.yaml").read_text())
+    minimum = {"polyp": 24, "pelvis": 12}
+    for pair, data in overlay["data"].items():
+        cases = data["cases"]
+        assert cases["a"] > cases["b"], (profile, pair)
+        for party, n in cases.items():
+            style = POLYP_STYLES[party] if pair == "polyp" else None
+            if style is not None and style.frames_per_video > 1:
+                lengths = _video_lengths(n, style.frames_per_video, 0, party)
+                frames = iter(range(n))
+                groups = {f"v{v}": [f"c{next(frames)}" for _ in range(length)] for v, length in enumerate(lengths)}
+                test = bin_covering_split(groups)[-1]
+            else:
+                test = six_part_split([f"c{i}" for i in range(n)], seed=0)[-1]
+            assert len(test) >= minimum[pair], (profile, pair, party, len(test))

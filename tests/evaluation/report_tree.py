@@ -66,8 +66,11 @@ def write_tree(root: Path, folds: tuple[int, ...] = (0,), models: dict | None = 
         table.to_csv(folder / "cases.csv", index=False)
         (folder / "summary.json").write_text("{}")
         if extras and approach in ("local", "merged", "federated", "finetune", "stitch"):
-            (folder / "budget.json").write_text(json.dumps(
-                {"epochs": 6, "iterations": 150, "samples_seen": 600, "wall_time_s": 12.5}))
+            budget = {"epochs": 6, "iterations": 150, "samples_seen": 600, "wall_time_s": 12.5}
+            if approach == "stitch":
+                budget.update(loss_per_epoch=[1.0, 0.5, 0.3, 0.25, 0.249, 0.2485], plateau_reached=True,
+                              plateau_tolerance=0.01)
+            (folder / "budget.json").write_text(json.dumps(budget))
     if hd95_file_ending:
         for party, n in (("a", 60), ("b", 30)):
             raw = root / "data" / pair / "nnUNet_raw" / f"Dataset00{1 if party == 'a' else 2}_{pair}_{party}"

@@ -13,7 +13,7 @@ import pytest
 
 from stitch_ops.evaluation.findings import Verdict, judge
 from stitch_ops.evaluation.report import _stats, mlflow_metrics, run, write_index
-from stitch_ops.evaluation.results import load_pair, model_label
+from stitch_ops.evaluation.results import StitchSlug, load_pair, model_label, role
 from tests.evaluation.report_tree import EXPECTED, MEANS, PAIR, write_tree
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -24,11 +24,40 @@ def tree(tmp_path: Path) -> Path:
     return write_tree(tmp_path)
 
 
+@pytest.fixture(scope="module")
+def reported(tmp_path_factory: pytest.TempPathFactory):
+    """The hand-made tree and its report (figures are the slow part: render them once)."""
+    root = write_tree(tmp_path_factory.mktemp("reported"))
+    return root, run(PAIR, root, Path("reports"), log_mlflow=False)
+
+
 def test_labels_are_the_papers_shorthands():
     assert model_label("finetune", "b_to_a") == "b→a"
     assert model_label("stitch", "via_a_double_batched") == "a←[a]→b DB"
     assert model_label("stitch", "via_b_direct_matching") == "a←[b]→b DM"
     assert model_label("mystery", "x") == "mystery/x"
+
+
+def test_stitch_slugs_say_what_they_are():
+    assert StitchSlug.parse("via_b_direct_matching_finetuned_rule_of_thumb") == StitchSlug(
+        "b", "direct_matching", True, "rule_of_thumb", False)
+    assert StitchSlug.parse("no_stitch_via_a") == StitchSlug("a", None, False, None, True)
+    assert role("stitch", "via_a_double_batched") == "approach"
+    assert role("stitch", "via_a_double_batched_all_folds") == "selection variant"
+    assert role("stitch", "no_stitch_via_a_finetuned") == "reference"
+    assert role("merged", "a_plus_b") == "approach"
+
+
+def test_references_and_selection_variants_stay_out_of_the_tests(tmp_path: Path):
+    models = dict(MEANS)
+    models[("stitch", "no_stitch_via_a")] = (0.5, 0.5)
+    models[("stitch", "via_a_double_batched_rule_of_thumb")] = (0.5, 0.5)
+    results = load_pair(PAIR, write_tree(tmp_path, models=models))
+    assert {"reference", "selection variant"} <= set(results.models["role"])
+    stats, _ = _stats(results)
+    assert not stats["model"].str.contains("no stitch|rule of thumb|no_stitch").any()
+    # the very bad extra models change no verdict
+    assert {f.number: str(f.verdict) for f in judge(results, stats)} == EXPECTED
 
 
 def test_load_pair_reads_every_contract_file(tree: Path):
@@ -74,7 +103,8 @@ def test_missing_inputs_are_not_testable_not_guessed(tmp_path: Path):
 
 
 def test_own_data_family_per_perspective(tree: Path):
-    stats, notes = _stats(load_pair(PAIR, tree))
+    results = load_pair(PAIR, tree)
+    stats, notes = _stats(results)
     family_a = set(stats.loc[stats["perspective"] == "a", "model"])
     assert family_a == {"b→a", "a&b", "a&b→a", "a‖b", "a+b", "a←[a]→b DB", "a←[a]→b DM"}
     family_b = set(stats.loc[stats["perspective"] == "b", "model"])
@@ -83,17 +113,17 @@ def test_own_data_family_per_perspective(tree: Path):
     dice_a = stats[(stats["perspective"] == "a") & (stats["metric"] == "dice")].set_index("model")
     assert dice_a.loc["a&b", "direction"].startswith("worse than a")
     assert dice_a.loc["a&b", "median_difference"] == pytest.approx(-0.06, abs=1e-3)
-    metrics = mlflow_metrics(load_pair(PAIR, tree), stats, [])
+    metrics = mlflow_metrics(results, stats, [])
     assert metrics["wilcoxon/a/stitch_via_a_double_batched/dice_p_holm"] == pytest.approx(
         dice_a.loc["a←[a]→b DB", "p_holm"])
 
 
-def test_run_writes_self_contained_html_markdown_metrics_and_figures(tree: Path):
-    report = run(PAIR, tree, Path("reports"), log_mlflow=False)
+def test_run_writes_self_contained_html_markdown_metrics_and_figures(reported):
+    tree, report = reported
     page = report.html.read_text(encoding="utf-8")
     images = re.findall(r"<img src='([^']+)'", page)
-    # bi-objective mean + fold 0, own data a and b, positions of c = a, RQ1 of c = a
-    assert len(images) == 6 == len(report.figures)
+    # bi-objective mean + fold 0, own data a and b, positions of c = a, stitch training, RQ1 of c = a
+    assert len(images) == 7 == len(report.figures)
     for uri in images:
         assert uri.startswith("data:image/png;base64,")
         assert base64.b64decode(uri.split(",", 1)[1]).startswith(PNG_MAGIC)
@@ -102,6 +132,10 @@ def test_run_writes_self_contained_html_markdown_metrics_and_figures(tree: Path)
                     "Bi-objective results", "Wilcoxon signed-rank + Holm", "Selection strategies"):
         assert section.lower() in page.lower(), section
     assert "a←[a]→b DB" in page and "rule_of_thumb" in page
+    budgets = pd.read_csv(tree / "reports" / PAIR / "tables" / "budgets.csv")
+    stitched = budgets[budgets["approach"] == "stitch"]
+    assert stitched["plateau reached"].all()
+    assert stitched["last-epoch loss improvement"].tolist() == pytest.approx([0.0005 / 0.249] * 2)
     markdown = report.markdown.read_text(encoding="utf-8")
     assert "## Training budgets" in markdown and f"]({PAIR}/figures/biobjective_mean.png)" in markdown
     assert all(p.read_bytes().startswith(PNG_MAGIC) for p in report.figures)
@@ -120,12 +154,12 @@ def test_unavailable_inputs_say_so(tmp_path: Path):
     assert "HD95 in units of the data" in page
 
 
-def test_rerun_replaces_outputs_and_index_links_pairs(tree: Path):
-    run(PAIR, tree, Path("reports"), log_mlflow=False)
+def test_rerun_replaces_outputs_and_index_links_pairs(reported):
+    tree, _ = reported
     shutil.rmtree(tree / "metrics" / PAIR / "rq1")
     report = run(PAIR, tree, Path("reports"), log_mlflow=False)
     assert not (tree / "reports" / PAIR / "figures" / "rq1_a_fold0.png").exists()
-    assert len(report.figures) == 5
+    assert len(report.figures) == 6
     index = write_index([PAIR, "absent"], tree / "reports").read_text(encoding="utf-8")
     assert f"href='{PAIR}.html'" in index
     assert "not available in this run" in index  # the pair without a report

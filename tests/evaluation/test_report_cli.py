@@ -61,7 +61,7 @@ def test_every_figure_renders_in_headless_chromium_without_errors(reported: Path
         check = check_page(reported / "reports" / page)
         assert check.errors == [], (page, check.errors)
         if page == "polyp.html":
-            assert len(check.images) == 6
+            assert len(check.images) == 7
         assert all(width > 0 for _, width in check.images), check.images
 
 

@@ -40,7 +40,7 @@ def test_bad_tables_are_refused():
         rank_positions(pd.DataFrame({"k": [0], "dice": [1.0]}))
     with pytest.raises(ValueError, match="no positions"):
         select_position(table([]))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="'best_guess' is not a valid SelectionStrategy"):
         select_position(table([(0, 0, 1.0, 0.0)]), "best_guess")
 
 

@@ -132,10 +132,10 @@ def test_second_repro_does_nothing(pipeline: Path):
 def test_exported_bundle_verifies_and_segments_through_monai_bundle(pipeline: Path, tmp_path: Path):
     bundle = pipeline / "exports" / "polyp" / "local_a_fold0"
     report = verify_bundle(bundle)
-    assert [m.name for m in report.models] == ["fold_0"]
+    assert report.models == [bundle / "models"] and report.output_shape[1] == 2
     images = pipeline / "data" / "polyp" / "nnUNet_raw" / "Dataset001_polyp_a" / "imagesTs"
     run([sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
-         "--model_dir", "models/fold_0", "--input_dir", str(images), "--output_dir", str(tmp_path / "seg"),
+         "--bundle_root", str(bundle), "--input_dir", str(images), "--output_dir", str(tmp_path / "seg"),
          "--progress", "False"], bundle)
     written = sorted(p.name for p in (tmp_path / "seg").glob("*.png"))
     assert written == sorted(p.name.replace("_0000", "") for p in images.glob("*.png"))
@@ -144,10 +144,10 @@ def test_exported_bundle_verifies_and_segments_through_monai_bundle(pipeline: Pa
 @pytest.mark.parametrize("slug", ["via_a_double_batched", "via_a_double_batched_finetuned"])
 def test_exported_stitch_bundle_verifies_and_segments_through_monai_bundle(pipeline: Path, tmp_path: Path, slug: str):
     bundle = pipeline / "exports" / "polyp" / f"stitch_{slug}_fold0"
-    assert [m.name for m in verify_bundle(bundle).models] == ["fold_0"]
+    assert verify_bundle(bundle).models == [bundle / "models"]
     images = pipeline / "data" / "polyp" / "nnUNet_raw" / "Dataset002_polyp_b" / "imagesTs"
     run([sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
-         "--model_dir", "models/fold_0", "--input_dir", str(images), "--output_dir", str(tmp_path / "seg"),
+         "--bundle_root", str(bundle), "--input_dir", str(images), "--output_dir", str(tmp_path / "seg"),
          "--progress", "False"], bundle)
     assert len(list((tmp_path / "seg").glob("*.png"))) == len(list(images.glob("*.png")))
 

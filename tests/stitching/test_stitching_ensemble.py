@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -52,7 +53,7 @@ def test_ensembles_return_the_log_of_the_averaged_softmax():
 
 
 def test_extracted_ensemble_holds_only_the_stitches_of_its_match(two_copies_of_a):
-    _, _, combined = two_copies_of_a
+    combined = copy.deepcopy(two_copies_of_a[2])  # changed below: the module's fixture stays as it is
     ensemble = extract_stitch_ensemble(combined, 3)
     stitch_keys = sorted(key for key in ensemble.state_dict() if key.startswith("switch"))
     assert stitch_keys == [f"switch_{side}.stitch.layer.{p}" for side in "ab" for p in ("bias", "weight")]
@@ -60,8 +61,6 @@ def test_extracted_ensemble_holds_only_the_stitches_of_its_match(two_copies_of_a
     with torch.no_grad():
         combined.switches_a[3].stitch.layer.weight.add_(1.0)
     assert not torch.equal(ensemble.switch_a.stitch.layer.weight, combined.switches_a[3].stitch.layer.weight)
-    with torch.no_grad():
-        combined.switches_a[3].stitch.layer.weight.sub_(1.0)
     with pytest.raises(IndexError, match="match k should be in"):
         extract_stitch_ensemble(combined, len(combined.matches))
 
@@ -117,3 +116,65 @@ def test_stitch_ensemble_runs_through_nnunet_predictor_like_its_parent(two_copie
     assert probabilities_e.shape == (2, 1, 48, 40)
     np.testing.assert_allclose(probabilities_e, probabilities_a, atol=1e-2)
     assert (segmentation_e == segmentation_a).mean() > 0.99
+
+
+@pytest.fixture(scope="module")
+def two_different_parents():
+    """Two differently shaped parents (other widths, other depth, other weights) joined by
+    random, non-identity stitches."""
+    spec_a, network_a = tiny_parent(seed=0, features=(4, 8, 16), patch_size=(32, 32))
+    spec_b, network_b = tiny_parent(seed=1, features=(6, 12, 16, 24), patch_size=(32, 32))
+    combined = StitchedNetwork.from_parents(spec_a, network_a, spec_b, network_b)
+    generator = torch.Generator().manual_seed(3)
+    for switch in combined.switches():
+        weight, bias = switch.stitch.affine()
+        switch.stitch.set_affine_(torch.randn(weight.shape, generator=generator) / weight.shape[1] ** 0.5,
+                                  torch.randn(bias.shape, generator=generator) * 0.1)
+    return network_a, network_b, combined
+
+
+def test_stitch_ensemble_of_different_parents_averages_each_stitched_parent(two_different_parents):
+    """At every k: the softmax average of A with the stitch b_k→a_k averaged in at a_k (the
+    combined network, one switch on average, output A) and of B likewise at b_k."""
+    from stitch_ops.stitching.network import Parent, SwitchConfiguration
+    from stitch_ops.stitching.switch import SwitchMode
+
+    network_a, network_b, combined = two_different_parents
+    combined = copy.deepcopy(combined)  # reconfigured below: the module's fixture stays as it is
+    n = len(combined.matches)
+    x = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(4))
+    plain = TwoModelEnsemble(network_a, network_b)(x)
+
+    def stitched_parent(k: int, output: Parent) -> torch.Tensor:
+        modes = [SwitchMode.ORIGINAL] * n
+        averaged = tuple(SwitchMode.AVERAGE if i == k else m for i, m in enumerate(modes))
+        switches_a, switches_b = (averaged, tuple(modes)) if output is Parent.A else (tuple(modes), averaged)
+        combined.configure(SwitchConfiguration(switches_a, switches_b, output))
+        return combined(x)
+
+    with torch.no_grad():
+        for k in range(n):
+            logits_a, logits_b = stitched_parent(k, Parent.A), stitched_parent(k, Parent.B)
+            expected = torch.log((logits_a.softmax(1) + logits_b.softmax(1)) / 2)
+            output = extract_stitch_ensemble(combined, k)(x)
+            assert torch.allclose(output, expected, atol=1e-5), f"position {k} ({combined.matches[k].node_a})"
+            assert not torch.allclose(output, plain, atol=1e-4), f"the stitches at k={k} changed nothing"
+
+
+def test_stitch_ensemble_at_the_first_match_by_hand(two_different_parents):
+    """Where both parents' first feature maps are matched, the averaged stitched map can be
+    written by hand: a_0' = (a_0 + W_ba b_0 + c_ba) / 2, and A continues from a_0'."""
+    network_a, network_b, combined = two_different_parents
+    ensemble = extract_stitch_ensemble(combined, 0)
+    x = torch.randn(1, 1, 32, 32, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        (a_0, b_0), = combined.matched_maps(x)[:1]
+        w_ba, c_ba = combined.switches_a[0].stitch.affine()
+        w_ab, c_ab = combined.switches_b[0].stitch.affine()
+        by_hand_a = (a_0 + torch.einsum("oc,bchw->bohw", w_ba, b_0) + c_ba.view(1, -1, 1, 1)) / 2
+        by_hand_b = (b_0 + torch.einsum("oc,bchw->bohw", w_ab, a_0) + c_ab.view(1, -1, 1, 1)) / 2
+        assert not torch.allclose(by_hand_a, a_0, atol=1e-3)
+        stitched_a = ensemble.switch_a(a_0, b_0).map
+        stitched_b = ensemble.switch_b(b_0, a_0).map
+        torch.testing.assert_close(stitched_a, by_hand_a, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(stitched_b, by_hand_b, atol=1e-5, rtol=1e-5)

@@ -225,7 +225,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_as_if_never_killed(tm
     config = StitchTrainingConfig(method, epochs=3, iterations_per_epoch=2, batch_size=8, lr=0.05, seed=3)
     uninterrupted = _fresh(toy_pair)
     expected = train_stitches(uninterrupted, _CountingBatches(toy_pair.train_images), config, progress=False)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="killed"):
         train_stitches(_fresh(toy_pair), _CountingBatches(toy_pair.train_images, fail_at_epoch=2), config, tmp_path / "ckpt.pt", progress=False)
     resumed = _fresh(toy_pair)
     batches = _CountingBatches(toy_pair.train_images)

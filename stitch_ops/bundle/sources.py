@@ -1,0 +1,185 @@
+"""One way to open any model a user has: :func:`open_model`.
+
+Accepted everywhere a model is expected (``stitch-ops stitch``, ``predict``, ``bundle export``):
+
+- a bundle exported by this project (folder or ``.zip``), or its ``models/`` folder;
+- an nnU-Net v2 results folder ``<Trainer>__<Plans>__<configuration>`` (``plans.json``,
+  ``dataset.json``, ``fold_<k>/checkpoint_final.pth``), or a dataset folder holding one;
+- a zip written by ``nnUNetv2_export_model_to_zip``;
+- a model folder the pipeline exported (``weights.pth`` or ``stitch_ensemble.pt`` + plans).
+
+Everything is read as data: weights with ``torch.load(weights_only=True)``, networks rebuilt
+from the plans (never from a trainer class), zips extracted only after every entry is checked.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from stitch_ops.bundle.archive import check_links, safe_extract
+from stitch_ops.nnunet.model import FoldEnsemble, ModelError, NnUNetModel, build_network, load_plain
+
+__all__ = ["MODEL_DIR_FILES", "NETWORK_FORMAT", "build_from_spec", "open_model", "write_model_dir"]
+
+logger = logging.getLogger(__name__)
+
+NETWORK_FORMAT = "stitch_ops.bundle_network/1"
+MODEL_DIR_FILES = ("model.pt", "network.json", "plans.json", "dataset.json")
+SOURCES = ("a bundle (folder or .zip), an nnU-Net results folder <Trainer>__<Plans>__<configuration>, "
+           "or a zip from nnUNetv2_export_model_to_zip")
+
+
+def open_model(source: str | Path, fold: int | str | None = None, *, device: torch.device | str = "cpu",
+               trusted: bool = False) -> NnUNetModel:
+    """Open ``source`` (see the module docstring) as a network ready for nnU-Net's predictor.
+
+    Args:
+        source: path of the model.
+        fold: one nnU-Net fold (default: every fold present, averaged as nnU-Net does).
+        trusted: allow plans naming architectures outside ``dynamic_network_architectures``.
+
+    Raises:
+        ModelError: in one line, naming the source and what is wrong with it.
+    """
+    source = Path(source)
+    if source.is_file():
+        import zipfile
+
+        if not zipfile.is_zipfile(source):
+            raise ModelError(f"{source} is a file but not a zip archive; expected {SOURCES}")
+        with tempfile.TemporaryDirectory(prefix="stitch_ops_model_") as scratch:
+            root = safe_extract(source, Path(scratch))
+            model = open_model(_single_root(root, source), fold, device=device, trusted=trusted)
+        model.description = f"{model.description} from {source.name}"
+        return model
+    if not source.is_dir():
+        raise ModelError(f"no model at {source}: expected {SOURCES}")
+    check_links(source)
+    return _open_folder(source, fold, device, trusted)
+
+
+def _single_root(root: Path, archive: Path) -> Path:
+    """The bundle folder inside an extracted archive (itself, or its only top-level folder)."""
+    if (root / "configs" / "metadata.json").is_file():
+        return root
+    children = [p for p in root.iterdir() if p.is_dir()]
+    if len(children) == 1 and (children[0] / "configs" / "metadata.json").is_file():
+        return children[0]
+    return root
+
+
+def _open_folder(folder: Path, fold: int | str | None, device: Any, trusted: bool) -> NnUNetModel:
+    from stitch_ops.nnunet.model import load_model
+    from stitch_ops.nnunet.results import find_results_folders, is_results_folder, load_results_folder
+
+    if (folder / "configs" / "metadata.json").is_file():
+        models = folder / "models"
+        if (models / "network.json").is_file():
+            return _open_model_dir(models, fold, device, trusted)
+        shipped = sorted(p for p in models.glob("*") if p.is_dir()) if models.is_dir() else []
+        if fold is not None:
+            shipped = [p for p in shipped if p.name == f"fold_{fold}"]
+        if len(shipped) != 1:
+            raise ModelError(f"{folder} is a bundle without a trained model to open: expected models/network.json "
+                             f"(or one models/fold_<k>/), found {[p.name for p in shipped]}")
+        return _open_folder(shipped[0], None, device, trusted)
+    if (folder / "network.json").is_file():
+        return _open_model_dir(folder, fold, device, trusted)
+    if (folder / "weights.pth").is_file():
+        return load_model(folder, device)
+    if (folder / "stitch_ensemble.pt").is_file():
+        from stitch_ops.stitching.pipeline import load_exported_ensemble
+
+        return load_exported_ensemble(folder)
+    if is_results_folder(folder):
+        return load_results_folder(folder, None if fold is None else [fold], device=device, trusted=trusted)
+    found = find_results_folders(folder)
+    if len(found) == 1:
+        return load_results_folder(found[0], None if fold is None else [fold], device=device, trusted=trusted)
+    if len(found) > 1:
+        raise ModelError(f"{folder} holds several nnU-Net results folders "
+                         f"({', '.join(p.name for p in found)}): pass the one to use")
+    raise ModelError(f"{folder} is not a model: expected {SOURCES}")
+
+
+def build_from_spec(spec: dict[str, Any], plans: dict[str, Any], dataset_json: dict[str, Any],
+                    trusted: bool = False) -> torch.nn.Module:
+    """The network (random weights) a bundle's ``network.json`` describes.
+
+    Kinds: ``nnunet`` (one fold, or several averaged as nnU-Net does), ``stitch_ensemble``
+    (``ensemble``: a :class:`~stitch_ops.stitching.StitchEnsembleDescription`), ``ensemble``
+    (``members``: parent descriptions, their softmax averaged).
+    """
+    kind = spec.get("kind")
+    if kind == "nnunet":
+        networks = [build_network(plans, dataset_json, spec["configuration"], trusted)
+                    for _ in spec.get("folds") or [None]]
+        return networks[0] if len(networks) == 1 else FoldEnsemble(networks)
+    if kind == "stitch_ensemble":
+        from stitch_ops.stitching import StitchEnsembleDescription, build_stitch_ensemble
+
+        return build_stitch_ensemble(StitchEnsembleDescription.from_dict(spec["ensemble"]), trusted)
+    if kind == "ensemble":
+        from stitch_ops.stitching import ParentSpec, TwoModelEnsemble
+
+        members = [ParentSpec.from_dict(m) for m in spec["members"]]
+        if not trusted:
+            for member in members:
+                member._check_trusted()
+        return TwoModelEnsemble(*(member.build(trusted=True) for member in members))
+    raise ModelError(f"unknown network kind {kind!r}; expected nnunet, stitch_ensemble or ensemble")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ModelError(f"{path} is not readable JSON ({err})") from None
+
+
+def _open_model_dir(folder: Path, fold: int | str | None, device: Any, trusted: bool) -> NnUNetModel:
+    missing = [name for name in MODEL_DIR_FILES if not (folder / name).is_file()]
+    if missing:
+        raise ModelError(f"{folder} is not a bundle model folder: missing {missing}")
+    spec = _read_json(folder / "network.json")
+    if spec.get("format") != NETWORK_FORMAT:
+        raise ModelError(f"{folder / 'network.json'} has format {spec.get('format')!r}, expected {NETWORK_FORMAT!r}")
+    plans, dataset_json = _read_json(folder / "plans.json"), _read_json(folder / "dataset.json")
+    network = build_from_spec(spec, plans, dataset_json, trusted)
+    weights = load_plain(folder / "model.pt")
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise ModelError(f"{folder / 'model.pt'} is not a state_dict of tensors")
+    result = network.load_state_dict(weights, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ModelError(f"{folder / 'model.pt'} does not fit the network of network.json: missing "
+                         f"{result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}")
+    folds = spec.get("folds") or [None]
+    if fold is not None and spec.get("kind") == "nnunet" and len(folds) > 1:
+        if fold not in folds:
+            raise ModelError(f"{folder} has folds {folds}, not {fold}")
+        network = network.networks[folds.index(fold)]
+        spec = {**spec, "folds": [fold]}
+    axes = spec.get("mirroring_axes")
+    return NnUNetModel(network.to(device).eval(), plans, dataset_json, spec["configuration"],
+                       tuple(axes) if axes is not None else None, description=spec.get("description", spec["kind"]),
+                       network_spec={k: v for k, v in spec.items() if k not in ("format", "description")})
+
+
+def write_model_dir(model: NnUNetModel, target: Path) -> Path:
+    """Write ``model`` as a bundle model folder (``model.pt`` state_dict, ``network.json``,
+    the plans and dataset.json that preprocess its input) into an existing folder ``target``."""
+    target.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.detach().cpu() for k, v in model.network.state_dict().items()}, target / "model.pt")
+    spec = {"format": NETWORK_FORMAT, **model.spec, "configuration": model.configuration,
+            "mirroring_axes": list(model.mirroring_axes) if model.mirroring_axes is not None else None,
+            "description": model.description}
+    (target / "network.json").write_text(json.dumps(spec, indent=2))
+    (target / "plans.json").write_text(json.dumps(model.plans, indent=2))
+    (target / "dataset.json").write_text(json.dumps(model.dataset_json, indent=2))
+    return target
