@@ -30,6 +30,7 @@ STAGES = {
     "evaluation": "Dice/HD95 per case on both parties' test sets, logged to MLflow",
     "baselines": "fine-tuning, ensembles, federated learning (Ray), merged data, learning-rate sweep",
     "bundle": "export trained MONAI bundles; verify a bundle received from another party",
+    "tracking": "the MLflow UI on the project's store, opened on the runs table",
     "report": "the HTML/Markdown report per pair (tables, Wilcoxon/Holm, figures, the paper's findings)",
 }
 MODULES = {"report": "stitch_ops.evaluation.report"}

@@ -30,6 +30,9 @@ def common_options() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
     parent.add_argument("--params", type=Path, default=DEFAULT_PARAMS,
                         help="parameters file (default: %(default)s)")
+    # one progress bar per long stage where a person watches (a terminal), none in logs
+    parent.add_argument("--progress", dest="progress", action="store_true", default=sys.stderr.isatty(),
+                        help="show progress bars (default: when stderr is a terminal)")
     parent.add_argument("--no-progress", dest="progress", action="store_false",
                         help="hide progress bars (e.g. in CI logs)")
     parent.add_argument("-v", "--verbose", action="store_true", help="debug logging")

@@ -52,6 +52,13 @@ class PairPaths:
     def predictions(self, approach: str, trained_on: str, fold: int) -> Path:
         return self.root / "predictions" / self.pair / approach / trained_on / f"fold_{fold}"
 
+    def training_curve(self, approach: str, trained_on: str, fold: int) -> Path:
+        """The copy of a model's per-epoch training curve that ``dvc plots`` draws: nnU-Net
+        trainings (losses, pseudo-Dice, LR) under ``plots/training``, stitch training (loss,
+        LR) under ``plots/stitch_training``, as the two have different columns."""
+        kind = "stitch_training" if approach == "stitch" else "training"
+        return self.root / "plots" / kind / self.pair / approach / trained_on / f"fold_{fold}.csv"
+
     def metrics(self, approach: str, trained_on: str, fold: int) -> Path:
         return self.root / "metrics" / self.pair / approach / trained_on / f"fold_{fold}"
 

@@ -238,6 +238,8 @@ CASES: dict[str, Case] = {
                                   "dataset.json is missing: run the stage that makes it first"),
     "transfer plans before plan": Case(["baselines", "transfer-plans", "--pair", "polyp"], "is missing"),
     "report of an unknown pair": Case(["report", "--pair", "knee", "--no-mlflow"], "unknown pair(s) ['knee']"),
+    "MLflow UI without a store": Case(["tracking", "ui", "--port", "5999"], "no MLflow store at mlflow.db",
+                                      setup=lambda root: None),
     "verify a missing bundle": Case(["bundle", "verify", "nowhere"], "no bundle folder at nowhere",
                                     setup=lambda root: None),
     "a bundle without metadata": Case(["bundle", "verify", "received_bundle"],
@@ -382,3 +384,13 @@ def test_debug_shows_the_traceback_in_a_process(tmp_path: Path):
     result = _process(["-m", "stitch_ops.bundle", "verify", "nowhere", "--debug"], tmp_path)
     assert result.returncode == 1
     assert "Traceback" in result.stderr and "BundleError: no bundle folder at nowhere" in result.stderr
+
+
+def test_every_entry_point_is_a_command_checked_here():
+    """A module runnable as ``python -m stitch_ops....`` must be one of the commands above
+    (so the table and the every-subcommand check reach it), or be added to them."""
+    runnable = {".".join(path.relative_to(REPO).with_suffix("").parts)
+                for path in (REPO / "stitch_ops").rglob("*.py")
+                if '__name__ == "__main__"' in path.read_text()}
+    checked = {"stitch_ops.cli"} | {cli.command_module(command).__name__ for command in cli.STAGES}
+    assert runnable <= checked, f"entry points no command reaches: {sorted(runnable - checked)}"

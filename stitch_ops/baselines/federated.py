@@ -35,7 +35,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -175,7 +175,7 @@ class FederatedParty:
         from stitch_ops.nnunet.env import NnUNetRoots, configure, resolve_device
 
         configure(NnUNetRoots(preprocessed=data.preprocessed_root, results=data.results_root), training=True)
-        from stitch_ops.nnunet.trainer import ScheduledTrainer, seed_everything
+        from stitch_ops.nnunet.trainer import ScheduledTrainer, quiet_stdout, seed_everything
 
         folder = data.preprocessed_root / data.dataset_name
         plans = json.loads((folder / "nnUNetPlans.json").read_text())
@@ -185,13 +185,14 @@ class FederatedParty:
         plans["continue_training"] = True  # nnunetv2 >= 2.7 expects the flag (as train_fold sets it)
         self.data = data
         self.crash_at_round = crash_at_round
-        self.trainer = ScheduledTrainer(plans=plans, configuration=schedule.configuration, fold=fold,
-                                        dataset_json=dataset_json, device=resolve_device(schedule.device))
-        self.trainer.apply_schedule(schedule, seed)
-        self.trainer.save_every = schedule.epochs + 1  # the global checkpoint is the driver's
-        seed_everything(seed, 1)  # the initial global model (party 0's initial weights)
-        self.trainer.initialize()
-        self.trainer.on_train_start()
+        with quiet_stdout():  # an actor's prints reach the driver's console
+            self.trainer = ScheduledTrainer(plans=plans, configuration=schedule.configuration, fold=fold,
+                                            dataset_json=dataset_json, device=resolve_device(schedule.device))
+            self.trainer.apply_schedule(schedule, seed)
+            self.trainer.save_every = schedule.epochs + 1  # the global checkpoint is the driver's
+            seed_everything(seed, 1)  # the initial global model (party 0's initial weights)
+            self.trainer.initialize()
+            self.trainer.on_train_start()
 
     def num_cases(self) -> int:
         """Training cases of this fold (the party's FedAvg weight)."""
@@ -303,10 +304,29 @@ class GlobalCheckpoint:
         return json.loads(path.read_text()) if path.is_file() else []
 
 
+CURVE_KEYS = ("train_loss", "val_loss", "pseudo_dice", "lr")
+
+
+def round_curve(record: Mapping[str, Any]) -> dict[str, float]:
+    """One round of the history as training-curve values: each party's (``a/train_loss``, ...)
+    and the global ones (``train_loss``, ...: the parties' values weighted like FedAvg)."""
+    parties = record["parties"]
+    weights = [float(w) for w in record["weights"]]
+    values = {f"{m['party']}/{key}": float(m[key]) for m in parties for key in CURVE_KEYS}
+    for key in CURVE_KEYS:
+        values[key] = sum(w * float(m[key]) for w, m in zip(weights, parties)) / sum(weights)
+    return values
+
+
 def train_federated(parties: Sequence[PartyData], fold: int, schedule: NnUNetSchedule, checkpoint_dir: Path, *,
                     ray_options: RayOptions = RayOptions(), fault: FaultInjection | None = None,
-                    seed: int = 0, progress: bool = True) -> tuple[dict[str, torch.Tensor], tuple[int, ...] | None, list[dict]]:
+                    seed: int = 0, progress: bool = True,
+                    on_round: Callable[[int, Mapping[str, float]], None] | None = None,
+                    ) -> tuple[dict[str, torch.Tensor], tuple[int, ...] | None, list[dict]]:
     """Run ``schedule.epochs`` FedAvg rounds (resuming after the last completed one).
+
+    ``on_round`` is called with (round, :func:`round_curve`) after every completed round,
+    first for the rounds completed before a resume (a live MLflow run, one step per round).
 
     Returns:
         (global canonical state, the networks' mirroring axes, per-round history).
@@ -323,6 +343,10 @@ def train_federated(parties: Sequence[PartyData], fold: int, schedule: NnUNetSch
     checkpoint = GlobalCheckpoint(checkpoint_dir)
     history = checkpoint.history()
     resumed = checkpoint.load()
+    if resumed is not None:
+        history = history[:resumed[0]]
+    for record in history if on_round is not None else []:
+        on_round(int(record["round"]), round_curve(record))
     actor_class = ray.remote(FederatedParty)
     actors = []
     server = None
@@ -365,6 +389,8 @@ def train_federated(parties: Sequence[PartyData], fold: int, schedule: NnUNetSch
                 state = ray.get(server.state.remote())
                 history.append({"round": round_index, "weights": sizes, "parties": metrics})
                 checkpoint.save(round_index + 1, state, history)
+                if on_round is not None:
+                    on_round(round_index, round_curve(history[-1]))
                 bar.update()
                 bar.set_postfix(dice=" ".join(f"{m['party']}:{m['pseudo_dice']:.3f}" for m in metrics))
     finally:

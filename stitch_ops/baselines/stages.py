@@ -13,9 +13,11 @@ import hashlib
 import json
 import logging
 import shutil
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from stitch_ops.baselines import approaches
 from stitch_ops.baselines.approaches import ModelId, other
@@ -27,6 +29,8 @@ from stitch_ops.paths import PairPaths, dataset_name
 
 if TYPE_CHECKING:
     from stitch_ops.baselines.federated import FaultInjection
+    from stitch_ops.nnunet.train import EpochCallback
+    from stitch_ops.tracking.live import LiveRun
 
 logger = logging.getLogger(__name__)
 
@@ -48,9 +52,11 @@ def predict_test_sets(paths: PairPaths, model: ModelId, fold: int, params: Param
 
 
 def train_finetuned(paths: PairPaths, party: str, fold: int, params: Params, *, base_lr: float, epochs: int,
-                    iterations_per_epoch: int, results_root: Path, progress: bool = True) -> Path:
+                    iterations_per_epoch: int, results_root: Path, progress: bool = True,
+                    on_epoch: EpochCallback | None = None) -> Path:
     """Fine-tune the other party's basis model of ``fold`` on ``party``'s data (preprocessed
-    with the transferred plans) into ``results_root``; returns the export folder."""
+    with the transferred plans) into ``results_root``; returns the export folder.
+    ``on_epoch`` gets the training curve after every epoch (a live MLflow run)."""
     from stitch_ops.baselines.finetune import check_same_architecture, finetune_schedule
     from stitch_ops.nnunet.env import NnUNetRoots, configure
     from stitch_ops.nnunet.train import TrainingRun, train_fold
@@ -75,7 +81,7 @@ def train_finetuned(paths: PairPaths, party: str, fold: int, params: Params, *, 
     logger.info("fine-tuning %s's model on %s's data, fold %d: %d epochs x %d iterations, lr %.2g -> %.2g "
                 "(warm-up %d epochs) then polynomial decay", source, party, fold, schedule.epochs,
                 schedule.iterations_per_epoch, warmup.start_lr, warmup.base_lr, warmup.warmup_epochs)
-    return train_fold(run, trainer_class=FinetuneTrainer, progress=progress,
+    return train_fold(run, trainer_class=FinetuneTrainer, progress=progress, on_epoch=on_epoch,
                       provenance={"pair": paths.pair, "approach": model.approach, "trained_on": model.trained_on,
                                   "shorthand": model.shorthand, "base_lr": schedule.initial_lr,
                                   "warmup_start_lr": warmup.start_lr, "warmup_epochs": warmup.warmup_epochs})
@@ -88,13 +94,20 @@ def finetune(pair: str, party: str, fold: int, params: Params, *, base_lr: float
     paths = PairPaths(pair, root)
     settings = FinetuneParams.from_params(params)
     model = approaches.finetuned(party)
-    exported = train_finetuned(paths, party, fold, params, base_lr=base_lr or settings.base_lr,
-                               epochs=settings.epochs, iterations_per_epoch=settings.iterations_per_epoch,
-                               results_root=paths.model_dir(model.approach, model.trained_on, fold),
-                               progress=progress)
-    write_training_budget(paths, model, fold, params, settings.epochs, settings.iterations_per_epoch,
-                          base_lr=base_lr or settings.base_lr, warmup_epochs=settings.warmup_epochs)
-    predict_test_sets(paths, model, fold, params, progress=progress)
+    lr = base_lr or settings.base_lr
+    with _training_run(pair, model, fold, params, f"finetune@{pair}-{model.trained_on}-{fold}", root,
+                       {"finetune.base_lr": lr, "finetune.epochs": settings.epochs,
+                        "finetune.iterations_per_epoch": settings.iterations_per_epoch,
+                        "finetune.warmup_epochs": settings.warmup_epochs},
+                       {f"{pair}/{party}/train": paths.preprocessed_root(party, plans_from=other(party))}) as live:
+        exported = train_finetuned(paths, party, fold, params, base_lr=lr,
+                                   epochs=settings.epochs, iterations_per_epoch=settings.iterations_per_epoch,
+                                   results_root=paths.model_dir(model.approach, model.trained_on, fold),
+                                   progress=progress, on_epoch=live.log_epoch)
+        write_training_budget(paths, model, fold, params, settings.epochs, settings.iterations_per_epoch,
+                              base_lr=lr, warmup_epochs=settings.warmup_epochs)
+        predict_test_sets(paths, model, fold, params, progress=progress)
+    _publish_curve(paths, model, fold)
     return exported
 
 
@@ -138,11 +151,16 @@ def merged(pair: str, fold: int, params: Params, *, root: Path = Path("."), prog
                                  "iterations_per_epoch": settings.iterations_per_epoch})
     run = TrainingRun(name, preprocessed, paths.model_dir(model.approach, model.trained_on, fold), fold, schedule,
                       seed=params.seed)
-    exported = train_fold(run, progress=progress,
-                          provenance={"pair": pair, "approach": model.approach, "trained_on": model.trained_on,
-                                      "shorthand": model.shorthand})
-    write_training_budget(paths, model, fold, params, settings.epochs, settings.iterations_per_epoch)
-    predict_test_sets(paths, model, fold, params, progress=progress)
+    with _training_run(pair, model, fold, params, f"merged@{pair}-{fold}", root,
+                       {"merged.epochs": settings.epochs,
+                        "merged.iterations_per_epoch": settings.iterations_per_epoch},
+                       {f"{pair}/a+b/train": preprocessed}) as live:
+        exported = train_fold(run, progress=progress, on_epoch=live.log_epoch,
+                              provenance={"pair": pair, "approach": model.approach, "trained_on": model.trained_on,
+                                          "shorthand": model.shorthand})
+        write_training_budget(paths, model, fold, params, settings.epochs, settings.iterations_per_epoch)
+        predict_test_sets(paths, model, fold, params, progress=progress)
+    _publish_curve(paths, model, fold)
     return exported
 
 
@@ -150,7 +168,34 @@ def federated(pair: str, fold: int, params: Params, *, root: Path = Path("."), p
               fault: FaultInjection | None = None) -> Path:
     """``a‖b``: FedAvg with one Ray actor per party on its own data (joint plans), then
     both test sets. Resumes after the last completed round; a changed configuration
-    starts over."""
+    starts over. The live MLflow run gets one step per round (each party's curve and the
+    global one); the same curve goes to ``training_log.csv`` next to the model."""
+    from stitch_ops.baselines.plans import JOINT
+    from stitch_ops.tracking.live import TRAINING_LOG, write_curve
+
+    settings = FederatedParams.from_params(params)
+    model = approaches.federated()
+    curve = PairPaths(pair, root).model_dir(model.approach, model.trained_on, fold) / TRAINING_LOG
+    rows: dict[int, dict[str, float]] = {}
+    with _training_run(pair, model, fold, params, f"federated@{pair}-{fold}", root,
+                       {"federated.rounds": settings.rounds,
+                        "federated.iterations_per_epoch": settings.iterations_per_epoch},
+                       {f"{pair}/{p}/train": PairPaths(pair, root).preprocessed_root(p, plans_from=JOINT)
+                        for p in PARTIES}) as live:
+        def on_round(index: int, values: Mapping[str, float]) -> None:
+            live.log_epoch(index, values)
+            rows[index] = dict(values)
+            write_curve(curve, [{"epoch": k, **v} for k, v in sorted(rows.items())])
+
+        exported = _federated(pair, fold, params, root=root, progress=progress, fault=fault, on_round=on_round)
+    _publish_curve(PairPaths(pair, root), model, fold)
+    return exported
+
+
+def _federated(pair: str, fold: int, params: Params, *, root: Path = Path("."), progress: bool = True,
+               fault: FaultInjection | None = None,
+               on_round: Callable[[int, Mapping[str, float]], None] | None = None) -> Path:
+    """:func:`federated` without its MLflow run; ``on_round`` gets each round's curve."""
     from stitch_ops.baselines.federated import PartyData, RayOptions, train_federated
     from stitch_ops.baselines.plans import JOINT
     from stitch_ops.config import NnUNetSchedule
@@ -170,6 +215,10 @@ def federated(pair: str, fold: int, params: Params, *, root: Path = Path("."), p
     if marker.is_file() and _read(marker).get("fingerprint") == fingerprint:
         if (results / "export" / "weights.pth").is_file():
             logger.info("%s is already trained; nothing to do", results / "export")
+            from stitch_ops.baselines.federated import GlobalCheckpoint, round_curve
+
+            for record in GlobalCheckpoint(results / "global").history() if on_round is not None else []:
+                on_round(int(record["round"]), round_curve(record))
             write_training_budget(paths, model, fold, params, settings.rounds, settings.iterations_per_epoch,
                                   parties=len(parties), rounds=settings.rounds)
             predict_test_sets(paths, model, fold, params, progress=progress)
@@ -184,7 +233,7 @@ def federated(pair: str, fold: int, params: Params, *, root: Path = Path("."), p
     with TrainingClock(results):
         state, mirroring, history = train_federated(parties, fold, schedule, results / "global",
                                                     ray_options=options, fault=fault, seed=params.seed,
-                                                    progress=progress)
+                                                    progress=progress, on_round=on_round)
     from stitch_ops.baselines.federated import load_canonical_state
 
     folder = parties[0].preprocessed_root / parties[0].dataset_name
@@ -202,6 +251,29 @@ def federated(pair: str, fold: int, params: Params, *, root: Path = Path("."), p
                           parties=len(parties), rounds=settings.rounds)
     predict_test_sets(paths, model, fold, params, progress=progress)
     return results / "export"
+
+
+def _publish_curve(paths: PairPaths, model: ModelId, fold: int) -> None:
+    from stitch_ops.tracking.curves import TRAINING_LOG, publish_curve
+
+    publish_curve(paths.model_dir(model.approach, model.trained_on, fold) / TRAINING_LOG,
+                  paths.training_curve(model.approach, model.trained_on, fold))
+
+
+@contextmanager
+def _training_run(pair: str, model: ModelId, fold: int, params: Params, dvc_stage: str, root: Path,
+                  stage_params: dict[str, Any], inputs: dict[str, Path]) -> Iterator[LiveRun]:
+    """The model's live MLflow run for the duration of its training stage; ``inputs`` maps
+    the training data's dataset names (``polyp/a/train``) to their folders."""
+    from stitch_ops.tracking.datasets import DataInput
+    from stitch_ops.tracking.live import training_run
+
+    with training_run(pair=pair, approach=model.approach, trained_on=model.trained_on,
+                      fold=fold, dvc_stage=dvc_stage, profile=params.profile, root=root, tags=model.tags(),
+                      inputs=[DataInput(name, path, "training") for name, path in inputs.items()],
+                      params={**{f"nnunet.{k}": v for k, v in vars(params.nnunet).items()},
+                              **stage_params}) as live:
+        yield live
 
 
 def write_training_budget(paths: PairPaths, model: ModelId, fold: int, params: Params, epochs: int,

@@ -24,6 +24,31 @@ def _flat_metrics(summary_file: Path | None) -> dict[str, float]:
     return {k: float(v) for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+def ensemble_members(approach: str, trained_on: str) -> list[tuple[str, str]]:
+    """``(approach, trained_on)`` of the two models a plain ensemble averages; ``[]`` for
+    any other approach (``ensemble/a_and_b``: both basis models; ``ensemble_finetuned/a_and_b_to_p``:
+    p's basis model and the other's model fine-tuned on p's data)."""
+    if approach == "ensemble":
+        return [("local", "a"), ("local", "b")]
+    if approach == "ensemble_finetuned":
+        party = trained_on.rsplit("_", 1)[-1]
+        if party not in ("a", "b"):
+            raise UserError(f"an ensemble_finetuned model is a_and_b_to_a or a_and_b_to_b, got {trained_on!r}")
+        return [("local", party), ("finetune", f"{'b' if party == 'a' else 'a'}_to_{party}")]
+    return []
+
+
+def plain_ensemble(models: list) -> object:
+    """Two opened models as one network (their softmax averaged), fed the first one's preprocessing."""
+    from stitch_ops.nnunet.model import NnUNetModel
+    from stitch_ops.stitching import ParentSpec, TwoModelEnsemble
+
+    first, second = models
+    spec = {"kind": "ensemble", "members": [ParentSpec.of_model(m).to_dict() for m in models]}
+    return NnUNetModel(TwoModelEnsemble(first.network, second.network), first.plans, first.dataset_json,
+                       first.configuration, None, "plain ensemble (softmax average)", spec)
+
+
 def export(args: argparse.Namespace, params: Params | None) -> None:
     from stitch_ops.bundle.export import ExportInfo, export_bundle
     from stitch_ops.bundle.sources import open_model
@@ -48,12 +73,19 @@ def export(args: argparse.Namespace, params: Params | None) -> None:
     params.pair(args.pair)
     approach = args.approach or "local"
     paths = PairPaths(args.pair)
-    model = open_model(paths.model_dir(approach, args.trained_on, args.fold) / "export")
+    notes = [f"fold {args.fold} of the {args.pair} pair"]
+    members = ensemble_members(approach, args.trained_on)
+    if members:
+        model = plain_ensemble([open_model(paths.model_dir(a, t, args.fold) / "export") for a, t in members])
+        notes.append(f"the softmax average of {members[0][0]} {members[0][1]} and {members[1][0]} {members[1][1]}, "
+                     f"both fed {members[0][1]}'s preprocessing (the pipeline averages each model's own "
+                     f"prediction in the image geometry)")
+    else:
+        model = open_model(paths.model_dir(approach, args.trained_on, args.fold) / "export")
     metrics = _flat_metrics(paths.metrics(approach, args.trained_on, args.fold) / "summary.json")
     info = ExportInfo(approach=approach, trained_on=f"{args.pair} party {args.trained_on} (profile {params.profile})",
                       eval_metrics=metrics, authors="stitch_ops developers",
-                      copyright="Copyright (c) stitch_ops developers",
-                      notes=(f"fold {args.fold} of the {args.pair} pair",))
+                      copyright="Copyright (c) stitch_ops developers", notes=tuple(notes))
     target = Path("exports") / args.pair / f"{approach}_{args.trained_on}_fold{args.fold}"
     export_bundle(model, target, info, definition=Path("bundles") / approach, make_zip=not args.no_zip)
     logger.info("trained bundle written to %s", target)

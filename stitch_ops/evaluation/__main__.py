@@ -2,8 +2,10 @@
 
 Scores the predictions of (approach, trained-on party, fold) on both parties' test sets
 (and the fold's validation cases when predicted), writes ``cases.csv`` + ``summary.json``
-(DVC metrics) and upserts one MLflow run tagged pair / approach / trained_on / fold, with
-the per-case table and the exported model as artifacts.
+(DVC metrics) and finishes the model's MLflow run (opened live by its training stage, or
+created here for models that are not trained), tagged pair / approach / trained_on / fold,
+with the per-case table as artifact and the exported model as a registered MLflow pyfunc
+(:mod:`stitch_ops.tracking.models`).
 """
 
 from __future__ import annotations
@@ -72,19 +74,27 @@ def _file_ending(raw_dataset: Path) -> str:
 
 def _log_to_mlflow(args: argparse.Namespace, params: Params, out: Path, summary: dict[str, float]) -> None:
     from stitch_ops import tracking
+    from stitch_ops.tracking.datasets import DataInput
+    from stitch_ops.tracking.live import finish_model_run, model_identity
 
     tracking.configure(Path("."))
     model_dir = PairPaths(args.pair).model_dir(args.approach, args.trained_on, args.fold) / "export"
-    artifacts = [out / "cases.csv"] + ([model_dir] if model_dir.is_dir() else [])
-    run_id = tracking.log_run(
+    artifacts = [out / "cases.csv"]
+    run_id = finish_model_run(
         experiment=tracking.experiment_name(args.pair),
-        tags={"pair": args.pair, "approach": args.approach, "trained_on": args.trained_on,
-              "fold": str(args.fold), "profile": params.profile, **_approach_tags(args)},
+        identity=model_identity(args.pair, args.approach, args.trained_on, args.fold),
+        tags={"profile": params.profile, **_approach_tags(args)},
         params={"fold": args.fold, "profile": params.profile, "seed": params.seed,
                 **{f"nnunet.{k}": v for k, v in vars(params.nnunet).items()}},
         metrics=summary, artifacts=artifacts,
         run_name=f"{args.approach}:{args.trained_on}:fold{args.fold}",
-        dvc_stage=args.stage or f"evaluate@{args.pair}-{args.trained_on}-{args.fold}")
+        dvc_stage=args.stage or f"evaluate@{args.pair}-{args.trained_on}-{args.fold}",
+        inputs=[DataInput(f"{args.pair}/{party}/test", PairPaths(args.pair).raw_dataset(party) / "imagesTs",
+                          "evaluation") for party in PARTIES])
+    if model_dir.is_dir():  # the trained model as a pyfunc, registered (ensembles have no folder)
+        from stitch_ops.tracking.models import log_model
+
+        log_model(run_id, model_dir, pair=args.pair, approach=args.approach, trained_on=args.trained_on)
     logger.info("MLflow run %s: %s", run_id, {k: round(v, 4) for k, v in summary.items() if "mean" in k})
 
 

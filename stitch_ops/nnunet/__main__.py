@@ -41,8 +41,17 @@ def train(args: argparse.Namespace, params: Params) -> None:
                       seed=params.seed)
     logger.info("training %s fold %d: %d epochs x %d iterations", run.dataset_name, args.fold,
                 params.nnunet.epochs, params.nnunet.iterations_per_epoch)
-    train_fold(run, progress=args.progress,
-               provenance={"pair": args.pair, "approach": LOCAL, "trained_on": args.party})
+    from stitch_ops.tracking.curves import TRAINING_LOG, publish_curve
+    from stitch_ops.tracking.datasets import DataInput
+    from stitch_ops.tracking.live import training_run
+
+    with training_run(pair=args.pair, approach=LOCAL, trained_on=args.party, fold=args.fold,
+                      dvc_stage=f"train@{args.pair}-{args.party}-{args.fold}", profile=params.profile,
+                      inputs=[DataInput(f"{args.pair}/{args.party}/train", run.preprocessed_root, "training")],
+                      params={f"nnunet.{k}": v for k, v in vars(params.nnunet).items()}) as live:
+        train_fold(run, progress=args.progress, on_epoch=live.log_epoch,
+                   provenance={"pair": args.pair, "approach": LOCAL, "trained_on": args.party})
+    publish_curve(run.results_root / TRAINING_LOG, paths.training_curve(LOCAL, args.party, args.fold))
     write_budget(paths.metrics(LOCAL, args.party, args.fold) / BUDGET_JSON, training_budget(run))
 
 

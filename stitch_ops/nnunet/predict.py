@@ -12,7 +12,7 @@ import logging
 import shutil
 from dataclasses import dataclass
 from typing import Any
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -47,13 +47,10 @@ class PreprocessedCase:
     properties: dict[str, Any]
 
 
-def preprocess_cases(model: NnUNetModel, images: Path, cases: Sequence[str] | None = None,
-                     progress: bool = True) -> list[PreprocessedCase]:
-    """Read and preprocess ``cases`` of ``images`` (all by default) as ``model``'s plans say.
-
-    Separate from prediction so that many networks with the same plans (e.g. the
-    stitch-ensembles at every position) share one preprocessing of the images.
-    """
+def iter_preprocessed(model: NnUNetModel, images: Path, cases: Sequence[str] | None = None,
+                      progress: bool = True) -> Iterator[PreprocessedCase]:
+    """Read and preprocess ``cases`` of ``images`` (all by default) as ``model``'s plans say,
+    one case at a time (the folder is listed once; a caller may save each case as it comes)."""
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     plans_manager = PlansManager(model.plans)
@@ -64,12 +61,20 @@ def preprocess_cases(model: NnUNetModel, images: Path, cases: Sequence[str] | No
         raise FileNotFoundError(f"cases {missing[:5]} have no images in {images}")
     preprocessor = configuration.preprocessor_class(verbose=False)
     selected = list(cases) if cases is not None else list(available)
-    out = []
     for case in tqdm(selected, desc=f"preprocess {images.name}", unit="case", disable=not progress):
         data, _, properties = preprocessor.run_case(available[case], None, plans_manager, configuration,
                                                     model.dataset_json)
-        out.append(PreprocessedCase(case, data, properties))
-    return out
+        yield PreprocessedCase(case, data, properties)
+
+
+def preprocess_cases(model: NnUNetModel, images: Path, cases: Sequence[str] | None = None,
+                     progress: bool = True) -> list[PreprocessedCase]:
+    """Read and preprocess ``cases`` of ``images`` (all by default) as ``model``'s plans say.
+
+    Separate from prediction so that many networks with the same plans (e.g. the
+    stitch-ensembles at every position) share one preprocessing of the images.
+    """
+    return list(iter_preprocessed(model, images, cases, progress))
 
 
 def predict_preprocessed(model: NnUNetModel, cases: Sequence[PreprocessedCase], output: Path, *,

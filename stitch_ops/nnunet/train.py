@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import shutil
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -15,11 +16,15 @@ from stitch_ops.config import NnUNetSchedule
 from stitch_ops.nnunet.env import NnUNetRoots, configure, resolve_device
 from stitch_ops.nnunet.model import export_model, load_model
 from stitch_ops.nnunet.plan import PLANS
+from stitch_ops.tracking.curves import TRAINING_LOG, read_curve, write_curve
 
 logger = logging.getLogger(__name__)
 
 RUN_CONFIG = "run_config.json"
 EXPORT = "export"
+
+EpochCallback = Callable[[int, Mapping[str, float]], None]
+"""Called with (epoch, training-curve values) after every epoch, e.g. ``LiveRun.log_epoch``."""
 
 
 @dataclass(frozen=True)
@@ -68,20 +73,28 @@ def _prepare_results_root(run: TrainingRun) -> bool:
 
 
 def train_fold(run: TrainingRun, *, trainer_class: type | None = None, progress: bool = True,
-               provenance: dict[str, Any] | None = None) -> Path:
+               provenance: dict[str, Any] | None = None, on_epoch: EpochCallback | None = None) -> Path:
     """Train ``run`` (resuming an interrupted attempt of the same run) and export the model.
+
+    The training curve (train/val loss, pseudo-Dice, learning rate, epoch time) is written
+    to ``<results_root>/training_log.csv`` after every epoch and handed to ``on_epoch``;
+    epochs restored from a checkpoint (or a finished run's whole curve) are handed over
+    first, so a live MLflow run always shows the whole curve.
 
     Args:
         run: what to train.
         trainer_class: a ``ScheduledTrainer`` subclass (e.g. fine-tuning's warm-up schedule).
         progress: show a progress bar over the iterations.
         provenance: extra fields for the exported ``model.json`` (approach, party, ...).
+        on_epoch: called with (epoch, curve values) after every epoch.
 
     Returns:
         The exported model folder (``<results_root>/export``).
     """
+    curve = run.results_root / TRAINING_LOG
     if _prepare_results_root(run):
         logger.info("%s is already trained; nothing to do", run.export_dir)
+        _replay(read_curve(curve), on_epoch)
         return run.export_dir
     configure(NnUNetRoots(preprocessed=run.preprocessed_root, results=run.results_root), training=True)
     from stitch_ops.nnunet.trainer import ScheduledTrainer, global_rng_kept, seed_everything
@@ -93,21 +106,41 @@ def train_fold(run: TrainingRun, *, trainer_class: type | None = None, progress:
     if run.schedule.batch_size is not None:
         plans["configurations"][run.schedule.configuration]["batch_size"] = run.schedule.batch_size
     plans["continue_training"] = True
+    from stitch_ops.nnunet.trainer import quiet_stdout
+
     with global_rng_kept():
-        trainer = trainer_class(plans=plans, configuration=run.schedule.configuration, fold=run.fold,
-                                dataset_json=dataset_json, device=resolve_device(run.schedule.device))
-        trainer.apply_schedule(run.schedule, run.seed)
-        seed_everything(run.seed, 1)  # the network's initial weights
-        trainer.initialize()
-        _restore(trainer, run)
+        with quiet_stdout():
+            trainer = trainer_class(plans=plans, configuration=run.schedule.configuration, fold=run.fold,
+                                    dataset_json=dataset_json, device=resolve_device(run.schedule.device))
+            trainer.apply_schedule(run.schedule, run.seed)
+            seed_everything(run.seed, 1)  # the network's initial weights
+            trainer.initialize()
+            _restore(trainer, run)
+        history = trainer.history()
+        write_curve(curve, history)
+        _replay(history, on_epoch)
+
+        def after_epoch(trained: Any) -> None:
+            epoch = trained.current_epoch - 1
+            history.append({"epoch": epoch, **trained.epoch_metrics(epoch)})
+            write_curve(curve, history)
+            if on_epoch is not None:
+                on_epoch(epoch, history[-1])
+
         with TrainingClock(run.results_root):
-            trainer.run_training(progress=progress)
+            trainer.run_training(progress=progress, after_epoch=after_epoch)
     return export_model(trainer.network, trainer.plans_manager.plans, dataset_json,
                         configuration=run.schedule.configuration, target=run.export_dir,
                         mirroring_axes=trainer.inference_allowed_mirroring_axes,
                         provenance={"dataset": run.dataset_name, "fold": run.fold,
                                     "trainer": trainer_class.__name__, "epochs": trainer.num_epochs,
                                     "pseudo_dice": trainer.pseudo_dice(), **(provenance or {})})
+
+
+def _replay(history: list[dict[str, float]], on_epoch: EpochCallback | None) -> None:
+    if on_epoch is not None:
+        for row in history:
+            on_epoch(int(row["epoch"]), {k: v for k, v in row.items() if k != "epoch"})
 
 
 def training_budget(run: TrainingRun, **extra: Any) -> Budget:

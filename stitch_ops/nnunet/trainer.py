@@ -6,6 +6,9 @@ Imports ``nnunetv2`` at module level: import this module only after
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
 import random
 from collections.abc import Callable, Iterator
@@ -17,6 +20,27 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from tqdm import tqdm
 
 from stitch_ops.config import NnUNetSchedule
+
+logger = logging.getLogger(__name__)
+
+# Training-curve columns (as logged to MLflow and written to ``training_log.csv``) and the
+# keys of nnU-Net's own logger they come from.
+CURVE_KEYS = {"train_loss": "train_losses", "val_loss": "val_losses", "pseudo_dice": "mean_fg_dice",
+              "ema_pseudo_dice": "ema_fg_dice", "lr": "lrs"}
+
+
+@contextlib.contextmanager
+def quiet_stdout() -> Iterator[None]:
+    """Send what nnU-Net ``print``s (device, plans) to this module's debug log instead of
+    the console, where it would interleave with the progress bar and DVC's output."""
+    captured = io.StringIO()
+    with contextlib.redirect_stdout(captured):
+        try:
+            yield
+        finally:
+            text = captured.getvalue().strip()
+            if text:
+                logger.debug("nnU-Net: %s", text)
 
 
 def seed_everything(*key: int) -> None:
@@ -54,9 +78,16 @@ class ScheduledTrainer(nnUNetTrainer):
     progress bar over the iterations, one epoch callable at a time so federated
     learning can average weights between epochs, seeded epochs (:func:`seed_everything`
     with ``(seed, epoch)``) and checkpoints that are replaced atomically, so that a killed
-    run resumes to the same weights as an uninterrupted one."""
+    run resumes to the same weights as an uninterrupted one.
+
+    nnU-Net's per-epoch messages go to its log file (``training_log_*.txt`` in the output
+    folder) only; the console shows the progress bar."""
 
     seed: int = 0
+
+    def print_to_log_file(self, *args: object, also_print_to_console: bool = False,
+                          add_timestamp: bool = True) -> None:
+        super().print_to_log_file(*args, also_print_to_console=False, add_timestamp=add_timestamp)
 
     def apply_schedule(self, schedule: NnUNetSchedule, seed: int = 0) -> None:
         self.num_epochs = schedule.epochs
@@ -97,15 +128,30 @@ class ScheduledTrainer(nnUNetTrainer):
 
     def run_training(self, progress: bool = True,
                      after_epoch: Callable[[ScheduledTrainer], None] | None = None) -> None:
-        """Train from ``current_epoch`` (0, or where a loaded checkpoint stopped) to the end."""
-        self.on_train_start()
+        """Train from ``current_epoch`` (0, or where a loaded checkpoint stopped) to the end,
+        under one progress bar (iterations, with ETA); ``after_epoch`` is called after each epoch."""
+        with quiet_stdout():
+            self.on_train_start()
         remaining = (self.num_epochs - self.current_epoch) * self.num_iterations_per_epoch
         with tqdm(total=remaining, desc=f"train fold {self.fold}", unit="it", disable=not progress) as bar:
             while self.current_epoch < self.num_epochs:
                 self.run_epoch(bar)
                 if after_epoch is not None:
                     after_epoch(self)
-        self.on_train_end()
+        with quiet_stdout():
+            self.on_train_end()
+
+    def epoch_metrics(self, epoch: int) -> dict[str, float]:
+        """The training curve at ``epoch`` (completed): losses, pseudo-Dice, learning rate and
+        the epoch's wall time, read from nnU-Net's logger."""
+        values = {name: float(self.logger.get_value(key, step=epoch)) for name, key in CURVE_KEYS.items()}
+        values["epoch_time_s"] = float(self.logger.get_value("epoch_end_timestamps", step=epoch)
+                                       - self.logger.get_value("epoch_start_timestamps", step=epoch))
+        return values
+
+    def history(self) -> list[dict[str, float]]:
+        """The curve of every completed epoch (also those restored from a checkpoint)."""
+        return [{"epoch": epoch, **self.epoch_metrics(epoch)} for epoch in range(self.current_epoch)]
 
     def pseudo_dice(self) -> float:
         """nnU-Net's EMA pseudo-Dice on validation patches at the last epoch (NaN before any)."""

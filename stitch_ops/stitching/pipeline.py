@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,7 +128,26 @@ def train(params: Params, pair: str, data_party: str, method: str, fold: int, pr
     slug = trained_on(data_party, method, finetuned)
     out = paths.model_dir(APPROACH, slug, fold) / "network"
     logger.info("%s: training stitches on %d unlabeled images of party %s (%s)", pair, len(images), data_party, method)
-    _, history = train_stitch_network(model_a, model_b, images, configuration["patch_size"], config, out, progress)
+    from stitch_ops.tracking.curves import TRAINING_LOG, publish_curve, write_curve
+    from stitch_ops.tracking.datasets import DataInput
+    from stitch_ops.tracking.live import training_run
+
+    rows: list[dict[str, float]] = []
+    stage = "stitch_train_finetuned" if finetuned else "stitch_train"
+    with training_run(pair=pair, approach=APPROACH, trained_on=slug, fold=fold,
+                      dvc_stage=f"{stage}@{pair}-{data_party}-{method}-{fold}", profile=params.profile,
+                      inputs=[DataInput(f"{pair}/{data_party}/train (unlabeled)",
+                                        paths.preprocessed_root(data_party), "training")],
+                      params={"method": method, "data_party": data_party, "finetuned": finetuned,
+                              **{f"stitching.training.{k}": v for k, v in config.to_dict().items()}}) as live:
+        def on_epoch(log: Any) -> None:
+            rows.append({"epoch": log.epoch, "train_loss": log.loss, "lr": log.lr})
+            live.log_epoch(log.epoch, {"train_loss": log.loss, "lr": log.lr})
+            write_curve(out / TRAINING_LOG, rows)
+
+        _, history = train_stitch_network(model_a, model_b, images, configuration["patch_size"], config, out,
+                                          progress, on_epoch=on_epoch)
+    publish_curve(out / TRAINING_LOG, paths.training_curve(APPROACH, slug, fold))
     plateau = plateau_reached(history, config.plateau_tolerance)
     if not plateau:
         logger.warning("%s %s fold %d: the stitch training loss has not reached a plateau (last epoch "
@@ -142,13 +162,14 @@ def train(params: Params, pair: str, data_party: str, method: str, fold: int, pr
 
 
 def train_stitch_network(model_a: Any, model_b: Any, images: Any, patch_size: Any, config: Any, out: Path,
-                         progress: bool = True) -> tuple[Any, Any]:
+                         progress: bool = True, on_epoch: Callable[[Any], None] | None = None) -> tuple[Any, Any]:
     """Combine two loaded models, train their stitches on random patches of ``images``
     (unlabeled, :class:`~stitch_ops.stitching.PreprocessedImages`) and save the network.
 
     Resumable: ``out/checkpoint.pt`` is written after every epoch and continued from;
     ``out/stitched_network.pt`` and ``out/training_log.json`` appear only when training ends;
     the wall time of every attempt is summed in ``out`` (:class:`~stitch_ops.budget.TrainingClock`).
+    ``on_epoch`` gets every epoch's log (a live MLflow run; see :func:`train_stitches`).
     Returns the trained :class:`~stitch_ops.stitching.StitchedNetwork` and the epochs' losses.
     """
     from stitch_ops.budget import TrainingClock
@@ -161,7 +182,8 @@ def train_stitch_network(model_a: Any, model_b: Any, images: Any, patch_size: An
     logger.info("%d matches; %d stitches to train (%s)", len(network.matches), 2 * len(network.matches),
                 config.method.value)
     with TrainingClock(out):
-        history = train_stitches(network, patches.epoch, config, checkpoint=out / "checkpoint.pt", progress=progress)
+        history = train_stitches(network, patches.epoch, config, checkpoint=out / "checkpoint.pt", progress=progress,
+                                 on_epoch=on_epoch)
     (out / "training_log.json").write_text(json.dumps([vars(e) for e in history], indent=2))
     save_stitched_network(network, out / NETWORK_FILE)
     return network, history
@@ -249,7 +271,8 @@ def select(params: Params, pair: str, data_party: str, method: str, fold: int, p
     positions["selected"] = positions["k"] == k
     write_csv(positions, paths.scores(APPROACH, slug, fold) / "positions.csv")
     tracking.log_metrics(parent, {"selected_k": float(k)})
-    _export(extract_stitch_ensemble(network, k), own, model_dir / "export", k, method, data_party, finetuned)
+    _export(extract_stitch_ensemble(network, k), own, model_dir / "export", k, method, data_party,
+            section.selection, finetuned)
     ensemble = as_model(extract_stitch_ensemble(network, k), f"stitch-ensemble k={k}")
     predictions = paths.predictions(APPROACH, slug, fold)
     for party in ("a", "b"):
@@ -303,7 +326,7 @@ def _export(ensemble: Any, own: Any, target: Path, k: int, method: str, data_par
     (staging / "model.json").write_text(json.dumps({
         "configuration": own.configuration, "mirroring_axes": None, "description": f"stitch-ensemble k={k}",
         "k": k, "node_a": ensemble.match.node_a, "node_b": ensemble.match.node_b,
-        "method": method, "data_party": data_party, "finetuned": finetuned}, indent=2))
+        "method": method, "data_party": data_party, "selection": selection, "finetuned": finetuned}, indent=2))
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
 

@@ -203,12 +203,12 @@ def _preprocess_to_folder(model: NnUNetModel, images: Path, cases: list[str], fo
                           progress: bool) -> Path:
     """Each case preprocessed with ``model``'s plans into ``folder/{case}.npz`` + ``.npy``
     (readable by :class:`~stitch_ops.stitching.PreprocessedImages`); finished cases are kept."""
-    from stitch_ops.nnunet.predict import preprocess_cases
+    from stitch_ops.nnunet.predict import iter_preprocessed
 
     folder.mkdir(parents=True, exist_ok=True)
     todo = [c for c in cases if not (folder / f"{c}.npz").is_file()]
-    for case in tqdm(todo, desc="preprocess images", unit="case", disable=not progress):
-        item = preprocess_cases(model, images, [case], progress=False)[0]
+    for item in iter_preprocessed(model, images, todo, progress) if todo else ():
+        case = item.case
         # the array as .npy (memory-mapped when patches are drawn); the .npz, written last, is
         # how nnU-Net's dataset class lists a case, so a killed write leaves no listed case
         np.save(folder / f".{case}.partial.npy", item.data.astype(np.float32))

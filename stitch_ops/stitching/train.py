@@ -155,10 +155,11 @@ class StitchTrainingConfig:
 
 @dataclass(frozen=True)
 class EpochLog:
-    """Mean training loss (sum over switches) of one epoch."""
+    """Mean training loss (sum over switches) of one epoch, and the learning rate at its end."""
 
     epoch: int
     loss: float
+    lr: float = float("nan")
 
 
 def train_stitches(
@@ -167,6 +168,7 @@ def train_stitches(
     config: StitchTrainingConfig,
     checkpoint: Path | None = None,
     progress: bool = True,
+    on_epoch: Callable[[EpochLog], None] | None = None,
 ) -> tuple[EpochLog, ...]:
     """Train every stitch of ``network`` on unlabeled images.
 
@@ -175,7 +177,9 @@ def train_stitches(
         batches: images ``B C H W [D]`` on any device (moved to the network's).
         config: method, schedule and seed.
         checkpoint: file to write after every epoch and to resume from if it exists.
-        progress: show a progress bar with the running loss.
+        progress: show one progress bar (all iterations, with ETA) with the running loss.
+        on_epoch: called after every epoch (first for those restored from the checkpoint),
+            e.g. to log a live MLflow run.
 
     Returns:
         the log of every epoch, including those restored from the checkpoint.
@@ -191,17 +195,25 @@ def train_stitches(
     elif config.init == "least_squares":
         logger.info("initialising the stitches by least squares on %d batches", config.init_batches)
         fit_stitches_least_squares(network, itertools.islice(_cycle(batches, 0), config.init_batches))
+    for log in history if on_epoch is not None else []:
+        on_epoch(log)
     device = next(network.parameters()).device
     network.train()
     network.set_training(config.method, config.loss_terms)
+    bar = tqdm(total=config.epochs * config.iterations_per_epoch, initial=len(history) * config.iterations_per_epoch,
+               desc=f"stitches {config.method.value}", unit="it", disable=not progress)
     try:
         for epoch in range(len(history), config.epochs):
             _configure_switches(network, config, epoch)
-            history.append(EpochLog(epoch, _run_epoch(network, optimizer, batches, config, epoch, device, progress)))
+            loss = _run_epoch(network, optimizer, batches, config, epoch, device, bar)
+            history.append(EpochLog(epoch, loss, optimizer.param_groups[0]["lr"]))
             logger.info("epoch %d/%d: loss %.6f", epoch + 1, config.epochs, history[-1].loss)
             if checkpoint is not None:
                 _save(network, optimizer, config, history, Path(checkpoint))
+            if on_epoch is not None:
+                on_epoch(history[-1])
     finally:
+        bar.close()
         network.set_training(None)
         network.configure(SwitchConfiguration.all_original(len(network.matches)))
         network.eval()
@@ -271,18 +283,18 @@ def training_step(network: StitchedNetwork, optimizer: torch.optim.Optimizer, im
     return float(loss.detach())
 
 
-def _run_epoch(network, optimizer, batches: Batches, config: StitchTrainingConfig, epoch: int, device, progress: bool) -> float:
+def _run_epoch(network, optimizer, batches: Batches, config: StitchTrainingConfig, epoch: int, device, bar: tqdm) -> float:
     images = _cycle(batches, epoch)
     total_steps = config.epochs * config.iterations_per_epoch
-    bar = tqdm(range(config.iterations_per_epoch), desc=f"stitches {config.method.value} epoch {epoch + 1}/{config.epochs}", disable=not progress)
     loss_sum = 0.0
-    for iteration in bar:
+    for iteration in range(config.iterations_per_epoch):
         lr = cosine_learning_rate(epoch * config.iterations_per_epoch + iteration, total_steps, config.lr)
         for group in optimizer.param_groups:
             group["lr"] = lr
         loss = training_step(network, optimizer, next(images).to(device))
         loss_sum += loss
-        bar.set_postfix(loss=f"{loss_sum / (iteration + 1):.4g}")
+        bar.update()
+        bar.set_postfix(epoch=epoch + 1, loss=f"{loss_sum / (iteration + 1):.4g}")
     return loss_sum / config.iterations_per_epoch
 
 
@@ -322,7 +334,7 @@ def _save(network, optimizer, config: StitchTrainingConfig, history: list[EpochL
             "format": _FORMAT,
             "config": json.dumps(config.to_dict()),
             "matches": _match_fingerprint(network),
-            "history": [[log.epoch, log.loss] for log in history],
+            "history": [[log.epoch, log.loss, log.lr] for log in history],
             "stitches": _stitch_state(network),
             "optimizer": optimizer.state_dict(),
         },
@@ -347,6 +359,6 @@ def _resume(network, optimizer, config: StitchTrainingConfig, path: Path) -> lis
     if unexpected or any(key.startswith("switches_") for key in missing):
         raise InputFileError(f"checkpoint {path} does not fit these stitches: missing {missing[:5]}, unexpected {unexpected[:5]}")
     optimizer.load_state_dict(saved["optimizer"])
-    history = [EpochLog(int(epoch), float(loss)) for epoch, loss in saved["history"]]
+    history = [EpochLog(int(entry[0]), float(entry[1]), *(float(v) for v in entry[2:3])) for entry in saved["history"]]
     logger.info("resumed from %s after epoch %d", path, len(history))
     return history

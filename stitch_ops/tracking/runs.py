@@ -47,6 +47,10 @@ RUN_KEY_TAG = "stitch_ops.run_key"
 DVC_STAGE_TAG = "dvc.stage"
 GIT_COMMIT_TAG = "mlflow.source.git.commit"
 PARENT_RUN_TAG = "mlflow.parentRunId"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+# The MLflow 3 UI opens an experiment on its GenAI overview (traces, token usage) unless
+# the experiment says it is for model training; this value opens it on the runs table.
+MODEL_TRAINING_KIND = "custom_model_development"
 _NOISY_LOGGERS = ("alembic", "mlflow.store", "mlflow.tracking")
 _BATCH = 100  # MLflow accepts at most 100 params or tags per batch (1000 metrics)
 
@@ -113,17 +117,22 @@ def _client() -> tuple[MlflowClient, TrackingStore]:
 
 
 def _experiment_id(client: MlflowClient, name: str, artifact_root: Path | None) -> str:
-    """Id of the experiment ``name``, created (with its artifact location) if missing."""
+    """Id of the experiment ``name``, created (with its artifact location) if missing, and
+    marked as a model-training experiment (tag ``mlflow.experimentKind``) so the UI opens it
+    on the runs table, also when it was created before the tag existed."""
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         if experiment.lifecycle_stage != "active":
             client.restore_experiment(experiment.experiment_id)
+        if experiment.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING_KIND:
+            client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
         return experiment.experiment_id
     location = None
     if artifact_root is not None:
         slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "experiment"
         location = str(artifact_root / slug)
-    return client.create_experiment(name, artifact_location=location)
+    return client.create_experiment(name, artifact_location=location,
+                                    tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
 
 
 def git_commit(cwd: Path | None = None) -> str | None:

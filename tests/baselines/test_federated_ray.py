@@ -50,8 +50,16 @@ def test_two_party_rounds_survive_a_crashed_party(tiny_pair: TinyPair, joint, ra
                    for p in PARTIES]
     assert checkpoint.history()[0]["weights"] == train_sizes  # FedAvg weights: training cases of fold 0
 
-    state, mirroring, history = train_federated(parties, 0, TINY, checkpoint.folder, progress=False)
+    curve = []
+    state, mirroring, history = train_federated(parties, 0, TINY, checkpoint.folder, progress=False,
+                                                on_round=lambda index, values: curve.append((index, values)))
     assert [r["round"] for r in history] == [0, 1]
+    assert [index for index, _ in curve] == [0, 1]  # the resumed round first, then the new one
+    values = curve[1][1]
+    for key in ("train_loss", "val_loss", "pseudo_dice", "lr"):  # each party's curve and the global one
+        parties_values = [m[key] for m in history[1]["parties"]]
+        assert values[f"a/{key}"] == parties_values[0] and values[f"b/{key}"] == parties_values[1]
+        assert values[key] == pytest.approx(sum(w * v for w, v in zip(train_sizes, parties_values)) / sum(train_sizes))
     assert {m["party"] for m in history[1]["parties"]} == set(PARTIES)
     assert any(not torch.equal(state[k], after_round_0[k]) for k in state)  # round 1 trained from the average
 

@@ -102,3 +102,21 @@ def test_export_command_writes_folder_and_zip(institution_a: Institution, tmp_pa
     assert "MONAI bundle of nnU-Net" in capsys.readouterr().out
     assert verify_bundle(tmp_path / "mine.zip").metadata["data_source"] == "our synthetic frames"
     assert not list(tmp_path.glob("*.partial"))
+
+
+@pytest.mark.parametrize("approach, trained_on, kind", [("local", "a", "nnunet"),
+                                                        ("ensemble", "a_and_b", "ensemble")])
+def test_pipeline_export_of_an_approach(institution_a: Institution, institution_b: Institution, tmp_path: Path,
+                                        monkeypatch, approach: str, trained_on: str, kind: str):
+    repo = Path(__file__).resolve().parents[2]
+    shutil.copy(repo / "params.yaml", tmp_path / "params.yaml")
+    for party, institution in (("a", institution_a), ("b", institution_b)):
+        shutil.copytree(institution.root / "results" / "export", tmp_path / "models" / "polyp" / "local" / party
+                        / "fold_0" / "export")
+    monkeypatch.chdir(tmp_path)
+    assert bundle_main(["export", "--pair", "polyp", "--approach", approach, "--trained-on", trained_on,
+                        "--fold", "0", "--no-zip"]) == 0
+    bundle = tmp_path / "exports" / "polyp" / f"{approach}_{trained_on}_fold0"
+    report = verify_bundle(bundle)
+    assert report.metadata["stitch_ops"]["kind"] == kind and report.output_shape == (1, 2, 8, 8)
+    assert not bundle.with_name(bundle.name + ".zip").exists()

@@ -229,9 +229,12 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_as_if_never_killed(tm
         train_stitches(_fresh(toy_pair), _CountingBatches(toy_pair.train_images, fail_at_epoch=2), config, tmp_path / "ckpt.pt", progress=False)
     resumed = _fresh(toy_pair)
     batches = _CountingBatches(toy_pair.train_images)
-    history = train_stitches(resumed, batches, config, tmp_path / "ckpt.pt", progress=False)
+    reported = []
+    history = train_stitches(resumed, batches, config, tmp_path / "ckpt.pt", progress=False, on_epoch=reported.append)
     assert batches.epochs == [2]
     assert history == expected
+    assert tuple(reported) == history  # restored epochs are reported too (a live run gets the whole curve)
+    assert 0 < history[-1].lr < history[0].lr < config.lr  # cosine annealing
     assert all(torch.equal(value, _stitches(uninterrupted)[key]) for key, value in _stitches(resumed).items())
 
 

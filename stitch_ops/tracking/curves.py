@@ -1,0 +1,44 @@
+"""Training curves as files: one CSV row per epoch (or federated round), next to the model.
+
+``training_log.csv`` (columns ``epoch`` and the curve's values, e.g. ``train_loss``,
+``val_loss``, ``pseudo_dice``, ``lr``) is what ``dvc plots`` draws; the same values go to
+the model's live MLflow run (:mod:`stitch_ops.tracking.live`).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+TRAINING_LOG = "training_log.csv"
+"""Per-epoch training curve written next to every trained model (a DVC plot)."""
+
+
+def write_curve(path: Path, rows: Sequence[Mapping[str, float]]) -> None:
+    """Write per-epoch rows (first column ``epoch``) as CSV, replacing ``path`` atomically."""
+    columns = ["epoch"] + sorted({k for row in rows for k in row} - {"epoch"})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    with tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (int(v) if k == "epoch" else v) for k, v in row.items()})
+    os.replace(tmp, path)
+
+
+def read_curve(path: Path) -> list[dict[str, float]]:
+    """Rows of a curve written by :func:`write_curve` (empty if there is none)."""
+    if not path.is_file():
+        return []
+    with path.open(newline="") as handle:
+        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(handle)]
+
+
+def publish_curve(curve: Path, target: Path) -> Path:
+    """Copy a model's curve to where ``dvc.yaml`` declares it as a plot (atomically); the
+    model folder keeps its own copy, which a rerun of an already trained stage replays."""
+    write_curve(target, read_curve(curve))
+    return target

@@ -1,0 +1,97 @@
+"""Trained models in MLflow: a pyfunc that segments images with nnU-Net's predictor.
+
+Every evaluated model that has an exported folder (``models/.../export``: an nnU-Net export
+or a stitch-ensemble) is logged to its run as an MLflow *pyfunc* and registered as
+``stitch_ops-<pair>-<approach>-<trained_on>`` (one version per evaluation). The
+stitch-ensemble whose position was chosen by selection strategy 1 (``current_fold``) gets
+the alias ``champion``, so ``mlflow.pyfunc.load_model("models:/<name>@champion")`` is the
+model to use.
+
+No pickle is involved: the pyfunc is logged *from code* (:mod:`stitch_ops.tracking.pyfunc_model`),
+and its weights are loaded with ``torch.load(weights_only=True)`` from the export folder,
+which the model carries as an artifact (:mod:`stitch_ops.tracking.segmenter` runs it).
+Loading needs ``stitch_ops`` installed.
+
+Input and output (the signature): images ``N C H W`` (2-D) or ``N C X Y Z`` (3-D), float32,
+in the raw intensities the model's dataset uses (what the images folder holds); output the
+label maps ``N H W`` / ``N X Y Z`` (int64), exactly what the pipeline's prediction writes. 2-D
+images have nnU-Net's natural-image spacing; a 3-D image's spacing is the ``spacing``
+parameter (default 1 mm).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CHAMPION_STRATEGY = "current_fold"
+MODEL_ARTIFACT = "model"
+NATURAL_IMAGE_ENDINGS = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg")
+
+
+def registered_name(pair: str, approach: str, trained_on: str) -> str:
+    """Registry name of a model, ``stitch_ops-<pair>-<approach>-<trained_on>``."""
+    return f"stitch_ops-{pair}-{approach}-{trained_on}"
+
+
+def signature_and_example(folder: Path) -> tuple[Any, np.ndarray]:
+    """The pyfunc's tensor signature and a small input example (zeros, one patch)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
+
+    plans = json.loads((Path(folder) / "plans.json").read_text())
+    meta = json.loads((Path(folder) / "model.json").read_text())
+    dataset_json = json.loads((Path(folder) / "dataset.json").read_text())
+    patch = list(plans["configurations"][meta["configuration"]]["patch_size"])
+    channels = len(dataset_json.get("channel_names", dataset_json.get("modality", {})))
+    # natural images (PNG frames) are 2-D; volumes (NIfTI) are 3-D, also under a 2-D configuration
+    volumes = dataset_json["file_ending"] not in NATURAL_IMAGE_ENDINGS
+    shape = ([2] * (3 - len(patch)) + patch) if volumes else patch[-2:]
+    spatial = (-1,) * len(shape)
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, channels, *spatial))]),
+        outputs=Schema([TensorSpec(np.dtype(np.int64), (-1, *spatial))]),
+        params=ParamSchema([ParamSpec("spacing", "double", [1.0, 1.0, 1.0], (-1,))]))
+    return signature, np.zeros((1, channels, *shape), dtype=np.float32)
+
+
+def log_model(run_id: str, export: Path, *, pair: str, approach: str, trained_on: str) -> Any:
+    """Log ``export`` as the run's pyfunc model, register a new version, and give it the
+    ``champion`` alias if it is a stitch-ensemble selected by strategy 1.
+
+    Returns:
+        The registered model version.
+    """
+    import mlflow
+
+    from stitch_ops.tracking import runs
+
+    client, store = runs._client()
+    signature, example = signature_and_example(export)
+    name = registered_name(pair, approach, trained_on)
+    code = Path(__file__).with_name("pyfunc_model.py")
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(name=MODEL_ARTIFACT, python_model=str(code),
+                                       artifacts={MODEL_ARTIFACT: str(export)}, signature=signature,
+                                       input_example=example, registered_model_name=name,
+                                       pip_requirements=_requirements())
+    version = client.get_model_version(name, str(info.registered_model_version))
+    meta = json.loads((export / "model.json").read_text())
+    if approach == "stitch" and meta.get("selection") == CHAMPION_STRATEGY:
+        client.set_registered_model_alias(name, CHAMPION, version.version)
+        logger.info("%s version %s is the %s (selection strategy 1)", name, version.version, CHAMPION)
+    return version
+
+
+def _requirements() -> list[str]:
+    """Pinned like this environment (no requirement inference: it loads the model in a subprocess)."""
+    from importlib.metadata import version
+
+    return [f"{package}=={version(package)}" for package in ("mlflow", "torch", "nnunetv2", "numpy")]
