@@ -163,3 +163,11 @@ def test_rerun_replaces_outputs_and_index_links_pairs(reported):
     index = write_index([PAIR, "absent"], tree / "reports").read_text(encoding="utf-8")
     assert f"href='{PAIR}.html'" in index
     assert "not available in this run" in index  # the pair without a report
+
+
+def test_two_folds_pair_by_case_and_fold(tmp_path: Path):
+    results = load_pair(PAIR, write_tree(tmp_path, folds=(0, 1)))
+    stats, notes = _stats(results)
+    assert (stats["n_pairs"] == 24).all()  # 12 test cases x 2 folds
+    assert "folds [0, 1]" in notes["a"]
+    assert {f.number: str(f.verdict) for f in judge(results, stats)} == EXPECTED
