@@ -17,7 +17,7 @@ import argparse
 import torch
 from _common import interleaved_medians, print_table, save_results, tiny_parent
 
-from stitch_ops.stitching import StitchedNetwork, StitchTrainingConfig, SwitchConfiguration, SwitchMode, TrainingMethod
+from stitch_ops.stitching import StitchedNetwork, StitchTrainingConfig, SwitchConfiguration, SwitchMode, StitchMethod
 from stitch_ops.stitching.train import stitch_optimizer, training_step
 
 
@@ -46,10 +46,10 @@ def main() -> None:
             net_a(images)
             net_b(images)
 
-    def step(method: TrainingMethod):
+    def step(method: StitchMethod):
         def run():
             network.set_training(method)
-            if method is TrainingMethod.DOUBLE_BATCHED:
+            if method is StitchMethod.DOUBLE_BATCHED:
                 network.configure(SwitchConfiguration((SwitchMode.RANDOM,) * n, (SwitchMode.RANDOM,) * n), generator)
             else:
                 network.configure(SwitchConfiguration.all_original(n))
@@ -60,8 +60,8 @@ def main() -> None:
     times = interleaved_medians(
         {
             "forward A + forward B": parents_forward,
-            "direct-matching step": step(TrainingMethod.DIRECT_MATCHING),
-            "double-batched step": step(TrainingMethod.DOUBLE_BATCHED),
+            "direct-matching step": step(StitchMethod.DIRECT_MATCHING),
+            "double-batched step": step(StitchMethod.DOUBLE_BATCHED),
         },
         repeats=args.repeats,
     )

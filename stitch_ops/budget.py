@@ -19,14 +19,14 @@ size, the number of parties, a stitch training's ``loss_per_epoch``).
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from stitch_ops.outputs import read_json, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -58,11 +58,8 @@ class Budget:
 
 
 def write_budget(path: Path, budget: Budget) -> Path:
-    """Write ``budget.json`` whole or not at all (temporary file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(budget.to_json(), indent=2) + "\n")
-    os.replace(tmp, path)
+    """Write ``budget.json`` whole or not at all (:func:`stitch_ops.outputs.write_json`)."""
+    write_json(path, budget.to_json())
     logger.info("training budget %s: %d epochs, %d iterations, %d samples, %.1f s", path, budget.epochs,
                 budget.iterations, budget.samples_seen, budget.wall_time_s)
     return path
@@ -70,7 +67,7 @@ def write_budget(path: Path, budget: Budget) -> Path:
 
 def read_budget(path: Path) -> Budget:
     """Read a ``budget.json`` back (the four contract keys; the rest into ``extra``)."""
-    record = json.loads(Path(path).read_text())
+    record = read_json(path, hint="rerun the training stage that writes it")
     keys = ("epochs", "iterations", "samples_seen", "wall_time_s")
     missing = [k for k in keys if k not in record]
     if missing:
@@ -94,7 +91,7 @@ class TrainingClock:
         """Seconds of the attempts finished so far."""
         if not self.path.is_file():
             return 0.0
-        return float(json.loads(self.path.read_text())["wall_time_s"])
+        return float(read_json(self.path)["wall_time_s"])
 
     def __enter__(self) -> TrainingClock:
         self._start = time.monotonic()
@@ -103,8 +100,5 @@ class TrainingClock:
     def __exit__(self, *exc: object) -> None:
         assert self._start is not None, "TrainingClock exited without being entered"
         total = self.seconds + time.monotonic() - self._start
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".partial")
-        tmp.write_text(json.dumps({"wall_time_s": total}))
-        os.replace(tmp, self.path)
+        write_json(self.path, {"wall_time_s": total})
         self._start = None

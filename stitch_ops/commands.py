@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from stitch_ops.approaches import StitchMethod
 from stitch_ops.cli_common import one_line_usage_errors, report_errors, setup_logging
 
 MODEL_HELP = ("a bundle exported by stitch-ops (folder or .zip), an nnU-Net results folder "
@@ -39,7 +40,7 @@ def stitch_parser() -> argparse.ArgumentParser:
                         help="labels {case}.png|.nii.gz for some of the images: positions are scored on them "
                              f"(strategy 1); without, the rule-of-thumb position {RULE_OF_THUMB_POSITION} is used")
     parser.add_argument("--out", type=Path, required=True, help="output folder (resumable)")
-    parser.add_argument("--method", choices=("double_batched", "direct_matching"), default="double_batched")
+    parser.add_argument("--method", choices=[m.value for m in StitchMethod], default=StitchMethod.DOUBLE_BATCHED.value)
     parser.add_argument("--epochs", type=int, default=quick.get("epochs", 2))
     parser.add_argument("--iterations-per-epoch", type=int, default=quick.get("iterations_per_epoch", 20))
     parser.add_argument("--batch-size", type=int, default=quick.get("batch_size", 4))

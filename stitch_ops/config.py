@@ -1,8 +1,10 @@
 """Typed view of ``params.yaml``: every knob of the pipeline, validated once at load time.
 
 ``params.yaml`` is plain data that DVC tracks key by key; the stages never read it
-directly but go through :func:`load_params`, so a typo or an out-of-range value fails
-before any work starts, with the key named. Profiles (``smoke``/``quick``/``paper``)
+directly but go through :func:`load_params`, and each stage turns its own section into a
+frozen, self-validating dataclass with :func:`load_section`, so a typo or an
+out-of-range value fails before any work starts, naming the key (and the nearest valid
+one for a misspelling). Profiles (``smoke``/``quick``/``paper``)
 are overlays in ``stitch_ops/profiles/`` that :func:`apply_profile` writes into
 ``params.yaml`` (comments kept), so ``git diff params.yaml`` shows what a profile
 changes and DVC reruns exactly the affected stages.
@@ -11,12 +13,14 @@ changes and DVC reruns exactly the affected stages.
 from __future__ import annotations
 
 import difflib
+import types
+import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from enum import StrEnum
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -37,25 +41,97 @@ class Pair(StrEnum):
     PELVIS = "pelvis"
 
 
+T = TypeVar("T")
+
+
+def _nearest(key: str, candidates: Any) -> str:
+    close = difflib.get_close_matches(key, sorted(candidates), 1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _check_keys(section: str, given: Mapping[str, Any], allowed: set[str]) -> None:
     unknown = sorted(set(given) - allowed)
     if unknown:
-        hints = [f"{key!r} (did you mean {difflib.get_close_matches(key, allowed, 1)[0]!r}?)"
-                 if difflib.get_close_matches(key, allowed, 1) else repr(key) for key in unknown]
+        hints = [f"{key!r}{_nearest(key, allowed)}" for key in unknown]
         raise ConfigError(f"unknown key(s) in params section '{section}': {', '.join(hints)}; "
                           f"allowed: {sorted(allowed)}")
+
+
+def _types(annotation: Any) -> tuple[Any, ...]:
+    """The alternatives of a type hint (``float | None`` -> ``(float, NoneType)``)."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return typing.get_args(annotation)
+    return (annotation,)
+
+
+def _coerce(section: str, key: str, value: Any, annotation: Any) -> Any:
+    """YAML reads ``1e-3`` as a string and lists where a frozen record wants tuples."""
+    alternatives = _types(annotation)
+    if isinstance(value, str) and float in alternatives and str not in alternatives:
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"params '{section}.{key}' must be a number, got {value!r}") from None
+    if isinstance(value, list) and any(typing.get_origin(t) is tuple for t in alternatives):
+        return tuple(value)
+    return value
+
+
+def section_from_mapping(raw: Mapping[str, Any] | None, section: str, cls: type[T], **fixed: Any) -> T:
+    """The dataclass ``cls`` built from the mapping ``raw`` of params section ``section``.
+
+    ``fixed`` fields are set by the caller (e.g. a pair's name), not read from the file.
+
+    Raises:
+        ConfigError: a key is unknown (naming the nearest valid one), a required key is
+            missing, or ``cls`` rejects a value.
+    """
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"params '{section}' must be a mapping of keys to values, got {raw!r}")
+    allowed = {f.name for f in fields(cls) if f.init} - set(fixed)
+    _check_keys(section, raw, allowed)
+    required = sorted(f.name for f in fields(cls) if f.init and f.name not in fixed and f.default is MISSING
+                      and f.default_factory is MISSING)
+    missing = [key for key in required if key not in raw]
+    if missing:
+        raise ConfigError(f"params section '{section}' is missing the key(s) {missing}; it needs {required}")
+    try:
+        hints = typing.get_type_hints(cls)
+    except NameError:  # an annotation only importable under TYPE_CHECKING: no coercion
+        hints = {}
+    values = {key: _coerce(section, key, value, hints.get(key, Any)) for key, value in raw.items()}
+    return cls(**values, **fixed)
+
+
+def load_section(params: Params | Mapping[str, Any], section: str, cls: type[T], **fixed: Any) -> T:
+    """One section of ``params.yaml`` (``section``; dotted for a nested one, ``data.polyp``) as
+    the frozen, self-validating dataclass ``cls``.
+
+    Example:
+        >>> load_section({"merged": {"epochs": 2}}, "merged", MergedParams)  # doctest: +SKIP
+        MergedParams(epochs=2, iterations_per_epoch=25)
+
+    Raises:
+        ConfigError: the section is absent, or a key is missing, misspelled (the message
+            names the nearest valid key) or out of range.
+    """
+    node: Any = params.raw if isinstance(params, Params) else params
+    parts = section.split(".")
+    for depth, part in enumerate(parts):
+        where = ".".join(parts[:depth]) or "params.yaml"
+        if not isinstance(node, Mapping) or part not in node:
+            known = sorted(node) if isinstance(node, Mapping) else []
+            raise ConfigError(f"{where} has no section {part!r}{_nearest(part, known)}; known: {known}")
+        node = node[part]
+    return section_from_mapping(node, section, cls, **fixed)
 
 
 def _positive_int(section: str, key: str, value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ConfigError(f"params '{section}.{key}' must be a positive integer, got {value!r}")
     return value
-
-
-def _build(cls: type, section: str, raw: Mapping[str, Any] | None) -> Any:
-    raw = dict(raw or {})
-    _check_keys(section, raw, {f.name for f in fields(cls)})
-    return cls(**raw)
 
 
 @dataclass(frozen=True)
@@ -143,11 +219,8 @@ class Params:
     def section(self, name: str) -> Mapping[str, Any]:
         """A raw top-level section, for stages that parse their own typed config."""
         if name not in self.raw:
-            raise ConfigError(f"params.yaml has no section {name!r}")
+            raise ConfigError(f"params.yaml has no section {name!r}{_nearest(name, self.raw)}")
         return self.raw[name]
-
-
-TOP_LEVEL_KEYS = {"profile", "seed", "pairs", "parties", "folds", "data", "nnunet"}
 
 
 def parse_params(raw: Mapping[str, Any]) -> Params:
@@ -164,10 +237,9 @@ def parse_params(raw: Mapping[str, Any]) -> Params:
     missing = [p for p in pairs if p not in raw["data"]]
     if missing:
         raise ConfigError(f"pairs {missing} are listed in 'pairs' but have no entry under 'data'")
-    data = {name: _build(PairData, f"data.{name}", {"name": name, **(section or {})})
-            for name, section in raw["data"].items()}
+    data = {name: load_section(raw, f"data.{name}", PairData, name=name) for name in raw["data"]}
     return Params(profile=str(raw["profile"]), seed=int(raw["seed"]), pairs=pairs, folds=folds,
-                  data=data, nnunet=_build(NnUNetSchedule, "nnunet", raw["nnunet"]), raw=raw)
+                  data=data, nnunet=load_section(raw, "nnunet", NnUNetSchedule), raw=raw)
 
 
 def load_params(path: Path = DEFAULT_PARAMS) -> Params:

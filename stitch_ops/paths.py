@@ -10,8 +10,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from stitch_ops.approaches import Approach
+
 PARTY_DATASET_IDS = {"a": 1, "b": 2}
 MERGED_DATASET_ID = 3
+VALIDATION_SET = "val"
+
+
+def bundle_definition(approach: str, root: Path = Path(".")) -> Path:
+    """The MONAI bundle that defines an approach (``bundles/<approach>``: configs, docs, licence)."""
+    return root / "bundles" / approach
+
+
+def test_set(party: str) -> str:
+    """Name of the prediction folder of ``party``'s test set (``test_a``): the ``test_party`` scored there."""
+    return f"test_{party}"
 
 
 def dataset_name(pair: str, party: str) -> str:
@@ -52,15 +65,28 @@ class PairPaths:
     def predictions(self, approach: str, trained_on: str, fold: int) -> Path:
         return self.root / "predictions" / self.pair / approach / trained_on / f"fold_{fold}"
 
+    @property
+    def metrics_root(self) -> Path:
+        """Every evaluated model's metrics: ``metrics/{pair}/{approach}/{trained_on}/fold_k``."""
+        return self.root / "metrics" / self.pair
+
     def training_curve(self, approach: str, trained_on: str, fold: int) -> Path:
         """The copy of a model's per-epoch training curve that ``dvc plots`` draws: nnU-Net
         trainings (losses, pseudo-Dice, LR) under ``plots/training``, stitch training (loss,
         LR) under ``plots/stitch_training``, as the two have different columns."""
-        kind = "stitch_training" if approach == "stitch" else "training"
+        kind = "stitch_training" if approach == Approach.STITCH else "training"
         return self.root / "plots" / kind / self.pair / approach / trained_on / f"fold_{fold}.csv"
 
     def metrics(self, approach: str, trained_on: str, fold: int) -> Path:
-        return self.root / "metrics" / self.pair / approach / trained_on / f"fold_{fold}"
+        return self.metrics_root / approach / trained_on / f"fold_{fold}"
+
+    def sweep(self, approach: str, trained_on: str, fold: int) -> Path:
+        """A learning-rate sweep's results (``best.json``) for one model."""
+        return self.root / "sweeps" / self.pair / approach / trained_on / f"fold_{fold}"
+
+    def export(self, approach: str, trained_on: str, fold: int) -> Path:
+        """The trained MONAI bundle of one model, ready to send to another party."""
+        return self.root / "exports" / self.pair / f"{approach}_{trained_on}_fold{fold}"
 
     def scores(self, approach: str, trained_on: str, fold: int) -> Path:
         """Validation scores that selection reads (e.g. every scored stitch position); kept apart

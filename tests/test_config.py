@@ -1,11 +1,14 @@
 """params.yaml validation and profile switching."""
 
+from dataclasses import FrozenInstanceError
 from pathlib import Path
 
 import pytest
 import yaml
 
-from stitch_ops.config import ConfigError, apply_profile, load_params, parse_params, profile_names
+from stitch_ops.baselines.config import FinetuneParams, MergedParams
+from stitch_ops.config import ConfigError, apply_profile, load_params, load_section, parse_params, profile_names
+from stitch_ops.stitching.pipeline import StitchingParams
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -82,3 +85,46 @@ def test_invalid_params_are_refused_with_the_key_named(edit, message):
 def test_missing_params_file_says_where_it_looked(tmp_path: Path):
     with pytest.raises(ConfigError, match="no params file"):
         load_params(tmp_path / "params.yaml")
+
+
+# ---- load_section: one params section -> a frozen, validated dataclass ----
+
+
+def test_load_section_builds_a_frozen_record_with_yaml_numbers_and_tuples():
+    raw = {"finetune": {"base_lr": "1e-3", "warmup_epochs": 1, "epochs": 3, "iterations_per_epoch": 5},
+           "stitching": {"c_parties": ["a"], "methods": ["direct_matching"], "selection": "current_fold",
+                         "training": {"epochs": 1}}}
+    finetune = load_section(raw, "finetune", FinetuneParams)
+    assert finetune == FinetuneParams(base_lr=0.001, warmup_epochs=1, epochs=3, iterations_per_epoch=5)
+    stitching = load_section(raw, "stitching", StitchingParams)
+    assert stitching.c_parties == ("a",) and stitching.methods == ("direct_matching",)
+    with pytest.raises(FrozenInstanceError, match="cannot assign"):
+        stitching.max_positions = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(("raw", "section", "cls", "message"), [
+    ({"merged": {"epochs": 2, "iterations_per_epch": 3}}, "merged", MergedParams,
+     r"unknown key\(s\) in params section 'merged': 'iterations_per_epch' \(did you mean 'iterations_per_epoch'\?\)"),
+    ({"stitching": {"data_parties": ["a"], "methods": ["double_batched"], "selection": "current_fold",
+                    "training": {}}}, "stitching", StitchingParams,
+     r"'data_parties' \(did you mean 'c_parties'\?\)"),
+    ({"stitching": {"methods": ["double_batched"], "selection": "current_fold", "training": {}}},
+     "stitching", StitchingParams, r"params section 'stitching' is missing the key\(s\) \['c_parties'\]"),
+    ({"mergd": {}}, "merged", MergedParams, r"params.yaml has no section 'merged'.*known: \['mergd'\]"),
+    ({"finetune": {"base_lr": "fast"}}, "finetune", FinetuneParams, r"'finetune.base_lr' must be a number"),
+    ({"merged": {"epochs": 0}}, "merged", MergedParams, r"'merged.epochs' must be a positive integer"),
+    ({"stitching": {"c_parties": ["c"], "methods": ["double_batched"], "selection": "current_fold",
+                    "training": {}}}, "stitching", StitchingParams, r"'stitching.c_parties' must list parties"),
+])
+def test_load_section_names_the_bad_key_and_the_nearest_valid_one(raw, section, cls, message):
+    with pytest.raises(ConfigError, match=message):
+        load_section(raw, section, cls)
+
+
+def test_load_section_reads_nested_sections_with_fixed_fields():
+    from stitch_ops.config import PairData
+
+    raw = {"data": {"polyp": {"cases": {"a": 12, "b": 6}}}}
+    assert load_section(raw, "data.polyp", PairData, name="polyp").cases == {"a": 12, "b": 6}
+    with pytest.raises(ConfigError, match=r"data has no section 'polyps' \(did you mean 'polyp'\?\)"):
+        load_section(raw, "data.polyps", PairData, name="polyps")

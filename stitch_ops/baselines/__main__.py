@@ -20,7 +20,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from stitch_ops.baselines.approaches import finetuning_party
+from stitch_ops.approaches import FINETUNE_SLUGS, finetuning_party
 from stitch_ops.cli_common import common_options, run_command
 from stitch_ops.config import PARTIES, Params
 
@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("joint-plans", parents=[common, pair],
                         help="plans from both parties' combined fingerprint; preprocess each party and pool them")
     route = argparse.ArgumentParser(add_help=False)
-    route.add_argument("--trained-on", required=True, choices=("a_to_b", "b_to_a"),
+    route.add_argument("--trained-on", required=True, choices=FINETUNE_SLUGS,
                        help="a_to_b: a's basis model fine-tuned on b's data; b_to_a: the reverse")
     ft = commands.add_parser("finetune", parents=[common, pair, route, fold],
                              help="fine-tune the other party's basis model on own data (warm-up schedule)")

@@ -1,5 +1,6 @@
 """Typed views of the ``params.yaml`` sections of the baselines: ``finetune``, ``federated``,
-``merged`` and ``sweep``. Each validates itself when built, so a bad value fails before
+``merged`` and ``sweep``, loaded with :func:`stitch_ops.config.load_section` by each
+class's ``from_params``. Each validates itself when built, so a bad value fails before
 any training starts, naming the key.
 
 **Equal budgets.** Every approach that trains an nnU-Net gets the basis models' schedule
@@ -13,22 +14,11 @@ basis schedule. A profile that must be shorter shortens ``nnunet`` and all follo
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
-from stitch_ops.config import ConfigError, NnUNetSchedule, Params, _check_keys, _positive_int
-
-
-def _section(params: Params, name: str, cls: type) -> Any:
-    raw = dict(params.section(name) or {})
-    _check_keys(name, raw, {f.name for f in fields(cls)})
-    for key, value in raw.items():  # YAML reads 1e-3 as a string; accept it as a number
-        if isinstance(value, str) and key.endswith("lr"):
-            try:
-                raw[key] = float(value)
-            except ValueError:
-                raise ConfigError(f"params '{name}.{key}' must be a number, got {value!r}") from None
-    return cls(**raw)
+from stitch_ops.approaches import FINETUNE_SLUGS, Approach
+from stitch_ops.config import ConfigError, NnUNetSchedule, Params, _positive_int, load_section
 
 
 def _resolve(settings: Any, basis: NnUNetSchedule, keys: dict[str, str]) -> Any:
@@ -79,7 +69,7 @@ class FinetuneParams:
     @classmethod
     def from_params(cls, params: Params) -> FinetuneParams:
         """The section with ``null`` epochs / iterations resolved to the basis schedule."""
-        settings = _section(params, "finetune", cls)
+        settings = load_section(params, "finetune", cls)
         return _resolve(settings, params.nnunet, {"epochs": "epochs", "iterations_per_epoch": "iterations_per_epoch"})
 
 
@@ -117,7 +107,7 @@ class FederatedParams:
     @classmethod
     def from_params(cls, params: Params) -> FederatedParams:
         """The section with ``null`` rounds / iterations resolved to the basis schedule."""
-        settings = _section(params, "federated", cls)
+        settings = load_section(params, "federated", cls)
         return _resolve(settings, params.nnunet, {"rounds": "epochs", "iterations_per_epoch": "iterations_per_epoch"})
 
 
@@ -136,7 +126,7 @@ class MergedParams:
     @classmethod
     def from_params(cls, params: Params) -> MergedParams:
         """The section with ``null`` epochs / iterations resolved to the basis schedule."""
-        settings = _section(params, "merged", cls)
+        settings = load_section(params, "merged", cls)
         return _resolve(settings, params.nnunet, {"epochs": "epochs", "iterations_per_epoch": "iterations_per_epoch"})
 
 
@@ -168,9 +158,10 @@ class SweepParams:
     def __post_init__(self) -> None:
         object.__setattr__(self, "pairs", tuple(self.pairs))
         object.__setattr__(self, "routes", tuple(self.routes))
-        bad = [r for r in self.routes if r not in ("a_to_b", "b_to_a")]
+        bad = [r for r in self.routes if r not in FINETUNE_SLUGS]
         if bad:
-            raise ConfigError(f"'sweep.routes' must be fine-tuning directions a_to_b / b_to_a, got {bad}")
+            raise ConfigError(f"'sweep.routes' must be fine-tuning directions {' / '.join(FINETUNE_SLUGS)}, "
+                              f"got {bad}")
         low = _learning_rate("sweep", "lr_min", self.lr_min)
         high = _learning_rate("sweep", "lr_max", self.lr_max)
         if not low < high:
@@ -184,16 +175,11 @@ class SweepParams:
 
     @classmethod
     def from_params(cls, params: Params) -> SweepParams:
-        sweep = _section(params, "sweep", cls)
+        sweep = load_section(params, "sweep", cls)
         unknown = [p for p in sweep.pairs if p not in params.data]
         if unknown:
             raise ConfigError(f"'sweep.pairs' names {unknown}, which are not in params 'data'")
         return sweep
-
-
-def with_schedule(schedule: NnUNetSchedule, **changes: Any) -> NnUNetSchedule:
-    """``schedule`` with some fields replaced (epochs, iterations, learning rate)."""
-    return replace(schedule, **changes)
 
 
 @dataclass(frozen=True)
@@ -219,9 +205,8 @@ def planned_budgets(params: Params) -> dict[str, PlannedBudget]:
     finetune = FinetuneParams.from_params(params)
     federated = FederatedParams.from_params(params)
     merged = MergedParams.from_params(params)
-    return {
-        "local": PlannedBudget("local", basis.epochs, basis.iterations_per_epoch),
-        "finetune": PlannedBudget("finetune", finetune.epochs, finetune.iterations_per_epoch),
-        "federated": PlannedBudget("federated", federated.rounds, federated.iterations_per_epoch),
-        "merged": PlannedBudget("merged", merged.epochs, merged.iterations_per_epoch),
-    }
+    schedules = {Approach.LOCAL: (basis.epochs, basis.iterations_per_epoch),
+                 Approach.FINETUNE: (finetune.epochs, finetune.iterations_per_epoch),
+                 Approach.FEDERATED: (federated.rounds, federated.iterations_per_epoch),
+                 Approach.MERGED: (merged.epochs, merged.iterations_per_epoch)}
+    return {approach.value: PlannedBudget(approach.value, *schedule) for approach, schedule in schedules.items()}

@@ -11,7 +11,6 @@ plans (a's and b's): their probabilities are compared in the raw image geometry.
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 from tqdm import tqdm
 
 from stitch_ops.errors import UserError
+from stitch_ops.outputs import output_dir
 
 logger = logging.getLogger(__name__)
 
@@ -59,13 +59,9 @@ def ensemble_folders(inputs: Sequence[Path], output: Path, dataset_json: Mapping
     writer = determine_reader_writer_from_file_ending(file_ending, str(example) if example.is_file() else None,
                                                       allow_nonmatching_filename=True, verbose=False)()
     labels = LabelManager(dataset_json["labels"], regions_class_order=dataset_json.get("regions_class_order"))
-    staging = output.with_name(output.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    for case in tqdm(cases, desc=f"ensemble {output.name}", unit="case", disable=not progress):
-        merge_files([str(Path(f) / f"{case}.npz") for f in inputs], str(staging / case), file_ending, writer,
-                    labels, save_probabilities)
-    shutil.rmtree(output, ignore_errors=True)
-    staging.rename(output)
+    with output_dir(output) as staging:
+        for case in tqdm(cases, desc=f"ensemble {output.name}", unit="case", disable=not progress):
+            merge_files([str(Path(f) / f"{case}.npz") for f in inputs], str(staging / case), file_ending,
+                        writer, labels, save_probabilities)
     logger.info("ensembled %d cases of %s into %s", len(cases), [str(f) for f in inputs], output)
     return output

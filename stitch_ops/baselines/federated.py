@@ -32,7 +32,6 @@ Every node needs ``stitch_ops`` installed.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -43,6 +42,7 @@ from typing import Any
 import torch
 
 from stitch_ops.config import NnUNetSchedule
+from stitch_ops.outputs import output_file, read_json, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -178,8 +178,8 @@ class FederatedParty:
         from stitch_ops.nnunet.trainer import ScheduledTrainer, quiet_stdout, seed_everything
 
         folder = data.preprocessed_root / data.dataset_name
-        plans = json.loads((folder / "nnUNetPlans.json").read_text())
-        dataset_json = json.loads((folder / "dataset.json").read_text())
+        plans = read_json(folder / "nnUNetPlans.json", hint="rerun the joint_plans stage")
+        dataset_json = read_json(folder / "dataset.json", hint="rerun the joint_plans stage")
         if schedule.batch_size is not None:
             plans["configurations"][schedule.configuration]["batch_size"] = schedule.batch_size
         plans["continue_training"] = True  # nnunetv2 >= 2.7 expects the flag (as train_fold sets it)
@@ -212,13 +212,12 @@ class FederatedParty:
         written atomically, the two newest kept (a kill between this party's save and the
         driver's global checkpoint leaves the previous round's state for the resume)."""
         path = self._local_state_path(round_index)
-        path.parent.mkdir(parents=True, exist_ok=True)
         scaler = self.trainer.grad_scaler
         record = {"round": round_index, "optimizer": self.trainer.optimizer.state_dict(),
                   "grad_scaler": scaler.state_dict() if scaler is not None else None,
                   "logging": self.trainer.logger.get_checkpoint(), "best_ema": self.trainer._best_ema}
-        torch.save(record, path.with_suffix(".partial"))
-        os.replace(path.with_suffix(".partial"), path)
+        with output_file(path) as tmp:
+            torch.save(record, tmp)
         for old in path.parent.glob("after_round_*.pth"):
             if int(old.stem.removeprefix("after_round_")) < round_index - 1:
                 old.unlink()
@@ -293,15 +292,13 @@ class GlobalCheckpoint:
         return int(record["completed_rounds"]), record["state"]
 
     def save(self, completed_rounds: int, state: Mapping[str, torch.Tensor], history: list[dict]) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.folder / (CHECKPOINT + ".tmp")
-        torch.save({"completed_rounds": completed_rounds, "state": dict(state)}, tmp)
-        os.replace(tmp, self.folder / CHECKPOINT)
-        (self.folder / HISTORY).write_text(json.dumps(history, indent=2))
+        with output_file(self.folder / CHECKPOINT) as tmp:
+            torch.save({"completed_rounds": completed_rounds, "state": dict(state)}, tmp)
+        write_json(self.folder / HISTORY, history)
 
     def history(self) -> list[dict]:
         path = self.folder / HISTORY
-        return json.loads(path.read_text()) if path.is_file() else []
+        return read_json(path, hint="delete the federated model folder to start over") if path.is_file() else []
 
 
 CURVE_KEYS = ("train_loss", "val_loss", "pseudo_dice", "lr")

@@ -20,7 +20,6 @@ Preprocessing runs in this process (no worker pool): the same
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import shutil
 from collections.abc import Mapping, Sequence
@@ -32,16 +31,11 @@ from tqdm import tqdm
 
 from stitch_ops.errors import UserError
 from stitch_ops.nnunet.plan import PLANS
+from stitch_ops.outputs import output_dir, read_json, scratch_dir, write_json
 
 logger = logging.getLogger(__name__)
 
 FINGERPRINT = "dataset_fingerprint.json"
-
-
-def read_json(path: Path) -> Any:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: run the stage that makes it first (`dvc repro`)")
-    return json.loads(path.read_text())
 
 
 def _reader_writer_name(raw_dataset: Path, dataset_json: Mapping[str, Any]) -> str:
@@ -70,7 +64,7 @@ def transfer_plans(source_plans: Mapping[str, Any], target_raw_dataset: Path) ->
 def preprocess_with_plans(plans: Mapping[str, Any], raw_dataset: Path, preprocessed_root: Path,
                           configuration: str, *, fingerprint: Mapping[str, Any], progress: bool = True) -> Path:
     """Preprocess the training cases of ``raw_dataset`` with ``plans`` into
-    ``preprocessed_root/<dataset name>`` (written atomically): plans as ``nnUNetPlans.json``,
+    ``preprocessed_root/<dataset name>`` (whole or not at all): plans as ``nnUNetPlans.json``,
     ``dataset.json``, the fold split, ``fingerprint`` (nnU-Net's trainer copies it into its
     output folder) and the preprocessed cases.
 
@@ -91,22 +85,19 @@ def preprocess_with_plans(plans: Mapping[str, Any], raw_dataset: Path, preproces
     plans_manager = PlansManager(plans)
     config = plans_manager.get_configuration(configuration)
     target = preprocessed_root / raw_dataset.name
-    staging = target.with_name(target.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    (staging / config.data_identifier).mkdir(parents=True)
-    (staging / "gt_segmentations").mkdir()
-    (staging / f"{PLANS}.json").write_text(json.dumps(plans, indent=2))
-    (staging / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
-    shutil.copyfile(splits, staging / "splits_final.json")
-    (staging / FINGERPRINT).write_text(json.dumps(fingerprint))
-    preprocessor = config.preprocessor_class(verbose=False)
-    cases = get_filenames_of_train_images_and_targets(str(raw_dataset), dataset_json)
-    for case, files in tqdm(cases.items(), desc=f"preprocess {raw_dataset.name}", disable=not progress):
-        preprocessor.run_case_save(str(staging / config.data_identifier / case), files["images"], files["label"],
-                                   plans_manager, config, dataset_json)
-        shutil.copyfile(files["label"], staging / "gt_segmentations" / f"{case}{dataset_json['file_ending']}")
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
+    with output_dir(target) as staging:
+        (staging / config.data_identifier).mkdir()
+        (staging / "gt_segmentations").mkdir()
+        write_json(staging / f"{PLANS}.json", plans)
+        write_json(staging / "dataset.json", dataset_json)
+        shutil.copyfile(splits, staging / "splits_final.json")
+        write_json(staging / FINGERPRINT, fingerprint)
+        preprocessor = config.preprocessor_class(verbose=False)
+        cases = get_filenames_of_train_images_and_targets(str(raw_dataset), dataset_json)
+        for case, files in tqdm(cases.items(), desc=f"preprocess {raw_dataset.name}", disable=not progress):
+            preprocessor.run_case_save(str(staging / config.data_identifier / case), files["images"],
+                                       files["label"], plans_manager, config, dataset_json)
+            shutil.copyfile(files["label"], staging / "gt_segmentations" / f"{case}{dataset_json['file_ending']}")
     logger.info("preprocessed %d cases of %s with plans %r into %s", len(cases), raw_dataset.name,
                 plans.get("plans_name"), target)
     return target
@@ -163,7 +154,7 @@ def plan_from_fingerprint(fingerprint: Mapping[str, Any], raw_dataset: Path, wor
     folder = work / raw_dataset.name
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    (folder / FINGERPRINT).write_text(json.dumps(fingerprint))
+    write_json(folder / FINGERPRINT, fingerprint)
     configure(NnUNetRoots(raw=raw_dataset.parent, preprocessed=work))
     from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
 
@@ -184,7 +175,7 @@ def prepare_transferred(pair: str, party: str, configuration: str, *, root: Path
                         progress: bool = True) -> Path:
     """Preprocess ``party``'s data with the other party's plans, for fine-tuning the other
     party's model on it: ``data/{pair}/nnUNet_preprocessed/{party}_with_plans_{other}``."""
-    from stitch_ops.baselines.approaches import other
+    from stitch_ops.approaches import other
     from stitch_ops.paths import PairPaths, dataset_name
 
     paths = PairPaths(pair, root)
@@ -213,9 +204,8 @@ def prepare_joint(pair: str, configuration: str, *, root: Path = Path("."), prog
     paths = PairPaths(pair, root)
     fingerprints = [read_json(paths.preprocessed_root(p) / dataset_name(pair, p) / FINGERPRINT) for p in PARTIES]
     combined = combine_fingerprints(fingerprints)
-    scratch = paths.preprocessed_root("a", plans_from=JOINT).with_name("joint_planning.partial")
-    plans = plan_from_fingerprint(combined, paths.raw_dataset("a"), scratch, configuration)
-    shutil.rmtree(scratch, ignore_errors=True)
+    with scratch_dir(paths.preprocessed_root("joint_planning")) as scratch:  # the planner needs a preprocessed root
+        plans = plan_from_fingerprint(combined, paths.raw_dataset(PARTIES[0]), scratch, configuration)
     plans["plans_name"] = PLANS
     out: dict[str, Path] = {}
     for party in PARTIES:

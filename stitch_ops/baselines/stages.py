@@ -19,13 +19,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stitch_ops.baselines import approaches
-from stitch_ops.baselines.approaches import ModelId, other
+from stitch_ops import approaches
+from stitch_ops.approaches import ModelId, other
 from stitch_ops.baselines.config import FederatedParams, FinetuneParams, MergedParams
 from stitch_ops.budget import BUDGET_JSON, Budget, TrainingClock, write_budget
 from stitch_ops.config import PARTIES, Params
 from stitch_ops.nnunet.plan import PLANS
-from stitch_ops.paths import PairPaths, dataset_name
+from stitch_ops.outputs import read_json, write_json
+from stitch_ops.paths import PairPaths, dataset_name, test_set
 
 if TYPE_CHECKING:
     from stitch_ops.baselines.federated import FaultInjection
@@ -34,21 +35,15 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-TEST_SETS = tuple(f"test_{p}" for p in PARTIES)
+TEST_SETS = tuple(test_set(p) for p in PARTIES)
 
 
-def predict_test_sets(paths: PairPaths, model: ModelId, fold: int, params: Params, *, progress: bool = True,
-                      sets: tuple[str, ...] = TEST_SETS) -> Path:
+def predict_test_sets(paths: PairPaths, model: ModelId, fold: int, params: Params, *, progress: bool = True) -> Path:
     """Predict both parties' test sets with an exported model (softmax kept for ensembles)."""
-    from stitch_ops.nnunet.model import load_model
-    from stitch_ops.nnunet.predict import predict_folder
+    from stitch_ops.nnunet import stages as nnunet_stages
 
-    exported = load_model(paths.model_dir(model.approach, model.trained_on, fold) / "export")
-    out = paths.predictions(model.approach, model.trained_on, fold)
-    for name in sets:
-        predict_folder(exported, paths.raw_dataset(name.removeprefix("test_")) / "imagesTs", out / name,
-                       device=params.nnunet.device, mirroring=params.nnunet.mirroring, progress=progress)
-    return out
+    return nnunet_stages.predict(paths.pair, model.approach, model.trained_on, fold, params, sets=TEST_SETS,
+                                 root=paths.root, progress=progress)
 
 
 def train_finetuned(paths: PairPaths, party: str, fold: int, params: Params, *, base_lr: float, epochs: int,
@@ -226,7 +221,7 @@ def _federated(pair: str, fold: int, params: Params, *, root: Path = Path("."), 
     else:
         shutil.rmtree(results, ignore_errors=True)
         results.mkdir(parents=True)
-        marker.write_text(json.dumps({"fingerprint": fingerprint, "schedule": str(schedule)}, indent=2))
+        write_json(marker, {"fingerprint": fingerprint, "schedule": str(schedule)})
     options = RayOptions(settings.address, settings.cpus_per_party, settings.pin_parties)
     logger.info("federated training of %s fold %d: %d rounds x %d iterations per party, Ray at %s", pair, fold,
                 settings.rounds, settings.iterations_per_epoch, settings.address or "this machine")
@@ -288,6 +283,4 @@ def write_training_budget(paths: PairPaths, model: ModelId, fold: int, params: P
 
 
 def _read(path: Path) -> dict:
-    from stitch_ops.baselines.plans import read_json
-
-    return read_json(path)
+    return read_json(path, hint="run the stage that makes it first (`dvc repro`)")

@@ -15,28 +15,22 @@ the trials ran.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from stitch_ops.baselines import approaches
+from stitch_ops import approaches
 from stitch_ops.baselines.config import SweepParams
 from stitch_ops.config import Params
+from stitch_ops.outputs import read_json, scratch_dir, write_json
 
 logger = logging.getLogger(__name__)
 
 METRIC = "val_dice"
-
-
-def sweep_dir(root: Path, pair: str, trained_on: str, fold: int) -> Path:
-    return root / "sweeps" / pair / "finetune" / trained_on / f"fold_{fold}"
 
 
 @dataclass(frozen=True)
@@ -53,13 +47,13 @@ def validation_scores(paths: Any, party: str, fold: int, export: Path, params: P
                       progress: bool = False) -> tuple[float, float]:
     """Mean Dice and HD95 of an exported model on ``party``'s validation cases of ``fold``."""
     from stitch_ops.evaluation.evaluate import evaluate_case
-    from stitch_ops.nnunet.__main__ import validation_cases
+    from stitch_ops.data.splits import read_fold
     from stitch_ops.nnunet.model import load_model
     from stitch_ops.nnunet.predict import predict_folder
 
     raw = paths.raw_dataset(party)
-    ending = json.loads((raw / "dataset.json").read_text())["file_ending"]
-    cases = validation_cases(paths, party, fold)
+    ending = read_json(raw / "dataset.json", hint="rerun the split stage")["file_ending"]
+    cases = list(read_fold(raw, fold).val)
     predict_folder(load_model(export), raw / "imagesTr", out, cases=cases, save_probabilities=False,
                    device=params.nnunet.device, mirroring=params.nnunet.mirroring, progress=progress)
     scores = [evaluate_case(out / f"{c}{ending}", raw / "labelsTr" / f"{c}{ending}") for c in cases]
@@ -93,21 +87,37 @@ def run_sweep(pair: str, party: str, fold: int, params: Params, *, params_file: 
     Returns:
         The best trial as written to ``best.json``.
     """
-    import ray
-    from ray import tune
-    from ray.tune.search.optuna import OptunaSearch
-
-    from stitch_ops.baselines.federated import RayOptions, init_ray
     from stitch_ops.paths import PairPaths
 
     sweep = SweepParams.from_params(params)
     model = approaches.finetuned(party)
     root = root.resolve()
-    out = sweep_dir(root, pair, model.trained_on, fold)
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    work = Path(tempfile.mkdtemp(prefix="sweep_", dir=out.parent))
-    PairPaths(pair, root).raw_dataset(party)  # fail early on a wrong pair
+    out = PairPaths(pair, root).sweep(model.approach, model.trained_on, fold)
+    with scratch_dir(out.with_name(f"{out.name}_trials")) as work:  # trial models and Ray's records
+        trials = _run_trials(sweep, pair, party, fold, params, params_file, root, work, progress)
+    finite = [t for t in trials if math.isfinite(t.val_dice)]
+    if not finite:
+        raise RuntimeError(f"no sweep trial produced a validation Dice: {trials}")
+    best = max(finite, key=lambda t: t.val_dice)
+    record = {"pair": pair, "trained_on": model.trained_on, "fold": fold, "best_base_lr": best.base_lr,
+              "best_val_dice": best.val_dice, "best_val_hd95": best.val_hd95,
+              "trials": [t.__dict__ for t in trials]}
+    write_json(out / "best.json", record)
+    _log_sweep(record, model, params)
+    logger.info("best fine-tuning learning rate for %s: %.3g (validation Dice %.3f) among %s", model.shorthand,
+                best.base_lr, best.val_dice, [f"{t.base_lr:.2g}: {t.val_dice:.3f}" for t in trials])
+    return record
+
+
+def _run_trials(sweep: SweepParams, pair: str, party: str, fold: int, params: Params, params_file: Path,
+                root: Path, work: Path, progress: bool) -> list[TrialResult]:
+    """Run the Ray Tune trials (Optuna's TPE sampler, seeded); their results sorted by learning rate."""
+    import ray
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+
+    from stitch_ops.baselines.federated import RayOptions, init_ray
+
     init_ray(RayOptions(sweep.address, 1), sweep.max_concurrent)
     try:
         searcher = OptunaSearch(metric=METRIC, mode="max", seed=params.seed)
@@ -130,20 +140,7 @@ def run_sweep(pair: str, party: str, fold: int, params: Params, *, params_file: 
             raise RuntimeError(f"sweep trial failed: {result.error}")
         trials.append(TrialResult(result.metrics["trial_id"], float(result.config["base_lr"]),
                                   float(result.metrics[METRIC]), float(result.metrics["val_hd95"])))
-    trials.sort(key=lambda t: t.base_lr)
-    shutil.rmtree(work, ignore_errors=True)  # trial models and Ray's records: large, not needed afterwards
-    finite = [t for t in trials if math.isfinite(t.val_dice)]
-    if not finite:
-        raise RuntimeError(f"no sweep trial produced a validation Dice: {trials}")
-    best = max(finite, key=lambda t: t.val_dice)
-    record = {"pair": pair, "trained_on": model.trained_on, "fold": fold, "best_base_lr": best.base_lr,
-              "best_val_dice": best.val_dice, "best_val_hd95": best.val_hd95,
-              "trials": [t.__dict__ for t in trials]}
-    (out / "best.json").write_text(json.dumps(record, indent=2))
-    _log_sweep(record, model, params)
-    logger.info("best fine-tuning learning rate for %s: %.3g (validation Dice %.3f) among %s", model.shorthand,
-                best.base_lr, best.val_dice, [f"{t.base_lr:.2g}: {t.val_dice:.3f}" for t in trials])
-    return record
+    return sorted(trials, key=lambda t: t.base_lr)
 
 
 def _log_sweep(record: dict[str, Any], model: approaches.ModelId, params: Params) -> None:

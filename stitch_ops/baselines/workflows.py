@@ -10,7 +10,6 @@ Federated and merged training lay their inputs out like the pipeline (a *pair* n
 from __future__ import annotations
 
 import logging
-import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from stitch_ops.config import PARTIES, NnUNetSchedule
+from stitch_ops.outputs import copy_dir, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -34,16 +34,14 @@ def _working_dataset(raw_dataset: Path, target: Path, seed: int) -> Path:
         return target
     validate_raw_dataset(raw_dataset)
     if (raw_dataset / "splits_final.json").is_file():
-        shutil.copytree(raw_dataset, target)
+        copy_dir(raw_dataset, target)
     else:
         split_raw_dataset(raw_dataset, target, seed)
     return target
 
 
 def _publish(exported: Path, output_dir: Path, fold: int) -> Path:
-    target = output_dir / "models" / f"fold_{fold}"
-    shutil.rmtree(target, ignore_errors=True)
-    shutil.copytree(exported, target)
+    target = copy_dir(exported, output_dir / "models" / f"fold_{fold}")
     logger.info("trained model exported to %s", target)
     return target
 
@@ -60,8 +58,6 @@ def finetune_on_own_data(model_dir: str | Path, raw_dataset: str | Path, output_
     last non-zero learning rate of the model's original polynomial schedule
     (``source_initial_lr`` over ``source_epochs``, default: the epochs in its model.json).
     """
-    import json
-
     from stitch_ops.baselines.finetune import finetune_schedule
     from stitch_ops.baselines.plans import preprocess_with_plans, transfer_plans
     from stitch_ops.nnunet.env import NnUNetRoots, configure
@@ -69,8 +65,8 @@ def finetune_on_own_data(model_dir: str | Path, raw_dataset: str | Path, output_
 
     model_dir, raw_dataset, output_dir = Path(model_dir), Path(raw_dataset), Path(output_dir)
     basis = schedule or NnUNetSchedule(initial_lr=source_initial_lr)
-    meta = json.loads((model_dir / "model.json").read_text())
-    plans = json.loads((model_dir / "plans.json").read_text())
+    meta = read_json(model_dir / "model.json", hint=f"{model_dir} must be an exported model folder")
+    plans = read_json(model_dir / "plans.json", hint=f"{model_dir} must be an exported model folder")
     work = output_dir / "work"
     name = f"Dataset001_{raw_dataset.name.split('_', 1)[-1]}"
     working = _working_dataset(raw_dataset, work / "nnUNet_raw" / name, seed)
@@ -95,8 +91,6 @@ def finetune_on_own_data(model_dir: str | Path, raw_dataset: str | Path, output_
 def segment_ensemble(model_dirs: Sequence[str | Path], input_dir: str | Path, output_dir: str | Path,
                      device: str = "auto", save_probabilities: bool = False, progress: bool = True) -> Path:
     """``a&b``: segment with every model, average their softmax probabilities per case."""
-    import json
-
     from stitch_ops.baselines.ensemble import ensemble_folders
     from stitch_ops.nnunet.model import load_model
     from stitch_ops.nnunet.predict import predict_folder
@@ -106,7 +100,8 @@ def segment_ensemble(model_dirs: Sequence[str | Path], input_dir: str | Path, ou
     with tempfile.TemporaryDirectory(dir=output_dir.parent) as scratch:
         members = [predict_folder(load_model(Path(m)), Path(input_dir), Path(scratch) / f"member_{i}",
                                   device=device, progress=progress) for i, m in enumerate(model_dirs)]
-        dataset_json = json.loads((Path(model_dirs[0]) / "dataset.json").read_text())
+        dataset_json = read_json(Path(model_dirs[0]) / "dataset.json",
+                                 hint=f"{model_dirs[0]} must be an exported model folder")
         return ensemble_folders(members, output_dir, dataset_json, save_probabilities=save_probabilities,
                                 progress=progress)
 
@@ -133,12 +128,19 @@ def _pair_workspace(raw_datasets: Mapping[str, str | Path], output_dir: Path, co
     return work
 
 
-def _params(raw_datasets: Mapping[str, str | Path], schedule: NnUNetSchedule, seed: int, **sections: Any):
+def _joint_pair(raw_datasets: Mapping[str, str | Path], output_dir: Path, schedule: NnUNetSchedule, seed: int,
+                progress: bool, **sections: Any) -> tuple[Path, Any]:
+    """Both parties' data planned jointly in the workspace, and params naming the pair
+    ``bundle`` with the given sections (``federated``, ``merged``): what the stages need."""
+    from stitch_ops.baselines.plans import prepare_joint
     from stitch_ops.config import parse_params
 
-    return parse_params({"profile": "bundle", "seed": seed, "pairs": [BUNDLE_PAIR], "folds": [0],
-                         "data": {BUNDLE_PAIR: {"source": {p: str(v) for p, v in raw_datasets.items()}}},
-                         "nnunet": asdict(schedule), **sections})
+    work = _pair_workspace(raw_datasets, output_dir, schedule.configuration, seed, progress)
+    prepare_joint(BUNDLE_PAIR, schedule.configuration, root=work, progress=progress)
+    params = parse_params({"profile": "bundle", "seed": seed, "pairs": [BUNDLE_PAIR], "folds": [0],
+                           "data": {BUNDLE_PAIR: {"source": {p: str(v) for p, v in raw_datasets.items()}}},
+                           "nnunet": asdict(schedule), **sections})
+    return work, params
 
 
 def train_federated(raw_datasets: Mapping[str, str | Path], output_dir: str | Path, fold: int = 0,
@@ -147,13 +149,9 @@ def train_federated(raw_datasets: Mapping[str, str | Path], output_dir: str | Pa
                     progress: bool = True) -> Path:
     """``a‖b``: FedAvg over one Ray actor per party (joint plans from the combined fingerprint)."""
     from stitch_ops.baselines import stages
-    from stitch_ops.baselines.plans import prepare_joint
 
     output_dir = Path(output_dir)
-    schedule = schedule or NnUNetSchedule()
-    work = _pair_workspace(raw_datasets, output_dir, schedule.configuration, seed, progress)
-    prepare_joint(BUNDLE_PAIR, schedule.configuration, root=work, progress=progress)
-    params = _params(raw_datasets, schedule, seed, federated={
+    work, params = _joint_pair(raw_datasets, output_dir, schedule or NnUNetSchedule(), seed, progress, federated={
         "rounds": rounds, "iterations_per_epoch": iterations_per_epoch, "address": address,
         "cpus_per_party": cpus_per_party})
     return _publish(stages.federated(BUNDLE_PAIR, fold, params, root=work, progress=progress), output_dir, fold)
@@ -164,12 +162,8 @@ def train_merged(raw_datasets: Mapping[str, str | Path], output_dir: str | Path,
                  progress: bool = True) -> Path:
     """``a+b``: one nnU-Net on both parties' pooled data (joint plans, folds of both)."""
     from stitch_ops.baselines import stages
-    from stitch_ops.baselines.plans import prepare_joint
 
     output_dir = Path(output_dir)
-    schedule = schedule or NnUNetSchedule()
-    work = _pair_workspace(raw_datasets, output_dir, schedule.configuration, seed, progress)
-    prepare_joint(BUNDLE_PAIR, schedule.configuration, root=work, progress=progress)
-    params = _params(raw_datasets, schedule, seed, merged={"epochs": epochs,
-                                                           "iterations_per_epoch": iterations_per_epoch})
+    work, params = _joint_pair(raw_datasets, output_dir, schedule or NnUNetSchedule(), seed, progress,
+                               merged={"epochs": epochs, "iterations_per_epoch": iterations_per_epoch})
     return _publish(stages.merged(BUNDLE_PAIR, fold, params, root=work, progress=progress), output_dir, fold)

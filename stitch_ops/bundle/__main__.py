@@ -3,54 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from stitch_ops.approaches import Approach
 from stitch_ops.cli_common import common_options, run_command
 from stitch_ops.config import Params, load_params
 from stitch_ops.errors import UserError
+from stitch_ops.paths import bundle_definition
 
 logger = logging.getLogger("stitch_ops.bundle")
 
 
-def _flat_metrics(summary_file: Path | None) -> dict[str, float]:
-    """Numeric entries of a ``summary.json`` (aggregates only: nothing per case)."""
-    if summary_file is None or not summary_file.is_file():
-        return {}
-    summary = json.loads(summary_file.read_text())
-    return {k: float(v) for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-
-
-def ensemble_members(approach: str, trained_on: str) -> list[tuple[str, str]]:
-    """``(approach, trained_on)`` of the two models a plain ensemble averages; ``[]`` for
-    any other approach (``ensemble/a_and_b``: both basis models; ``ensemble_finetuned/a_and_b_to_p``:
-    p's basis model and the other's model fine-tuned on p's data)."""
-    if approach == "ensemble":
-        return [("local", "a"), ("local", "b")]
-    if approach == "ensemble_finetuned":
-        party = trained_on.rsplit("_", 1)[-1]
-        if party not in ("a", "b"):
-            raise UserError(f"an ensemble_finetuned model is a_and_b_to_a or a_and_b_to_b, got {trained_on!r}")
-        return [("local", party), ("finetune", f"{'b' if party == 'a' else 'a'}_to_{party}")]
-    return []
-
-
-def plain_ensemble(models: list) -> object:
-    """Two opened models as one network (their softmax averaged), fed the first one's preprocessing."""
-    from stitch_ops.nnunet.model import NnUNetModel
-    from stitch_ops.stitching import ParentSpec, TwoModelEnsemble
-
-    first, second = models
-    spec = {"kind": "ensemble", "members": [ParentSpec.of_model(m).to_dict() for m in models]}
-    return NnUNetModel(TwoModelEnsemble(first.network, second.network), first.plans, first.dataset_json,
-                       first.configuration, None, "plain ensemble (softmax average)", spec)
-
-
 def export(args: argparse.Namespace, params: Params | None) -> None:
-    from stitch_ops.bundle.export import ExportInfo, export_bundle
+    from stitch_ops.bundle.export import ExportInfo, export_bundle, export_pipeline_model, flat_metrics
     from stitch_ops.bundle.sources import open_model
 
     if args.model is not None:
@@ -59,35 +27,16 @@ def export(args: argparse.Namespace, params: Params | None) -> None:
         model = open_model(args.model, args.fold, trusted=args.trust)
         info = ExportInfo(approach=args.approach or "nnunet",
                           trained_on=args.trained_on or "the exporting institution's own data",
-                          eval_metrics=_flat_metrics(args.metrics))
-        definition = Path("bundles") / info.approach
+                          eval_metrics=flat_metrics(args.metrics))
+        definition = bundle_definition(info.approach)
         target = export_bundle(model, args.out, info, definition=definition, make_zip=not args.no_zip)
         print(f"{target}: MONAI bundle of {model.description}" + ("" if args.no_zip else f"; zip {target}.zip"))
         return
-    from stitch_ops.paths import PairPaths
-
     if args.pair is None or args.trained_on is None or args.fold is None:
         raise UserError("pass --model MODEL --out DIR (any model), or --pair, --trained-on and --fold "
                          "(a model of the pipeline)")
-    params = load_params(args.params)
-    params.pair(args.pair)
-    approach = args.approach or "local"
-    paths = PairPaths(args.pair)
-    notes = [f"fold {args.fold} of the {args.pair} pair"]
-    members = ensemble_members(approach, args.trained_on)
-    if members:
-        model = plain_ensemble([open_model(paths.model_dir(a, t, args.fold) / "export") for a, t in members])
-        notes.append(f"the softmax average of {members[0][0]} {members[0][1]} and {members[1][0]} {members[1][1]}, "
-                     f"both fed {members[0][1]}'s preprocessing (the pipeline averages each model's own "
-                     f"prediction in the image geometry)")
-    else:
-        model = open_model(paths.model_dir(approach, args.trained_on, args.fold) / "export")
-    metrics = _flat_metrics(paths.metrics(approach, args.trained_on, args.fold) / "summary.json")
-    info = ExportInfo(approach=approach, trained_on=f"{args.pair} party {args.trained_on} (profile {params.profile})",
-                      eval_metrics=metrics, authors="stitch_ops developers",
-                      copyright="Copyright (c) stitch_ops developers", notes=tuple(notes))
-    target = Path("exports") / args.pair / f"{approach}_{args.trained_on}_fold{args.fold}"
-    export_bundle(model, target, info, definition=Path("bundles") / approach, make_zip=not args.no_zip)
+    target = export_pipeline_model(args.pair, args.approach or Approach.LOCAL.value, args.trained_on, args.fold,
+                                   load_params(args.params), make_zip=not args.no_zip)
     logger.info("trained bundle written to %s", target)
 
 

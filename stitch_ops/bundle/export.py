@@ -20,7 +20,6 @@ Never exported: images, labels, case identifiers, split files, nnU-Net's
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import shutil
@@ -31,7 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from stitch_ops import __version__
+from stitch_ops.approaches import Approach, ensemble_finetuned, finetuned
 from stitch_ops.nnunet.model import NnUNetModel
+from stitch_ops.config import PARTIES, Params
+from stitch_ops.errors import UserError
+from stitch_ops.outputs import output_dir, output_file, read_json, write_json
+from stitch_ops.paths import PairPaths, bundle_definition
 
 __all__ = ["ExportInfo", "MANIFEST", "PUBLIC_DATASET_KEYS", "export_bundle", "network_data_format",
            "public_dataset_json", "write_manifest"]
@@ -239,11 +243,9 @@ def write_manifest(folder: Path) -> Path:
 
 
 def _zip(folder: Path, target: Path) -> Path:
-    staging = target.with_name(target.name + ".partial")
-    with zipfile.ZipFile(staging, "w", zipfile.ZIP_DEFLATED) as handle:
+    with output_file(target) as staging, zipfile.ZipFile(staging, "w", zipfile.ZIP_DEFLATED) as handle:
         for path in sorted(p for p in folder.rglob("*") if p.is_file()):
             handle.write(path, f"{folder.name}/{path.relative_to(folder).as_posix()}")
-    staging.replace(target)
     return target
 
 
@@ -267,36 +269,93 @@ def export_bundle(model: NnUNetModel, target: Path, info: ExportInfo = ExportInf
 
     target = Path(target)
     definition = Path(definition) if definition is not None else None
-    staging = target.with_name(target.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    (staging / "configs").mkdir(parents=True)
-    (staging / "docs").mkdir()
-    template: dict[str, Any] = {}
-    approach_doc = ""
-    if definition is not None and definition.is_dir():
-        if (definition / "configs" / "metadata.json").is_file():
-            template = json.loads((definition / "configs" / "metadata.json").read_text())
-        for config in sorted((definition / "configs").glob("*.json")):
-            if config.name not in ("metadata.json", "inference.json"):
-                shutil.copy(config, staging / "configs" / config.name)
-        if (definition / "docs" / "README.md").is_file():
-            approach_doc = (definition / "docs" / "README.md").read_text()
-    licence = definition / "LICENSE" if definition is not None else None
-    (staging / "LICENSE").write_text(licence.read_text() if licence is not None and licence.is_file()
-                                     else DEFAULT_LICENSE)
-    public = NnUNetModel(model.network, model.plans, public_dataset_json(model.dataset_json),
-                         model.configuration, model.mirroring_axes, model.description,
-                         _public(model.spec))
-    write_model_dir(public, staging / "models")
-    meta = _metadata(public, info, template)
-    (staging / "configs" / "metadata.json").write_text(json.dumps(meta, indent=4))
-    (staging / "configs" / "inference.json").write_text(json.dumps(INFERENCE_CONFIG, indent=4))
-    (staging / "docs" / "README.md").write_text(_readme(public, info, meta, approach_doc))
-    write_manifest(staging)
-    verify_bundle(staging)
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
+    with output_dir(target) as staging:  # verified before it is swapped in
+        (staging / "configs").mkdir()
+        (staging / "docs").mkdir()
+        template: dict[str, Any] = {}
+        approach_doc = ""
+        if definition is not None and definition.is_dir():
+            if (definition / "configs" / "metadata.json").is_file():
+                template = read_json(definition / "configs" / "metadata.json",
+                                     hint=f"fix the bundle definition {definition}")
+            for config in sorted((definition / "configs").glob("*.json")):
+                if config.name not in ("metadata.json", "inference.json"):
+                    shutil.copy(config, staging / "configs" / config.name)
+            if (definition / "docs" / "README.md").is_file():
+                approach_doc = (definition / "docs" / "README.md").read_text()
+        licence = definition / "LICENSE" if definition is not None else None
+        (staging / "LICENSE").write_text(licence.read_text() if licence is not None and licence.is_file()
+                                         else DEFAULT_LICENSE)
+        public = NnUNetModel(model.network, model.plans, public_dataset_json(model.dataset_json),
+                             model.configuration, model.mirroring_axes, model.description,
+                             _public(model.spec))
+        write_model_dir(public, staging / "models")
+        meta = _metadata(public, info, template)
+        write_json(staging / "configs" / "metadata.json", meta, indent=4)
+        write_json(staging / "configs" / "inference.json", INFERENCE_CONFIG, indent=4)
+        (staging / "docs" / "README.md").write_text(_readme(public, info, meta, approach_doc))
+        write_manifest(staging)
+        verify_bundle(staging)
     if make_zip:
         _zip(target, target.with_name(target.name + ".zip"))
     logger.info("bundle written to %s%s", target, " (+ .zip)" if make_zip else "")
     return target
+
+
+def flat_metrics(summary_file: Path | None) -> dict[str, float]:
+    """Numeric entries of a ``summary.json`` (aggregates only: nothing per case)."""
+    if summary_file is None or not Path(summary_file).is_file():
+        return {}
+    summary = read_json(summary_file, hint="rerun the evaluation stage")
+    return {k: float(v) for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def ensemble_members(approach: str, trained_on: str) -> list[tuple[str, str]]:
+    """``(approach, trained_on)`` of the two models a plain ensemble averages; ``[]`` for
+    any other approach (``ensemble/a_and_b``: both basis models; ``ensemble_finetuned/a_and_b_to_p``:
+    p's basis model and the other's model fine-tuned on p's data)."""
+    if approach == Approach.ENSEMBLE:
+        return [(Approach.LOCAL.value, party) for party in PARTIES]
+    if approach == Approach.ENSEMBLE_FINETUNED:
+        party = next((p for p in PARTIES if ensemble_finetuned(p).trained_on == trained_on), None)
+        if party is None:
+            raise UserError(f"an {approach} model is one of "
+                            f"{[ensemble_finetuned(p).trained_on for p in PARTIES]}, got {trained_on!r}")
+        return [(Approach.LOCAL.value, party), (Approach.FINETUNE.value, finetuned(party).trained_on)]
+    return []
+
+
+def plain_ensemble(models: list) -> object:
+    """Two opened models as one network (their softmax averaged), fed the first one's preprocessing."""
+    from stitch_ops.nnunet.model import NnUNetModel
+    from stitch_ops.stitching import ParentSpec, TwoModelEnsemble
+
+    first, second = models
+    spec = {"kind": "ensemble", "members": [ParentSpec.of_model(m).to_dict() for m in models]}
+    return NnUNetModel(TwoModelEnsemble(first.network, second.network), first.plans, first.dataset_json,
+                       first.configuration, None, "plain ensemble (softmax average)", spec)
+
+
+def export_pipeline_model(pair: str, approach: str, trained_on: str, fold: int, params: Params, *,
+                          root: Path = Path("."), make_zip: bool = True) -> Path:
+    """The trained bundle of one pipeline model, with its evaluation metrics when scored:
+    ``exports/{pair}/{approach}_{trained_on}_fold{k}`` (the ``bundle*`` stages)."""
+    from stitch_ops.bundle.sources import open_model
+
+    params.pair(pair)
+    paths = PairPaths(pair, root)
+    notes = [f"fold {fold} of the {pair} pair"]
+    members = ensemble_members(approach, trained_on)
+    if members:
+        model = plain_ensemble([open_model(paths.model_dir(a, t, fold) / "export") for a, t in members])
+        notes.append(f"the softmax average of {members[0][0]} {members[0][1]} and {members[1][0]} {members[1][1]}, "
+                     f"both fed {members[0][1]}'s preprocessing (the pipeline averages each model's own "
+                     f"prediction in the image geometry)")
+    else:
+        model = open_model(paths.model_dir(approach, trained_on, fold) / "export")
+    info = ExportInfo(approach=approach, trained_on=f"{pair} party {trained_on} (profile {params.profile})",
+                      eval_metrics=flat_metrics(paths.metrics(approach, trained_on, fold) / "summary.json"),
+                      authors="stitch_ops developers", copyright="Copyright (c) stitch_ops developers",
+                      notes=tuple(notes))
+    return export_bundle(model, paths.export(approach, trained_on, fold), info,
+                         definition=bundle_definition(approach, root), make_zip=make_zip)

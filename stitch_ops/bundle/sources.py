@@ -14,7 +14,6 @@ from the plans (never from a trainer class), zips extracted only after every ent
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from pathlib import Path
@@ -23,7 +22,9 @@ from typing import Any
 import torch
 
 from stitch_ops.bundle.archive import check_links, safe_extract
+from stitch_ops.errors import InputFileError
 from stitch_ops.nnunet.model import FoldEnsemble, ModelError, NnUNetModel, build_network, load_plain
+from stitch_ops.outputs import read_json, write_json
 
 __all__ = ["MODEL_DIR_FILES", "NETWORK_FORMAT", "build_from_spec", "open_model", "write_model_dir"]
 
@@ -138,9 +139,9 @@ def build_from_spec(spec: dict[str, Any], plans: dict[str, Any], dataset_json: d
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ModelError(f"{path} is not readable JSON ({err})") from None
+        return read_json(path, hint="the model folder is damaged: export it again")
+    except InputFileError as err:
+        raise ModelError(str(err)) from None
 
 
 def _open_model_dir(folder: Path, fold: int | str | None, device: Any, trusted: bool) -> NnUNetModel:
@@ -179,7 +180,6 @@ def write_model_dir(model: NnUNetModel, target: Path) -> Path:
     spec = {"format": NETWORK_FORMAT, **model.spec, "configuration": model.configuration,
             "mirroring_axes": list(model.mirroring_axes) if model.mirroring_axes is not None else None,
             "description": model.description}
-    (target / "network.json").write_text(json.dumps(spec, indent=2))
-    (target / "plans.json").write_text(json.dumps(model.plans, indent=2))
-    (target / "dataset.json").write_text(json.dumps(model.dataset_json, indent=2))
+    for name, content in (("network.json", spec), ("plans.json", model.plans), ("dataset.json", model.dataset_json)):
+        write_json(target / name, content)
     return target

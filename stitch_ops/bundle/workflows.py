@@ -6,15 +6,16 @@ plain data: ``python -m monai.bundle run --config_file configs/train.json`` reso
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
+from stitch_ops.approaches import Approach
 from stitch_ops.config import NnUNetSchedule
 from stitch_ops.nnunet.env import NnUNetRoots, configure
 import torch
 
 from stitch_ops.nnunet.predict import predict_folder
 from stitch_ops.nnunet.train import TrainingRun, train_fold
+from stitch_ops.outputs import copy_dir
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def train_on_own_data(raw_dataset: str | Path, output_dir: str | Path, fold: int
     working = raw_root / name
     if (raw_dataset / "splits_final.json").is_file():
         if not working.exists():
-            shutil.copytree(raw_dataset, working)
+            copy_dir(raw_dataset, working)
     elif not working.exists():
         split_raw_dataset(raw_dataset, working, seed)
     if not (preprocessed_root / name / "nnUNetPlans.json").is_file():
@@ -55,10 +56,8 @@ def train_on_own_data(raw_dataset: str | Path, output_dir: str | Path, fold: int
         plan_and_preprocess(WORK_DATASET_ID, preprocessed_root, working, schedule.configuration,
                             progress=progress)
     run = TrainingRun(name, preprocessed_root, work / "nnUNet_results" / f"fold_{fold}", fold, schedule, seed=seed)
-    exported = train_fold(run, progress=progress, provenance={"approach": "local", "source": str(raw_dataset)})
-    target = output_dir / "models" / f"fold_{fold}"
-    shutil.rmtree(target, ignore_errors=True)
-    shutil.copytree(exported, target)
+    exported = train_fold(run, progress=progress, provenance={"approach": Approach.LOCAL.value, "source": str(raw_dataset)})
+    target = copy_dir(exported, output_dir / "models" / f"fold_{fold}")
     logger.info("trained model exported to %s", target)
     return target
 

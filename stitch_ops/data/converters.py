@@ -46,13 +46,14 @@ from stitch_ops.data.raw import (
     IMAGES_TR,
     LABELS_TR,
     DatasetError,
-    atomic_output_dir,
     image_path,
     label_path,
     sanitize_case_id,
     write_case_groups,
     write_dataset_json,
 )
+from stitch_ops.errors import UnknownNameError, UserError
+from stitch_ops.outputs import output_dir, write_png
 
 logger = logging.getLogger(__name__)
 
@@ -264,15 +265,15 @@ def _write_natural_dataset(
 
     if image_size is not None and image_size < 16:
         raise ValueError(f"image_size must be at least 16 pixels or None, got {image_size}.")
-    with atomic_output_dir(target) as tmp:
+    with output_dir(target) as tmp:
         (tmp / IMAGES_TR).mkdir()
         (tmp / LABELS_TR).mkdir()
         empty = 0
         for pair in tqdm(pairs, desc=f"convert {name}", unit="case", disable=not progress):
             image, mask = _load_natural_pair(pair, image_size=image_size, binarize=binarize)
             empty += int(not mask.any())
-            _save_png(image, image_path(tmp, pair.case, ".png"))
-            _save_png(mask, label_path(tmp, pair.case, ".png"))
+            write_png(image_path(tmp, pair.case, ".png"), image)
+            write_png(label_path(tmp, pair.case, ".png"), mask)
         if empty:
             logger.warning("%d of %d masks are empty (no polyp); kept as negative examples", empty, len(pairs))
         write_dataset_json(
@@ -337,12 +338,6 @@ def _binary_mask(values: np.ndarray, path: Path, *, binarize: bool) -> np.ndarra
     )
 
 
-def _save_png(array: np.ndarray, path: Path) -> None:
-    from PIL import Image
-
-    Image.fromarray(array).save(path, format="PNG")
-
-
 # =========================================================================== 3-D: NIfTI folders
 
 
@@ -382,7 +377,7 @@ def convert_nifti_folder(
     pairs = _pair_nifti(images, labels)
     from tqdm.auto import tqdm
 
-    with atomic_output_dir(target) as tmp:
+    with output_dir(target) as tmp:
         (tmp / IMAGES_TR).mkdir()
         (tmp / LABELS_TR).mkdir()
         for pair in tqdm(pairs, desc="convert nifti", unit="case", disable=not progress):
@@ -470,3 +465,24 @@ def _convert_nifti_pair(pair: CasePair, root: Path) -> None:
     out_label.CopyInformation(image)  # nnU-Net expects image and label on the same geometry
     sitk.WriteImage(image, str(image_path(root, pair.case, ".nii.gz")), useCompression=True)
     sitk.WriteImage(out_label, str(label_path(root, pair.case, ".nii.gz")), useCompression=True)
+
+
+LAYOUTS = ("kvasir", "cvc-clinicdb", "nifti")
+
+
+def convert(layout: str, source: Path, target: Path, *, labels: Path | None = None, video_table: Path | None = None,
+            label_name: str = "foreground", image_size: int | None = None, progress: bool = False) -> Path:
+    """Convert a public dataset ``layout`` (one of :data:`LAYOUTS`) into an nnU-Net raw dataset.
+
+    ``source`` is the dataset folder (for ``nifti``: the images folder, ``labels`` the labels
+    folder); the other arguments apply to the layouts named in the CLI's help.
+    """
+    if layout == "kvasir":
+        return convert_kvasir(source, target, image_size=image_size, progress=progress)
+    if layout == "cvc-clinicdb":
+        return convert_cvc_clinicdb(source, target, video_table, image_size=image_size, progress=progress)
+    if layout == "nifti":
+        if labels is None:
+            raise UserError("nifti conversion needs --labels, the folder of label volumes")
+        return convert_nifti_folder(source, labels, target, label_name, progress=progress)
+    raise UnknownNameError(f"unknown layout {layout!r}; expected one of {list(LAYOUTS)}")

@@ -20,27 +20,23 @@ pixel data*, not files; the validator checks exactly that, as nnU-Net's own
 ``verify_dataset_integrity`` does, but without spawning worker processes and
 with errors that name the file and the fix.
 
-Writers go through :func:`atomic_output_dir` so that an interrupted run never
-leaves a folder that looks like a finished dataset.
+Writers go through :func:`stitch_ops.outputs.output_dir` so that an interrupted run
+never leaves a folder that looks like a finished dataset.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import logging
-import os
 import re
-import shutil
-import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from stitch_ops.errors import UserError
+from stitch_ops.errors import InputFileError, UserError
+from stitch_ops.outputs import read_json, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -140,45 +136,6 @@ def sanitize_case_id(stem: str, prefix: str = "") -> str:
 # --------------------------------------------------------------------------- writing
 
 
-@contextmanager
-def atomic_output_dir(target: Path) -> Iterator[Path]:
-    """Yield a fresh sibling folder; on success it replaces ``target``, on error it is removed.
-
-    An interrupted or failed run therefore never leaves a half-written folder
-    under the final name (DVC and the next stage would take it for complete).
-    An existing ``target`` is replaced only after the new one is fully written.
-
-    Example:
-        >>> with atomic_output_dir(Path("out/Dataset001_x")) as tmp:  # doctest: +SKIP
-        ...     (tmp / "dataset.json").write_text("{}")
-    """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _replace_dir(tmp, target)
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Move ``new`` to ``target``, swapping out an existing folder in two renames."""
-    if target.exists() and not target.is_dir():
-        shutil.rmtree(new, ignore_errors=True)
-        raise DatasetError(f"{target} exists and is not a folder; remove it or choose another output path.")
-    old = None
-    if target.exists():
-        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-        target.rename(old)
-        logger.info("replacing existing %s", target)
-    new.rename(target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def write_dataset_json(
     root: Path,
     *,
@@ -198,20 +155,17 @@ def write_dataset_json(
         "file_ending": file_ending,
         **extra,
     }
-    path = Path(root) / DATASET_JSON
-    path.write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
-    return path
+    return write_json(Path(root) / DATASET_JSON, content, sort_keys=True)
 
 
 def read_dataset_json(root: Path) -> dict:
     """Load ``dataset.json`` and check nnU-Net's required keys, with an error naming the fix."""
     path = Path(root) / DATASET_JSON
-    if not path.is_file():
-        raise DatasetError(f"{path} not found: an nnU-Net raw dataset needs a dataset.json with keys {_REQUIRED_KEYS}.")
     try:
-        content = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DatasetError(f"{path} is not valid JSON ({err}); fix or regenerate it.") from err
+        content = read_json(path, hint=f"an nnU-Net raw dataset needs a dataset.json with keys {_REQUIRED_KEYS}; "
+                                       f"fix or regenerate it.")
+    except InputFileError as err:
+        raise DatasetError(str(err)) from err
     missing = [k for k in _REQUIRED_KEYS if k not in content]
     if missing:
         raise DatasetError(f"{path} lacks required key(s) {missing}; nnU-Net v2 needs {list(_REQUIRED_KEYS)}.")

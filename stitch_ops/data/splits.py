@@ -16,7 +16,6 @@ working nnU-Net dataset (``imagesTr``/``labelsTr`` = parts 1-5,
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import shutil
@@ -35,7 +34,6 @@ from stitch_ops.data.raw import (
     LABELS_TR,
     LABELS_TS,
     DatasetError,
-    atomic_output_dir,
     groups_to_members,
     image_path,
     label_path,
@@ -44,6 +42,7 @@ from stitch_ops.data.raw import (
     validate_raw_dataset,
     write_dataset_json,
 )
+from stitch_ops.outputs import output_dir, read_json, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -286,7 +285,7 @@ def _write_split_dataset(
 ) -> None:
     meta = read_dataset_json(source)
     train_cases = [c for part in record.parts[:-1] for c in part]
-    with atomic_output_dir(target) as tmp:
+    with output_dir(target) as tmp:
         for folder in (IMAGES_TR, LABELS_TR, IMAGES_TS, LABELS_TS):
             (tmp / folder).mkdir()
         for test, cases in ((False, train_cases), (True, record.test_cases)):
@@ -307,11 +306,19 @@ def _write_split_dataset(
             file_ending=file_ending,
             **extra,
         )
-        (tmp / SPLITS_FINAL_JSON).write_text(json.dumps(record.splits_final(), indent=2) + "\n")
-        (tmp / TEST_CASES_JSON).write_text(json.dumps(list(record.test_cases), indent=2) + "\n")
-        (tmp / SPLIT_JSON).write_text(json.dumps(record.to_json(), indent=2) + "\n")
+        write_json(tmp / SPLITS_FINAL_JSON, record.splits_final())
+        write_json(tmp / TEST_CASES_JSON, list(record.test_cases))
+        write_json(tmp / SPLIT_JSON, record.to_json())
         if (source / CASE_GROUPS_CSV).is_file():
             shutil.copyfile(source / CASE_GROUPS_CSV, tmp / CASE_GROUPS_CSV)
+
+
+def read_fold(dataset: Path, fold: int) -> Fold:
+    """Fold ``fold`` (its training and validation case ids) of a split working dataset."""
+    folds = read_split_record(dataset).folds
+    if not 0 <= fold < len(folds):
+        raise DatasetError(f"{dataset} has folds 0..{len(folds) - 1}, not fold {fold}")
+    return folds[fold]
 
 
 def read_split_record(dataset: Path) -> SplitRecord:
@@ -322,11 +329,11 @@ def read_split_record(dataset: Path) -> SplitRecord:
     """
     path = Path(dataset) / SPLIT_JSON
     try:
-        content = json.loads(path.read_text())
+        content = read_json(path, hint="rerun the split stage")
         return SplitRecord(
             parts=tuple(tuple(part) for part in content["parts"]),
             method=SplitMethod(content["method"]),
             seed=int(content["seed"]),
         )
-    except (OSError, json.JSONDecodeError, KeyError, ValueError, TypeError) as err:
+    except (OSError, KeyError, ValueError, TypeError) as err:
         raise DatasetError(f"cannot read the split record {path} ({err}); rerun the split stage.") from err

@@ -59,12 +59,12 @@ from scipy import ndimage
 from stitch_ops.data.raw import (
     IMAGES_TR,
     LABELS_TR,
-    atomic_output_dir,
     image_path,
     label_path,
     write_case_groups,
     write_dataset_json,
 )
+from stitch_ops.outputs import output_dir, write_png
 
 logger = logging.getLogger(__name__)
 
@@ -315,12 +315,12 @@ class _PolypWriter:
     ) -> None:
         style = POLYP_STYLES[party]
         groups: dict[str, str] = {}
-        with atomic_output_dir(target) as tmp:
+        with output_dir(target) as tmp:
             (tmp / IMAGES_TR).mkdir()
             (tmp / LABELS_TR).mkdir()
             for case, group, image, label in self._frames(party, style, n, seed, size):
-                _save_png(image, image_path(tmp, case, self.file_ending))
-                _save_png(label, label_path(tmp, case, self.file_ending))
+                write_png(image_path(tmp, case, self.file_ending), image)
+                write_png(label_path(tmp, case, self.file_ending), label)
                 groups[case] = group
                 advance(1)
             write_dataset_json(
@@ -482,12 +482,6 @@ def _polyp_shape(scene: _PolypScene, wy: np.ndarray, wx: np.ndarray) -> tuple[np
     return soft, dome, directional, rim, q < 1
 
 
-def _save_png(array: np.ndarray, path: Path) -> None:
-    from PIL import Image
-
-    Image.fromarray(array).save(path, format="PNG")
-
-
 # =========================================================================== pelvis
 
 
@@ -553,7 +547,7 @@ class _PelvisWriter:
         self, party: str, target: Path, n: int, seed: int, size: int, advance: Callable[[int], object]
     ) -> None:
         style = PELVIS_STYLES[party]
-        with atomic_output_dir(target) as tmp:
+        with output_dir(target) as tmp:
             (tmp / IMAGES_TR).mkdir()
             (tmp / LABELS_TR).mkdir()
             for index, case_seed in enumerate(_party_seeds(seed, "pelvis", party, n)):

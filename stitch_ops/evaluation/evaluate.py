@@ -20,7 +20,6 @@ compares them across stages and MLflow logs them as metrics.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +31,7 @@ from tqdm import tqdm
 from stitch_ops.errors import InputFileError, reading
 
 from stitch_ops.evaluation.metrics import dice, hd95
+from stitch_ops.outputs import write_json, write_table
 
 logger = logging.getLogger(__name__)
 
@@ -262,8 +262,7 @@ def write_evaluation(cases: pd.DataFrame, out_dir: Path) -> dict[str, float]:
     out_dir = Path(out_dir)
     _check_columns(cases)
     metrics = summary_metrics(cases)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cases.loc[:, list(CASE_COLUMNS)].to_csv(out_dir / "cases.csv", index=False)
-    (out_dir / "summary.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    write_table(out_dir / "cases.csv", cases.loc[:, list(CASE_COLUMNS)])
+    write_json(out_dir / "summary.json", metrics, sort_keys=True)
     logger.info("Wrote %s and %s", out_dir / "cases.csv", out_dir / "summary.json")
     return metrics

@@ -24,12 +24,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from stitch_ops.approaches import StitchMethod
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["biobjective", "own_data", "position_trend", "rq1", "training_curves"]
 
 DPI = 110
-METHOD_NAMES = {"double_batched": "double-batched", "direct_matching": "direct matching"}
+METHOD_NAMES = {m.value: m.label for m in StitchMethod}
 
 
 def _pyplot():

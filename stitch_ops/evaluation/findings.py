@@ -47,7 +47,8 @@ from enum import StrEnum
 import numpy as np
 import pandas as pd
 
-from stitch_ops.baselines import approaches
+from stitch_ops import approaches
+from stitch_ops.approaches import StitchMethod
 from stitch_ops.config import PARTIES
 from stitch_ops.evaluation.results import PairResults, StitchSlug, model_label
 from stitch_ops.evaluation.stats import ALPHA
@@ -348,17 +349,17 @@ def _finding_7(results: PairResults, D: _Means) -> Finding:
 def _finding_8(results: PairResults, D: _Means) -> Finding:
     rq1 = results.rq1
     methods = set(rq1["method"]) if not rq1.empty else set()
-    if not {"direct_matching", "double_batched"} <= methods:
+    if not {m.value for m in StitchMethod} <= methods:
         return _not_testable(8, "needs RQ1 results of both training methods")
     oks, parts = [], []
     for c, table in rq1.groupby("c"):
         curve = table.groupby(["method", "n_stitches"])["dice"].mean().unstack("method").sort_index()
-        if not {"direct_matching", "double_batched"} <= set(curve.columns) or 0 not in curve.index:
+        if not {m.value for m in StitchMethod} <= set(curve.columns) or 0 not in curve.index:
             continue
         counts = [n for n in curve.index if n > 0]
         if len(counts) < 2:
             continue
-        dm, db = curve["direct_matching"], curve["double_batched"]
+        dm, db = curve[StitchMethod.DIRECT_MATCHING.value], curve[StitchMethod.DOUBLE_BATCHED.value]
         falls = dm[counts[-1]] <= dm[0] - NOTABLE
         upper = counts[len(counts) // 2:]
         closer = db[upper].mean() > dm[upper].mean()

@@ -27,9 +27,7 @@ from __future__ import annotations
 import argparse
 import base64
 import html
-import json
 import logging
-import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,6 +42,7 @@ from stitch_ops.evaluation import figures
 from stitch_ops.evaluation.findings import NEAR, NOTABLE, Finding, Verdict, judge, mean_table
 from stitch_ops.evaluation.results import METHOD_INITIALS, PairResults, load_pair
 from stitch_ops.evaluation.stats import ALPHA, feasible_from, perspective_tests
+from stitch_ops.outputs import read_json, scratch_dir, swap_in, write_json, write_table, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -451,21 +450,6 @@ def _log_to_mlflow(pair: str, params: Params | None, metrics: dict[str, float], 
                             dvc_stage=f"report@{pair}")
 
 
-# ---------------------------------------------------------------- outputs
-
-
-def _replace(staged: Path, target: Path) -> None:
-    """Swap ``staged`` in for ``target`` (file or folder)."""
-    if target.is_dir() and not target.is_symlink():
-        old = target.with_name(target.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        target.rename(old)
-        staged.rename(target)
-        shutil.rmtree(old)
-    else:
-        staged.replace(target)
-
-
 def run(pair: str, root: Path = Path("."), out: Path = REPORTS, params: Params | None = None,
         log_mlflow: bool = True) -> PairReport:
     """Write the report of ``pair`` (see the module docstring); returns what was written.
@@ -483,28 +467,24 @@ def run(pair: str, root: Path = Path("."), out: Path = REPORTS, params: Params |
     stats, notes = _stats(results)
     families = {p: _family(results, p) for p in PARTIES}
     findings = judge(results, stats)
-    staging = out / f".{pair}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    (staging / pair / "tables").mkdir(parents=True)
-    made = _figures(results, families, staging / pair / "figures")
-    (staging / pair / "figures").mkdir(exist_ok=True)
-    sections = _sections(results, stats, notes, findings, made, params)
-    tables = {"findings": _findings_table(findings), "approaches": _approach_table(results),
-              "budgets": _budget_table(results), "biobjective": _biobjective_table(results, by_fold=False),
-              "biobjective_per_fold": _biobjective_table(results, by_fold=True), "wilcoxon_holm": stats,
-              "selected_positions": _selection_table(results)}
-    for name, table in tables.items():
-        table.to_csv(staging / pair / "tables" / f"{name}.csv", index=False)
-    (staging / f"{pair}.html").write_text(render_html(results, sections, findings, params), encoding="utf-8")
-    (staging / f"{pair}.md").write_text(render_markdown(results, sections, findings, f"{pair}/figures"),
-                                        encoding="utf-8")
-    (staging / "metrics.json").write_text(json.dumps(headline(results, stats, findings), indent=2,
-                                                     ensure_ascii=False) + "\n", encoding="utf-8")
-    (out / "metrics").mkdir(parents=True, exist_ok=True)
-    for name in (pair, f"{pair}.md", f"{pair}.html"):
-        _replace(staging / name, out / name)
-    _replace(staging / "metrics.json", out / "metrics" / f"{pair}.json")
-    shutil.rmtree(staging)
+    with scratch_dir(out / f".{pair}") as staging:  # every file complete before any is swapped in
+        (staging / pair / "tables").mkdir(parents=True)
+        made = _figures(results, families, staging / pair / "figures")
+        (staging / pair / "figures").mkdir(exist_ok=True)
+        sections = _sections(results, stats, notes, findings, made, params)
+        tables = {"findings": _findings_table(findings), "approaches": _approach_table(results),
+                  "budgets": _budget_table(results), "biobjective": _biobjective_table(results, by_fold=False),
+                  "biobjective_per_fold": _biobjective_table(results, by_fold=True), "wilcoxon_holm": stats,
+                  "selected_positions": _selection_table(results)}
+        for name, table in tables.items():
+            write_table(staging / pair / "tables" / f"{name}.csv", table)
+        write_text(staging / f"{pair}.html", render_html(results, sections, findings, params))
+        write_text(staging / f"{pair}.md", render_markdown(results, sections, findings, f"{pair}/figures"))
+        write_json(staging / "metrics.json", headline(results, stats, findings), ensure_ascii=False)
+        (out / "metrics").mkdir(parents=True, exist_ok=True)
+        for name in (pair, f"{pair}.md", f"{pair}.html"):
+            swap_in(staging / name, out / name)
+        swap_in(staging / "metrics.json", out / "metrics" / f"{pair}.json")
     figure_paths = tuple(out / pair / "figures" / p.name for _, p in made)
     run_id = None
     if log_mlflow:
@@ -525,7 +505,7 @@ def write_index(pairs: Sequence[str], out: Path = REPORTS) -> Path:
         if not metrics_file.is_file():
             rows.append(f"<tr><td>{html.escape(pair)}</td><td colspan=4 class=na>{NOT_AVAILABLE}</td></tr>")
             continue
-        data = json.loads(metrics_file.read_text(encoding="utf-8"))
+        data = read_json(metrics_file, hint=f"rerun `dvc repro report@{pair}`")
         found = data.get("findings", {})
         verdicts[pair] = found.get("verdicts", {})
         wilcoxon = data.get("wilcoxon", {})
@@ -551,10 +531,7 @@ def write_index(pairs: Sequence[str], out: Path = REPORTS) -> Path:
             "<h2>The paper's findings, per pair</h2>"
             f"<table><thead><tr><th>finding</th>{head}</tr></thead><tbody>{''.join(finding_rows)}</tbody></table>"
             "</body></html>")
-    out.mkdir(parents=True, exist_ok=True)
-    staged = out / ".index.html.partial"
-    staged.write_text(page, encoding="utf-8")
-    staged.replace(out / "index.html")
+    write_text(out / "index.html", page)
     logger.info("wrote %s (%d pairs)", out / "index.html", len(pairs))
     return out / "index.html"
 

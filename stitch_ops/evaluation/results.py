@@ -18,7 +18,6 @@ method's initials (``a←[a]→b DB`` = double-batched, ``DM`` = direct matching
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from dataclasses import dataclass, field
@@ -26,14 +25,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from stitch_ops.baselines import approaches
+from stitch_ops import approaches
 from stitch_ops.config import PARTIES
+from stitch_ops.outputs import read_json
+from stitch_ops.paths import PairPaths
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["METHOD_INITIALS", "PairResults", "StitchSlug", "load_pair", "model_label", "role"]
 
-METHOD_INITIALS = {"double_batched": "DB", "direct_matching": "DM"}
+METHOD_INITIALS = {approaches.StitchMethod.DOUBLE_BATCHED.value: "DB",
+                   approaches.StitchMethod.DIRECT_MATCHING.value: "DM"}
 """Short names of the stitch training methods in labels and legends."""
 
 _FOLD = re.compile(r"fold_(\d+)$")
@@ -104,7 +106,7 @@ def role(approach: str, trained_on: str) -> str:
     """``approach`` for a model of Table 2 (stitch-ensembles: as selection strategy 1 chose them),
     ``selection variant`` for the stitch-ensembles strategies 2 and 3 chose, ``reference`` for the
     no-stitch reference. Only ``approach`` models enter the own-data tests and the findings."""
-    if approach != "stitch":
+    if approach != approaches.Approach.STITCH:
         return "approach"
     parts = StitchSlug.parse(trained_on)
     return "reference" if parts.reference else "selection variant" if parts.selection else "approach"
@@ -125,24 +127,13 @@ def model_label(approach: str, trained_on: str) -> str:
     return " ".join([model.shorthand, *suffix])
 
 
-_CONDITIONS = {  # DESIGN.md's Table 2, for an approach table without these columns
-    "local": ("own", ()), "finetune": ("other's model, then own data", ("other",)),
-    "ensemble": ("models only", ("a", "b")), "ensemble_finetuned": ("own", ("a", "b")),
-    "federated": ("both, never pooled", ()), "merged": ("both, pooled", ()),
-    "stitch": ("c's images, no labels", ("a", "b")),
-}
-
-
-def _operating_conditions(model: object | None) -> dict[str, object]:
+def _operating_conditions(model: approaches.ModelId | None) -> dict[str, object]:
     """Data used, models used and whether it runs online, from the approach table."""
     if model is None:
         return {"data_used": "?", "models_used": "?", "online": "?"}
-    data_used, models_used = _CONDITIONS.get(str(model.approach), ("?", ()))
-    used = getattr(model, "models_used", models_used)
-    online = getattr(model, "online", model.approach == "federated")
-    return {"data_used": getattr(model, "data_used", data_used),
-            "models_used": ", ".join(used) if used else "none (trained from scratch)",
-            "online": "yes" if online else "no"}
+    return {"data_used": model.data_used,
+            "models_used": ", ".join(model.models_used) if model.models_used else "none (trained from scratch)",
+            "online": "yes" if model.online else "no"}
 
 
 def _fold(path: Path) -> int | None:
@@ -152,7 +143,7 @@ def _fold(path: Path) -> int | None:
 
 def _read_json(path: Path, problems: list[str]) -> dict | None:
     try:
-        return json.loads(path.read_text())
+        return read_json(path)
     except (OSError, ValueError) as err:
         problems.append(f"{path}: {err}")
         return None
@@ -233,12 +224,12 @@ def _budgets(root: Path, problems: list[str]) -> pd.DataFrame:
 def _stitch_identity(slug: str) -> dict[str, object]:
     """``via_a_double_batched`` → c = a, method = double_batched, and the model's label."""
     parts = StitchSlug.parse(slug)
-    return {"slug": slug, "c": parts.c, "method": parts.method or "?", "label": model_label("stitch", slug)}
+    return {"slug": slug, "c": parts.c, "method": parts.method or "?", "label": model_label(approaches.Approach.STITCH, slug)}
 
 
 def _positions(root: Path, problems: list[str]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     positions, references, selections = [], [], []
-    for folder in sorted(p for p in (root / "stitch").glob("*/fold_*") if p.is_dir()):
+    for folder in sorted(p for p in (root / approaches.Approach.STITCH).glob("*/fold_*") if p.is_dir()):
         identity = {**_stitch_identity(folder.parent.name), "fold": _fold(folder)}
         if (folder / "positions.csv").is_file():
             table = _read_csv(folder / "positions.csv", problems)
@@ -286,14 +277,13 @@ def _raw_facts(root: Path, pair: str) -> tuple[str, dict[str, int]]:
     """HD95's unit (from the datasets' file ending) and each party's number of CV cases."""
     unit, sizes = "units of the data", {}
     for party in PARTIES:
-        for dataset_json in sorted((root / "data" / pair / "nnUNet_raw").glob(f"Dataset*_{pair}_{party}/dataset.json")):
-            try:
-                info = json.loads(dataset_json.read_text())
-            except (OSError, ValueError):
-                continue
-            unit = "px" if str(info.get("file_ending", "")).lower() == ".png" else "mm"
-            if isinstance(info.get("numTraining"), int):
-                sizes[party] = info["numTraining"]
+        try:
+            info = read_json(PairPaths(pair, root).raw_dataset(party) / "dataset.json")
+        except (OSError, ValueError):
+            continue
+        unit = "px" if str(info.get("file_ending", "")).lower() == ".png" else "mm"
+        if isinstance(info.get("numTraining"), int):
+            sizes[party] = info["numTraining"]
     return unit, sizes
 
 
@@ -303,7 +293,7 @@ def load_pair(pair: str, root: Path = Path(".")) -> PairResults:
     Missing files give empty tables; unreadable ones are listed in ``problems`` rather
     than stopping the report.
     """
-    metrics_root = Path(root) / "metrics" / pair
+    metrics_root = PairPaths(pair, Path(root)).metrics_root
     problems: list[str] = []
     cases = _cases(metrics_root, problems)
     positions, no_stitch, selections = _positions(metrics_root, problems)

@@ -8,10 +8,8 @@ fold, mirroring axes, what trained it). That folder is what a party hands to ano
 
 from __future__ import annotations
 
-import json
 import logging
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from typing import Any
 import torch
 
 from stitch_ops.errors import InputFileError, describe
+from stitch_ops.outputs import CorruptFileError, output_dir, read_json, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -130,28 +129,22 @@ def build_network(plans: dict[str, Any], dataset_json: dict[str, Any], configura
 def export_model(network: torch.nn.Module, plans: dict[str, Any], dataset_json: dict[str, Any], *,
                  configuration: str, target: Path, mirroring_axes: tuple[int, ...] | None,
                  provenance: dict[str, Any]) -> Path:
-    """Write the portable model folder atomically (a temp folder renamed into place)."""
-    staging = target.with_name(target.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    torch.save({k: v.detach().cpu() for k, v in network.state_dict().items()}, staging / "weights.pth")
-    (staging / "plans.json").write_text(json.dumps(plans, indent=2))
-    (staging / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
+    """Write the portable model folder, whole or not at all (:func:`stitch_ops.outputs.output_dir`)."""
     meta = {"configuration": configuration,
             "mirroring_axes": list(mirroring_axes) if mirroring_axes is not None else None,
             **provenance}
-    (staging / "model.json").write_text(json.dumps(meta, indent=2))
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
+    with output_dir(target) as staging:
+        torch.save({k: v.detach().cpu() for k, v in network.state_dict().items()}, staging / "weights.pth")
+        for name, content in (("plans.json", plans), ("dataset.json", dataset_json), ("model.json", meta)):
+            write_json(staging / name, content)
     return target
 
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ModelError(f"{path} is not valid JSON ({err}); the model folder is damaged: "
-                         f"export it again") from err
+        return read_json(path, hint="the model folder is damaged: export it again")
+    except CorruptFileError as err:
+        raise ModelError(str(err)) from err
 
 
 def load_plain(path: Path, map_location: torch.device | str = "cpu") -> Any:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import shutil
 from dataclasses import dataclass
 from typing import Any
 from collections.abc import Iterator, Sequence
@@ -21,6 +20,7 @@ from tqdm import tqdm
 
 from stitch_ops.nnunet.env import resolve_device
 from stitch_ops.nnunet.model import NnUNetModel
+from stitch_ops.outputs import output_dir
 
 logger = logging.getLogger(__name__)
 
@@ -94,16 +94,12 @@ def predict_preprocessed(model: NnUNetModel, cases: Sequence[PreprocessedCase], 
     network = model.network.to(torch_device).eval()
     predictor.manual_initialization(network, plans_manager, configuration, [network.state_dict()],
                                     model.dataset_json, model.description, model.mirroring_axes)
-    staging = output.with_name(output.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    for item in tqdm(cases, desc=f"predict {output.name}", unit="case", disable=not progress):
-        with torch.no_grad():
-            logits = predictor.predict_logits_from_preprocessed_data(torch.from_numpy(item.data)).cpu()
-        export_prediction_from_logits(logits, copy.deepcopy(item.properties), configuration, plans_manager,
-                                      model.dataset_json, str(staging / item.case), save_probabilities)
-    shutil.rmtree(output, ignore_errors=True)
-    staging.rename(output)
+    with output_dir(output) as staging:
+        for item in tqdm(cases, desc=f"predict {output.name}", unit="case", disable=not progress):
+            with torch.no_grad():
+                logits = predictor.predict_logits_from_preprocessed_data(torch.from_numpy(item.data)).cpu()
+            export_prediction_from_logits(logits, copy.deepcopy(item.properties), configuration, plans_manager,
+                                          model.dataset_json, str(staging / item.case), save_probabilities)
     logger.info("predicted %d cases into %s", len(cases), output)
     return output
 

@@ -16,6 +16,8 @@ from stitch_ops.config import NnUNetSchedule
 from stitch_ops.nnunet.env import NnUNetRoots, configure, resolve_device
 from stitch_ops.nnunet.model import export_model, load_model
 from stitch_ops.nnunet.plan import PLANS
+from stitch_ops.outputs import read_json, write_json
+
 from stitch_ops.tracking.curves import TRAINING_LOG, read_curve, write_curve
 
 logger = logging.getLogger(__name__)
@@ -52,23 +54,20 @@ class TrainingRun:
 
 
 def _load_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: run the plan stage for this dataset first "
-                                f"(`python -m stitch_ops.nnunet plan ...` or `dvc repro`)")
-    return json.loads(path.read_text())
+    return read_json(path, hint="run the plan stage for this dataset first "
+                                "(`python -m stitch_ops.nnunet plan ...` or `dvc repro`)")
 
 
 def _prepare_results_root(run: TrainingRun) -> bool:
     """Keep a previous attempt only if it was the same run; returns True if it is finished."""
     marker = run.results_root / RUN_CONFIG
-    if marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == run.fingerprint():
+    if marker.is_file() and read_json(marker).get("fingerprint") == run.fingerprint():
         return (run.export_dir / "weights.pth").is_file()
     if run.results_root.exists():
         logger.info("discarding %s: it was produced by a different configuration", run.results_root)
         shutil.rmtree(run.results_root)
     run.results_root.mkdir(parents=True)
-    marker.write_text(json.dumps({"fingerprint": run.fingerprint(),
-                                  **{k: str(v) for k, v in asdict(run).items()}}, indent=2))
+    write_json(marker, {"fingerprint": run.fingerprint(), **{k: str(v) for k, v in asdict(run).items()}})
     return False
 
 

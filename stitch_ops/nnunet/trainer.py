@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 import random
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,6 +19,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from tqdm import tqdm
 
 from stitch_ops.config import NnUNetSchedule
+from stitch_ops.outputs import output_file
 
 logger = logging.getLogger(__name__)
 
@@ -101,10 +101,8 @@ class ScheduledTrainer(nnUNetTrainer):
     def save_checkpoint(self, filename: str) -> None:
         """nnU-Net's checkpoint, written beside ``filename`` and renamed into place: a run killed
         while saving keeps its previous checkpoint instead of a truncated one."""
-        partial = f"{filename}.partial"
-        super().save_checkpoint(partial)
-        if os.path.isfile(partial):
-            os.replace(partial, filename)
+        with output_file(filename, required=False) as partial:
+            super().save_checkpoint(str(partial))
 
     def run_epoch(self, progress: tqdm | None = None) -> None:
         """One epoch of nnU-Net training plus its pseudo-validation, as in ``run_training``,

@@ -8,6 +8,7 @@ DESIGN.md, "The method in one page", steps 3-5. Typical use::
     ensemble = extract_stitch_ensemble(network, k)   # log of the averaged softmax
 """
 
+from stitch_ops.approaches import StitchMethod
 from stitch_ops.stitching.data import PreprocessedImages, RandomPatches
 from stitch_ops.stitching.ensemble import (
     StitchEnsemble,
@@ -24,7 +25,6 @@ from stitch_ops.stitching.network import (
     Parent,
     StitchedNetwork,
     SwitchConfiguration,
-    TrainingMethod,
     load_stitched_network,
     sample_configuration,
     save_stitched_network,
@@ -53,7 +53,7 @@ __all__ = [
     "SwitchConfiguration",
     "SwitchMode",
     "SwitchOutput",
-    "TrainingMethod",
+    "StitchMethod",
     "TwoModelEnsemble",
     "build_stitch_ensemble",
     "extract_stitch_ensemble",

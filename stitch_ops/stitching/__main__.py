@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from stitch_ops.approaches import StitchMethod
 from stitch_ops.cli_common import common_options, run_command
 from stitch_ops.config import PARTIES, Params
 
@@ -14,35 +15,35 @@ def _train(args: argparse.Namespace, params: Params) -> None:
     from stitch_ops.stitching.pipeline import train
 
     params.pair(args.pair)
-    train(params, args.pair, args.data_party, args.method, args.fold, args.progress, finetuned=args.finetuned)
+    train(params, args.pair, args.c, args.method, args.fold, args.progress, finetuned=args.finetuned)
 
 
 def _select(args: argparse.Namespace, params: Params) -> None:
     from stitch_ops.stitching.pipeline import select
 
     params.pair(args.pair)
-    select(params, args.pair, args.data_party, args.method, args.fold, args.progress, finetuned=args.finetuned)
+    select(params, args.pair, args.c, args.method, args.fold, args.progress, finetuned=args.finetuned)
 
 
 def _reference(args: argparse.Namespace, params: Params) -> None:
     from stitch_ops.stitching.strategies import reference
 
     params.pair(args.pair)
-    reference(params, args.pair, args.data_party, args.fold, args.progress, finetuned=args.finetuned)
+    reference(params, args.pair, args.c, args.fold, args.progress, finetuned=args.finetuned)
 
 
 def _strategies(args: argparse.Namespace, params: Params) -> None:
     from stitch_ops.stitching.strategies import strategies
 
     params.pair(args.pair)
-    strategies(params, args.pair, args.data_party, args.method, args.fold, args.progress, finetuned=args.finetuned)
+    strategies(params, args.pair, args.c, args.method, args.fold, args.progress, finetuned=args.finetuned)
 
 
 def _rq1(args: argparse.Namespace, params: Params) -> None:
     from stitch_ops.stitching.rq1 import run
 
     params.pair(args.pair)
-    run(params, args.pair, args.data_party, args.progress)
+    run(params, args.pair, args.c, args.progress)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,17 +51,17 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     party = argparse.ArgumentParser(add_help=False)
     party.add_argument("--pair", required=True, help="dataset pair, a key of params 'data'")
-    party.add_argument("--data-party", required=True, choices=PARTIES,
-                       help="c in a←[c]→b: whose unlabeled images train the stitches")
+    party.add_argument("--c", required=True, choices=PARTIES,
+                       help="c in a←[c]→b: the party whose unlabeled images train the stitches")
     fold = argparse.ArgumentParser(add_help=False)
     fold.add_argument("--fold", type=int, required=True, choices=range(5))
     fold.add_argument("--finetuned", action="store_true",
                       help="parents: c's basis model and the other party's model fine-tuned on c's data "
                            "(a←[a]→b→a) instead of the two basis models")
     method = argparse.ArgumentParser(add_help=False)
-    method.add_argument("--method", default="double_batched", choices=("double_batched", "direct_matching"),
+    method.add_argument("--method", default=StitchMethod.DOUBLE_BATCHED.value, choices=[m.value for m in StitchMethod],
                         help="stitch training: double-batched (default) or direct matching")
-    shared = [common_options(), party, fold, method]
+    shared = [common_options(), party, method, fold]
     commands.add_parser("train", parents=shared, help="train the stitches between the two parents (resumable)")
     commands.add_parser("select", parents=shared,
                         help="score every position k on c's validation cases (one MLflow run each), "

@@ -20,8 +20,6 @@ Example::
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from enum import StrEnum
@@ -31,9 +29,11 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, fx, nn
 
+from stitch_ops.approaches import StitchMethod
 from stitch_ops.errors import InputFileError, reading
 from stitch_ops.graph.matching import Match, MatchingConfig, match_networks
 from stitch_ops.graph.trace import NetworkGraph, trace_network
+from stitch_ops.outputs import output_file
 from stitch_ops.stitching.merge import merge_graphs, program
 from stitch_ops.stitching.parents import ParentSpec, probe_shape
 from stitch_ops.stitching.stitch import PairStatistics, Stitch
@@ -44,7 +44,7 @@ __all__ = [
     "Parent",
     "StitchedNetwork",
     "SwitchConfiguration",
-    "TrainingMethod",
+    "StitchMethod",
     "load_stitched_network",
     "sample_configuration",
     "save_stitched_network",
@@ -58,13 +58,6 @@ class Parent(StrEnum):
 
     A = "a"
     B = "b"
-
-
-class TrainingMethod(StrEnum):
-    """How stitches are trained (DESIGN.md, step 4)."""
-
-    DIRECT_MATCHING = "direct_matching"
-    DOUBLE_BATCHED = "double_batched"
 
 
 @dataclass(frozen=True)
@@ -165,7 +158,7 @@ class StitchedNetwork(nn.Module):
             "maps": self._program(lambda merged: tuple(zip(merged.maps_a, merged.maps_b))),
         }
         self.configuration = SwitchConfiguration.all_original(len(self.matches))
-        self.training_method: TrainingMethod | None = None
+        self.training_method: StitchMethod | None = None
 
     @classmethod
     def from_networks(
@@ -212,10 +205,10 @@ class StitchedNetwork(nn.Module):
             switch.set_mode(mode, generator)
         self.configuration = configuration
 
-    def set_training(self, method: TrainingMethod | str | None, loss_terms: tuple[LossTerm, ...] = DEFAULT_LOSS_TERMS) -> None:
+    def set_training(self, method: StitchMethod | str | None, loss_terms: tuple[LossTerm, ...] = DEFAULT_LOSS_TERMS) -> None:
         """Prepare :meth:`switch_losses` for ``method`` (``loss_terms``: double-batched only); ``None``: inference."""
-        self.training_method = None if method is None else TrainingMethod(method)
-        double_batched = self.training_method is TrainingMethod.DOUBLE_BATCHED
+        self.training_method = None if method is None else StitchMethod(method)
+        double_batched = self.training_method is StitchMethod.DOUBLE_BATCHED
         for switch in self.switches():
             switch.set_double_batched(loss_terms if double_batched else None)
 
@@ -235,8 +228,8 @@ class StitchedNetwork(nn.Module):
             RuntimeError: if no training method is set.
         """
         if self.training_method is None:
-            raise RuntimeError("switch losses need a training method: call set_training(TrainingMethod...) first")
-        if self.training_method is TrainingMethod.DOUBLE_BATCHED:
+            raise RuntimeError("switch losses need a training method: call set_training(StitchMethod...) first")
+        if self.training_method is StitchMethod.DOUBLE_BATCHED:
             return tuple(PairLosses(a, b) for a, b in self._programs["double_batched"](x))
         return tuple(
             PairLosses(statistics.swapped().stitch_mse(switch_a.stitch), statistics.stitch_mse(switch_b.stitch))
@@ -272,7 +265,7 @@ class StitchedNetwork(nn.Module):
         return self
 
     def _check_parents_unstitched(self, caller: str) -> None:
-        if self.configuration.active_stitches or self.training_method is TrainingMethod.DOUBLE_BATCHED:
+        if self.configuration.active_stitches or self.training_method is StitchMethod.DOUBLE_BATCHED:
             raise RuntimeError(
                 f"{caller} reads the parents' own maps: configure every switch to original "
                 f"(got {self.configuration.active_stitches} active) and leave double-batched training"
@@ -322,16 +315,10 @@ def load_stitched_network(path: Path, trusted: bool = False) -> StitchedNetwork:
 
 
 def atomic_save(obj: object, path: Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename: a killed writer leaves the old file intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    os.close(handle)
-    try:
-        torch.save(obj, temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    """``torch.save`` whole or not at all (:func:`stitch_ops.outputs.output_file`): a killed
+    writer leaves the old file intact."""
+    with output_file(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _cpu_state(module: nn.Module) -> dict[str, Tensor]:

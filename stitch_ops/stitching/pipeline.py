@@ -1,15 +1,14 @@
 """The stitching stages of the pipeline, on the two parties' basis models.
 
-``train``: build the combined network of the two parents of a fold and train its
-stitches on the *unlabeled* training images of the stitching party c. The parents are the
-two basis models (``a←[c]→b``) or, with ``finetuned``, c's basis model and the other
-party's model fine-tuned on c's data (``a←[a]→b→a``; the ``finetune`` approach's
-``other_to_c`` model).
-``select``: score the stitch-ensemble at every evaluated position k on c's validation
-cases (``scores/{pair}/stitch/{slug}/fold_k/positions.csv``), log one MLflow run per
-position, pick k by selection strategy 1, export that stitch-ensemble and predict both
-parties' test sets with it, like any other model. Strategies 2 and 3 and the no-stitch
-reference are in :mod:`stitch_ops.stitching.strategies`.
+``train``: build the combined network of the two parents of a fold and train its stitches on
+the *unlabeled* training images of the stitching party c. The parents are the two basis
+models (``a←[c]→b``) or, with ``finetuned``, c's basis model and the other party's model
+fine-tuned on c's data (``a←[a]→b→a``; the ``finetune`` approach's ``other_to_c`` model).
+``select``: score the stitch-ensemble at every evaluated position k on c's validation cases
+(``scores/{pair}/stitch/{slug}/fold_k/positions.csv``), log one MLflow run per position and
+one for the no-stitch reference, pick k by selection strategy 1, export that stitch-ensemble
+and predict both parties' test sets with it, like any other model. Strategies 2 and 3 and the
+no-stitch reference's own stage are in :mod:`stitch_ops.stitching.strategies`.
 
 The stitch-ensemble is fed with c's preprocessing (c's ``plans.json``): the party that
 runs it only has its own pipeline. Both parents see that input; for the embedded data
@@ -18,10 +17,8 @@ the parties' plans differ only slightly (per-image z-scoring; in-plane spacing).
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,47 +26,66 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from stitch_ops.config import ConfigError, Params
-from stitch_ops.paths import PairPaths, dataset_name
+from stitch_ops import approaches
+from stitch_ops.approaches import Approach, StitchMethod
+from stitch_ops.config import PARTIES, ConfigError, Params, load_section
+from stitch_ops.data.splits import read_fold
+from stitch_ops.outputs import output_dir, read_json, scratch_dir, write_json, write_table
+from stitch_ops.paths import VALIDATION_SET, PairPaths, dataset_name, test_set
 
 logger = logging.getLogger(__name__)
 
-APPROACH = "stitch"
+APPROACH = Approach.STITCH
 NETWORK_FILE = "stitched_network.pt"
 ENSEMBLE_FILE = "stitch_ensemble.pt"
 
 
 @dataclass(frozen=True)
 class StitchingParams:
-    """``params.yaml`` section ``stitching``."""
+    """``params.yaml`` section ``stitching``: ``load_section(params, "stitching", StitchingParams)``.
 
-    data_parties: tuple[str, ...]
-    methods: tuple[str, ...]
+    Attributes:
+        c_parties: the parties c whose unlabeled images train stitches (``a←[c]→b``).
+        methods: the stitch training methods to run (one stitch-ensemble per c and method).
+        selection: the selection strategy of k; the pipeline's per-fold stages need ``current_fold``.
+        max_positions: score at most this many positions, spread evenly (``None``: every k).
+        training: the stitch schedule, :class:`~stitch_ops.stitching.train.StitchTrainingConfig`
+            keys except ``method`` and ``seed``.
+        finetuned_c_parties: the parties c of ``a←[a]→b→a`` (c's model stitched to the other
+            party's model fine-tuned on c's data); empty: none.
+    """
+
+    c_parties: tuple[str, ...]
+    methods: tuple[StitchMethod, ...]
     selection: str
-    max_positions: int | None
-    training: dict[str, Any]
-    finetuned_parties: tuple[str, ...] = ()
+    training: Mapping[str, Any]
+    max_positions: int | None = None
+    finetuned_c_parties: tuple[str, ...] = ()
 
-    @classmethod
-    def of(cls, params: Params) -> StitchingParams:
+    def __post_init__(self) -> None:
         from stitch_ops.evaluation.selection import SelectionStrategy
         from stitch_ops.stitching.train import StitchTrainingConfig
 
-        raw = dict(params.section("stitching"))
-        unknown = set(raw) - {"data_parties", "methods", "selection", "max_positions", "training",
-                              "finetuned_parties"}
-        if unknown:
-            raise ConfigError(f"unknown key(s) in params section 'stitching': {sorted(unknown)}")
-        section = cls(tuple(raw["data_parties"]), tuple(raw["methods"]), raw["selection"],
-                      raw.get("max_positions"), dict(raw["training"]), tuple(raw.get("finetuned_parties") or ()))
-        if SelectionStrategy(section.selection) is not SelectionStrategy.CURRENT_FOLD:
+        bad = [c for c in self.c_parties if c not in PARTIES]
+        if bad or not self.c_parties:
+            raise ConfigError(f"'stitching.c_parties' must list parties among {list(PARTIES)}, got "
+                              f"{list(self.c_parties)}")
+        try:
+            object.__setattr__(self, "methods", tuple(StitchMethod(m) for m in self.methods))
+        except ValueError:
+            raise ConfigError(f"'stitching.methods' must be among {[m.value for m in StitchMethod]}, got "
+                              f"{list(self.methods)}") from None
+        bad = [c for c in self.finetuned_c_parties if c not in PARTIES]
+        if bad:
+            raise ConfigError(f"'stitching.finetuned_c_parties' must list parties among {list(PARTIES)}, got "
+                              f"{list(self.finetuned_c_parties)}")
+        if self.selection != SelectionStrategy.CURRENT_FOLD:
             raise ConfigError("'stitching.selection' can only be current_fold: it names the strategy of the "
                               "plain stitch-ensemble slug; all_folds and rule_of_thumb are always computed "
                               "as well, by the stitch_strategies stages")
-        StitchTrainingConfig.from_dict(section.training)  # validates the schedule now, not mid-run
-        if section.max_positions is not None and section.max_positions < 1:
-            raise ConfigError(f"'stitching.max_positions' must be null or >= 1, got {section.max_positions}")
-        return section
+        StitchTrainingConfig.from_dict(self.training)  # validates the schedule now, not mid-run
+        if self.max_positions is not None and self.max_positions < 1:
+            raise ConfigError(f"'stitching.max_positions' must be null or >= 1, got {self.max_positions}")
 
     def training_config(self, method: str, seed: int) -> Any:
         from stitch_ops.stitching.train import StitchTrainingConfig
@@ -77,39 +93,35 @@ class StitchingParams:
         return StitchTrainingConfig.from_dict({**self.training, "method": method, "seed": seed})
 
 
-def trained_on(data_party: str, method: str, finetuned: bool = False) -> str:
+def trained_on(c: str, method: str, finetuned: bool = False) -> str:
     """Slug of a stitch-ensemble: whose data trained the stitches, and how (``via_a_double_batched``;
     ``via_a_double_batched_finetuned`` for ``a←[a]→b→a``)."""
-    from stitch_ops.baselines.approaches import stitch_slug
-
-    return stitch_slug(data_party, method, finetuned)
+    return approaches.stitch_ensemble(c, method, finetuned).trained_on
 
 
-def parent_dirs(paths: PairPaths, data_party: str, fold: int, finetuned: bool = False) -> tuple[Path, Path]:
+def parent_dirs(paths: PairPaths, c: str, fold: int, finetuned: bool = False) -> tuple[Path, Path]:
     """Exported models of parents A and B: the basis models, or (``finetuned``) c's basis model
     and the other party's model fine-tuned on c's data, on the side of its architecture."""
-    from stitch_ops.baselines.approaches import finetuned as finetuned_model
-
-    local = [paths.model_dir("local", party, fold) / "export" for party in ("a", "b")]
+    basis = [_basis_export(paths, party, fold) for party in PARTIES]
     if not finetuned:
-        return local[0], local[1]
-    tuned = finetuned_model(data_party)
+        return basis[0], basis[1]
+    tuned = approaches.finetuned(c)
     tuned_dir = paths.model_dir(tuned.approach, tuned.trained_on, fold) / "export"
-    return (local[0], tuned_dir) if data_party == "a" else (tuned_dir, local[1])
+    return (basis[0], tuned_dir) if c == PARTIES[0] else (tuned_dir, basis[1])
 
 
-def _parents(paths: PairPaths, data_party: str, fold: int, finetuned: bool = False) -> tuple[Any, Any]:
+def _parents(paths: PairPaths, c: str, fold: int, finetuned: bool = False) -> tuple[Any, Any]:
     from stitch_ops.nnunet.model import load_model
 
-    return tuple(load_model(folder) for folder in parent_dirs(paths, data_party, fold, finetuned))
+    return tuple(load_model(folder) for folder in parent_dirs(paths, c, fold, finetuned))
 
 
-def _fold_cases(paths: PairPaths, party: str, fold: int, subset: str) -> list[str]:
-    splits = json.loads((paths.raw_dataset(party) / "splits_final.json").read_text())
-    return list(splits[fold][subset])
+def _basis_export(paths: PairPaths, party: str, fold: int) -> Path:
+    basis = approaches.local(party)
+    return paths.model_dir(basis.approach, basis.trained_on, fold) / "export"
 
 
-def train(params: Params, pair: str, data_party: str, method: str, fold: int, progress: bool = True,
+def train(params: Params, pair: str, c: str, method: str, fold: int, progress: bool = True,
           finetuned: bool = False) -> Path:
     """Train the stitches of the parents at ``fold`` on c's unlabeled images (the fold's training
     cases, labels never read); writes ``<model dir>/network/`` and returns the saved network."""
@@ -117,28 +129,27 @@ def train(params: Params, pair: str, data_party: str, method: str, fold: int, pr
     from stitch_ops.stitching import PreprocessedImages
     from stitch_ops.stitching.train import plateau_reached
 
-    section = StitchingParams.of(params)
+    section = load_section(params, "stitching", StitchingParams)
     config = section.training_config(method, params.seed)
     paths = PairPaths(pair)
-    model_a, model_b = _parents(paths, data_party, fold, finetuned)
-    own = model_a if data_party == "a" else model_b
+    model_a, model_b = _parents(paths, c, fold, finetuned)
+    own = model_a if c == PARTIES[0] else model_b
     configuration = own.plans["configurations"][own.configuration]
-    images = PreprocessedImages(paths.preprocessed_root(data_party) / dataset_name(pair, data_party)
-                                / configuration["data_identifier"], _fold_cases(paths, data_party, fold, "train"))
-    slug = trained_on(data_party, method, finetuned)
+    images = PreprocessedImages(paths.preprocessed_root(c) / dataset_name(pair, c)
+                                / configuration["data_identifier"], list(read_fold(paths.raw_dataset(c), fold).train))
+    slug = trained_on(c, method, finetuned)
     out = paths.model_dir(APPROACH, slug, fold) / "network"
-    logger.info("%s: training stitches on %d unlabeled images of party %s (%s)", pair, len(images), data_party, method)
+    logger.info("%s: training stitches on %d unlabeled images of party %s (%s)", pair, len(images), c, method)
     from stitch_ops.tracking.curves import TRAINING_LOG, publish_curve, write_curve
     from stitch_ops.tracking.datasets import DataInput
     from stitch_ops.tracking.live import training_run
 
     rows: list[dict[str, float]] = []
-    stage = "stitch_train_finetuned" if finetuned else "stitch_train"
     with training_run(pair=pair, approach=APPROACH, trained_on=slug, fold=fold,
-                      dvc_stage=f"{stage}@{pair}-{data_party}-{method}-{fold}", profile=params.profile,
-                      inputs=[DataInput(f"{pair}/{data_party}/train (unlabeled)",
-                                        paths.preprocessed_root(data_party), "training")],
-                      params={"method": method, "data_party": data_party, "finetuned": finetuned,
+                      dvc_stage=f"{_stage('stitch_train', finetuned)}@{pair}-{c}-{method}-{fold}",
+                      profile=params.profile,
+                      inputs=[DataInput(f"{pair}/{c}/train (unlabeled)", paths.preprocessed_root(c), "training")],
+                      params={"method": method, "c": c, "finetuned": finetuned,
                               **{f"stitching.training.{k}": v for k, v in config.to_dict().items()}}) as live:
         def on_epoch(log: Any) -> None:
             rows.append({"epoch": log.epoch, "train_loss": log.loss, "lr": log.lr})
@@ -151,8 +162,8 @@ def train(params: Params, pair: str, data_party: str, method: str, fold: int, pr
     plateau = plateau_reached(history, config.plateau_tolerance)
     if not plateau:
         logger.warning("%s %s fold %d: the stitch training loss has not reached a plateau (last epoch "
-                       "improved by >= %.1f %%); raise stitching.training.epochs", pair,
-                       slug, fold, 100 * config.plateau_tolerance)
+                       "improved by >= %.1f %%); raise stitching.training.epochs", pair, slug, fold,
+                       100 * config.plateau_tolerance)
     write_budget(paths.metrics(APPROACH, slug, fold) / BUDGET_JSON,
                  Budget.of_schedule(config.epochs, config.iterations_per_epoch, config.batch_size,
                                     TrainingClock(out).seconds, method=config.method.value, init=config.init,
@@ -184,7 +195,7 @@ def train_stitch_network(model_a: Any, model_b: Any, images: Any, patch_size: An
     with TrainingClock(out):
         history = train_stitches(network, patches.epoch, config, checkpoint=out / "checkpoint.pt", progress=progress,
                                  on_epoch=on_epoch)
-    (out / "training_log.json").write_text(json.dumps([vars(e) for e in history], indent=2))
+    write_json(out / "training_log.json", [vars(e) for e in history])
     save_stitched_network(network, out / NETWORK_FILE)
     return network, history
 
@@ -208,7 +219,12 @@ def evaluated_positions(num_matches: int, max_positions: int | None) -> list[int
     return sorted({int(round(k)) for k in np.linspace(0, num_matches - 1, max_positions)})
 
 
-def select(params: Params, pair: str, data_party: str, method: str, fold: int, progress: bool = True,
+def _stage(name: str, finetuned: bool) -> str:
+    """The DVC stage name: ``stitch_train`` or its ``a←[a]→b→a`` twin ``stitch_train_finetuned``."""
+    return f"{name}_finetuned" if finetuned else name
+
+
+def select(params: Params, pair: str, c: str, method: str, fold: int, progress: bool = True,
            finetuned: bool = False) -> int:
     """Score positions on c's validation cases, select k (strategy 1), export it to
     ``<model dir>/export``, predict both test sets and c's validation cases; returns k.
@@ -221,14 +237,14 @@ def select(params: Params, pair: str, data_party: str, method: str, fold: int, p
     from stitch_ops.stitching import extract_stitch_ensemble, load_stitched_network
     from stitch_ops.stitching.ensemble import TwoModelEnsemble
 
-    section = StitchingParams.of(params)
+    section = load_section(params, "stitching", StitchingParams)
     paths = PairPaths(pair)
-    slug = trained_on(data_party, method, finetuned)
+    slug = trained_on(c, method, finetuned)
     model_dir = paths.model_dir(APPROACH, slug, fold)
     network = load_stitched_network(model_dir / "network" / NETWORK_FILE)
-    own = load_model(paths.model_dir("local", data_party, fold) / "export")
-    raw = paths.raw_dataset(data_party)
-    val_cases = _fold_cases(paths, data_party, fold, "val")
+    own = load_model(_basis_export(paths, c, fold))
+    raw = paths.raw_dataset(c)
+    val_cases = list(read_fold(raw, fold).val)
 
     def as_model(module: Any, description: str) -> NnUNetModel:
         return NnUNetModel(module, own.plans, own.dataset_json, own.configuration, None, description)
@@ -237,98 +253,84 @@ def select(params: Params, pair: str, data_party: str, method: str, fold: int, p
     experiment = tracking.experiment_name(pair)
     identity = {"pair": pair, "approach": APPROACH, "trained_on": slug, "fold": str(fold)}
     parent = tracking.log_run(experiment=experiment, tags={**identity, "kind": "position_selection"},
-                              params={"method": method, "data_party": data_party, "finetuned": finetuned,
+                              params={"method": method, "c": c, "finetuned": finetuned,
                                       "selection": section.selection, "matches": len(network.matches)},
                               metrics={}, run_name=f"{APPROACH}:{slug}:fold{fold}:positions",
-                              dvc_stage=f"stitch_select{'_finetuned' if finetuned else ''}"
-                                        f"@{pair}-{data_party}-{method}-{fold}")
+                              dvc_stage=f"{_stage('stitch_select', finetuned)}@{pair}-{c}-{method}-{fold}")
     preprocessed = preprocess_cases(own, raw / "imagesTr", val_cases, progress)  # once, for all k
-    scratch = model_dir / "positions.partial"
     rows = []
-    for k in evaluated_positions(len(network.matches), section.max_positions):
-        match = network.matches[k]
-        ensemble = as_model(extract_stitch_ensemble(network, k), f"stitch-ensemble k={k}")
-        scores = score_on_validation(ensemble, preprocessed, raw / "labelsTr", scratch / f"k{k}",
-                                     params.nnunet.device, pair=pair, test_party=f"val_{data_party}",
-                                     approach=APPROACH, trained_on=slug, fold=fold, cases=val_cases)
-        row = {"k": k, "relative_position": k / len(network.matches), "matches": len(network.matches),
-               "node_a": match.node_a, "node_b": match.node_b, "dice": scores["dice"].mean(),
-               "hd95": scores["hd95"].mean(), "cases": len(scores)}
-        rows.append(row)
-        tracking.log_run(experiment=experiment, tags={**identity, "k": str(k)},
-                         params={"k": k, "relative_position": row["relative_position"], "node_a": match.node_a,
-                                 "node_b": match.node_b, "method": method},
-                         metrics={f"val_{data_party}/dice_mean": row["dice"],
-                                  f"val_{data_party}/hd95_mean": row["hd95"]},
-                         run_name=f"k={k} {match.node_a}", parent_run_id=parent)
-        logger.info("k=%d (%s / %s): val Dice %.4f, HD95 %.2f", k, match.node_a, match.node_b,
-                    row["dice"], row["hd95"])
-    _log_no_stitch(as_model(TwoModelEnsemble(network.parent_a, network.parent_b), "no-stitch reference"),
-                   preprocessed, scratch / "no_stitch", params, data_party, val_cases, experiment, identity, parent)
-    shutil.rmtree(scratch)
+    with scratch_dir(model_dir / "positions") as scratch:
+        for k in evaluated_positions(len(network.matches), section.max_positions):
+            match = network.matches[k]
+            ensemble = as_model(extract_stitch_ensemble(network, k), f"stitch-ensemble k={k}")
+            scores = score_on_validation(ensemble, preprocessed, raw / "labelsTr", scratch / f"k{k}",
+                                         params.nnunet.device, pair=pair, test_party=f"{VALIDATION_SET}_{c}",
+                                         approach=APPROACH, trained_on=slug, fold=fold, cases=val_cases)
+            row = {"k": k, "relative_position": k / len(network.matches), "matches": len(network.matches),
+                   "node_a": match.node_a, "node_b": match.node_b, "dice": scores["dice"].mean(),
+                   "hd95": scores["hd95"].mean(), "cases": len(scores)}
+            rows.append(row)
+            tracking.log_run(experiment=experiment, tags={**identity, "k": str(k)},
+                             params={"k": k, "relative_position": row["relative_position"], "node_a": match.node_a,
+                                     "node_b": match.node_b, "method": method},
+                             metrics={f"{VALIDATION_SET}_{c}/dice_mean": row["dice"],
+                                      f"{VALIDATION_SET}_{c}/hd95_mean": row["hd95"]},
+                             run_name=f"k={k} {match.node_a}", parent_run_id=parent)
+            logger.info("k=%d (%s / %s): val Dice %.4f, HD95 %.2f", k, match.node_a, match.node_b,
+                        row["dice"], row["hd95"])
+        reference = as_model(TwoModelEnsemble(network.parent_a, network.parent_b), "no-stitch reference")
+        _log_no_stitch(reference, preprocessed, scratch / "no_stitch", params, c, val_cases, experiment, identity,
+                       parent)
     positions = pd.DataFrame(rows)
     k = select_position(positions, section.selection)
     positions["selected"] = positions["k"] == k
-    write_csv(positions, paths.scores(APPROACH, slug, fold) / "positions.csv")
+    write_table(paths.scores(APPROACH, slug, fold) / "positions.csv", positions)
     tracking.log_metrics(parent, {"selected_k": float(k)})
-    _export(extract_stitch_ensemble(network, k), own, model_dir / "export", k, method, data_party,
-            section.selection, finetuned)
+    _export(extract_stitch_ensemble(network, k), own, model_dir / "export", k, method, c, section.selection,
+            finetuned)
     ensemble = as_model(extract_stitch_ensemble(network, k), f"stitch-ensemble k={k}")
     predictions = paths.predictions(APPROACH, slug, fold)
-    for party in ("a", "b"):
-        predict_folder(ensemble, paths.raw_dataset(party) / "imagesTs", predictions / f"test_{party}",
+    for party in PARTIES:
+        predict_folder(ensemble, paths.raw_dataset(party) / "imagesTs", predictions / test_set(party),
                        device=params.nnunet.device, progress=progress)
-    predict_folder(ensemble, raw / "imagesTr", predictions / "val", cases=val_cases,
+    predict_folder(ensemble, raw / "imagesTr", predictions / VALIDATION_SET, cases=val_cases,
                    device=params.nnunet.device, progress=progress)
     logger.info("%s %s fold %d: selected k=%d (%s)", pair, slug, fold, k, network.matches[k].node_a)
     return k
 
 
-def _log_no_stitch(reference: Any, preprocessed: Any, scratch: Path, params: Params, data_party: str,
-                   val_cases: list[str], experiment: str, identity: dict[str, str], parent: str) -> None:
+def _log_no_stitch(reference: Any, preprocessed: Any, scratch: Path, params: Params, c: str, val_cases: list[str],
+                   experiment: str, identity: dict[str, str], parent: str) -> None:
     """The no-stitch reference (both parents, c's preprocessing, softmax averaged) scored on the
     same validation cases and logged beside the positions (tag ``position=no_stitch``), so the
     MLflow UI shows a stitch's effect at equal preprocessing. ``stitch_reference`` evaluates the
     same network on the test sets; its validation means are ``no_stitch.json``."""
     from stitch_ops import tracking
 
-    raw = PairPaths(identity["pair"]).raw_dataset(data_party)
+    raw = PairPaths(identity["pair"]).raw_dataset(c)
     scores = score_on_validation(reference, preprocessed, raw / "labelsTr", scratch, params.nnunet.device,
-                                 pair=identity["pair"], test_party=f"val_{data_party}", approach=APPROACH,
+                                 pair=identity["pair"], test_party=f"{VALIDATION_SET}_{c}", approach=APPROACH,
                                  trained_on=identity["trained_on"], fold=int(identity["fold"]), cases=val_cases)
-    metrics = {f"val_{data_party}/dice_mean": float(scores["dice"].mean()),
-               f"val_{data_party}/hd95_mean": float(scores["hd95"].mean())}
+    metrics = {f"{VALIDATION_SET}_{c}/dice_mean": float(scores["dice"].mean()),
+               f"{VALIDATION_SET}_{c}/hd95_mean": float(scores["hd95"].mean())}
     tracking.log_run(experiment=experiment, tags={**identity, "position": "no_stitch"}, params={"position": "no_stitch"},
                      metrics=metrics, run_name="no stitch (parents averaged)", parent_run_id=parent)
     logger.info("no stitch: val Dice %.4f, HD95 %.2f", *metrics.values())
 
 
-def write_csv(table: pd.DataFrame, path: Path) -> None:
-    """Write a table atomically (a temporary file beside ``path``, then renamed)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(path.name + ".partial")
-    table.to_csv(staging, index=False)
-    staging.replace(path)
-
-
-def _export(ensemble: Any, own: Any, target: Path, k: int, method: str, data_party: str,
+def _export(ensemble: Any, own: Any, target: Path, k: int, method: str, c: str, selection: str,
             finetuned: bool = False) -> None:
     """The selected stitch-ensemble as a portable folder: weights + description in one
     ``weights_only`` file, and the stitching party's plans that say how to feed it."""
     from stitch_ops.stitching import save_stitch_ensemble
 
-    staging = target.with_name(target.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    save_stitch_ensemble(ensemble, staging / ENSEMBLE_FILE)
-    (staging / "plans.json").write_text(json.dumps(own.plans, indent=2))
-    (staging / "dataset.json").write_text(json.dumps(own.dataset_json, indent=2))
-    (staging / "model.json").write_text(json.dumps({
-        "configuration": own.configuration, "mirroring_axes": None, "description": f"stitch-ensemble k={k}",
-        "k": k, "node_a": ensemble.match.node_a, "node_b": ensemble.match.node_b,
-        "method": method, "data_party": data_party, "selection": selection, "finetuned": finetuned}, indent=2))
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
+    meta = {"configuration": own.configuration, "mirroring_axes": None, "description": f"stitch-ensemble k={k}",
+            "k": k, "node_a": ensemble.match.node_a, "node_b": ensemble.match.node_b, "method": method, "c": c,
+            "selection": selection, "finetuned": finetuned}
+    with output_dir(target) as staging:
+        save_stitch_ensemble(ensemble, staging / ENSEMBLE_FILE)
+        for name, content in (("plans.json", own.plans), ("dataset.json", own.dataset_json), ("model.json", meta)):
+            write_json(staging / name, content)
 
 
 def load_exported_ensemble(folder: Path) -> Any:
@@ -340,6 +342,7 @@ def load_exported_ensemble(folder: Path) -> Any:
     missing = [f.name for f in files if not f.is_file()]
     if missing:
         raise ModelError(f"{folder} is not an exported stitch-ensemble: missing {missing}")
-    meta = json.loads(files[3].read_text())
-    return NnUNetModel(load_stitch_ensemble(files[0]), json.loads(files[1].read_text()),
-                       json.loads(files[2].read_text()), meta["configuration"], None, meta["description"])
+    hint = "export the stitch-ensemble again (stitch_select stage)"
+    plans, dataset_json, meta = (read_json(f, hint=hint) for f in files[1:])
+    return NnUNetModel(load_stitch_ensemble(files[0]), plans, dataset_json, meta["configuration"], None,
+                       meta["description"])

@@ -13,7 +13,6 @@ cases of the fold; Dice and HD95 means go to ``metrics/{pair}/rq1/{c}/fold_0/rq1
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +22,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from stitch_ops.config import ConfigError, Params
-from stitch_ops.paths import PairPaths
+from stitch_ops import approaches
+from stitch_ops.approaches import StitchMethod
+from stitch_ops.config import ConfigError, Params, load_section
+from stitch_ops.data.splits import read_fold
+from stitch_ops.outputs import output_file, scratch_dir, write_table
+from stitch_ops.paths import VALIDATION_SET, PairPaths
 from stitch_ops.stitching.network import Parent, SwitchConfiguration
 from stitch_ops.stitching.switch import SwitchMode
 
@@ -32,7 +35,6 @@ logger = logging.getLogger(__name__)
 
 FOLD = 0
 COLUMNS = ("method", "n_stitches", "sample", "dice", "hd95")
-METHODS = ("direct_matching", "double_batched")
 
 
 @dataclass(frozen=True)
@@ -48,18 +50,11 @@ class Rq1Params:
     samples: int = 3
     counts: int | None = None
 
-    @classmethod
-    def of(cls, params: Params) -> Rq1Params:
-        raw = dict(params.raw.get("rq1") or {})
-        unknown = set(raw) - {"samples", "counts"}
-        if unknown:
-            raise ConfigError(f"unknown key(s) in params section 'rq1': {sorted(unknown)}; allowed: counts, samples")
-        section = cls(**raw)
-        if not isinstance(section.samples, int) or section.samples < 1:
-            raise ConfigError(f"'rq1.samples' must be a positive integer, got {section.samples!r}")
-        if section.counts is not None and (not isinstance(section.counts, int) or section.counts < 2):
-            raise ConfigError(f"'rq1.counts' must be null (every count) or an integer >= 2, got {section.counts!r}")
-        return section
+    def __post_init__(self) -> None:
+        if not isinstance(self.samples, int) or isinstance(self.samples, bool) or self.samples < 1:
+            raise ConfigError(f"'rq1.samples' must be a positive integer, got {self.samples!r}")
+        if self.counts is not None and (not isinstance(self.counts, int) or self.counts < 2):
+            raise ConfigError(f"'rq1.counts' must be null (every count) or an integer >= 2, got {self.counts!r}")
 
 
 def eligible_switches(num_matches: int, output_matches: Sequence[int]) -> list[int]:
@@ -114,56 +109,55 @@ def _output_node(module: torch.fx.GraphModule) -> str:
     return output.args[0].name
 
 
-def run(params: Params, pair: str, data_party: str, progress: bool = True, root: Path = Path(".")) -> pd.DataFrame:
+def run(params: Params, pair: str, c: str, progress: bool = True, root: Path = Path(".")) -> pd.DataFrame:
     """Sample and score the RQ1 networks of ``pair`` for stitching party c; write the CSV and plot."""
     from stitch_ops.nnunet.model import NnUNetModel, load_model
     from stitch_ops.nnunet.predict import preprocess_cases
     from stitch_ops.stitching import load_stitched_network
-    from stitch_ops.stitching.pipeline import APPROACH, NETWORK_FILE, _fold_cases, score_on_validation, trained_on
+    from stitch_ops.stitching.pipeline import APPROACH, NETWORK_FILE, _basis_export, score_on_validation
 
-    section = Rq1Params.of(params)
+    section = load_section(params, "rq1", Rq1Params)
     paths = PairPaths(pair, root)
-    own = load_model(paths.model_dir("local", data_party, FOLD) / "export")
-    raw = paths.raw_dataset(data_party)
-    val_cases = _fold_cases(paths, data_party, FOLD, "val")
+    own = load_model(_basis_export(paths, c, FOLD))
+    raw = paths.raw_dataset(c)
+    val_cases = list(read_fold(raw, FOLD).val)
     preprocessed = preprocess_cases(own, raw / "imagesTr", val_cases, progress)
-    out = paths.root / "metrics" / pair / "rq1" / data_party / f"fold_{FOLD}"
-    scratch = out.with_name(out.name + ".predictions.partial")
+    out = paths.metrics_root / "rq1" / c / f"fold_{FOLD}"
     generator = torch.Generator().manual_seed(params.seed)
     rows = []
-    for method in METHODS:
-        network = load_stitched_network(paths.model_dir(APPROACH, trained_on(data_party, method), FOLD)
-                                        / "network" / NETWORK_FILE)
+    for method in sorted(StitchMethod, key=lambda m: m.value):
+        slug = approaches.stitch_ensemble(c, method).trained_on
+        network = load_stitched_network(paths.model_dir(APPROACH, slug, FOLD) / "network" / NETWORK_FILE)
         network.set_training(None)
         network.eval()
         excluded = output_matches(network)
         num_switches = len(eligible_switches(len(network.matches), excluded))
         counts = stitch_counts(num_switches, section.counts)
-        logger.info("%s c=%s %s: %d switches (output match %s excluded), counts %s", pair, data_party, method,
+        logger.info("%s c=%s %s: %d switches (output match %s excluded), counts %s", pair, c, method.value,
                     num_switches, excluded, counts)
         for n_stitches in counts:
             configurations = sample_networks(len(network.matches), excluded, n_stitches, section.samples, generator)
             for sample, configuration in enumerate(configurations):
                 network.configure(configuration)
                 model = NnUNetModel(network, own.plans, own.dataset_json, own.configuration, None,
-                                    f"RQ1 {method} {n_stitches} stitches #{sample}")
-                folder = scratch / f"{method}_{n_stitches}_{sample}"
-                scores = score_on_validation(model, preprocessed, raw / "labelsTr", folder, params.nnunet.device,
-                                             pair=pair, test_party=f"val_{data_party}", approach="rq1",
-                                             trained_on=data_party, fold=FOLD, cases=val_cases)
-                shutil.rmtree(folder)
-                rows.append({"method": method, "n_stitches": n_stitches, "sample": sample,
+                                    f"RQ1 {method.value} {n_stitches} stitches #{sample}")
+                with scratch_dir(out.with_name(f"{out.name}.predictions")) as folder:
+                    scores = score_on_validation(model, preprocessed, raw / "labelsTr", folder / "cases",
+                                                 params.nnunet.device, pair=pair, test_party=f"{VALIDATION_SET}_{c}",
+                                                 approach="rq1", trained_on=c, fold=FOLD, cases=val_cases)
+                rows.append({"method": method.value, "n_stitches": n_stitches, "sample": sample,
                              "dice": float(scores["dice"].mean()), "hd95": float(scores["hd95"].mean())})
-                logger.info("%s %d stitches #%d (output %s): Dice %.4f, HD95 %.2f", method, n_stitches, sample,
-                            configuration.output.value, rows[-1]["dice"], rows[-1]["hd95"])
-    shutil.rmtree(scratch, ignore_errors=True)
+                logger.info("%s %d stitches #%d (output %s): Dice %.4f, HD95 %.2f", method.value, n_stitches,
+                            sample, configuration.output.value, rows[-1]["dice"], rows[-1]["hd95"])
     table = pd.DataFrame(rows, columns=list(COLUMNS))
-    _write(table, out, f"{pair}: stitches trained on {data_party}'s data, validation cases of {data_party}")
-    _log(pair, data_party, table, out, section)
+    write_table(out / "rq1.csv", table)
+    with output_file(out / "rq1.png") as picture:
+        plot(table, picture, f"{pair}: stitches trained on {c}'s data, validation cases of {c}")
+    _log(pair, c, table, out, section)
     return table
 
 
-def _log(pair: str, data_party: str, table: pd.DataFrame, out: Path, section: Rq1Params) -> None:
+def _log(pair: str, c: str, table: pd.DataFrame, out: Path, section: Rq1Params) -> None:
     """One MLflow run per (pair, c) with the table and the plot; metrics: each method's mean
     validation Dice/HD95 with no stitch and with every eligible stitch active."""
     from stitch_ops import tracking
@@ -176,21 +170,10 @@ def _log(pair: str, data_party: str, table: pd.DataFrame, out: Path, section: Rq
             metrics[f"{method}/hd95_{label}_stitches"] = float(rows["hd95"].mean())
     tracking.configure(Path("."))
     tracking.log_run(experiment=tracking.experiment_name(pair),
-                     tags={"pair": pair, "approach": "rq1", "trained_on": data_party, "fold": str(FOLD)},
+                     tags={"pair": pair, "approach": "rq1", "trained_on": c, "fold": str(FOLD)},
                      params={"samples": section.samples, "counts": section.counts, "networks": len(table)},
                      metrics=metrics, artifacts=[out / "rq1.csv", out / "rq1.png"],
-                     run_name=f"rq1:{data_party}:fold{FOLD}", dvc_stage=f"rq1@{pair}-{data_party}")
-
-
-def _write(table: pd.DataFrame, out: Path, title: str) -> None:
-    """``rq1.csv`` and ``rq1.png`` into ``out``, each written beside its target and renamed into place."""
-    out.mkdir(parents=True, exist_ok=True)
-    staging = out / "rq1.csv.partial"
-    table.to_csv(staging, index=False)
-    picture = out / "rq1.partial.png"
-    plot(table, picture, title)
-    staging.replace(out / "rq1.csv")
-    picture.replace(out / "rq1.png")
+                     run_name=f"rq1:{c}:fold{FOLD}", dvc_stage=f"rq1@{pair}-{c}")
 
 
 def plot(table: pd.DataFrame, path: Path, title: str) -> None:
@@ -211,5 +194,5 @@ def plot(table: pd.DataFrame, path: Path, title: str) -> None:
         axis.legend()
     figure.suptitle(title)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    figure.savefig(path, dpi=100, format="png")
     plt.close(figure)

@@ -20,152 +20,127 @@ Nothing here reads a test label: selection sees only the validation means in ``s
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from stitch_ops import approaches
+from stitch_ops.approaches import SELECTION_STRATEGIES, Approach
 from stitch_ops.config import PARTIES, Params
-from stitch_ops.paths import PairPaths
+from stitch_ops.data.splits import read_fold
+from stitch_ops.errors import InputFileError
+from stitch_ops.outputs import copy_dir, output_dir, read_json, write_json, write_table
+from stitch_ops.paths import VALIDATION_SET, PairPaths, test_set
 
 logger = logging.getLogger(__name__)
 
-APPROACH = "stitch"
-TEST_SETS = tuple(f"test_{p}" for p in PARTIES)
+APPROACH = Approach.STITCH
 
 
-def reference(params: Params, pair: str, data_party: str, fold: int, progress: bool = True,
-              finetuned: bool = False) -> Path:
+def reference(params: Params, pair: str, c: str, fold: int, progress: bool = True, finetuned: bool = False) -> Path:
     """Predict the no-stitch reference of the stitch networks trained on c's data: both test
     sets and c's validation cases, into ``predictions/{pair}/stitch/no_stitch_via_c[...]/fold_k``."""
-    from stitch_ops.baselines.approaches import no_stitch
     from stitch_ops.nnunet.model import NnUNetModel, load_model
-    from stitch_ops.nnunet.predict import predict_folder
     from stitch_ops.stitching.ensemble import TwoModelEnsemble
-    from stitch_ops.stitching.pipeline import _fold_cases, parent_dirs
+    from stitch_ops.stitching.pipeline import parent_dirs
 
     paths = PairPaths(pair)
-    folders = parent_dirs(paths, data_party, fold, finetuned)
-    parent_a, parent_b = (load_model(folder) for folder in folders)
-    own = load_model(paths.model_dir("local", data_party, fold) / "export")
-    model = no_stitch(data_party, finetuned)
+    folders = parent_dirs(paths, c, fold, finetuned)
+    parents = [load_model(folder) for folder in folders]
+    own = parents[PARTIES.index(c)]  # c's basis model: its plans feed the ensemble
+    model = approaches.no_stitch(c, finetuned)
     logger.info("%s fold %d: no-stitch reference %s = parents %s, fed party %s's preprocessing",
-                pair, fold, model.shorthand, [str(f) for f in folders], data_party)
-    ensemble = NnUNetModel(TwoModelEnsemble(parent_a.network, parent_b.network), own.plans, own.dataset_json,
+                pair, fold, model.shorthand, [str(f) for f in folders], c)
+    ensemble = NnUNetModel(TwoModelEnsemble(parents[0].network, parents[1].network), own.plans, own.dataset_json,
                            own.configuration, None, f"no-stitch reference {model.shorthand}")
     out = paths.predictions(model.approach, model.trained_on, fold)
-    for name in TEST_SETS:
-        predict_folder(ensemble, paths.raw_dataset(name.removeprefix("test_")) / "imagesTs", out / name,
-                       device=params.nnunet.device, progress=progress)
-    predict_folder(ensemble, paths.raw_dataset(data_party) / "imagesTr", out / "val",
-                   cases=_fold_cases(paths, data_party, fold, "val"), device=params.nnunet.device,
-                   progress=progress)
+    with output_dir(out) as staging:
+        _predict_sets(ensemble, paths, c, fold, staging, params.nnunet.device, progress)
     return out
+
+
+def _predict_sets(model: Any, paths: PairPaths, c: str, fold: int, out: Path, device: str, progress: bool) -> None:
+    """Both parties' test sets and c's validation cases of ``fold``, like every evaluated model."""
+    from stitch_ops.nnunet.predict import predict_folder
+
+    for party in PARTIES:
+        predict_folder(model, paths.raw_dataset(party) / "imagesTs", out / test_set(party), device=device,
+                       progress=progress)
+    raw = paths.raw_dataset(c)
+    predict_folder(model, raw / "imagesTr", out / VALIDATION_SET, cases=list(read_fold(raw, fold).val),
+                   device=device, progress=progress)
 
 
 def read_scores(root: Path = Path(".")) -> pd.DataFrame:
     """Every scored position table under ``scores/{pair}/stitch/{slug}/fold_k/positions.csv``,
     with ``pair``, ``slug`` and ``fold`` columns added (validation means only)."""
     tables = []
-    for path in sorted((root / "scores").glob(f"*/{APPROACH}/*/fold_*/positions.csv")):
-        table = pd.read_csv(path)
+    for path in sorted((root / "scores").glob(f"*/{APPROACH.value}/*/fold_*/positions.csv")):
         fold_dir, slug_dir, pair_dir = path.parent, path.parent.parent, path.parent.parent.parent.parent
-        tables.append(table.assign(pair=pair_dir.name, slug=slug_dir.name,
-                                   fold=int(fold_dir.name.removeprefix("fold_"))))
+        tables.append(pd.read_csv(path).assign(pair=pair_dir.name, slug=slug_dir.name,
+                                               fold=int(fold_dir.name.removeprefix("fold_"))))
     if not tables:
-        raise FileNotFoundError(f"no scored positions under {root / 'scores'}: run the stitch_select stages first")
+        raise InputFileError(f"no scored positions under {root / 'scores'}: run the stitch_select stages first")
     return pd.concat(tables, ignore_index=True)
 
 
-def strategies(params: Params, pair: str, data_party: str, method: str, fold: int, progress: bool = True,
+def strategies(params: Params, pair: str, c: str, method: str, fold: int, progress: bool = True,
                finetuned: bool = False, root: Path = Path(".")) -> dict[str, Any]:
     """Apply strategies 1-3 to one stitch network at ``fold``; write the metrics files and the
     predictions of the strategies' stitch-ensembles. Returns the ``selection.json`` record."""
-    from stitch_ops.baselines.approaches import SELECTION_STRATEGIES, no_stitch, stitch_ensemble
     from stitch_ops.evaluation.selection import select_strategies
 
     paths = PairPaths(pair, root)
-    slug = stitch_ensemble(data_party, method, finetuned).trained_on
-    scores = read_scores(root)
-    selection = select_strategies(scores, (pair, slug), fold)
+    slug = approaches.stitch_ensemble(c, method, finetuned).trained_on
+    selection = select_strategies(read_scores(root), (pair, slug), fold)
     for strategy, choice in selection.items():
         logger.info("%s %s fold %d, %s: k=%d (relative position %.3f)%s", pair, slug, fold, strategy,
                     choice["k"], choice["relative_position"], f" - {choice['note']}" if "note" in choice else "")
 
     positions = pd.read_csv(paths.scores(APPROACH, slug, fold) / "positions.csv")
-    positions["selected"] = positions["k"] == selection["current_fold"]["k"]
+    positions["selected"] = positions["k"] == selection[SELECTION_STRATEGIES[0]]["k"]
     for strategy in SELECTION_STRATEGIES[1:]:
         positions[f"selected_{strategy}"] = positions["k"] == selection[strategy]["k"]
-    reference_summary = _read_json(paths.metrics(APPROACH, no_stitch(data_party, finetuned).trained_on, fold)
-                                   / "summary.json")
-    no_stitch_means = {"dice": reference_summary[f"val_{data_party}/dice_mean"],
-                       "hd95": reference_summary[f"val_{data_party}/hd95_mean"]}
+    reference_model = approaches.no_stitch(c, finetuned)
+    summary = read_json(paths.metrics(APPROACH, reference_model.trained_on, fold) / "summary.json",
+                        hint="evaluate the no-stitch reference first (evaluate_stitch_reference stage)")
+    no_stitch_means = {"dice": summary[f"{VALIDATION_SET}_{c}/dice_mean"],
+                       "hd95": summary[f"{VALIDATION_SET}_{c}/hd95_mean"]}
 
     first = SELECTION_STRATEGIES[0]
     predicted = {selection[first]["k"]: (first, paths.predictions(APPROACH, slug, fold))}
     for strategy in SELECTION_STRATEGIES[1:]:
         k = selection[strategy]["k"]
-        target = paths.predictions(APPROACH, stitch_ensemble(data_party, method, finetuned, strategy).trained_on, fold)
+        model = approaches.stitch_ensemble(c, method, finetuned, strategy)
+        target = paths.predictions(APPROACH, model.trained_on, fold)
         if k in predicted:
             earlier, folder = predicted[k]
             logger.info("%s selects k=%d like %s: reusing its predictions %s", strategy, k, earlier, folder)
-            _copy_tree(folder, target)
+            copy_dir(folder, target)
             selection[strategy]["same_k_as"] = earlier
         else:
-            _predict_position(params, paths, data_party, slug, fold, k, target, progress)
+            _predict_position(params, paths, c, slug, fold, k, target, progress)
             predicted[k] = (strategy, target)
 
     out = paths.metrics(APPROACH, slug, fold)
-    from stitch_ops.stitching.pipeline import write_csv
-
-    write_csv(positions, out / "positions.csv")
-    _write_json(no_stitch_means, out / "no_stitch.json")
-    _write_json(selection, out / "selection.json")
+    write_table(out / "positions.csv", positions)
+    write_json(out / "no_stitch.json", no_stitch_means)
+    write_json(out / "selection.json", selection)
     return selection
 
 
-def _predict_position(params: Params, paths: PairPaths, data_party: str, slug: str, fold: int, k: int,
-                      target: Path, progress: bool) -> None:
+def _predict_position(params: Params, paths: PairPaths, c: str, slug: str, fold: int, k: int, target: Path,
+                      progress: bool) -> None:
     """Predict both test sets and c's validation cases with the stitch-ensemble at ``k``."""
     from stitch_ops.nnunet.model import NnUNetModel, load_model
-    from stitch_ops.nnunet.predict import predict_folder
     from stitch_ops.stitching import extract_stitch_ensemble, load_stitched_network
-    from stitch_ops.stitching.pipeline import NETWORK_FILE, _fold_cases
+    from stitch_ops.stitching.pipeline import NETWORK_FILE, _basis_export
 
     network = load_stitched_network(paths.model_dir(APPROACH, slug, fold) / "network" / NETWORK_FILE)
-    own = load_model(paths.model_dir("local", data_party, fold) / "export")
+    own = load_model(_basis_export(paths, c, fold))
     ensemble = NnUNetModel(extract_stitch_ensemble(network, k), own.plans, own.dataset_json, own.configuration,
                            None, f"stitch-ensemble k={k}")
-    staging = target.with_name(target.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    for name in TEST_SETS:
-        predict_folder(ensemble, paths.raw_dataset(name.removeprefix("test_")) / "imagesTs", staging / name,
-                       device=params.nnunet.device, progress=progress)
-    predict_folder(ensemble, paths.raw_dataset(data_party) / "imagesTr", staging / "val",
-                   cases=_fold_cases(paths, data_party, fold, "val"), device=params.nnunet.device, progress=progress)
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
-
-
-def _copy_tree(source: Path, target: Path) -> None:
-    staging = target.with_name(target.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(source, staging)
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise FileNotFoundError(f"no {path}: evaluate the no-stitch reference first (evaluate_stitch_reference)")
-    return json.loads(path.read_text())
-
-
-def _write_json(data: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(path.name + ".partial")
-    staging.write_text(json.dumps(data, indent=2) + "\n")
-    staging.replace(path)
+    with output_dir(target) as staging:
+        _predict_sets(ensemble, paths, c, fold, staging, params.nnunet.device, progress)

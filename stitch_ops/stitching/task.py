@@ -25,7 +25,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,8 +34,10 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from stitch_ops.approaches import Approach, StitchMethod
 from stitch_ops.errors import InputFileError, UserError
 from stitch_ops.nnunet.model import NnUNetModel
+from stitch_ops.outputs import output_file, read_json, write_json, write_table
 
 __all__ = ["RULE_OF_THUMB_POSITION", "StitchTask", "check_compatible", "quick_schedule", "run"]
 
@@ -68,7 +69,7 @@ class StitchTask:
     images: Path
     out: Path
     labels: Path | None = None
-    method: str = "double_batched"
+    method: str = StitchMethod.DOUBLE_BATCHED.value
     epochs: int = 2
     iterations_per_epoch: int = 20
     batch_size: int = 4
@@ -193,12 +194,6 @@ def check_images(model: NnUNetModel, images: Path, model_names: str, progress: b
     return cases
 
 
-def _atomic_json(data: Any, path: Path) -> None:
-    staging = path.with_name(path.name + ".partial")
-    staging.write_text(json.dumps(data, indent=2))
-    os.replace(staging, path)
-
-
 def _preprocess_to_folder(model: NnUNetModel, images: Path, cases: list[str], folder: Path,
                           progress: bool) -> Path:
     """Each case preprocessed with ``model``'s plans into ``folder/{case}.npz`` + ``.npy``
@@ -211,10 +206,10 @@ def _preprocess_to_folder(model: NnUNetModel, images: Path, cases: list[str], fo
         case = item.case
         # the array as .npy (memory-mapped when patches are drawn); the .npz, written last, is
         # how nnU-Net's dataset class lists a case, so a killed write leaves no listed case
-        np.save(folder / f".{case}.partial.npy", item.data.astype(np.float32))
-        os.replace(folder / f".{case}.partial.npy", folder / f"{case}.npy")
-        np.savez(folder / f".{case}.partial.npz", data=np.zeros((1,), np.float32))
-        os.replace(folder / f".{case}.partial.npz", folder / f"{case}.npz")
+        with output_file(folder / f"{case}.npy") as tmp, tmp.open("wb") as handle:
+            np.save(handle, item.data.astype(np.float32))
+        with output_file(folder / f"{case}.npz") as tmp, tmp.open("wb") as handle:
+            np.savez(handle, data=np.zeros((1,), np.float32))
     return folder
 
 
@@ -229,7 +224,7 @@ def _score(models: dict[str, NnUNetModel], preprocessed: Any, labels: Path, case
     scores = {}
     for name, model in models.items():
         frame = score_on_validation(model, preprocessed, labels, scratch / name, device, pair="task",
-                                    test_party="val", approach="stitch", trained_on="task", fold=0, cases=cases)
+                                    test_party="val", approach=Approach.STITCH, trained_on="task", fold=0, cases=cases)
         scores[name] = (float(frame["dice"].mean()), float(frame["hd95"].mean()))
     shutil.rmtree(scratch, ignore_errors=True)
     return scores
@@ -270,11 +265,11 @@ def run(task: StitchTask, progress: bool = True) -> dict[str, Any]:
 
     out, work = task.out, task.out / "work"
     marker = out / "task.json"
-    if marker.is_file() and json.loads(marker.read_text()).get("fingerprint") != task.fingerprint():
+    if marker.is_file() and read_json(marker).get("fingerprint") != task.fingerprint():
         raise UserError(f"{out} holds a stitch run with other settings ({marker}); choose another --out or "
                          f"delete it to start over")
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_json({"fingerprint": task.fingerprint(), **{k: str(v) for k, v in asdict(task).items()}}, marker)
+    write_json(marker, {"fingerprint": task.fingerprint(), **{k: str(v) for k, v in asdict(task).items()}})
 
     configuration = own.plans["configurations"][own.configuration]
     folder = _preprocess_to_folder(own, task.images, sorted(cases), work / "preprocessed", progress)
@@ -307,9 +302,7 @@ def run(task: StitchTask, progress: bool = True) -> dict[str, Any]:
                              "node_b": network.matches[k].node_b, "dice": dice, "hd95": hd95})
             positions = pd.DataFrame(rows)
             positions["selected"] = positions["k"] == select_position(positions, "current_fold")
-            staging = positions_file.with_name(positions_file.name + ".partial")
-            positions.to_csv(staging, index=False)
-            os.replace(staging, positions_file)
+            write_table(positions_file, positions)
         k = int(positions.loc[positions["selected"], "k"].iloc[0])
         summary["selection"] = "strategy 1: lowest mean rank of Dice and HD95 on the labeled images"
         summary["positions_scored"] = len(positions)
@@ -334,12 +327,12 @@ def run(task: StitchTask, progress: bool = True) -> dict[str, Any]:
                       {"kind": "stitch_ensemble", "ensemble": ensemble.description.to_dict()})
     metrics = {f"val/{name}/{metric}": value for name, scores in summary.get("validation", {}).items()
                for metric, value in scores.items()}
-    info = ExportInfo(approach="stitch", trained_on=f"stitches trained on {len(cases)} unlabeled images of the "
+    info = ExportInfo(approach=Approach.STITCH.value, trained_on=f"stitches trained on {len(cases)} unlabeled images of the "
                                                     f"stitching institution ({task.method})",
                       eval_metrics=metrics, notes=(f"position k={k} of {num_matches} matches; {summary['selection']}",))
     export_bundle(model, out / "bundle", info)
     summary["bundle"] = str(out / "bundle")
-    _atomic_json(summary, out / "summary.json")
+    write_json(out / "summary.json", summary)
     return summary
 
 

@@ -51,9 +51,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from stitch_ops.approaches import StitchMethod
 from stitch_ops.config import ConfigError
 from stitch_ops.errors import InputFileError, reading
-from stitch_ops.stitching.network import StitchedNetwork, SwitchConfiguration, TrainingMethod, atomic_save
+from stitch_ops.stitching.network import StitchedNetwork, SwitchConfiguration, atomic_save
 from stitch_ops.stitching.stitch import PairStatistics
 from stitch_ops.stitching.switch import DEFAULT_LOSS_TERMS, LossTerm, SwitchMode
 
@@ -99,7 +100,7 @@ class StitchTrainingConfig:
             training counts as having reached a plateau (see :func:`plateau_reached`).
     """
 
-    method: TrainingMethod = TrainingMethod.DOUBLE_BATCHED
+    method: StitchMethod = StitchMethod.DOUBLE_BATCHED
     epochs: int = 10
     iterations_per_epoch: int = 100
     batch_size: int = 4
@@ -112,7 +113,7 @@ class StitchTrainingConfig:
     plateau_tolerance: float = 0.01
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "method", TrainingMethod(self.method))
+        object.__setattr__(self, "method", StitchMethod(self.method))
         unknown_terms = [term for term in self.loss_terms if term not in {t.value for t in LossTerm} | set(LossTerm)]
         if unknown_terms:
             raise ConfigError(f"StitchTrainingConfig.loss_terms: unknown term(s) {unknown_terms}; "
@@ -274,7 +275,7 @@ def training_step(network: StitchedNetwork, optimizer: torch.optim.Optimizer, im
     The network must be prepared with ``set_training(method)`` (and, for
     double-batched training, its switches configured); returns the summed loss.
     """
-    if network.training_method is TrainingMethod.DOUBLE_BATCHED:
+    if network.training_method is StitchMethod.DOUBLE_BATCHED:
         images = torch.cat([images, images])
     loss = sum(pair.a + pair.b for pair in network.switch_losses(images))
     optimizer.zero_grad(set_to_none=True)
@@ -301,7 +302,7 @@ def _run_epoch(network, optimizer, batches: Batches, config: StitchTrainingConfi
 def _configure_switches(network: StitchedNetwork, config: StitchTrainingConfig, epoch: int) -> None:
     """Double-batched: every switch random in the second half, from a generator seeded by (seed, epoch)."""
     n = len(network.matches)
-    if config.method is TrainingMethod.DIRECT_MATCHING:
+    if config.method is StitchMethod.DIRECT_MATCHING:
         network.configure(SwitchConfiguration.all_original(n))
         return
     generator = torch.Generator().manual_seed(int(np.random.SeedSequence([config.seed, epoch]).generate_state(1)[0]))

@@ -197,7 +197,7 @@ def test_basis_training_resumes_to_the_same_weights(workspace: Path, paths: Pair
     run_stage(workspace, "stitch_ops.nnunet", "train", "--pair", PAIR, "--party", "b", "--fold", FOLD, "--no-progress")
 
 
-STITCH = ("--pair", PAIR, "--data-party", "a", "--method", "double_batched", "--fold", FOLD, "--no-progress")
+STITCH = ("--pair", PAIR, "--c", "a", "--method", "double_batched", "--fold", FOLD, "--no-progress")
 
 
 def test_stitch_training_resumes_to_the_same_stitches(workspace: Path, paths: PairPaths):
@@ -213,11 +213,11 @@ def test_stitch_selection_restarts_to_the_same_choice_and_predictions(workspace:
     model = paths.model_dir("stitch", slug, 0)
     outputs = [model / "export", paths.metrics("stitch", slug, 0), paths.predictions("stitch", slug, 0)]
     # killed once the first position's validation predictions are being written
-    reference, _ = kill_and_resume(workspace, outputs, appears(model, "positions.partial/k*"),
+    reference, _ = kill_and_resume(workspace, outputs, appears(model, "positions.partial*/k*"),
                                    "stitch_ops.stitching", "select", *STITCH,
                                    absent_after_kill=(model / "export", outputs[1] / "positions.csv"))
     assert_same_outputs(reference, workspace, outputs)
-    assert not (model / "positions.partial").exists()
+    assert not list(model.glob("positions.partial*"))
 
 
 def test_finetuning_resumes_to_the_same_weights_and_predictions(workspace: Path, paths: PairPaths):

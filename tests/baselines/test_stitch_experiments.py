@@ -16,8 +16,8 @@ from stitch_ops.paths import PairPaths
 
 pytestmark = pytest.mark.slow
 
-STITCHING = {"data_parties": ["a"], "methods": ["double_batched", "direct_matching"], "selection": "current_fold",
-             "max_positions": 3, "finetuned_parties": ["a"],
+STITCHING = {"c_parties": ["a"], "methods": ["double_batched", "direct_matching"], "selection": "current_fold",
+             "max_positions": 3, "finetuned_c_parties": ["a"],
              "training": {"epochs": 1, "iterations_per_epoch": 2, "batch_size": 2}}
 RQ1 = {"samples": 2, "counts": 2}
 
@@ -25,7 +25,7 @@ RQ1 = {"samples": 2, "counts": 2}
 @pytest.fixture(scope="module")
 def experiment(tiny_pair: TinyPair, basis_models, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the tiny pair with b's model fine-tuned on a's data, every stitch stage run."""
-    from stitch_ops.baselines import approaches
+    from stitch_ops import approaches
     from stitch_ops.baselines.plans import prepare_transferred
     from stitch_ops.baselines.stages import train_finetuned
     from stitch_ops.evaluation.__main__ import main as evaluate
@@ -95,7 +95,7 @@ def test_no_stitch_reference_is_scored_like_a_position_with_the_same_numbers(exp
 
 
 def test_each_strategy_has_a_selection_and_an_evaluable_prediction(experiment: Path):
-    from stitch_ops.baselines.approaches import stitch_ensemble
+    from stitch_ops.approaches import stitch_ensemble
 
     for method, finetuned in (("double_batched", False), ("direct_matching", False), ("double_batched", True)):
         slug = stitch_ensemble("a", method, finetuned).trained_on

@@ -101,7 +101,7 @@ def test_export_command_writes_folder_and_zip(institution_a: Institution, tmp_pa
                         "--trained-on", "our synthetic frames"]) == 0
     assert "MONAI bundle of nnU-Net" in capsys.readouterr().out
     assert verify_bundle(tmp_path / "mine.zip").metadata["data_source"] == "our synthetic frames"
-    assert not list(tmp_path.glob("*.partial"))
+    assert not list(tmp_path.glob("*.partial*"))
 
 
 @pytest.mark.parametrize("approach, trained_on, kind", [("local", "a", "nnunet"),

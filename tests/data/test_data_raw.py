@@ -87,7 +87,7 @@ def _first_case(root: Path) -> str:
 @pytest.mark.parametrize(
     ("breakage", "message"),
     [
-        (lambda r: (r / "dataset.json").unlink(), "dataset.json not found"),
+        (lambda r: (r / "dataset.json").unlink(), "dataset.json is missing"),
         (lambda r: (r / "dataset.json").write_text("{"), "not valid JSON"),
         (lambda r: _edit_json(r, numTraining=3), "numTraining"),
         (lambda r: _edit_json(r, file_ending=".jpg"), "not supported"),

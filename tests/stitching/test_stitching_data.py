@@ -12,7 +12,7 @@ from stitch_ops.stitching import (
     RandomPatches,
     StitchedNetwork,
     StitchTrainingConfig,
-    TrainingMethod,
+    StitchMethod,
     train_stitches,
 )
 
@@ -39,7 +39,7 @@ def test_training_on_a_preprocessed_folder_without_segmentations(tmp_path, toy_p
     assert images.identifiers == ["case_000", "case_001"]
     patches = RandomPatches(images, patch_size=(32, 32), batch_size=4, seed=0)
     network = StitchedNetwork.from_parents(toy_pair.spec_a, toy_pair.network_a, toy_pair.spec_b, toy_pair.network_b)
-    config = StitchTrainingConfig(TrainingMethod.DOUBLE_BATCHED, epochs=1, iterations_per_epoch=2, batch_size=4)
+    config = StitchTrainingConfig(StitchMethod.DOUBLE_BATCHED, epochs=1, iterations_per_epoch=2, batch_size=4)
     history = train_stitches(network, patches.epoch, config, progress=False)
     assert len(history) == 1 and np.isfinite(history[0].loss)
 

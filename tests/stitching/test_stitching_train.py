@@ -15,7 +15,7 @@ from stitch_ops.stitching import (
     StitchTrainingConfig,
     SwitchConfiguration,
     SwitchMode,
-    TrainingMethod,
+    StitchMethod,
     extract_stitch_ensemble,
     fit_stitches_least_squares,
     sample_configuration,
@@ -44,7 +44,7 @@ def permuted_pair(toy_pair):
 
 def test_direct_matching_recovers_a_channel_permutation(toy_pair, permuted_pair):
     network = copy.deepcopy(permuted_pair)
-    config = StitchTrainingConfig(TrainingMethod.DIRECT_MATCHING, epochs=4, iterations_per_epoch=50, batch_size=8, lr=0.1, weight_decay=0.0,
+    config = StitchTrainingConfig(StitchMethod.DIRECT_MATCHING, epochs=4, iterations_per_epoch=50, batch_size=8, lr=0.1, weight_decay=0.0,
                                   init="default")  # learn it by gradient descent, not by the closed form
     history = train_stitches(network, _batches(toy_pair.train_images), config, progress=False)
     worst = _worst_ensemble_dice(network, toy_pair.network_a, toy_pair.val_images)
@@ -66,7 +66,7 @@ def toy_network(toy_pair):
 
 
 def test_double_batched_loss_decreases(toy_pair, toy_network):
-    config = StitchTrainingConfig(TrainingMethod.DOUBLE_BATCHED, epochs=2, iterations_per_epoch=12, batch_size=8, lr=0.05, init="default")
+    config = StitchTrainingConfig(StitchMethod.DOUBLE_BATCHED, epochs=2, iterations_per_epoch=12, batch_size=8, lr=0.05, init="default")
     history = train_stitches(toy_network, _batches(toy_pair.train_images), config, progress=False)
     assert history[1].loss < 0.8 * history[0].loss
 
@@ -77,7 +77,7 @@ def test_least_squares_start_is_the_direct_matching_optimum(toy_pair):
     losses = {}
     for init in ("default", "least_squares"):
         network = StitchedNetwork.from_parents(toy_pair.spec_a, toy_pair.network_a, toy_pair.spec_b, toy_pair.network_b)
-        config = StitchTrainingConfig(TrainingMethod.DIRECT_MATCHING, epochs=3, iterations_per_epoch=10, batch_size=8,
+        config = StitchTrainingConfig(StitchMethod.DIRECT_MATCHING, epochs=3, iterations_per_epoch=10, batch_size=8,
                                       lr=0.01, init=init, init_batches=4)
         losses[init] = [log.loss for log in train_stitches(network, _batches(toy_pair.train_images), config, progress=False)]
     print(f"\ndirect matching loss per epoch: {losses}")
@@ -90,7 +90,7 @@ def test_double_batched_starts_from_the_least_squares_fit(toy_pair):
     network = StitchedNetwork.from_parents(toy_pair.spec_a, toy_pair.network_a, toy_pair.spec_b, toy_pair.network_b)
     fitted = copy.deepcopy(network)
     fit_stitches_least_squares(fitted, _batches(toy_pair.train_images)[:4])
-    config = StitchTrainingConfig(TrainingMethod.DOUBLE_BATCHED, epochs=1, iterations_per_epoch=1, batch_size=8, lr=1e-12,
+    config = StitchTrainingConfig(StitchMethod.DOUBLE_BATCHED, epochs=1, iterations_per_epoch=1, batch_size=8, lr=1e-12,
                                   weight_decay=0.0, init_batches=4)
     train_stitches(network, _batches(toy_pair.train_images), config, progress=False)
     for trained, expected in zip(network.switches_a, fitted.switches_a):  # one step at lr ~ 0: still the fit
@@ -110,14 +110,14 @@ def test_bad_initialisation_or_tolerance_is_refused():
         StitchTrainingConfig(plateau_tolerance=0.0)
 
 
-def _gradients_from_one_late_switch(network: StitchedNetwork, images: torch.Tensor, method: TrainingMethod) -> list[bool]:
+def _gradients_from_one_late_switch(network: StitchedNetwork, images: torch.Tensor, method: StitchMethod) -> list[bool]:
     """Which stitches into A get a gradient from the loss at A's last match alone.
 
     Double-batched: switches average in the second half, loss term MSE(1, 2) only.
     Direct matching: switches on original, as the method requires.
     """
     n = len(network.matches)
-    double_batched = method is TrainingMethod.DOUBLE_BATCHED
+    double_batched = method is StitchMethod.DOUBLE_BATCHED
     mode = SwitchMode.AVERAGE if double_batched else SwitchMode.ORIGINAL
     network.configure(SwitchConfiguration((mode,) * n, (mode,) * n))
     network.set_training(method, (LossTerm.FORWARDED,))
@@ -132,9 +132,9 @@ def _gradients_from_one_late_switch(network: StitchedNetwork, images: torch.Tens
 
 def test_double_batched_gradients_reach_earlier_stitches_through_later_layers(toy_pair, toy_network):
     images = toy_pair.train_images[:4]
-    reached = _gradients_from_one_late_switch(toy_network, images, TrainingMethod.DOUBLE_BATCHED)
+    reached = _gradients_from_one_late_switch(toy_network, images, StitchMethod.DOUBLE_BATCHED)
     assert all(reached[:-1]), f"earlier stitches without gradient: {[k for k, r in enumerate(reached) if not r]}"
-    direct = _gradients_from_one_late_switch(toy_network, images, TrainingMethod.DIRECT_MATCHING)
+    direct = _gradients_from_one_late_switch(toy_network, images, StitchMethod.DIRECT_MATCHING)
     assert direct == [False] * (len(direct) - 1) + [True]  # direct matching trains each stitch on its own
 
 
@@ -144,7 +144,7 @@ def test_parents_weights_and_normalisation_statistics_do_not_change(toy_pair):
     network = StitchedNetwork.from_parents(spec_a, network_a, spec_b, network_b)
     before = {key: value.clone() for key, value in network.state_dict().items() if key.startswith("parent_")}
     assert any("running_mean" in key for key in before)
-    for method in TrainingMethod:
+    for method in StitchMethod:
         config = StitchTrainingConfig(method, epochs=1, iterations_per_epoch=3, batch_size=8, lr=0.05)
         train_stitches(network, _batches(toy_pair.train_images), config, progress=False)
     after = network.state_dict()
@@ -153,7 +153,7 @@ def test_parents_weights_and_normalisation_statistics_do_not_change(toy_pair):
 
 def test_double_batched_stitches_do_not_collapse(toy_pair, toy_network):
     """Every loss term is anchored to the reference: stitched maps keep explaining the reference's variance."""
-    config = StitchTrainingConfig(TrainingMethod.DOUBLE_BATCHED, epochs=2, iterations_per_epoch=12, batch_size=8, lr=0.05,
+    config = StitchTrainingConfig(StitchMethod.DOUBLE_BATCHED, epochs=2, iterations_per_epoch=12, batch_size=8, lr=0.05,
                                   init="default")  # from the stitches' own start, not the least-squares fit
     train_stitches(toy_network, _batches(toy_pair.train_images), config, progress=False)
     explained = []
@@ -182,7 +182,7 @@ def _validation_dice(network: StitchedNetwork, images, labels, counts, generator
 def test_direct_and_double_batched_with_many_stitches_active(toy_pair):
     """RQ1 on a tiny pair: mechanics asserted, validation Dice printed whichever way it falls."""
     results = {}
-    for method in TrainingMethod:
+    for method in StitchMethod:
         network = StitchedNetwork.from_parents(toy_pair.spec_a, toy_pair.network_a, toy_pair.spec_b, toy_pair.network_b)
         config = StitchTrainingConfig(method, epochs=2, iterations_per_epoch=25, batch_size=8, lr=0.05, weight_decay=0.0,
                                       init="default")
@@ -191,11 +191,11 @@ def test_direct_and_double_batched_with_many_stitches_active(toy_pair):
         n = len(network.matches)
         results[method] = _validation_dice(network, toy_pair.val_images, toy_pair.val_labels, (0, n // 4, n // 2, n, 2 * n), torch.Generator().manual_seed(0))
     print("\nRQ1 (tiny pair) validation Dice by number of active stitches:")
-    for active in results[TrainingMethod.DIRECT_MATCHING]:
-        print(f"  {active:3d} active: direct {results[TrainingMethod.DIRECT_MATCHING][active]:.3f}  "
-              f"double-batched {results[TrainingMethod.DOUBLE_BATCHED][active]:.3f}")
-    parents = results[TrainingMethod.DIRECT_MATCHING][0]
-    assert results[TrainingMethod.DOUBLE_BATCHED][0] == parents  # no stitch active: a parent's own output
+    for active in results[StitchMethod.DIRECT_MATCHING]:
+        print(f"  {active:3d} active: direct {results[StitchMethod.DIRECT_MATCHING][active]:.3f}  "
+              f"double-batched {results[StitchMethod.DOUBLE_BATCHED][active]:.3f}")
+    parents = results[StitchMethod.DIRECT_MATCHING][0]
+    assert results[StitchMethod.DOUBLE_BATCHED][0] == parents  # no stitch active: a parent's own output
     assert all(score > 0.5 for method in results.values() for score in method.values())
 
 
@@ -220,7 +220,7 @@ def _stitches(network: StitchedNetwork) -> dict[str, torch.Tensor]:
     return {k: v for k, v in network.state_dict().items() if k.startswith("switches_")}
 
 
-@pytest.mark.parametrize("method", list(TrainingMethod))
+@pytest.mark.parametrize("method", list(StitchMethod))
 def test_a_killed_run_resumes_from_its_checkpoint_and_ends_as_if_never_killed(tmp_path, toy_pair, method):
     config = StitchTrainingConfig(method, epochs=3, iterations_per_epoch=2, batch_size=8, lr=0.05, seed=3)
     uninterrupted = _fresh(toy_pair)
@@ -239,7 +239,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_as_if_never_killed(tm
 
 
 def test_raising_epochs_continues_from_the_checkpoint(tmp_path, toy_pair):
-    config = StitchTrainingConfig(TrainingMethod.DIRECT_MATCHING, epochs=1, iterations_per_epoch=2, batch_size=8, lr=0.05)
+    config = StitchTrainingConfig(StitchMethod.DIRECT_MATCHING, epochs=1, iterations_per_epoch=2, batch_size=8, lr=0.05)
     first = train_stitches(_fresh(toy_pair), _CountingBatches(toy_pair.train_images), config, tmp_path / "ckpt.pt", progress=False)
     batches = _CountingBatches(toy_pair.train_images)
     history = train_stitches(_fresh(toy_pair), batches, StitchTrainingConfig(**{**config.to_dict(), "epochs": 2}), tmp_path / "ckpt.pt", progress=False)
@@ -249,7 +249,7 @@ def test_raising_epochs_continues_from_the_checkpoint(tmp_path, toy_pair):
 
 
 def test_config_validates_itself():
-    with pytest.raises(ValueError, match="'double-batched' is not a valid TrainingMethod"):
+    with pytest.raises(ValueError, match="'double-batched' is not a valid StitchMethod"):
         StitchTrainingConfig.from_dict({"method": "double-batched"})
     with pytest.raises(ValueError, match="epochs should be a positive integer, got 0"):
         StitchTrainingConfig(epochs=0)

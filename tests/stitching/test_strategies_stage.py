@@ -80,5 +80,7 @@ def test_strategies_write_the_contract_files_and_reuse_predictions_without_readi
 
 
 def test_strategies_refuse_a_missing_scores_tree(tmp_path: Path):
-    with pytest.raises(FileNotFoundError, match="run the stitch_select stages first"):
+    from stitch_ops.errors import InputFileError
+
+    with pytest.raises(InputFileError, match="run the stitch_select stages first"):
         stage.strategies(load_params(REPO / "params.yaml"), "polyp", "a", "double_batched", 0, root=tmp_path)
