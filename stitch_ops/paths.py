@@ -15,6 +15,8 @@ from stitch_ops.approaches import Approach
 PARTY_DATASET_IDS = {"a": 1, "b": 2}
 MERGED_DATASET_ID = 3
 VALIDATION_SET = "val"
+REPORTS = Path("reports")
+"""The reports folder: ``{pair}.html``, ``{pair}.md``, ``{pair}/`` (figures, tables), ``index.html``."""
 
 
 def bundle_definition(approach: str, root: Path = Path(".")) -> Path:

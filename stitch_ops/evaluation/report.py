@@ -43,12 +43,12 @@ from stitch_ops.evaluation.findings import NEAR, NOTABLE, Finding, Verdict, judg
 from stitch_ops.evaluation.results import METHOD_INITIALS, PairResults, load_pair
 from stitch_ops.evaluation.stats import ALPHA, feasible_from, perspective_tests
 from stitch_ops.outputs import read_json, scratch_dir, swap_in, write_json, write_table, write_text
+from stitch_ops.paths import REPORTS
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["PairReport", "build_parser", "main", "run", "write_index"]
 
-REPORTS = Path("reports")
 NOT_AVAILABLE = "not available in this run"
 CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;

@@ -23,7 +23,9 @@ logger = logging.getLogger(__name__)
 
 def evaluate(pair: str, approach: str, trained_on: str, fold: int, params: Params, *, stage: str | None = None,
              root: Path = Path("."), progress: bool = True) -> dict[str, float]:
-    """Score one model's predictions, write its metrics and log them to MLflow.
+    """Score one model's predictions, write its metrics and finish its MLflow run (opened live
+    by its training stage, or created here for models that are not trained), with the per-case
+    table as artifact and the exported model as a registered MLflow pyfunc.
 
     Args:
         stage: the DVC stage name for the MLflow tag (default ``evaluate@<pair>-<trained_on>-<fold>``).

@@ -120,3 +120,14 @@ def test_pipeline_export_of_an_approach(institution_a: Institution, institution_
     report = verify_bundle(bundle)
     assert report.metadata["stitch_ops"]["kind"] == kind and report.output_shape == (1, 2, 8, 8)
     assert not bundle.with_name(bundle.name + ".zip").exists()
+
+
+def test_monai_bundle_run_segments_with_an_exported_bundle(exported: dict[str, Path], institution_a: Institution,
+                                                          tmp_path: Path):
+    from monai.bundle import run
+
+    bundle, images = exported["stitch_ensemble"], institution_a.raw / "imagesTs"
+    run(run_id="run", config_file=str(bundle / "configs" / "inference.json"), bundle_root=str(bundle),
+        input_dir=str(images), output_dir=str(tmp_path / "seg"), progress=False, device="cpu")
+    assert sorted(p.name for p in (tmp_path / "seg").glob("*.png")) == sorted(
+        p.name[: -len("_0000.png")] + ".png" for p in images.glob("*.png"))

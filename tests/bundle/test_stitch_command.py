@@ -128,7 +128,7 @@ def test_stitch_scores_positions_exports_and_resumes(institution_a: Institution,
     assert cli_main(["predict", "--model", str(tmp_path / "out" / "bundle.zip"), "--input",
                      str(raw / "imagesTs"), "--out", str(predicted), "--no-progress"]) == 0
     assert sorted(p.name for p in predicted.glob("*.png")) == sorted(
-        p.name.replace("_0000", "") for p in (raw / "imagesTs").glob("*.png"))
+        p.name[: -len("_0000.png")] + ".png" for p in (raw / "imagesTs").glob("*.png"))
 
 
 def test_help_lists_the_task_commands_first(capsys):
