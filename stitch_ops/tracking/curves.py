@@ -8,9 +8,10 @@ the model's live MLflow run (:mod:`stitch_ops.tracking.live`).
 from __future__ import annotations
 
 import csv
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from stitch_ops.outputs import output_file
 
 TRAINING_LOG = "training_log.csv"
 """Per-epoch training curve written next to every trained model (a DVC plot)."""
@@ -19,14 +20,11 @@ TRAINING_LOG = "training_log.csv"
 def write_curve(path: Path, rows: Sequence[Mapping[str, float]]) -> None:
     """Write per-epoch rows (first column ``epoch``) as CSV, replacing ``path`` atomically."""
     columns = ["epoch"] + sorted({k for row in rows for k in row} - {"epoch"})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    with tmp.open("w", newline="") as handle:
+    with output_file(path) as tmp, tmp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         for row in rows:
             writer.writerow({k: (int(v) if k == "epoch" else v) for k, v in row.items()})
-    os.replace(tmp, path)
 
 
 def read_curve(path: Path) -> list[dict[str, float]]:
