@@ -238,6 +238,8 @@ def parse_params(raw: Mapping[str, Any]) -> Params:
     if missing:
         raise ConfigError(f"pairs {missing} are listed in 'pairs' but have no entry under 'data'")
     data = {name: load_section(raw, f"data.{name}", PairData, name=name) for name in raw["data"]}
+    if not isinstance(raw["seed"], int) or isinstance(raw["seed"], bool) or raw["seed"] < 0:
+        raise ConfigError(f"'seed' must be a non-negative integer, got {raw['seed']!r}")
     return Params(profile=str(raw["profile"]), seed=int(raw["seed"]), pairs=pairs, folds=folds,
                   data=data, nnunet=load_section(raw, "nnunet", NnUNetSchedule), raw=raw)
 

@@ -73,6 +73,13 @@ def raw_dataset(root: Path, party: str, pair: str = "polyp") -> Path:
     return folder
 
 
+def local_predictions(root: Path) -> Path:
+    """The (empty) prediction folder of party a's basis model, fold 0."""
+    folder = PairPaths("polyp", root).predictions("local", "a", 0)
+    folder.mkdir(parents=True)
+    return folder
+
+
 def exported_model(folder: Path, *, weights: bytes = GARBAGE, model_json: str = '{"configuration": "2d"}') -> Path:
     """A folder that looks like an exported nnU-Net model, with whatever file contents a case needs."""
     write(folder / "weights.pth", weights)
@@ -80,6 +87,17 @@ def exported_model(folder: Path, *, weights: bytes = GARBAGE, model_json: str = 
     write(folder / "dataset.json", "{}")
     write(folder / "model.json", model_json)
     return folder
+
+
+def _weights() -> bytes:
+    """A valid, empty state_dict as ``torch.save`` writes it."""
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save({}, buffer)
+    return buffer.getvalue()
 
 
 def bundle(root: Path, metadata: str | None = None, config: str = '{"network": {"_target_": "monai.x"}}') -> Path:
@@ -155,6 +173,8 @@ CASES: dict[str, Case] = {
     "unknown stitch loss term": Case(
         ["stitching", "train", "--pair", "polyp", "--c", "a", "--fold", "0"], "unknown term(s) ['stitched']",
         setup=lambda root: write_params(root, **{"stitching.training.loss_terms": ["stitched"]})),
+    "seed not a number": Case(["data", "prepare", "--pair", "polyp"], "'seed' must be a non-negative integer, got 'abc'",
+                              setup=lambda root: write_params(root, seed="abc")),
     "missing params section": Case(["baselines", "federated", "--pair", "polyp", "--fold", "0"],
                                    "no section 'federated'", setup=lambda root: write_params(root, federated=None)),
     # ---- names on the command line --------------------------------------------------------
@@ -174,6 +194,12 @@ CASES: dict[str, Case] = {
                                    "--method", "double-batched"], "argument --method: invalid choice: 'double-batched'"),
     "unknown fine-tuning route": Case(["baselines", "finetune", "--pair", "polyp", "--trained-on", "a_to_c",
                                        "--fold", "0"], "invalid choice: 'a_to_c' (choose from 'a_to_b', 'b_to_a')"),
+    "unknown approach": Case(["evaluation", "--pair", "polyp", "--approach", "fine-tune", "--trained-on", "a",
+                              "--fold", "0"], "argument --approach: invalid choice: 'fine-tune' (choose from 'local'"),
+    "unknown trained-on of an approach": Case(
+        ["evaluation", "--pair", "polyp", "--approach", "finetune", "--trained-on", "a", "--fold", "0"],
+        "no predictions at predictions/polyp/finetune/a/fold_0: run the stage that predicts this model first "
+        "(finetune models are trained on ['b_to_a', 'a_to_b'])"),
     "unknown profile": Case(["profile", "fast"], "invalid choice: 'fast' (choose from 'paper', 'quick', 'smoke')"),
     "unknown converter layout": Case(["data", "convert", "kvasir-seg", "src", "Dataset010_X"],
                                      "invalid choice: 'kvasir-seg' (choose from 'kvasir', 'cvc-clinicdb', 'nifti')"),
@@ -196,6 +222,10 @@ CASES: dict[str, Case] = {
     "convert a corrupt JPEG": Case(["data", "convert", "kvasir", "kv", "Dataset010_X"], "kv/images/f1.jpg",
                                    setup=lambda root: (write(root / "kv" / "images" / "f1.jpg"),
                                                        write(root / "kv" / "masks" / "f1.jpg"))),
+    "convert with a too small image size": Case(["data", "convert", "kvasir", "kv", "Dataset010_X", "--image-size", "3"],
+                                                "--image-size must be at least 16 pixels, got 3",
+                                                setup=lambda root: (write(root / "kv" / "images" / "f1.jpg"),
+                                                                    write(root / "kv" / "masks" / "f1.jpg"))),
     "convert NIfTI without labels": Case(["data", "convert", "nifti", "imgs", "Dataset010_X"], "needs --labels"),
     "convert a corrupt NIfTI": Case(["data", "convert", "nifti", "imgs", "Dataset010_X", "--labels", "labs"],
                                     "cannot read",
@@ -213,6 +243,10 @@ CASES: dict[str, Case] = {
     "corrupt model checkpoint": Case(["nnunet", "predict", "--pair", "polyp", "--trained-on", "a", "--fold", "0"],
                                      "weights.pth as plain weights",
                                      setup=lambda root: (write_params(root), exported_model(root / LOCAL_A))),
+    "model.json without a configuration": Case(
+        ["nnunet", "predict", "--pair", "polyp", "--trained-on", "a", "--fold", "0"],
+        "model.json names no nnU-Net configuration",
+        setup=lambda root: (write_params(root), exported_model(root / LOCAL_A, weights=_weights(), model_json="{}"))),
     "corrupt model JSON": Case(["nnunet", "predict", "--pair", "polyp", "--trained-on", "a", "--fold", "0"],
                                "model.json is not valid JSON",
                                setup=lambda root: (write_params(root), exported_model(root / LOCAL_A, model_json="{"))),
@@ -222,13 +256,15 @@ CASES: dict[str, Case] = {
                                      "as a saved stitched network",
                                      setup=lambda root: (write_params(root), write(root / STITCH_NETWORK))),
     "evaluate before split": Case(["evaluation", "--pair", "polyp", "--trained-on", "a", "--fold", "0"],
-                                  "dataset.json"),
+                                  "dataset.json", setup=lambda root: (write_params(root), local_predictions(root))),
     "evaluate with a corrupt dataset.json": Case(
         ["evaluation", "--pair", "polyp", "--trained-on", "a", "--fold", "0"], "dataset.json is not valid JSON",
-        setup=lambda root: (write_params(root), write(PairPaths("polyp", root).raw_dataset("a") / "dataset.json", "{"))),
+        setup=lambda root: (write_params(root), local_predictions(root),
+                            write(PairPaths("polyp", root).raw_dataset("a") / "dataset.json", "{"))),
     "evaluate missing predictions": Case(["evaluation", "--pair", "polyp", "--trained-on", "a", "--fold", "0"],
                                          "predictions missing in predictions/polyp/local/a/fold_0/test_a",
-                                         setup=lambda root: (write_params(root), raw_dataset(root, "a"))),
+                                         setup=lambda root: (write_params(root), raw_dataset(root, "a"),
+                                                             local_predictions(root))),
     "evaluate a corrupt prediction": Case(
         ["evaluation", "--pair", "polyp", "--trained-on", "a", "--fold", "0"],
         "cannot read predictions/polyp/local/a/fold_0/test_a/case_1.png as a label image",

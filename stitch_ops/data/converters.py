@@ -264,7 +264,8 @@ def _write_natural_dataset(
     from tqdm.auto import tqdm
 
     if image_size is not None and image_size < 16:
-        raise ValueError(f"image_size must be at least 16 pixels or None, got {image_size}.")
+        raise DatasetError(f"--image-size must be at least 16 pixels, got {image_size}; omit it to keep the "
+                           f"native size.")
     with output_dir(target) as tmp:
         (tmp / IMAGES_TR).mkdir()
         (tmp / LABELS_TR).mkdir()

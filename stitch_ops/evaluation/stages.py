@@ -16,6 +16,7 @@ import pandas as pd
 
 from stitch_ops import approaches
 from stitch_ops.config import PARTIES, Params
+from stitch_ops.errors import InputFileError
 from stitch_ops.paths import VALIDATION_SET, PairPaths, test_set
 
 logger = logging.getLogger(__name__)
@@ -39,6 +40,10 @@ def evaluate(pair: str, approach: str, trained_on: str, fold: int, params: Param
     paths = PairPaths(pair, root)
     params.pair(pair)
     predictions = paths.predictions(approach, trained_on, fold)
+    if not predictions.is_dir():
+        known = [m.trained_on for m in approaches.all_models() if m.approach == approach]
+        hint = "" if trained_on in known else f" ({approach} models are trained on {known})"
+        raise InputFileError(f"no predictions at {predictions}: run the stage that predicts this model first{hint}")
     identity = dict(pair=pair, approach=approach, trained_on=trained_on, fold=fold, progress=progress)
     tables = []
     for party in PARTIES:

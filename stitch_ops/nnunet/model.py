@@ -199,6 +199,9 @@ def load_model(folder: Path, device: torch.device | str = "cpu") -> NnUNetModel:
     weights = load_plain(folder / "weights.pth", map_location=device)
     if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
         raise ModelError(f"{folder / 'weights.pth'} is not a state_dict of tensors")
+    if not isinstance(meta, dict) or not isinstance(meta.get("configuration"), str):
+        raise ModelError(f"{folder / 'model.json'} names no nnU-Net configuration (e.g. \"2d\"); the model "
+                         f"folder is damaged: export it again")
     network = build_network(plans, dataset_json, meta["configuration"])
     result = network.load_state_dict(weights, strict=False)
     if result.missing_keys or result.unexpected_keys:

@@ -137,12 +137,13 @@ def train(params: Params, pair: str, c: str, method: str, fold: int, progress: b
     plateau = plateau_reached(history, config.plateau_tolerance)
     if not plateau:
         logger.warning("%s %s fold %d: the stitch training loss has not reached a plateau (last epoch "
-                       "improved by >= %.1f %%); raise stitching.training.epochs", pair, slug, fold,
+                       "improved the probe loss by >= %.1f %%); raise stitching.training.epochs", pair, slug, fold,
                        100 * config.plateau_tolerance)
     write_budget(paths.metrics(APPROACH, slug, fold) / BUDGET_JSON,
                  Budget.of_schedule(config.epochs, config.iterations_per_epoch, config.batch_size,
                                     TrainingClock(out).seconds, method=config.method.value, init=config.init,
-                                    loss_per_epoch=[e.loss for e in history], plateau_reached=plateau,
+                                    loss_per_epoch=[e.loss for e in history],
+                                    probe_loss_per_epoch=[e.probe for e in history], plateau_reached=plateau,
                                     plateau_tolerance=config.plateau_tolerance))
     return out / NETWORK_FILE
 

@@ -24,10 +24,14 @@ from a least-squares solution on a few batches). Direct matching then only refin
 more data; double-batched training starts from a stitch that already maps the right
 features instead of from the identity-like default.
 
-**Plateau.** An epoch's mean loss is logged; training has *reached a plateau* when the
-last epoch improved the mean loss by less than ``plateau_tolerance`` (relative, 1 % by
-default) over the epoch before (:func:`plateau_reached`). The profiles choose the
-number of epochs so that it does; the pipeline records the curve and the verdict.
+**Plateau.** Each epoch logs its mean training loss and its *probe loss*: the same
+objective on ``probe_batches`` fixed batches (drawn once, switches seeded the same every
+time), so epochs are compared on the same data -- the training mean moves with the
+random patches of each epoch (on pelvis it rose by half from one epoch to the next at
+a fixed learning rate, from the least-squares start, purely because the patches
+changed). Training has *reached a plateau* when the last epoch improved the probe loss
+by less than ``plateau_tolerance`` (relative, 1 % by default) over the epoch before
+(:func:`plateau_reached`). The pipeline records the curve and the verdict.
 
 Training checkpoints after every epoch (atomically), and a rerun with the same
 checkpoint path continues after the last completed epoch, also when ``epochs``
@@ -78,6 +82,8 @@ Batches = Iterable[Tensor] | Callable[[int], Iterable[Tensor]]
 """Images ``B C H W [D]``: an iterable (re-iterated every epoch), or a function from the epoch to one."""
 
 INITIALISATIONS = ("least_squares", "default")
+PROBE_EPOCH = 1_000_003
+"""The probe batches are "epoch" ``PROBE_EPOCH`` of the batches: fixed, and apart from the training epochs'."""
 
 
 @dataclass(frozen=True)
@@ -96,8 +102,9 @@ class StitchTrainingConfig:
         init: ``least_squares`` (default): start every stitch from the least-squares fit
             on ``init_batches`` batches; ``default``: the stitch modules' own initialisation.
         init_batches: batches the least-squares fit accumulates statistics over.
-        plateau_tolerance: relative improvement of the mean epoch loss below which the
+        plateau_tolerance: relative improvement of the probe loss below which the
             training counts as having reached a plateau (see :func:`plateau_reached`).
+        probe_batches: fixed batches the probe loss is measured on after every epoch.
     """
 
     method: StitchMethod = StitchMethod.DOUBLE_BATCHED
@@ -111,6 +118,7 @@ class StitchTrainingConfig:
     init: str = "least_squares"
     init_batches: int = 8
     plateau_tolerance: float = 0.01
+    probe_batches: int = 4
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "method", StitchMethod(self.method))
@@ -123,7 +131,7 @@ class StitchTrainingConfig:
             raise ValueError(f"StitchTrainingConfig.init should be one of {list(INITIALISATIONS)}, got {self.init!r}")
         if not 0 < self.plateau_tolerance < 1:
             raise ValueError(f"StitchTrainingConfig.plateau_tolerance should be in (0, 1), got {self.plateau_tolerance!r}")
-        for name in ("epochs", "iterations_per_epoch", "batch_size", "init_batches"):
+        for name in ("epochs", "iterations_per_epoch", "batch_size", "init_batches", "probe_batches"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"StitchTrainingConfig.{name} should be a positive integer, got {value!r}")
@@ -156,11 +164,13 @@ class StitchTrainingConfig:
 
 @dataclass(frozen=True)
 class EpochLog:
-    """Mean training loss (sum over switches) of one epoch, and the learning rate at its end."""
+    """Mean training loss (sum over switches) of one epoch, the learning rate at its end, and
+    the probe loss after it (the same objective on fixed batches; ``None`` where not measured)."""
 
     epoch: int
     loss: float
     lr: float = float("nan")
+    probe: float | None = None
 
 
 def train_stitches(
@@ -199,6 +209,7 @@ def train_stitches(
     for log in history if on_epoch is not None else []:
         on_epoch(log)
     device = next(network.parameters()).device
+    probe = list(itertools.islice(_cycle(batches, PROBE_EPOCH), config.probe_batches))
     network.train()
     network.set_training(config.method, config.loss_terms)
     bar = tqdm(total=config.epochs * config.iterations_per_epoch, initial=len(history) * config.iterations_per_epoch,
@@ -207,8 +218,8 @@ def train_stitches(
         for epoch in range(len(history), config.epochs):
             _configure_switches(network, config, epoch)
             loss = _run_epoch(network, optimizer, batches, config, epoch, device, bar)
-            history.append(EpochLog(epoch, loss, optimizer.param_groups[0]["lr"]))
-            logger.info("epoch %d/%d: loss %.6f", epoch + 1, config.epochs, history[-1].loss)
+            history.append(EpochLog(epoch, loss, optimizer.param_groups[0]["lr"], probe_loss(network, probe, config, device)))
+            logger.info("epoch %d/%d: loss %.6f, probe loss %.6f", epoch + 1, config.epochs, loss, history[-1].probe)
             if checkpoint is not None:
                 _save(network, optimizer, config, history, Path(checkpoint))
             if on_epoch is not None:
@@ -240,13 +251,30 @@ def fit_stitches_least_squares(network: StitchedNetwork, batches: Iterable[Tenso
         switch_b.stitch.set_affine_(*pair.least_squares(ridge))
 
 
-def plateau_reached(history: Iterable[EpochLog], tolerance: float = 0.01) -> bool:
-    """Whether the last epoch improved the mean loss by less than ``tolerance`` (relative).
+@torch.no_grad()
+def probe_loss(network: StitchedNetwork, probe: list[Tensor], config: StitchTrainingConfig, device: torch.device) -> float:
+    """The training objective (summed over switches, mean over batches) on fixed ``probe`` batches,
+    without a step; double-batched switches draw from a generator seeded the same every time."""
+    if not probe:
+        raise ValueError("no probe batches: the batches iterable is empty")
+    _configure_switches(network, config, PROBE_EPOCH)
+    total = 0.0
+    for images in probe:
+        images = images.to(device)
+        if network.training_method is StitchMethod.DOUBLE_BATCHED:
+            images = torch.cat([images, images])
+        total += float(sum(pair.a + pair.b for pair in network.switch_losses(images)))
+    return total / len(probe)
 
-    ``(loss[-2] - loss[-1]) / loss[-2] < tolerance``; a loss that went up counts as a
-    plateau, a single epoch does not (nothing to compare with).
+
+def plateau_reached(history: Iterable[EpochLog], tolerance: float = 0.01) -> bool:
+    """Whether the last epoch improved the loss by less than ``tolerance`` (relative).
+
+    ``(loss[-2] - loss[-1]) / loss[-2] < tolerance`` on the probe loss (the training mean
+    where no probe was measured); a loss that went up counts as a plateau, a single epoch
+    does not (nothing to compare with).
     """
-    losses = [log.loss for log in history]
+    losses = [log.loss if log.probe is None else log.probe for log in history]
     if len(losses) < 2:
         return False
     previous, last = losses[-2], losses[-1]
@@ -335,7 +363,7 @@ def _save(network, optimizer, config: StitchTrainingConfig, history: list[EpochL
             "format": _FORMAT,
             "config": json.dumps(config.to_dict()),
             "matches": _match_fingerprint(network),
-            "history": [[log.epoch, log.loss, log.lr] for log in history],
+            "history": [[log.epoch, log.loss, log.lr, log.probe] for log in history],
             "stitches": _stitch_state(network),
             "optimizer": optimizer.state_dict(),
         },
@@ -351,7 +379,7 @@ def _resume(network, optimizer, config: StitchTrainingConfig, path: Path) -> lis
     if saved["matches"] != _match_fingerprint(network):
         raise InputFileError(f"checkpoint {path} was written for other matches; delete it to train these stitches from scratch")
     saved_config = json.loads(saved["config"])
-    free = ("epochs", "plateau_tolerance")  # may change between attempts: they do not alter what was trained
+    free = ("epochs", "plateau_tolerance", "probe_batches")  # may change between attempts: they do not alter what was trained
     expected = {k: v for k, v in config.to_dict().items() if k not in free}
     got = {k: v for k, v in saved_config.items() if k not in free}
     if got != expected:
@@ -360,6 +388,7 @@ def _resume(network, optimizer, config: StitchTrainingConfig, path: Path) -> lis
     if unexpected or any(key.startswith("switches_") for key in missing):
         raise InputFileError(f"checkpoint {path} does not fit these stitches: missing {missing[:5]}, unexpected {unexpected[:5]}")
     optimizer.load_state_dict(saved["optimizer"])
-    history = [EpochLog(int(entry[0]), float(entry[1]), *(float(v) for v in entry[2:3])) for entry in saved["history"]]
+    history = [EpochLog(int(entry[0]), float(entry[1]), *(float(v) for v in entry[2:3]),
+                        *(None if v is None else float(v) for v in entry[3:4])) for entry in saved["history"]]
     logger.info("resumed from %s after epoch %d", path, len(history))
     return history

@@ -176,7 +176,7 @@ def test_runs_are_live_with_curves_datasets_and_registered_models(pipeline: Path
     for slug in ("via_a_double_batched", "via_a_direct_matching"):  # smoke selects by strategy 1
         champion = client.get_model_version_by_alias(f"stitch_ops-{pair}-stitch-{slug}", "champion")
         assert champion.run_id in set(models["run_id"])
-    assert client.get_registered_model(f"stitch_ops-{pair}-local-a").latest_versions
+    assert client.search_model_versions(f"name = 'stitch_ops-{pair}-local-a'")
 
 
 def test_dvc_plots_and_metrics_show_the_curves_trends_and_headline_numbers(pipeline: Path):

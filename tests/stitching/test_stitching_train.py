@@ -21,7 +21,7 @@ from stitch_ops.stitching import (
     sample_configuration,
     train_stitches,
 )
-from stitch_ops.stitching.train import plateau_reached
+from stitch_ops.stitching.train import PROBE_EPOCH, plateau_reached
 
 
 def _batches(images: torch.Tensor, size: int = 8) -> list[torch.Tensor]:
@@ -79,11 +79,14 @@ def test_least_squares_start_is_the_direct_matching_optimum(toy_pair):
         network = StitchedNetwork.from_parents(toy_pair.spec_a, toy_pair.network_a, toy_pair.spec_b, toy_pair.network_b)
         config = StitchTrainingConfig(StitchMethod.DIRECT_MATCHING, epochs=3, iterations_per_epoch=10, batch_size=8,
                                       lr=0.01, init=init, init_batches=4)
-        losses[init] = [log.loss for log in train_stitches(network, _batches(toy_pair.train_images), config, progress=False)]
+        history = train_stitches(network, _batches(toy_pair.train_images), config, progress=False)
+        losses[init] = [log.loss for log in history]
+        if init == "least_squares":
+            assert all(log.probe is not None and log.probe > 0 for log in history)
+            assert plateau_reached(history, tolerance=0.05), [log.probe for log in history]
     print(f"\ndirect matching loss per epoch: {losses}")
     assert losses["least_squares"][0] < 0.5 * losses["default"][0]
     assert losses["least_squares"][-1] <= losses["default"][-1]
-    assert plateau_reached([EpochLog(e, v) for e, v in enumerate(losses["least_squares"])], tolerance=0.05)
 
 
 def test_double_batched_starts_from_the_least_squares_fit(toy_pair):
@@ -101,6 +104,20 @@ def test_double_batched_starts_from_the_least_squares_fit(toy_pair):
                                              ([1.0, 1.2], True), ([2.0, 1.0, 0.999], True)])
 def test_plateau_is_less_than_the_tolerance_over_the_last_epoch(losses, reached):
     assert plateau_reached([EpochLog(e, v) for e, v in enumerate(losses)], tolerance=0.01) is reached
+    # the probe loss (fixed batches) decides where it was measured, not the noisy training mean
+    assert plateau_reached([EpochLog(e, 5.0 * (e % 2) + 1, probe=v) for e, v in enumerate(losses)], tolerance=0.01) is reached
+
+
+def test_probe_loss_is_the_same_objective_on_the_same_batches_every_time(toy_pair, toy_network):
+    from stitch_ops.stitching.train import probe_loss
+
+    probe = _batches(toy_pair.train_images)[:2]
+    for method in StitchMethod:
+        config = StitchTrainingConfig(method, batch_size=8)
+        toy_network.set_training(method)
+        first, second = (probe_loss(toy_network, probe, config, torch.device("cpu")) for _ in range(2))
+        toy_network.set_training(None)
+        assert first == second and first > 0, method
 
 
 def test_bad_initialisation_or_tolerance_is_refused():
@@ -231,7 +248,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_as_if_never_killed(tm
     batches = _CountingBatches(toy_pair.train_images)
     reported = []
     history = train_stitches(resumed, batches, config, tmp_path / "ckpt.pt", progress=False, on_epoch=reported.append)
-    assert batches.epochs == [2]
+    assert [e for e in batches.epochs if e != PROBE_EPOCH] == [2]  # the probe batches are drawn apart
     assert history == expected
     assert tuple(reported) == history  # restored epochs are reported too (a live run gets the whole curve)
     assert 0 < history[-1].lr < history[0].lr < config.lr  # cosine annealing
@@ -243,7 +260,7 @@ def test_raising_epochs_continues_from_the_checkpoint(tmp_path, toy_pair):
     first = train_stitches(_fresh(toy_pair), _CountingBatches(toy_pair.train_images), config, tmp_path / "ckpt.pt", progress=False)
     batches = _CountingBatches(toy_pair.train_images)
     history = train_stitches(_fresh(toy_pair), batches, StitchTrainingConfig(**{**config.to_dict(), "epochs": 2}), tmp_path / "ckpt.pt", progress=False)
-    assert batches.epochs == [1] and len(history) == 2 and history[0] == first[0]
+    assert [e for e in batches.epochs if e != PROBE_EPOCH] == [1] and len(history) == 2 and history[0] == first[0]
     with pytest.raises(ValueError, match="only epochs may change"):
         train_stitches(_fresh(toy_pair), batches, StitchTrainingConfig(**{**config.to_dict(), "lr": 0.1}), tmp_path / "ckpt.pt", progress=False)
 
