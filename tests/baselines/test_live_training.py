@@ -63,7 +63,9 @@ def test_a_failed_training_marks_its_run_failed(tiny_pair: TinyPair, tmp_path, m
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     run = TrainingRun("Dataset009_missing", tiny_pair.paths.preprocessed_root("a"), tmp_path / "model", 0, TINY)
-    with pytest.raises(FileNotFoundError, match="run the plan stage"):
+    from stitch_ops.errors import InputFileError
+
+    with pytest.raises(InputFileError, match="run the plan stage"):
         with training_run(pair=PAIR, approach="local", trained_on="a", fold=0, dvc_stage="train@polyp-a-0",
                           params={}, root=tmp_path) as live:
             train_fold(run, progress=False, on_epoch=live.log_epoch)
