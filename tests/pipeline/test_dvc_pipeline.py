@@ -104,24 +104,61 @@ def test_every_approach_is_scored_on_both_test_sets_with_the_same_metric_names(p
     assert scored["metrics.test_b/hd95_mean"].notna().all()
     assert scored["tags.shorthand"].notna().all()  # a, a→b, a&b, a‖b, a+b, a←[a]→b ...
     stitched = scored[scored["tags.approach"] == "stitch"]
-    assert set(stitched["tags.trained_on"]) == {"via_a_double_batched", "via_a_direct_matching"}
+    networks = {f"via_a_{method}{variant}" for method in ("double_batched", "direct_matching")
+                for variant in ("", "_finetuned")}
+    strategies = {f"{slug}_{strategy}" for slug in networks for strategy in ("all_folds", "rule_of_thumb")}
+    references = {"no_stitch_via_a", "no_stitch_via_a_finetuned"}
+    assert set(stitched["tags.trained_on"]) == networks | strategies | references
+    assert set(stitched.loc[stitched["tags.trained_on"].isin(networks), "tags.selection"]) == {"current_fold"}
+    assert stitched.loc[stitched["tags.trained_on"] == "via_a_double_batched_finetuned", "tags.shorthand"].item() == (
+        "a←[a]→b→a")
+    # the no-stitch reference is scored on c's validation cases like a position
+    assert stitched.loc[stitched["tags.trained_on"].isin(references), "metrics.val_a/dice_mean"].between(0, 1).all()
 
 
 @pytest.mark.parametrize("pair", PAIRS)
-def test_every_scored_stitch_position_has_its_own_run_and_one_is_selected(pipeline: Path, pair: str):
+def test_every_scored_stitch_position_has_its_own_run_and_each_strategy_selects_one(pipeline: Path, pair: str):
+    import json
+
     import pandas as pd
 
     runs = mlflow_runs(pipeline, pair)
-    for method in ("double_batched", "direct_matching"):
-        slug = f"via_a_{method}"
-        positions = pd.read_csv(pipeline / "metrics" / pair / "stitch" / slug / "fold_0" / "positions.csv")
-        assert positions["selected"].sum() == 1
+    for slug in ("via_a_double_batched", "via_a_direct_matching", "via_a_double_batched_finetuned"):
+        folder = pipeline / "metrics" / pair / "stitch" / slug / "fold_0"
+        positions = pd.read_csv(folder / "positions.csv")
+        for column in ("selected", "selected_all_folds", "selected_rule_of_thumb"):
+            assert positions[column].sum() == 1, column
+        assert positions["relative_position"].between(0, 1).all()
         nested = runs[(runs["tags.trained_on"] == slug) & runs["tags.k"].notna()]
         assert sorted(nested["tags.k"].astype(int)) == sorted(positions["k"])
         logged = nested.set_index(nested["tags.k"].astype(int))
         for _, position in positions.iterrows():  # the run of each k logs that k's row of positions.csv
             assert logged.loc[position["k"], "metrics.val_a/dice_mean"] == pytest.approx(position["dice"])
             assert logged.loc[position["k"], "metrics.val_a/hd95_mean"] == pytest.approx(position["hd95"])
+        selection = json.loads((folder / "selection.json").read_text())
+        assert set(selection) == {"current_fold", "all_folds", "rule_of_thumb"}
+        assert selection["current_fold"]["k"] == positions.loc[positions["selected"], "k"].item()
+        assert selection["all_folds"]["equals_current_fold"] is True  # smoke has one fold, and says so
+        no_stitch = json.loads((folder / "no_stitch.json").read_text())
+        assert 0 <= no_stitch["dice"] <= 1 and no_stitch["hd95"] >= 0
+        for strategy in ("all_folds", "rule_of_thumb"):
+            cases = pd.read_csv(pipeline / "metrics" / pair / "stitch" / f"{slug}_{strategy}" / "fold_0" / "cases.csv")
+            assert set(cases["test_party"]) == {"a", "b", "val_a"}
+
+
+@pytest.mark.parametrize("pair", PAIRS)
+def test_rq1_samples_both_methods_from_none_to_every_stitch(pipeline: Path, pair: str):
+    import pandas as pd
+
+    folder = pipeline / "metrics" / pair / "rq1" / "a" / "fold_0"
+    table = pd.read_csv(folder / "rq1.csv")
+    assert list(table.columns) == ["method", "n_stitches", "sample", "dice", "hd95"]
+    assert set(table["method"]) == {"direct_matching", "double_batched"}
+    for _, group in table.groupby("method"):
+        assert group["n_stitches"].min() == 0 and group["n_stitches"].nunique() == 2  # smoke: counts 2
+        assert group.groupby("n_stitches").size().max() <= 3
+    assert table["dice"].between(0, 1).all()
+    assert (folder / "rq1.png").stat().st_size > 0
 
 
 def test_second_repro_does_nothing(pipeline: Path):
@@ -166,8 +203,9 @@ def test_exported_bundle_verifies_and_segments_through_monai_bundle(pipeline: Pa
     assert_segmented_by(seg, local / "a" / "fold_0" / "test_a", local / "b" / "fold_0" / "test_a")
 
 
-def test_exported_stitch_bundle_verifies_and_segments_through_monai_bundle(pipeline: Path, tmp_path: Path):
-    bundle = pipeline / "exports" / "polyp" / "stitch_via_a_double_batched_fold0"
+@pytest.mark.parametrize("slug", ["via_a_double_batched", "via_a_double_batched_finetuned"])
+def test_exported_stitch_bundle_verifies_and_segments_through_monai_bundle(pipeline: Path, tmp_path: Path, slug: str):
+    bundle = pipeline / "exports" / "polyp" / f"stitch_{slug}_fold0"
     assert verify_bundle(bundle).models == [bundle / "models"]
     images = pipeline / "data" / "polyp" / "nnUNet_raw" / "Dataset002_polyp_b" / "imagesTs"
     run([sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
