@@ -234,7 +234,7 @@ def test_stitch_training_resumes_to_the_same_stitches(workspace: Path, paths: Pa
 def test_stitch_selection_restarts_to_the_same_choice_and_predictions(workspace: Path, paths: PairPaths):
     slug = "via_a_double_batched"
     model = paths.model_dir("stitch", slug, 0)
-    outputs = [model / "export", paths.metrics("stitch", slug, 0) / "positions.csv",
+    outputs = [model / "export", paths.scores("stitch", slug, 0) / "positions.csv",
                paths.predictions("stitch", slug, 0)]
     # killed once the first position's validation predictions are being written
     reference, _ = kill_and_resume(workspace, outputs, appears(model, "positions.partial*/k*"),
