@@ -21,7 +21,16 @@ approach                    trained-on slug         shorthand              persp
 ``federated``               ``a_fed_b``             ``a‖b``                both         both, never pooled
 ``merged``                  ``a_plus_b``            ``a+b``                both         both, pooled
 ``stitch``                  ``via_{c}_{method}``    ``a←[c]→b``            c            c only (no labels)
+``stitch``                  ``via_{c}_{method}_finetuned``  ``a←[a]→b→a``  c            c only
+``stitch``                  ``no_stitch_via_{c}[_finetuned]``  ``… (no stitch)``  c   c's preprocessing
 ==========================  ======================  =====================  ===========  =====================
+
+``a←[a]→b→a`` (``b←[b]→a→b``): c's basis model stitched to the other party's model fine-tuned
+on c's data, stitches trained on c's data. A stitch-ensemble chosen by selection strategy 2 or 3
+has the slug ``{slug}_all_folds`` / ``{slug}_rule_of_thumb`` (MLflow tag ``selection``);
+strategy 1 (``current_fold``) keeps the plain slug. ``no_stitch_via_{c}[_finetuned]``: the
+stitch-ensemble's two parents fed c's preprocessing and averaged with no stitch (the paper's
+dashed line).
 
 This module imports nothing heavy (no torch): every command line can use it.
 """
@@ -85,10 +94,12 @@ class ModelId:
     data_used: str
     models_used: tuple[str, ...] = ()
     online: bool = False
+    selection: str | None = None  # stitch-ensembles: the selection strategy that chose k
 
     def tags(self) -> dict[str, str]:
         """The MLflow tags this model adds to the evaluation run."""
-        return {"perspective": self.perspective, "shorthand": self.shorthand}
+        tags = {"perspective": self.perspective, "shorthand": self.shorthand}
+        return tags if self.selection is None else {**tags, "selection": self.selection}
 
 
 def local(party: str) -> ModelId:
@@ -141,20 +152,59 @@ def merged() -> ModelId:
     return ModelId(Approach.MERGED, "a_plus_b", "a+b", BOTH, "both, pooled")
 
 
-def stitch_ensemble(c: str, method: StitchMethod | str) -> ModelId:
-    """``a←[c]→b``: the basis models stitched, stitches trained on c's unlabeled images."""
+SELECTION_STRATEGIES = ("current_fold", "all_folds", "rule_of_thumb")
+"""Selection strategies 1, 2, 3 (DESIGN.md, "Selecting k"); the first keeps the plain slug."""
+
+
+def stitch_slug(c: str, method: StitchMethod | str, finetuned: bool = False) -> str:
+    """Folder slug of a stitch network: ``via_a_double_batched``, ``via_a_double_batched_finetuned``."""
+    return f"via_{c}_{StitchMethod(method).value}" + ("_finetuned" if finetuned else "")
+
+
+def stitch_shorthand(c: str, finetuned: bool = False) -> str:
+    """``a←[c]→b``, or ``a←[a]→b→a`` / ``b←[b]→a→b`` when the other parent is fine-tuned on c's data."""
+    return f"{c}←[{c}]→{other(c)}→{c}" if finetuned else f"a←[{c}]→b"
+
+
+def stitch_ensemble(c: str, method: StitchMethod | str, finetuned: bool = False,
+                    selection: str = SELECTION_STRATEGIES[0]) -> ModelId:
+    """A stitch-ensemble at the position k that ``selection`` chose on c's validation cases.
+
+    ``a←[c]→b`` (``finetuned=False``): the basis models stitched, stitches trained on c's
+    unlabeled images. ``a←[a]→b→a`` (``finetuned=True``): c's basis model and the other
+    party's model fine-tuned on c's data (:func:`finetuned`), stitches on c's data.
+    """
     if c not in PARTIES:
         raise ValueError(f"c (whose images train the stitches) must be one of {PARTIES}, got {c!r}")
-    method = StitchMethod(method)
-    return ModelId(Approach.STITCH, f"via_{c}_{method.value}", f"a←[{c}]→b", c, f"{c} only, no labels",
-                   PARTIES)
+    if selection not in SELECTION_STRATEGIES:
+        raise ValueError(f"selection must be one of {SELECTION_STRATEGIES}, got {selection!r}")
+    slug = stitch_slug(c, method, finetuned)
+    if selection != SELECTION_STRATEGIES[0]:
+        slug = f"{slug}_{selection}"
+    if finetuned:
+        return ModelId(Approach.STITCH, slug, stitch_shorthand(c, True), c, f"{c} only",
+                       PARTIES, selection=selection)
+    return ModelId(Approach.STITCH, slug, stitch_shorthand(c), c, f"{c} only, no labels", PARTIES,
+                   selection=selection)
+
+
+def no_stitch(c: str, finetuned: bool = False) -> ModelId:
+    """The no-stitch reference of the stitch-ensembles trained on c's data: their two parents fed
+    c's preprocessing and averaged with no stitch (the paper's dashed line)."""
+    if c not in PARTIES:
+        raise ValueError(f"c (whose images train the stitches) must be one of {PARTIES}, got {c!r}")
+    slug = f"no_stitch_via_{c}" + ("_finetuned" if finetuned else "")
+    return ModelId(Approach.STITCH, slug, f"{stitch_shorthand(c, finetuned)} (no stitch)", c,
+                   f"{c}'s preprocessing only" if not finetuned else f"{c} only", PARTIES)
 
 
 def all_models() -> list[ModelId]:
     """Every model id of Table 2 (basis models, baselines, stitch-ensembles), for lookups by slug."""
+    stitched = [stitch_ensemble(c, m, f, s) for c in PARTIES for m in StitchMethod for f in (False, True)
+                for s in SELECTION_STRATEGIES]
     return ([local(p) for p in PARTIES] + [finetuned(p) for p in PARTIES] + [ensemble()]
             + [ensemble_finetuned(p) for p in PARTIES] + [federated(), merged()]
-            + [stitch_ensemble(c, m) for c in PARTIES for m in StitchMethod])
+            + stitched + [no_stitch(c, f) for c in PARTIES for f in (False, True)])
 
 
 def lookup(approach: str, trained_on: str) -> ModelId | None:

@@ -89,3 +89,8 @@ class PairPaths:
     def export(self, approach: str, trained_on: str, fold: int) -> Path:
         """The trained MONAI bundle of one model, ready to send to another party."""
         return self.root / "exports" / self.pair / f"{approach}_{trained_on}_fold{fold}"
+
+    def scores(self, approach: str, trained_on: str, fold: int) -> Path:
+        """Validation scores that selection reads (e.g. every scored stitch position); kept apart
+        from ``metrics/`` so that the selection stage can depend on the whole ``scores/`` tree."""
+        return self.root / "scores" / self.pair / approach / trained_on / f"fold_{fold}"

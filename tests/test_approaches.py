@@ -37,7 +37,9 @@ def test_stitch_ensembles_are_named_after_c_and_the_method():
 
 def test_every_model_has_its_own_slugs_and_a_known_approach():
     models = approaches.all_models()
-    assert len({(m.approach, m.trained_on) for m in models}) == len(models) == 13
+    # 9 baselines and basis models; stitch-ensembles: 2 c x 2 methods x 2 parent variants (basis models,
+    # a←[a]→b→a) x 3 selection strategies = 24; no-stitch references: 2 c x 2 parent variants = 4
+    assert len({(m.approach, m.trained_on) for m in models}) == len(models) == 9 + 24 + 4
     assert {m.approach for m in models} == set(Approach)
     assert approaches.FINETUNE_SLUGS == ("a_to_b", "b_to_a")
 
@@ -49,3 +51,23 @@ def test_every_model_has_its_own_slugs_and_a_known_approach():
 ])
 def test_validation_cases_are_the_perspective_party_s(approach, trained_on, party):
     assert approaches.validation_party(approach, trained_on) == party
+
+
+def test_stitch_models_of_issue_7_are_in_the_table():
+    mirrored = approaches.stitch_ensemble("b", "direct_matching", finetuned=True)
+    assert approaches.stitch_ensemble("a", "double_batched", finetuned=True).shorthand == "a←[a]→b→a"
+    assert (mirrored.shorthand, mirrored.trained_on, mirrored.perspective) == (
+        "b←[b]→a→b", "via_b_direct_matching_finetuned", "b")
+    strategy = approaches.lookup("stitch", "via_a_double_batched_rule_of_thumb")
+    assert strategy is not None and strategy.tags()["selection"] == "rule_of_thumb"
+    assert approaches.lookup("stitch", "via_a_double_batched").tags()["selection"] == "current_fold"
+    assert approaches.lookup("stitch", "via_b_direct_matching_finetuned_all_folds").selection == "all_folds"
+    reference = approaches.lookup("stitch", "no_stitch_via_a_finetuned")
+    assert reference == approaches.no_stitch("a", finetuned=True) and reference.perspective == "a"
+    assert "selection" not in reference.tags()
+    assert approaches.no_stitch("b").trained_on == "no_stitch_via_b"
+    slugs = [(m.approach, m.trained_on) for m in approaches.all_models()]
+    assert len(slugs) == len(set(slugs))
+    with pytest.raises(ValueError, match="selection must be one of"):
+        approaches.stitch_ensemble("a", "double_batched", selection="best_on_test")
+

@@ -281,7 +281,7 @@ CASES: dict[str, Case] = {
     "a bundle without metadata": Case(["bundle", "verify", "received_bundle"],
                                       "is not a MONAI bundle: missing ['configs/metadata.json']",
                                       setup=lambda root: bundle(root)),
-    "a bundle with corrupt metadata": Case(["bundle", "verify", "received_bundle"], "is not readable JSON",
+    "a bundle with corrupt metadata": Case(["bundle", "verify", "received_bundle"], "metadata.json is not valid JSON",
                                            setup=lambda root: bundle(root, metadata='{"version": ')),
     "a bundle that runs code": Case(["bundle", "verify", "received_bundle"], "pass --trust only if you trust",
                                     setup=lambda root: bundle(root, METADATA, '{"x": "$__import__(\'os\')"}')),

@@ -29,7 +29,8 @@ from typing import Any
 
 from stitch_ops.bundle.archive import UnsafeArchiveError, check_links, safe_extract
 from stitch_ops.nnunet.model import ModelError
-from stitch_ops.errors import UserError
+from stitch_ops.errors import InputFileError, UserError
+from stitch_ops.outputs import read_json
 
 REQUIRED_FILES = ("configs/metadata.json", "LICENSE", "docs/README.md")
 SCHEMA_FILE = Path(__file__).with_name("metadata_schema.json")
@@ -71,9 +72,9 @@ def _walk(value: Any, where: str) -> Iterator[tuple[str, str]]:
 
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise BundleError(f"{path} is not readable JSON ({err})") from None
+        return read_json(path, hint="the bundle is damaged: ask its sender for it again")
+    except InputFileError as err:
+        raise BundleError(str(err)) from None
 
 
 def check_metadata(metadata: Any, where: Path) -> None:

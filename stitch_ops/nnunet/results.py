@@ -10,7 +10,6 @@ imported. Several folds are averaged as nnU-Net's predictor does (mean of the lo
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Sequence
@@ -19,7 +18,9 @@ from typing import Any
 
 import torch
 
+from stitch_ops.errors import InputFileError
 from stitch_ops.nnunet.model import FoldEnsemble, ModelError, NnUNetModel, build_network, load_plain
+from stitch_ops.outputs import read_json
 
 logger = logging.getLogger(__name__)
 
@@ -63,9 +64,9 @@ def configuration_of(folder: Path) -> str:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ModelError(f"{path} is not readable JSON ({err})") from None
+        return read_json(path, hint="pass a complete nnU-Net results folder")
+    except InputFileError as err:
+        raise ModelError(str(err)) from None
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:

@@ -1,10 +1,14 @@
 """The stitching stages of the pipeline, on the two parties' basis models.
 
-``train``: build the combined network of the two basis models of a fold and train its
-stitches on the *unlabeled* training images of the stitching party c (``a←[c]→b``).
-``select``: score the stitch-ensemble at every evaluated position k on c's validation
-cases, log one MLflow run per position, pick k by the selection strategy, export that
-stitch-ensemble and predict both parties' test sets with it, like any other model.
+``train``: build the combined network of the two parents of a fold and train its stitches on
+the *unlabeled* training images of the stitching party c. The parents are the two basis
+models (``a←[c]→b``) or, with ``finetuned``, c's basis model and the other party's model
+fine-tuned on c's data (``a←[a]→b→a``; the ``finetune`` approach's ``other_to_c`` model).
+``select``: score the stitch-ensemble at every evaluated position k on c's validation cases
+(``scores/{pair}/stitch/{slug}/fold_k/positions.csv``), log one MLflow run per position and
+one for the no-stitch reference, pick k by selection strategy 1, export that stitch-ensemble
+and predict both parties' test sets with it, like any other model. Strategies 2 and 3 and the
+no-stitch reference's own stage are in :mod:`stitch_ops.stitching.strategies`.
 
 The stitch-ensemble is fed with c's preprocessing (c's ``plans.json``): the party that
 runs it only has its own pipeline. Both parents see that input; for the embedded data
@@ -47,6 +51,8 @@ class StitchingParams:
         max_positions: score at most this many positions, spread evenly (``None``: every k).
         training: the stitch schedule, :class:`~stitch_ops.stitching.train.StitchTrainingConfig`
             keys except ``method`` and ``seed``.
+        finetuned_c_parties: the parties c of ``a←[a]→b→a`` (c's model stitched to the other
+            party's model fine-tuned on c's data); empty: none.
     """
 
     c_parties: tuple[str, ...]
@@ -54,6 +60,7 @@ class StitchingParams:
     selection: str
     training: Mapping[str, Any]
     max_positions: int | None = None
+    finetuned_c_parties: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         from stitch_ops.evaluation.selection import SelectionStrategy
@@ -68,10 +75,14 @@ class StitchingParams:
         except ValueError:
             raise ConfigError(f"'stitching.methods' must be among {[m.value for m in StitchMethod]}, got "
                               f"{list(self.methods)}") from None
+        bad = [c for c in self.finetuned_c_parties if c not in PARTIES]
+        if bad:
+            raise ConfigError(f"'stitching.finetuned_c_parties' must list parties among {list(PARTIES)}, got "
+                              f"{list(self.finetuned_c_parties)}")
         if self.selection != SelectionStrategy.CURRENT_FOLD:
-            raise ConfigError("'stitching.selection' can only be current_fold in the pipeline: its stages run "
-                              "per fold, and all_folds needs every fold's positions.csv (use "
-                              "stitch_ops.evaluation.selection.select_position on them directly)")
+            raise ConfigError("'stitching.selection' can only be current_fold: it names the strategy of the "
+                              "plain stitch-ensemble slug; all_folds and rule_of_thumb are always computed "
+                              "as well, by the stitch_strategies stages")
         StitchTrainingConfig.from_dict(self.training)  # validates the schedule now, not mid-run
         if self.max_positions is not None and self.max_positions < 1:
             raise ConfigError(f"'stitching.max_positions' must be null or >= 1, got {self.max_positions}")
@@ -82,15 +93,27 @@ class StitchingParams:
         return StitchTrainingConfig.from_dict({**self.training, "method": method, "seed": seed})
 
 
-def trained_on(c: str, method: str) -> str:
-    """Slug of a stitch-ensemble: whose data trained the stitches, and how (``via_a_double_batched``)."""
-    return approaches.stitch_ensemble(c, method).trained_on
+def trained_on(c: str, method: str, finetuned: bool = False) -> str:
+    """Slug of a stitch-ensemble: whose data trained the stitches, and how (``via_a_double_batched``;
+    ``via_a_double_batched_finetuned`` for ``a←[a]→b→a``)."""
+    return approaches.stitch_ensemble(c, method, finetuned).trained_on
 
 
-def _basis_models(paths: PairPaths, fold: int) -> tuple[Any, Any]:
+def parent_dirs(paths: PairPaths, c: str, fold: int, finetuned: bool = False) -> tuple[Path, Path]:
+    """Exported models of parents A and B: the basis models, or (``finetuned``) c's basis model
+    and the other party's model fine-tuned on c's data, on the side of its architecture."""
+    basis = [_basis_export(paths, party, fold) for party in PARTIES]
+    if not finetuned:
+        return basis[0], basis[1]
+    tuned = approaches.finetuned(c)
+    tuned_dir = paths.model_dir(tuned.approach, tuned.trained_on, fold) / "export"
+    return (basis[0], tuned_dir) if c == PARTIES[0] else (tuned_dir, basis[1])
+
+
+def _parents(paths: PairPaths, c: str, fold: int, finetuned: bool = False) -> tuple[Any, Any]:
     from stitch_ops.nnunet.model import load_model
 
-    return tuple(load_model(_basis_export(paths, party, fold)) for party in PARTIES)
+    return tuple(load_model(folder) for folder in parent_dirs(paths, c, fold, finetuned))
 
 
 def _basis_export(paths: PairPaths, party: str, fold: int) -> Path:
@@ -98,8 +121,9 @@ def _basis_export(paths: PairPaths, party: str, fold: int) -> Path:
     return paths.model_dir(basis.approach, basis.trained_on, fold) / "export"
 
 
-def train(params: Params, pair: str, c: str, method: str, fold: int, progress: bool = True) -> Path:
-    """Train the stitches of (a, b) at ``fold`` on c's unlabeled images (the fold's training
+def train(params: Params, pair: str, c: str, method: str, fold: int, progress: bool = True,
+          finetuned: bool = False) -> Path:
+    """Train the stitches of the parents at ``fold`` on c's unlabeled images (the fold's training
     cases, labels never read); writes ``<model dir>/network/`` and returns the saved network."""
     from stitch_ops.budget import BUDGET_JSON, Budget, TrainingClock, write_budget
     from stitch_ops.stitching import PreprocessedImages
@@ -108,12 +132,12 @@ def train(params: Params, pair: str, c: str, method: str, fold: int, progress: b
     section = load_section(params, "stitching", StitchingParams)
     config = section.training_config(method, params.seed)
     paths = PairPaths(pair)
-    model_a, model_b = _basis_models(paths, fold)
+    model_a, model_b = _parents(paths, c, fold, finetuned)
     own = model_a if c == PARTIES[0] else model_b
     configuration = own.plans["configurations"][own.configuration]
     images = PreprocessedImages(paths.preprocessed_root(c) / dataset_name(pair, c)
                                 / configuration["data_identifier"], list(read_fold(paths.raw_dataset(c), fold).train))
-    slug = trained_on(c, method)
+    slug = trained_on(c, method, finetuned)
     out = paths.model_dir(APPROACH, slug, fold) / "network"
     logger.info("%s: training stitches on %d unlabeled images of party %s (%s)", pair, len(images), c, method)
     from stitch_ops.tracking.curves import TRAINING_LOG, publish_curve, write_curve
@@ -122,9 +146,10 @@ def train(params: Params, pair: str, c: str, method: str, fold: int, progress: b
 
     rows: list[dict[str, float]] = []
     with training_run(pair=pair, approach=APPROACH, trained_on=slug, fold=fold,
-                      dvc_stage=f"stitch_train@{pair}-{c}-{method}-{fold}", profile=params.profile,
+                      dvc_stage=f"{_stage('stitch_train', finetuned)}@{pair}-{c}-{method}-{fold}",
+                      profile=params.profile,
                       inputs=[DataInput(f"{pair}/{c}/train (unlabeled)", paths.preprocessed_root(c), "training")],
-                      params={"method": method, "c": c,
+                      params={"method": method, "c": c, "finetuned": finetuned,
                               **{f"stitching.training.{k}": v for k, v in config.to_dict().items()}}) as live:
         def on_epoch(log: Any) -> None:
             rows.append({"epoch": log.epoch, "train_loss": log.loss, "lr": log.lr})
@@ -195,19 +220,27 @@ def evaluated_positions(num_matches: int, max_positions: int | None) -> list[int
     return sorted({int(round(k)) for k in np.linspace(0, num_matches - 1, max_positions)})
 
 
-def select(params: Params, pair: str, c: str, method: str, fold: int, progress: bool = True) -> int:
-    """Score positions on c's validation cases, select k, export it to ``<model dir>/export``,
-    predict both test sets and c's validation cases; returns k. ``positions.csv`` (every scored
-    k, with the selected one marked) goes next to the evaluation's metrics."""
+def _stage(name: str, finetuned: bool) -> str:
+    """The DVC stage name: ``stitch_train`` or its ``a←[a]→b→a`` twin ``stitch_train_finetuned``."""
+    return f"{name}_finetuned" if finetuned else name
+
+
+def select(params: Params, pair: str, c: str, method: str, fold: int, progress: bool = True,
+           finetuned: bool = False) -> int:
+    """Score positions on c's validation cases, select k (strategy 1), export it to
+    ``<model dir>/export``, predict both test sets and c's validation cases; returns k.
+    ``scores/{pair}/stitch/{slug}/fold_k/positions.csv`` holds every scored k (``k,
+    relative_position, matches, node_a, node_b, dice, hd95, cases, selected``)."""
     from stitch_ops import tracking
     from stitch_ops.evaluation.selection import select_position
     from stitch_ops.nnunet.model import NnUNetModel, load_model
     from stitch_ops.nnunet.predict import predict_folder, preprocess_cases
     from stitch_ops.stitching import extract_stitch_ensemble, load_stitched_network
+    from stitch_ops.stitching.ensemble import TwoModelEnsemble
 
     section = load_section(params, "stitching", StitchingParams)
     paths = PairPaths(pair)
-    slug = trained_on(c, method)
+    slug = trained_on(c, method, finetuned)
     model_dir = paths.model_dir(APPROACH, slug, fold)
     network = load_stitched_network(model_dir / "network" / NETWORK_FILE)
     own = load_model(_basis_export(paths, c, fold))
@@ -221,10 +254,10 @@ def select(params: Params, pair: str, c: str, method: str, fold: int, progress: 
     experiment = tracking.experiment_name(pair)
     identity = {"pair": pair, "approach": APPROACH, "trained_on": slug, "fold": str(fold)}
     parent = tracking.log_run(experiment=experiment, tags={**identity, "kind": "position_selection"},
-                              params={"method": method, "c": c,
+                              params={"method": method, "c": c, "finetuned": finetuned,
                                       "selection": section.selection, "matches": len(network.matches)},
                               metrics={}, run_name=f"{APPROACH}:{slug}:fold{fold}:positions",
-                              dvc_stage=f"stitch_select@{pair}-{c}-{method}-{fold}")
+                              dvc_stage=f"{_stage('stitch_select', finetuned)}@{pair}-{c}-{method}-{fold}")
     preprocessed = preprocess_cases(own, raw / "imagesTr", val_cases, progress)  # once, for all k
     rows = []
     with scratch_dir(model_dir / "positions") as scratch:
@@ -234,22 +267,28 @@ def select(params: Params, pair: str, c: str, method: str, fold: int, progress: 
             scores = score_on_validation(ensemble, preprocessed, raw / "labelsTr", scratch / f"k{k}",
                                          params.nnunet.device, pair=pair, test_party=f"{VALIDATION_SET}_{c}",
                                          approach=APPROACH, trained_on=slug, fold=fold, cases=val_cases)
-            row = {"k": k, "node_a": match.node_a, "node_b": match.node_b, "dice": scores["dice"].mean(),
-                   "hd95": scores["hd95"].mean()}
+            row = {"k": k, "relative_position": k / len(network.matches), "matches": len(network.matches),
+                   "node_a": match.node_a, "node_b": match.node_b, "dice": scores["dice"].mean(),
+                   "hd95": scores["hd95"].mean(), "cases": len(scores)}
             rows.append(row)
             tracking.log_run(experiment=experiment, tags={**identity, "k": str(k)},
-                             params={"k": k, "node_a": match.node_a, "node_b": match.node_b, "method": method},
+                             params={"k": k, "relative_position": row["relative_position"], "node_a": match.node_a,
+                                     "node_b": match.node_b, "method": method},
                              metrics={f"{VALIDATION_SET}_{c}/dice_mean": row["dice"],
                                       f"{VALIDATION_SET}_{c}/hd95_mean": row["hd95"]},
                              run_name=f"k={k} {match.node_a}", parent_run_id=parent)
             logger.info("k=%d (%s / %s): val Dice %.4f, HD95 %.2f", k, match.node_a, match.node_b,
                         row["dice"], row["hd95"])
+        reference = as_model(TwoModelEnsemble(network.parent_a, network.parent_b), "no-stitch reference")
+        _log_no_stitch(reference, preprocessed, scratch / "no_stitch", params, c, val_cases, experiment, identity,
+                       parent)
     positions = pd.DataFrame(rows)
     k = select_position(positions, section.selection)
     positions["selected"] = positions["k"] == k
-    write_table(paths.metrics(APPROACH, slug, fold) / "positions.csv", positions)
+    write_table(paths.scores(APPROACH, slug, fold) / "positions.csv", positions)
     tracking.log_metrics(parent, {"selected_k": float(k)})
-    _export(extract_stitch_ensemble(network, k), own, model_dir / "export", k, method, c, section.selection)
+    _export(extract_stitch_ensemble(network, k), own, model_dir / "export", k, method, c, section.selection,
+            finetuned)
     ensemble = as_model(extract_stitch_ensemble(network, k), f"stitch-ensemble k={k}")
     predictions = paths.predictions(APPROACH, slug, fold)
     for party in PARTIES:
@@ -261,14 +300,34 @@ def select(params: Params, pair: str, c: str, method: str, fold: int, progress: 
     return k
 
 
-def _export(ensemble: Any, own: Any, target: Path, k: int, method: str, c: str, selection: str) -> None:
+def _log_no_stitch(reference: Any, preprocessed: Any, scratch: Path, params: Params, c: str, val_cases: list[str],
+                   experiment: str, identity: dict[str, str], parent: str) -> None:
+    """The no-stitch reference (both parents, c's preprocessing, softmax averaged) scored on the
+    same validation cases and logged beside the positions (tag ``position=no_stitch``), so the
+    MLflow UI shows a stitch's effect at equal preprocessing. ``stitch_reference`` evaluates the
+    same network on the test sets; its validation means are ``no_stitch.json``."""
+    from stitch_ops import tracking
+
+    raw = PairPaths(identity["pair"]).raw_dataset(c)
+    scores = score_on_validation(reference, preprocessed, raw / "labelsTr", scratch, params.nnunet.device,
+                                 pair=identity["pair"], test_party=f"{VALIDATION_SET}_{c}", approach=APPROACH,
+                                 trained_on=identity["trained_on"], fold=int(identity["fold"]), cases=val_cases)
+    metrics = {f"{VALIDATION_SET}_{c}/dice_mean": float(scores["dice"].mean()),
+               f"{VALIDATION_SET}_{c}/hd95_mean": float(scores["hd95"].mean())}
+    tracking.log_run(experiment=experiment, tags={**identity, "position": "no_stitch"}, params={"position": "no_stitch"},
+                     metrics=metrics, run_name="no stitch (parents averaged)", parent_run_id=parent)
+    logger.info("no stitch: val Dice %.4f, HD95 %.2f", *metrics.values())
+
+
+def _export(ensemble: Any, own: Any, target: Path, k: int, method: str, c: str, selection: str,
+            finetuned: bool = False) -> None:
     """The selected stitch-ensemble as a portable folder: weights + description in one
     ``weights_only`` file, and the stitching party's plans that say how to feed it."""
     from stitch_ops.stitching import save_stitch_ensemble
 
     meta = {"configuration": own.configuration, "mirroring_axes": None, "description": f"stitch-ensemble k={k}",
             "k": k, "node_a": ensemble.match.node_a, "node_b": ensemble.match.node_b, "method": method, "c": c,
-            "selection": selection}
+            "selection": selection, "finetuned": finetuned}
     with output_dir(target) as staging:
         save_stitch_ensemble(ensemble, staging / ENSEMBLE_FILE)
         for name, content in (("plans.json", own.plans), ("dataset.json", own.dataset_json), ("model.json", meta)):

@@ -11,14 +11,14 @@ import csv
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from stitch_ops.outputs import output_file
+
 TRAINING_LOG = "training_log.csv"
 """Per-epoch training curve written next to every trained model (a DVC plot)."""
 
 
 def write_curve(path: Path, rows: Sequence[Mapping[str, float]]) -> None:
     """Write per-epoch rows (first column ``epoch``) as CSV, replacing ``path`` atomically."""
-    from stitch_ops.outputs import output_file
-
     columns = ["epoch"] + sorted({k for row in rows for k in row} - {"epoch"})
     with output_file(path) as tmp, tmp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)

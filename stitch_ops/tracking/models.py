@@ -21,12 +21,14 @@ parameter (default 1 mm).
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from stitch_ops.approaches import Approach
+from stitch_ops.outputs import read_json
 
 logger = logging.getLogger(__name__)
 
@@ -46,9 +48,7 @@ def signature_and_example(folder: Path) -> tuple[Any, np.ndarray]:
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
 
-    plans = json.loads((Path(folder) / "plans.json").read_text())
-    meta = json.loads((Path(folder) / "model.json").read_text())
-    dataset_json = json.loads((Path(folder) / "dataset.json").read_text())
+    plans, meta, dataset_json = (read_json(Path(folder) / name) for name in ("plans.json", "model.json", "dataset.json"))
     patch = list(plans["configurations"][meta["configuration"]]["patch_size"])
     channels = len(dataset_json.get("channel_names", dataset_json.get("modality", {})))
     # natural images (PNG frames) are 2-D; volumes (NIfTI) are 3-D, also under a 2-D configuration
@@ -83,8 +83,8 @@ def log_model(run_id: str, export: Path, *, pair: str, approach: str, trained_on
                                        input_example=example, registered_model_name=name,
                                        pip_requirements=_requirements())
     version = client.get_model_version(name, str(info.registered_model_version))
-    meta = json.loads((export / "model.json").read_text())
-    if approach == "stitch" and meta.get("selection") == CHAMPION_STRATEGY:
+    meta = read_json(export / "model.json")
+    if approach == Approach.STITCH and meta.get("selection") == CHAMPION_STRATEGY:
         client.set_registered_model_alias(name, CHAMPION, version.version)
         logger.info("%s version %s is the %s (selection strategy 1)", name, version.version, CHAMPION)
     return version

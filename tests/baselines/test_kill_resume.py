@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -127,9 +128,14 @@ def kill_and_resume(cwd: Path, outputs: list[Path], marker: Callable[[], bool], 
     """
     run_stage(cwd, *args)
     reference = cwd / "reference" / "_".join(a.lstrip("-") for a in args[:2])
-    for output in outputs:
-        shutil.copytree(output, reference / output.relative_to(cwd))
-        shutil.rmtree(output)
+    for output in outputs:  # folders or single files
+        kept = reference / output.relative_to(cwd)
+        if output.is_dir():
+            shutil.copytree(output, kept)
+            shutil.rmtree(output)
+        else:
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(output, kept)
     run_stage(cwd, *args, kill_when=marker)
     left = [str(p) for p in absent_after_kill if p.exists()]
     assert not left, f"the killed {' '.join(args[:2])} left outputs a rerun or DVC could trust: {left}"
@@ -155,10 +161,24 @@ def tensors(path: Path) -> dict[str, torch.Tensor]:
     return found
 
 
+WALL_TIME = "wall_time_s"  # how long a run took is not a result: a killed run takes longer
+
+
+def without_wall_time(value):
+    if isinstance(value, dict):
+        return {k: without_wall_time(v) for k, v in value.items() if k != WALL_TIME}
+    if isinstance(value, list):
+        return [without_wall_time(v) for v in value]
+    return value
+
+
 def assert_same_file(expected: Path, actual: Path) -> None:
     """Weight files: every tensor equal; ``.npz``: every array equal (the zip members carry
-    their write time); anything else byte for byte."""
-    if expected.suffix in (".pth", ".pt"):
+    their write time); JSON: equal but for wall times; anything else byte for byte."""
+    if expected.suffix == ".json":
+        want, got = (without_wall_time(json.loads(path.read_text())) for path in (expected, actual))
+        assert got == want, f"{actual} differs from the uninterrupted run's"
+    elif expected.suffix in (".pth", ".pt"):
         want, got = tensors(expected), tensors(actual)
         assert want, f"{expected} holds no tensors"
         assert want.keys() == got.keys(), actual
@@ -176,6 +196,9 @@ def assert_same_file(expected: Path, actual: Path) -> None:
 def assert_same_outputs(reference: Path, cwd: Path, outputs: list[Path]) -> None:
     for output in outputs:
         expected = reference / output.relative_to(cwd)
+        if expected.is_file():
+            assert_same_file(expected, output)
+            continue
         assert files(expected), f"the uninterrupted run wrote nothing to {output}"
         assert files(output) == files(expected), output
         for name in files(expected):
@@ -211,11 +234,12 @@ def test_stitch_training_resumes_to_the_same_stitches(workspace: Path, paths: Pa
 def test_stitch_selection_restarts_to_the_same_choice_and_predictions(workspace: Path, paths: PairPaths):
     slug = "via_a_double_batched"
     model = paths.model_dir("stitch", slug, 0)
-    outputs = [model / "export", paths.metrics("stitch", slug, 0), paths.predictions("stitch", slug, 0)]
+    outputs = [model / "export", paths.metrics("stitch", slug, 0) / "positions.csv",
+               paths.predictions("stitch", slug, 0)]
     # killed once the first position's validation predictions are being written
     reference, _ = kill_and_resume(workspace, outputs, appears(model, "positions.partial*/k*"),
                                    "stitch_ops.stitching", "select", *STITCH,
-                                   absent_after_kill=(model / "export", outputs[1] / "positions.csv"))
+                                   absent_after_kill=(model / "export", outputs[1]))
     assert_same_outputs(reference, workspace, outputs)
     assert not list(model.glob("positions.partial*"))
 
@@ -246,12 +270,22 @@ def test_federated_training_resumes_after_the_last_round_to_the_same_model(works
 
 def test_export_restarts_and_never_leaves_half_a_bundle(workspace: Path, paths: PairPaths):
     bundle = workspace / "exports" / PAIR / "local_a_fold0"
+    archive = bundle.with_name(bundle.name + ".zip")
 
-    def staging() -> bool:  # anything in exports/ that is not (yet) the finished bundle
-        return any(p.name != bundle.name for p in bundle.parent.glob("*")) if bundle.parent.is_dir() else False
+    def staging() -> bool:  # a folder in exports/ that is not (yet) the finished bundle
+        return bundle.parent.is_dir() and any(p.is_dir() and p.name != bundle.name for p in bundle.parent.iterdir())
 
-    reference, _ = kill_and_resume(workspace, [bundle], staging, "stitch_ops.bundle", "export", "--pair", PAIR,
-                                   "--approach", "local", "--trained-on", "a", "--fold", FOLD,
-                                   absent_after_kill=(bundle,))
-    assert_same_outputs(reference, workspace, [bundle])
-    assert [p.name for p in bundle.parent.iterdir()] == [bundle.name]
+    args = ("stitch_ops.bundle", "export", "--pair", PAIR, "--approach", "local", "--trained-on", "a", "--fold", FOLD)
+    run_stage(workspace, *args)
+    reference = workspace / "reference" / "bundle_export"
+    shutil.copytree(bundle.parent, reference)
+    shutil.rmtree(bundle.parent)
+    run_stage(workspace, *args, kill_when=staging)
+    assert not bundle.exists() and not archive.exists(), "the killed export left a bundle a user could trust"
+    run_stage(workspace, *args)
+    assert sorted(p.name for p in bundle.parent.iterdir()) == [bundle.name, archive.name]  # no staging left
+    assert_same_outputs(reference, bundle.parent, [bundle])
+    with zipfile.ZipFile(reference / archive.name) as want, zipfile.ZipFile(archive) as got:
+        assert want.namelist() == got.namelist()
+        for name in want.namelist():  # contents, not the members' write times
+            assert want.read(name) == got.read(name), name

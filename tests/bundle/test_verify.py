@@ -178,7 +178,7 @@ def test_missing_licence_is_named(bundle: Path):
 
 def test_broken_metadata_is_refused(bundle: Path):
     (bundle / "configs" / "metadata.json").write_text("{not json")
-    with pytest.raises(BundleError, match="not readable JSON"):
+    with pytest.raises(BundleError, match="metadata.json is not valid JSON .*ask its sender"):
         verify_bundle(bundle)
 
 

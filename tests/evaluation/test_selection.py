@@ -42,3 +42,60 @@ def test_bad_tables_are_refused():
         select_position(table([]))
     with pytest.raises(ValueError, match="'best_guess' is not a valid SelectionStrategy"):
         select_position(table([(0, 0, 1.0, 0.0)]), "best_guess")
+
+
+# ---- strategies 1-3 on a hand-made set of tables whose answers are worked out below ----
+#
+# X (pair p, 10 matches) fold 0: mean ranks k0=3, k5=1, k9=2  -> scaled 1, 0, .5   (strategy 1: k=5)
+# X fold 1:                      mean ranks k0=3, k5=2, k9=1  -> scaled 1, .5, 0
+#   over both folds: k5 and k9 tie at 1.5, k9 has the higher mean Dice (.85 vs .75)  (strategy 2: k=9)
+# Y (pair q, 20 matches) fold 0: mean ranks k0=3, k10=2, k18=1 -> scaled 1, .5, 0
+# Z (pair q, 20 matches) fold 0: the same as Y
+# pooled scaled rank at r=0: (1+1+1+1)/4 = 1; r=.5: (0+.5+.5+.5)/4 = .375; r=.9: (.5+0+0+0)/4 = .125
+#   -> rule of thumb r=.9: X uses k=9, Y and Z k=18                                (strategy 3)
+def strategy_tables() -> pd.DataFrame:
+    rows = [("p", "x", 0, 0, 10, 0.5, 9.0), ("p", "x", 0, 5, 10, 0.9, 2.0), ("p", "x", 0, 9, 10, 0.8, 4.0),
+            ("p", "x", 1, 0, 10, 0.5, 9.0), ("p", "x", 1, 5, 10, 0.6, 8.0), ("p", "x", 1, 9, 10, 0.9, 1.0)]
+    for slug in ("y", "z"):
+        rows += [("q", slug, 0, 0, 20, 0.5, 9.0), ("q", slug, 0, 10, 20, 0.8, 4.0), ("q", slug, 0, 18, 20, 0.9, 2.0)]
+    table = pd.DataFrame(rows, columns=["pair", "slug", "fold", "k", "matches", "dice", "hd95"])
+    table["relative_position"] = table["k"] / table["matches"]
+    return table
+
+
+def test_the_three_strategies_give_the_worked_out_positions():
+    from stitch_ops.evaluation.selection import select_strategies
+
+    x = select_strategies(strategy_tables(), ("p", "x"), fold=0)
+    assert x["current_fold"] == {"k": 5, "relative_position": 0.5}
+    assert x["all_folds"]["k"] == 9 and x["all_folds"]["folds"] == [0, 1]
+    assert x["all_folds"]["equals_current_fold"] is False and "note" not in x["all_folds"]
+    assert x["rule_of_thumb"]["k"] == 9 and x["rule_of_thumb"]["pooled_relative_position"] == pytest.approx(0.9)
+    assert x["rule_of_thumb"]["pooled_tables"] == 4
+    assert select_strategies(strategy_tables(), ("p", "x"), fold=1)["current_fold"]["k"] == 9
+
+
+def test_all_folds_with_one_fold_is_current_fold_and_says_so():
+    from stitch_ops.evaluation.selection import select_strategies
+
+    y = select_strategies(strategy_tables(), ("q", "y"), fold=0)
+    assert y["all_folds"]["k"] == y["current_fold"]["k"] == 18
+    assert y["all_folds"]["equals_current_fold"] is True
+    assert "strategy 1" in y["all_folds"]["note"]
+    assert y["rule_of_thumb"]["k"] == 18 and y["rule_of_thumb"]["relative_position"] == pytest.approx(0.9)
+
+
+def test_rule_of_thumb_scores_every_candidate_and_picks_the_nearest_scored_position():
+    from stitch_ops.evaluation.selection import nearest_position, rule_of_thumb
+
+    r, pooled = rule_of_thumb(strategy_tables(), ["pair", "slug", "fold"])
+    assert r == pytest.approx(0.9)
+    assert list(pooled["mean_scaled_rank"]) == pytest.approx([0.125, 0.375, 1.0])
+    odd = pd.DataFrame({"k": [0, 3, 6], "relative_position": [0.0, 3 / 7, 6 / 7]})
+    assert nearest_position(odd, 0.9) == 6
+    assert nearest_position(odd, 0.5) == 3
+    assert nearest_position(pd.DataFrame({"k": [2, 4], "relative_position": [0.2, 0.4]}), 0.3) == 2  # tie: lower k
+    with pytest.raises(ValueError, match="missing"):
+        rule_of_thumb(strategy_tables().drop(columns="relative_position"), ["pair", "slug", "fold"])
+    with pytest.raises(ValueError, match="rule_of_thumb pools"):
+        select_position(strategy_tables(), "rule_of_thumb")
