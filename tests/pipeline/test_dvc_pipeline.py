@@ -3,10 +3,13 @@ a real MLflow store and real DVC stages; then a second `dvc repro` that does not
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from stitch_ops.bundle.verify import verify_bundle
@@ -32,16 +35,48 @@ def mlflow_runs(root: Path, pair: str):
     return mlflow.search_runs(experiment_names=[f"stitch_ops/{pair}"], output_format="pandas")
 
 
+def mask(path: Path) -> np.ndarray:
+    """A segmentation or label map (PNG or NIfTI) as an array."""
+    import SimpleITK as sitk
+
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
+def dice_by_hand(prediction: np.ndarray, reference: np.ndarray) -> float:
+    """2|P∩R| / (|P| + |R|); 1 when both masks are empty (README: empty-mask policy)."""
+    p, r = prediction > 0, reference > 0
+    if not p.any() and not r.any():
+        return 1.0
+    return 2.0 * np.logical_and(p, r).sum() / (p.sum() + r.sum())
+
+
+def raw_dataset(root: Path, pair: str, party: str) -> Path:
+    return root / "data" / pair / "nnUNet_raw" / f"Dataset00{1 if party == 'a' else 2}_{pair}_{party}"
+
+
 @pytest.mark.parametrize("pair", PAIRS)
 def test_basis_models_are_in_mlflow_with_both_test_sets(pipeline: Path, pair: str):
     runs = mlflow_runs(pipeline, pair)
     local = runs[runs["tags.approach"] == "local"]
     assert sorted(local["tags.trained_on"]) == ["a", "b"]
-    for column in ("test_a/dice_mean", "test_b/dice_mean", "test_a/hd95_mean", "test_b/hd95_mean"):
-        values = local[f"metrics.{column}"]
-        assert values.notna().all() and all(math.isfinite(v) for v in values), column
-        if "dice" in column:
-            assert ((values >= 0) & (values <= 1)).all()
+    for _, run_row in local.iterrows():
+        party = run_row["tags.trained_on"]
+        cases = pd.read_csv(pipeline / "metrics" / pair / "local" / party / "fold_0" / "cases.csv")
+        summary = json.loads((pipeline / "metrics" / pair / "local" / party / "fold_0" / "summary.json").read_text())
+        for test_party in ("a", "b"):
+            scored = cases[cases["test_party"] == test_party]
+            for metric in ("dice", "hd95"):
+                logged = run_row[f"metrics.test_{test_party}/{metric}_mean"]
+                assert math.isfinite(logged) and logged == pytest.approx(scored[metric].mean())
+                assert summary[f"test_{test_party}/{metric}_mean"] == pytest.approx(logged)
+            # every per-case Dice recomputed from the written segmentation and the label by hand
+            predictions = pipeline / "predictions" / pair / "local" / party / "fold_0" / f"test_{test_party}"
+            labels = raw_dataset(pipeline, pair, test_party) / "labelsTs"
+            ending = json.loads((labels.parent / "dataset.json").read_text())["file_ending"]
+            for _, case in scored.iterrows():
+                expected = dice_by_hand(mask(predictions / f"{case['case']}{ending}"),
+                                        mask(labels / f"{case['case']}{ending}"))
+                assert case["dice"] == pytest.approx(expected), (party, test_party, case["case"])
     assert (local["tags.mlflow.runName"].str.startswith("local:")).all()
 
 
@@ -54,7 +89,7 @@ def test_per_case_tables_cover_every_test_case(pipeline: Path, pair: str):
         assert list(cases.columns) == ["pair", "test_party", "approach", "trained_on", "fold", "case",
                                        "dice", "hd95"]
         for test_party in ("a", "b"):
-            labels = pipeline / "data" / pair / "nnUNet_raw" / f"Dataset00{1 if test_party == 'a' else 2}_{pair}_{test_party}" / "labelsTs"
+            labels = raw_dataset(pipeline, pair, test_party) / "labelsTs"
             assert (cases["test_party"] == test_party).sum() == len(list(labels.iterdir()))
 
 
@@ -96,7 +131,10 @@ def test_every_scored_stitch_position_has_its_own_run_and_each_strategy_selects_
         assert positions["relative_position"].between(0, 1).all()
         nested = runs[(runs["tags.trained_on"] == slug) & runs["tags.k"].notna()]
         assert sorted(nested["tags.k"].astype(int)) == sorted(positions["k"])
-        assert nested["metrics.val_a/dice_mean"].between(0, 1).all()
+        logged = nested.set_index(nested["tags.k"].astype(int))
+        for _, position in positions.iterrows():  # the run of each k logs that k's row of positions.csv
+            assert logged.loc[position["k"], "metrics.val_a/dice_mean"] == pytest.approx(position["dice"])
+            assert logged.loc[position["k"], "metrics.val_a/hd95_mean"] == pytest.approx(position["hd95"])
         selection = json.loads((folder / "selection.json").read_text())
         assert set(selection) == {"current_fold", "all_folds", "rule_of_thumb"}
         assert selection["current_fold"]["k"] == positions.loc[positions["selected"], "k"].item()
@@ -129,16 +167,40 @@ def test_second_repro_does_nothing(pipeline: Path):
     assert "up to date" in result.stdout
 
 
+def probabilities(path: Path) -> np.ndarray:
+    with np.load(path) as saved:
+        return saved["probabilities"]
+
+
+def assert_segmented_by(seg: Path, model_predictions: Path, other_predictions: Path) -> None:
+    """``seg`` holds what the pipeline's predictions of that model hold (segmentations and
+    probabilities), and not another model's probabilities."""
+    cases = sorted(p.stem for p in model_predictions.glob("*.npz"))
+    assert cases and sorted(p.stem for p in seg.glob("*.npz")) == cases
+    for case in cases:
+        np.testing.assert_array_equal(mask(seg / f"{case}.png"), mask(model_predictions / f"{case}.png"))
+        np.testing.assert_allclose(probabilities(seg / f"{case}.npz"), probabilities(model_predictions / f"{case}.npz"),
+                                   rtol=0, atol=1e-6)
+    assert not np.allclose(probabilities(seg / f"{cases[0]}.npz"), probabilities(other_predictions / f"{cases[0]}.npz"))
+
+
+def segment_with_bundle(bundle: Path, images: Path, out: Path) -> Path:
+    run([sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
+         "--bundle_root", str(bundle), "--input_dir", str(images), "--output_dir", str(out),
+         "--save_probabilities", "True", "--progress", "False"], bundle)
+    return out
+
+
 def test_exported_bundle_verifies_and_segments_through_monai_bundle(pipeline: Path, tmp_path: Path):
     bundle = pipeline / "exports" / "polyp" / "local_a_fold0"
     report = verify_bundle(bundle)
     assert report.models == [bundle / "models"] and report.output_shape[1] == 2
-    images = pipeline / "data" / "polyp" / "nnUNet_raw" / "Dataset001_polyp_a" / "imagesTs"
-    run([sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
-         "--bundle_root", str(bundle), "--input_dir", str(images), "--output_dir", str(tmp_path / "seg"),
-         "--progress", "False"], bundle)
-    written = sorted(p.name for p in (tmp_path / "seg").glob("*.png"))
+    images = raw_dataset(pipeline, "polyp", "a") / "imagesTs"
+    seg = segment_with_bundle(bundle, images, tmp_path / "seg")
+    written = sorted(p.name for p in seg.glob("*.png"))
     assert written == sorted(p.name.replace("_0000", "") for p in images.glob("*.png"))
+    local = pipeline / "predictions" / "polyp" / "local"
+    assert_segmented_by(seg, local / "a" / "fold_0" / "test_a", local / "b" / "fold_0" / "test_a")
 
 
 @pytest.mark.parametrize("slug", ["via_a_double_batched", "via_a_double_batched_finetuned"])
