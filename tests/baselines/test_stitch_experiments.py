@@ -14,7 +14,7 @@ from tests.baselines.tiny_pair import PAIR, TinyPair, make_params
 
 from stitch_ops.paths import PairPaths
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3000)]  # the module fixture runs every stitch stage
 
 STITCHING = {"c_parties": ["a"], "methods": ["double_batched", "direct_matching"], "selection": "current_fold",
              "max_positions": 3, "finetuned_c_parties": ["a"],
