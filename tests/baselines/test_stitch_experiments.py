@@ -14,7 +14,7 @@ from tests.baselines.tiny_pair import PAIR, TinyPair, make_params
 
 from stitch_ops.paths import PairPaths
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3000)]  # the module fixture runs every stitch stage
 
 STITCHING = {"c_parties": ["a"], "methods": ["double_batched", "direct_matching"], "selection": "current_fold",
              "max_positions": 3, "finetuned_c_parties": ["a"],
@@ -76,7 +76,7 @@ def test_finetuned_variant_stitches_own_model_to_the_others_model_finetuned_on_o
     assert network.parent_specs[0].plans == own and network.parent_specs[1].plans == tuned
     export = json.loads((experiment / "models" / PAIR / "stitch" / "via_a_double_batched_finetuned" / "fold_0"
                          / "export" / "model.json").read_text())
-    assert export["finetuned"] is True and export["data_party"] == "a"
+    assert export["finetuned"] is True and export["c"] == "a"
 
 
 def test_no_stitch_reference_is_scored_like_a_position_with_the_same_numbers(experiment: Path):

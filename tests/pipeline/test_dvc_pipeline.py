@@ -15,7 +15,7 @@ import pytest
 from stitch_ops.bundle.verify import verify_bundle
 from tests.helpers import copy_pipeline, run
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]  # the module fixture runs the whole smoke `dvc repro`
 
 PAIRS = ("polyp", "pelvis")
 
