@@ -345,5 +345,6 @@ def load_exported_ensemble(folder: Path) -> Any:
         raise ModelError(f"{folder} is not an exported stitch-ensemble: missing {missing}")
     hint = "export the stitch-ensemble again (stitch_select stage)"
     plans, dataset_json, meta = (read_json(f, hint=hint) for f in files[1:])
-    return NnUNetModel(load_stitch_ensemble(files[0]), plans, dataset_json, meta["configuration"], None,
-                       meta["description"])
+    ensemble = load_stitch_ensemble(files[0])
+    return NnUNetModel(ensemble, plans, dataset_json, meta["configuration"], None, meta["description"],
+                       {"kind": "stitch_ensemble", "ensemble": ensemble.description.to_dict()})
