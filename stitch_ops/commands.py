@@ -8,7 +8,6 @@ folders of images, and need no pipeline checkout or ``params.yaml``.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,6 +20,17 @@ MODEL_HELP = ("a bundle exported by stitch-ops (folder or .zip), an nnU-Net resu
 
 def _fold(value: str) -> int | str:
     return value if value == "all" else int(value)
+
+
+def _with_task_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options both task commands share (device, trust, progress, logging, tracebacks)."""
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--trust", action="store_true",
+                        help="allow plans naming architectures outside dynamic_network_architectures")
+    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true", help="on an error, show the Python traceback")
+    return one_line_usage_errors(parser)
 
 
 def stitch_parser() -> argparse.ArgumentParser:
@@ -50,13 +60,7 @@ def stitch_parser() -> argparse.ArgumentParser:
     parser.add_argument("--own-fold", type=_fold, help="the fold of a multi-fold own model")
     parser.add_argument("--other-fold", type=_fold, help="the fold of a multi-fold other model")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--trust", action="store_true",
-                        help="allow plans naming architectures outside dynamic_network_architectures")
-    parser.add_argument("--no-progress", dest="progress", action="store_false")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument("--debug", action="store_true", help="on an error, show the Python traceback")
-    return one_line_usage_errors(parser)
+    return _with_task_options(parser)
 
 
 def stitch_main(argv: Sequence[str] | None = None) -> int:
@@ -83,13 +87,7 @@ def predict_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fold", type=_fold, help="one fold (default: every fold present, averaged as nnU-Net does)")
     parser.add_argument("--save-probabilities", action="store_true", help="also write {case}.npz probabilities")
     parser.add_argument("--mirroring", action="store_true", help="test-time mirroring (slower)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--trust", action="store_true",
-                        help="allow plans naming architectures outside dynamic_network_architectures")
-    parser.add_argument("--no-progress", dest="progress", action="store_false")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument("--debug", action="store_true", help="on an error, show the Python traceback")
-    return one_line_usage_errors(parser)
+    return _with_task_options(parser)
 
 
 def predict(model: Path, images: Path, out: Path, *, fold: int | str | None = None, save_probabilities: bool = False,

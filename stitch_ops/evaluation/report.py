@@ -40,7 +40,7 @@ from stitch_ops.config import PARTIES, Params
 from stitch_ops.errors import UnknownNameError
 from stitch_ops.evaluation import figures
 from stitch_ops.evaluation.findings import NEAR, NOTABLE, Finding, Verdict, judge, mean_table
-from stitch_ops.evaluation.results import METHOD_INITIALS, PairResults, load_pair
+from stitch_ops.evaluation.results import PairResults, load_pair
 from stitch_ops.evaluation.stats import ALPHA, feasible_from, perspective_tests
 from stitch_ops.outputs import read_json, scratch_dir, swap_in, write_json, write_table, write_text
 from stitch_ops.paths import REPORTS

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from stitch_ops.errors import InputFileError, describe
+from stitch_ops.errors import InputFileError
 from stitch_ops.outputs import CorruptFileError, output_dir, read_json, write_json
 
 logger = logging.getLogger(__name__)

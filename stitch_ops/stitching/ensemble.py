@@ -28,7 +28,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from stitch_ops.errors import reading
 from stitch_ops.graph.matching import Match
 from stitch_ops.graph.trace import trace_network
 from stitch_ops.stitching.merge import merge_graphs, program
