@@ -103,6 +103,10 @@ def configure(root: Path = Path(".")) -> str:
         root.mkdir(parents=True, exist_ok=True)
         _store = TrackingStore(uri=f"sqlite:///{root / 'mlflow.db'}", artifact_root=root / "mlruns")
     mlflow.set_tracking_uri(_store.uri)
+    # MLflow also exports the URI as MLFLOW_TRACKING_URI; undo that, or a later configure()
+    # in this process (another root) would take our own URI for a user's choice
+    if user_uri is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
     logger.info("MLflow tracking URI %s, artifacts under %s", _store.uri, _store.artifact_root or "(server default)")
     return _store.uri
 

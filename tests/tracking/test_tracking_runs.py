@@ -57,6 +57,21 @@ def test_configure_honours_user_uri(monkeypatch, tmp_path):
         mlflow.set_tracking_uri(saved.uri)
 
 
+def test_configure_follows_each_root_in_one_process(monkeypatch, tmp_path):
+    """In-process callers (notebooks, tests) that move between checkouts log to each one's store."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    saved = runs._store
+    try:
+        for name in ("first", "second"):
+            root = tmp_path / name
+            assert tracking.configure(root) == f"sqlite:///{root.resolve() / 'mlflow.db'}"
+    finally:
+        runs._store = saved
+        import mlflow
+
+        mlflow.set_tracking_uri(saved.uri)
+
+
 def test_create_then_rerun_upserts(store, client, tmp_path):
     root, _ = store
     experiment = tracking.experiment_name("toy")
