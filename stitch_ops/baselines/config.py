@@ -15,21 +15,36 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, ClassVar, Self
 
 from stitch_ops.approaches import FINETUNE_SLUGS, Approach
 from stitch_ops.config import ConfigError, NnUNetSchedule, Params, _positive_int, load_section
 
 
-def _resolve(settings: Any, basis: NnUNetSchedule, keys: dict[str, str]) -> Any:
-    """``settings`` with every ``null`` schedule key replaced by the basis schedule's value."""
-    return replace(settings, **{key: getattr(basis, source) for key, source in keys.items()
-                                if getattr(settings, key) is None})
+@dataclass(frozen=True)
+class _BasisSchedule:
+    """A section whose ``null`` schedule keys mean "the basis models' value" (equal budgets).
 
+    Subclasses name their ``params.yaml`` section and map each schedule key to the
+    ``nnunet`` key it defaults to; the keys are checked when built and resolved by
+    :meth:`from_params`.
+    """
 
-def _optional_positive_int(section: str, key: str, value: Any) -> None:
-    if value is not None:
-        _positive_int(section, key, value)
+    SECTION: ClassVar[str]
+    BASIS_KEYS: ClassVar[dict[str, str]]  # own key -> the nnunet key it defaults to
+
+    def __post_init__(self) -> None:
+        for key in self.BASIS_KEYS:
+            if getattr(self, key) is not None:
+                _positive_int(self.SECTION, key, getattr(self, key))
+
+    @classmethod
+    def from_params(cls, params: Params) -> Self:
+        """The section with ``null`` schedule keys resolved to the basis schedule."""
+        settings = load_section(params, cls.SECTION, cls)
+        basis: NnUNetSchedule = params.nnunet
+        return replace(settings, **{key: getattr(basis, source) for key, source in cls.BASIS_KEYS.items()
+                                    if getattr(settings, key) is None})
 
 
 def _learning_rate(section: str, key: str, value: Any) -> float:
@@ -39,7 +54,7 @@ def _learning_rate(section: str, key: str, value: Any) -> float:
 
 
 @dataclass(frozen=True)
-class FinetuneParams:
+class FinetuneParams(_BasisSchedule):
     """Fine-tuning another party's model on own data (``a→b``).
 
     Attributes:
@@ -51,30 +66,26 @@ class FinetuneParams:
             ``base_lr`` after the warm-up); ``null`` (the default): the basis models'.
     """
 
+    SECTION = "finetune"
+    BASIS_KEYS = {"epochs": "epochs", "iterations_per_epoch": "iterations_per_epoch"}
+
     base_lr: float = 1e-3
     warmup_epochs: int = 1
     epochs: int | None = None
     iterations_per_epoch: int | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _learning_rate("finetune", "base_lr", self.base_lr)
-        _optional_positive_int("finetune", "epochs", self.epochs)
-        _optional_positive_int("finetune", "iterations_per_epoch", self.iterations_per_epoch)
         if not isinstance(self.warmup_epochs, int) or isinstance(self.warmup_epochs, bool) or self.warmup_epochs < 0:
             raise ConfigError(f"'finetune.warmup_epochs' must be a non-negative integer, got {self.warmup_epochs!r}")
         if self.epochs is not None and not self.warmup_epochs < self.epochs:
             raise ConfigError(f"'finetune.warmup_epochs' must be an integer in [0, epochs={self.epochs}), "
                               f"got {self.warmup_epochs!r}")
 
-    @classmethod
-    def from_params(cls, params: Params) -> FinetuneParams:
-        """The section with ``null`` epochs / iterations resolved to the basis schedule."""
-        settings = load_section(params, "finetune", cls)
-        return _resolve(settings, params.nnunet, {"epochs": "epochs", "iterations_per_epoch": "iterations_per_epoch"})
-
 
 @dataclass(frozen=True)
-class FederatedParams:
+class FederatedParams(_BasisSchedule):
     """Federated averaging (``a‖b``) with one Ray actor per party.
 
     Attributes:
@@ -91,6 +102,9 @@ class FederatedParams:
             custom resource ``party_<p>`` (the node that holds p's data).
     """
 
+    SECTION = "federated"
+    BASIS_KEYS = {"rounds": "epochs", "iterations_per_epoch": "iterations_per_epoch"}
+
     rounds: int | None = None
     iterations_per_epoch: int | None = None
     address: str | None = None
@@ -98,36 +112,22 @@ class FederatedParams:
     pin_parties: bool = False
 
     def __post_init__(self) -> None:
-        _optional_positive_int("federated", "rounds", self.rounds)
-        _optional_positive_int("federated", "iterations_per_epoch", self.iterations_per_epoch)
+        super().__post_init__()
         _positive_int("federated", "cpus_per_party", self.cpus_per_party)
         if self.address is not None and not isinstance(self.address, str):
             raise ConfigError(f"'federated.address' must be null, 'auto' or a Ray address, got {self.address!r}")
 
-    @classmethod
-    def from_params(cls, params: Params) -> FederatedParams:
-        """The section with ``null`` rounds / iterations resolved to the basis schedule."""
-        settings = load_section(params, "federated", cls)
-        return _resolve(settings, params.nnunet, {"rounds": "epochs", "iterations_per_epoch": "iterations_per_epoch"})
-
 
 @dataclass(frozen=True)
-class MergedParams:
+class MergedParams(_BasisSchedule):
     """Training on the pooled data of both parties (``a+b``); ``null`` schedule keys (the
     default): the basis models' epochs and iterations."""
 
+    SECTION = "merged"
+    BASIS_KEYS = {"epochs": "epochs", "iterations_per_epoch": "iterations_per_epoch"}
+
     epochs: int | None = None
     iterations_per_epoch: int | None = None
-
-    def __post_init__(self) -> None:
-        _optional_positive_int("merged", "epochs", self.epochs)
-        _optional_positive_int("merged", "iterations_per_epoch", self.iterations_per_epoch)
-
-    @classmethod
-    def from_params(cls, params: Params) -> MergedParams:
-        """The section with ``null`` epochs / iterations resolved to the basis schedule."""
-        settings = load_section(params, "merged", cls)
-        return _resolve(settings, params.nnunet, {"epochs": "epochs", "iterations_per_epoch": "iterations_per_epoch"})
 
 
 @dataclass(frozen=True)

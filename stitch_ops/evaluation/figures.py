@@ -28,7 +28,7 @@ from stitch_ops.approaches import StitchMethod
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["biobjective", "own_data", "position_trend", "rq1", "training_curves"]
+__all__ = ["biobjective", "hd95_unit", "own_data", "position_trend", "rq1", "training_curves"]
 
 DPI = 110
 METHOD_NAMES = {m.value: m.label for m in StitchMethod}
@@ -43,7 +43,10 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig, path: Path, title: str) -> Path:
+    """Title the figure, fit its layout and write it as a PNG at ``path``."""
+    fig.suptitle(title)
+    fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI, bbox_inches="tight", format="png")
@@ -56,6 +59,12 @@ def _colours(names: Sequence[str]) -> dict[str, tuple]:
     plt = _pyplot()
     cmap = plt.get_cmap("tab20" if len(names) > 10 else "tab10")
     return {name: cmap(i % cmap.N) for i, name in enumerate(names)}
+
+
+def hd95_unit(file_ending: str) -> str:
+    """HD95's unit for a dataset's ``file_ending``: pixels for 2-D frames (PNG carries no
+    spacing), millimetres for volumes (nnU-Net reads their spacing)."""
+    return "px" if file_ending.lower() == ".png" else "mm"
 
 
 def _hd95_label(unit: str, where: str = "") -> str:
@@ -95,9 +104,7 @@ def biobjective(means: pd.DataFrame, path: Path, unit: str, title: str) -> Path:
     handles, labels = axes[0].get_legend_handles_labels()
     if handles:
         fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
-    fig.suptitle(title)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _save(fig, path, title)
 
 
 def position_trend(positions: pd.DataFrame, no_stitch: pd.DataFrame, path: Path, unit: str, title: str) -> Path:
@@ -140,9 +147,7 @@ def position_trend(positions: pd.DataFrame, no_stitch: pd.DataFrame, path: Path,
     if handles:
         fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, fontsize=8,
                    frameon=False)
-    fig.suptitle(f"{title}\n(dashed: no-stitch reference; circled: selected position)")
-    fig.tight_layout()
-    return _save(fig, path)
+    return _save(fig, path, f"{title}\n(dashed: no-stitch reference; circled: selected position)")
 
 
 def rq1(table: pd.DataFrame, path: Path, unit: str, title: str) -> Path:
@@ -168,9 +173,7 @@ def rq1(table: pd.DataFrame, path: Path, unit: str, title: str) -> Path:
         ax.set_xlabel("number of active stitches")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _save(fig, path, title)
 
 
 def own_data(cases: pd.DataFrame, models: Sequence[str], path: Path, unit: str, title: str) -> Path:
@@ -197,9 +200,7 @@ def own_data(cases: pd.DataFrame, models: Sequence[str], path: Path, unit: str, 
         ax.set_xticks(positions, models, rotation=30, ha="right")
         ax.set_ylabel("Dice (higher is better)" if metric == "dice" else _hd95_label(unit))
         ax.grid(alpha=0.3, axis="y")
-    fig.suptitle(title)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _save(fig, path, title)
 
 
 def training_curves(budgets: pd.DataFrame, path: Path, title: str) -> Path:
@@ -219,6 +220,4 @@ def training_curves(budgets: pd.DataFrame, path: Path, title: str) -> Path:
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title(title)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _save(fig, path, title)

@@ -20,13 +20,16 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from stitch_ops import approaches
 from stitch_ops.config import PARTIES
+from stitch_ops.evaluation.figures import hd95_unit
 from stitch_ops.outputs import read_json
 from stitch_ops.paths import PairPaths
 
@@ -157,17 +160,23 @@ def _read_csv(path: Path, problems: list[str]) -> pd.DataFrame | None:
         return None
 
 
-def _cases(root: Path, problems: list[str]) -> pd.DataFrame:
-    tables = []
-    for path in sorted(root.glob("*/*/fold_*/cases.csv")):
-        table = _read_csv(path, problems)
-        if table is None:
+def _complete_files(root: Path, pattern: str, needed: Sequence[str], problems: list[str]) -> Iterator[tuple[Path, Any]]:
+    """Each file under ``root`` matching ``pattern`` (``.csv`` as a table, else JSON) that
+    reads and has the ``needed`` columns or keys; every other one is named in ``problems``."""
+    for path in sorted(root.glob(pattern)):
+        data = _read_csv(path, problems) if path.suffix == ".csv" else _read_json(path, problems)
+        if data is None:
             continue
-        missing = [c for c in CASE_COLUMNS if c not in table.columns]
+        missing = [key for key in needed if key not in data]
         if missing:
-            problems.append(f"{path}: missing columns {missing}")
+            problems.append(f"{path}: missing {missing}")
             continue
-        tables.append(table.loc[:, list(CASE_COLUMNS)])
+        yield path, data
+
+
+def _cases(root: Path, problems: list[str]) -> pd.DataFrame:
+    tables = [table.loc[:, list(CASE_COLUMNS)]
+              for _, table in _complete_files(root, "*/*/fold_*/cases.csv", CASE_COLUMNS, problems)]
     if not tables:
         return pd.DataFrame(columns=[*CASE_COLUMNS, "model", "shorthand", "perspective", "role"])
     cases = pd.concat(tables, ignore_index=True)
@@ -204,14 +213,8 @@ def _models(cases: pd.DataFrame) -> pd.DataFrame:
 
 def _budgets(root: Path, problems: list[str]) -> pd.DataFrame:
     rows = []
-    for path in sorted(root.glob("*/*/fold_*/budget.json")):
-        data = _read_json(path, problems)
-        if data is None:
-            continue
+    for path, data in _complete_files(root, "*/*/fold_*/budget.json", BUDGET_COLUMNS, problems):
         approach, trained_on = path.parts[-4], path.parts[-3]
-        missing = [k for k in BUDGET_COLUMNS if k not in data]
-        if missing:
-            problems.append(f"{path}: missing keys {missing}")
         losses = data.get("loss_per_epoch")
         rows.append({"model": model_label(approach, trained_on), "approach": approach, "trained_on": trained_on,
                      "fold": _fold(path.parent), **{k: data.get(k) for k in BUDGET_COLUMNS},
@@ -258,14 +261,8 @@ def _positions(root: Path, problems: list[str]) -> tuple[pd.DataFrame, pd.DataFr
 
 def _rq1(root: Path, problems: list[str]) -> pd.DataFrame:
     tables = []
-    for path in sorted((root / "rq1").glob("*/fold_*/rq1.csv")):
-        table = _read_csv(path, problems)
-        if table is None:
-            continue
-        needed = {"method", "n_stitches", "dice", "hd95"}
-        if not needed <= set(table.columns):
-            problems.append(f"{path}: needs columns {sorted(needed)}")
-            continue
+    for path, table in _complete_files(root / "rq1", "*/fold_*/rq1.csv", ("method", "n_stitches", "dice", "hd95"),
+                                       problems):
         table["c"] = path.parts[-3]
         table["fold"] = _fold(path.parent)
         tables.append(table)
@@ -281,7 +278,7 @@ def _raw_facts(root: Path, pair: str) -> tuple[str, dict[str, int]]:
             info = read_json(PairPaths(pair, root).raw_dataset(party) / "dataset.json")
         except (OSError, ValueError):
             continue
-        unit = "px" if str(info.get("file_ending", "")).lower() == ".png" else "mm"
+        unit = hd95_unit(str(info.get("file_ending", "")))
         if isinstance(info.get("numTraining"), int):
             sizes[party] = info["numTraining"]
     return unit, sizes

@@ -111,6 +111,7 @@ def _output_node(module: torch.fx.GraphModule) -> str:
 
 def run(params: Params, pair: str, c: str, progress: bool = True, root: Path = Path(".")) -> pd.DataFrame:
     """Sample and score the RQ1 networks of ``pair`` for stitching party c; write the CSV and plot."""
+    from stitch_ops.evaluation import figures
     from stitch_ops.nnunet.model import NnUNetModel, load_model
     from stitch_ops.nnunet.predict import preprocess_cases
     from stitch_ops.stitching import load_stitched_network
@@ -152,7 +153,8 @@ def run(params: Params, pair: str, c: str, progress: bool = True, root: Path = P
     table = pd.DataFrame(rows, columns=list(COLUMNS))
     write_table(out / "rq1.csv", table)
     with output_file(out / "rq1.png") as picture:
-        plot(table, picture, f"{pair}: stitches trained on {c}'s data, validation cases of {c}")
+        figures.rq1(table, picture, figures.hd95_unit(own.dataset_json["file_ending"]),
+                    f"{pair}: stitches trained on {c}'s data, validation cases of {c}")
     _log(pair, c, table, out, section)
     return table
 
@@ -174,25 +176,3 @@ def _log(pair: str, c: str, table: pd.DataFrame, out: Path, section: Rq1Params) 
                      params={"samples": section.samples, "counts": section.counts, "networks": len(table)},
                      metrics=metrics, artifacts=[out / "rq1.csv", out / "rq1.png"],
                      run_name=f"rq1:{c}:fold{FOLD}", dvc_stage=f"rq1@{pair}-{c}")
-
-
-def plot(table: pd.DataFrame, path: Path, title: str) -> None:
-    """Dice and HD95 against the number of active stitches, one line (the mean) per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for axis, metric, label in ((axes[0], "dice", "Dice"), (axes[1], "hd95", "HD95 (mm; pixels for 2-D frames)")):
-        for method, group in table.groupby("method"):
-            axis.scatter(group["n_stitches"], group[metric], s=10, alpha=0.5)
-            means = group.groupby("n_stitches")[metric].mean()
-            axis.plot(means.index, means.values, marker="o", label=method.replace("_", " "))
-        axis.set_xlabel("active stitches")
-        axis.set_ylabel(f"validation {label}")
-        axis.legend()
-    figure.suptitle(title)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100, format="png")
-    plt.close(figure)
