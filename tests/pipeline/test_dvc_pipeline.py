@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from stitch_ops.bundle.verify import verify_bundle
 from tests.helpers import copy_pipeline, run
@@ -301,3 +302,18 @@ def test_dvc_plots_and_metrics_show_the_curves_trends_and_headline_numbers(pipel
     metrics = json.loads(run(["dvc", "metrics", "show", "--json"], pipeline).stdout)
     files = next(iter(metrics.values()))["data"]
     assert "metrics/polyp/local/a/fold_0/summary.json" in files
+
+
+def test_the_same_seed_from_scratch_gives_the_same_metrics(pipeline: Path, tmp_path: Path):
+    """One party's chain of the smoke pipeline (prepare, split, plan, train, predict, evaluate)
+    again in a fresh checkout: the same seed gives the same model and the same summary.json."""
+    again = copy_pipeline(tmp_path / "again")
+    run([sys.executable, "-m", "stitch_ops.cli", "profile", "smoke"], again)
+    run(["dvc", "repro", "evaluate@polyp-a-0"], again)
+    metrics = Path("metrics") / "polyp" / "local" / "a" / "fold_0"
+    for name in ("summary.json", "cases.csv"):
+        assert (again / metrics / name).read_bytes() == (pipeline / metrics / name).read_bytes(), name
+    weights = Path("models") / "polyp" / "local" / "a" / "fold_0" / "export" / "weights.pth"
+    first, second = (torch.load(root / weights, weights_only=True) for root in (pipeline, again))
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
