@@ -230,6 +230,7 @@ def test_stitch_training_resumes_to_the_same_stitches(workspace: Path, paths: Pa
                                      "stitch_ops.stitching", "train", *STITCH)
     assert "resumed from" in log
     assert_same_outputs(reference, workspace, [network])
+    assert optimizer_state_files(network) == []  # finished: the checkpoint is dropped, the network stays
 
 
 def test_stitch_selection_restarts_to_the_same_choice_and_predictions(workspace: Path, paths: PairPaths):
