@@ -78,7 +78,7 @@ def preprocess_cases(model: NnUNetModel, images: Path, cases: Sequence[str] | No
     return list(iter_preprocessed(model, images, cases, progress))
 
 
-def _predictor(model: NnUNetModel, torch_device: torch.device, mirroring: bool, stacked: int = 1) -> Any:
+def predictor_for(model: NnUNetModel, torch_device: torch.device, mirroring: bool, stacked: int = 1) -> Any:
     """nnU-Net's predictor for ``model`` (tiles overlap by half, Gaussian weights), initialised
     in memory. ``stacked``: the network returns that many predictions stacked along channels."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
@@ -135,7 +135,7 @@ def predict_preprocessed_stacked(model: NnUNetModel, cases: Sequence[Preprocesse
 
     if not outputs or len(set(outputs)) != len(outputs):
         raise ValueError(f"expected distinct output folders, one per stacked model, got {list(outputs)}")
-    predictor = _predictor(model, resolve_device(device), mirroring, len(outputs))
+    predictor = predictor_for(model, resolve_device(device), mirroring, len(outputs))
     with ExitStack() as stack:
         stagings = [stack.enter_context(output_dir(output)) for output in outputs]
         for item in tqdm(cases, desc=f"predict {outputs[0].name}", unit="case", disable=not progress):

@@ -5,7 +5,8 @@ the *unlabeled* training images of the stitching party c. The parents are the tw
 models (``a←[c]→b``) or, with ``finetuned``, c's basis model and the other party's model
 fine-tuned on c's data (``a←[a]→b→a``; the ``finetune`` approach's ``other_to_c`` model).
 ``select``: score the stitch-ensemble at every evaluated position k on c's validation cases
-(``scores/{pair}/stitch/{slug}/fold_k/positions.csv``), log one MLflow run per position and
+(``scores/{pair}/stitch/{slug}/fold_k/positions.csv``; all positions in one sliding window that
+runs the parents' layers before each stitch once, :func:`score_positions`), log one MLflow run per position and
 one for the no-stitch reference, pick k by selection strategy 1, export that stitch-ensemble
 and predict both parties' test sets with it, like any other model. Strategies 2 and 3 and the
 no-stitch reference's own stage are in :mod:`stitch_ops.stitching.strategies`.
@@ -296,11 +297,11 @@ def select(params: Params, pair: str, c: str, method: str, fold: int, progress: 
     preprocessed = preprocess_cases(own, raw / "imagesTr", val_cases, progress)  # once, for all k
     rows = []
     with scratch_dir(model_dir / "positions") as scratch:
-        positions = evaluated_positions(len(network.matches), section.max_positions)
-        scored = score_positions(network, positions, own, preprocessed, raw / "labelsTr", scratch, params.nnunet.device,
+        evaluated = evaluated_positions(len(network.matches), section.max_positions)
+        scored = score_positions(network, evaluated, own, preprocessed, raw / "labelsTr", scratch, params.nnunet.device,
                                  pair=pair, test_party=f"{VALIDATION_SET}_{c}", approach=APPROACH, trained_on=slug,
                                  fold=fold, cases=val_cases)
-        for k in positions:
+        for k in evaluated:
             match, scores = network.matches[k], scored[k]
             row = {"k": k, "relative_position": k / len(network.matches), "matches": len(network.matches),
                    "node_a": match.node_a, "node_b": match.node_b, "dice": scores["dice"].mean(),
