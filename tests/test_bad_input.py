@@ -274,6 +274,8 @@ CASES: dict[str, Case] = {
                                   "dataset.json is missing; run the stage that makes it first"),
     "transfer plans before plan": Case(["baselines", "transfer-plans", "--pair", "polyp"], "is missing"),
     "report of an unknown pair": Case(["report", "--pair", "knee", "--no-mlflow"], "unknown pair(s) ['knee']"),
+    "report before any results": Case(["report", "--pair", "polyp", "--no-mlflow"],
+                                      "pair 'polyp' has no results yet (no cases.csv under metrics/polyp/)"),
     "MLflow UI without a store": Case(["tracking", "ui", "--port", "5999"], "no MLflow store at mlflow.db",
                                       setup=lambda root: None),
     "verify a missing bundle": Case(["bundle", "verify", "nowhere"], "no bundle folder at nowhere",

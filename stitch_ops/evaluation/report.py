@@ -37,13 +37,13 @@ import pandas as pd
 
 from stitch_ops.cli_common import common_options, run_command
 from stitch_ops.config import PARTIES, Params
-from stitch_ops.errors import UnknownNameError
+from stitch_ops.errors import InputFileError, UnknownNameError
 from stitch_ops.evaluation import figures
 from stitch_ops.evaluation.findings import NEAR, NOTABLE, Finding, Verdict, judge, mean_table
 from stitch_ops.evaluation.results import PairResults, load_pair
 from stitch_ops.evaluation.stats import ALPHA, feasible_from, perspective_tests
 from stitch_ops.outputs import read_json, scratch_dir, swap_in, write_json, write_table, write_text
-from stitch_ops.paths import REPORTS
+from stitch_ops.paths import REPORTS, PairPaths
 
 logger = logging.getLogger(__name__)
 
@@ -546,6 +546,12 @@ def _report(args: argparse.Namespace, params: Params) -> None:
         raise UnknownNameError(f"unknown pair(s) {unknown}; params.yaml has pairs {list(params.pairs)}")
     if not args.index:
         for pair in pairs:
+            if not any(PairPaths(pair).metrics_root.glob("*/*/fold_*/cases.csv")):
+                message = f"pair {pair!r} has no results yet (no cases.csv under metrics/{pair}/); run `make run` first"
+                if args.pair:  # asked for by name: nothing to report is an error
+                    raise InputFileError(message)
+                logger.warning("%s: skipped", message)
+                continue
             run(pair, Path("."), args.out, params, log_mlflow=args.mlflow)
     if args.index or not args.pair:
         write_index(list(params.pairs), args.out)
