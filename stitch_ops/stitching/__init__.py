@@ -30,7 +30,7 @@ from stitch_ops.stitching.network import (
     save_stitched_network,
 )
 from stitch_ops.stitching.parents import ParentSpec, probe_shape
-from stitch_ops.stitching.stitch import PairStatistics, Stitch
+from stitch_ops.stitching.stitch import MomentSampler, PairStatistics, Stitch
 from stitch_ops.stitching.switch import DEFAULT_LOSS_TERMS, LossTerm, Switch, SwitchMode, SwitchOutput
 from stitch_ops.stitching.train import EpochLog, StitchTrainingConfig, fit_stitches_least_squares, train_stitches
 
@@ -38,6 +38,7 @@ __all__ = [
     "DEFAULT_LOSS_TERMS",
     "EpochLog",
     "LossTerm",
+    "MomentSampler",
     "PairLosses",
     "PairStatistics",
     "Parent",

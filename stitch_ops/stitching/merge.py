@@ -60,6 +60,7 @@ def merge_graphs(
     switch_b: Callable[[int], str],
     prefix_a: str = "parent_a",
     prefix_b: str = "parent_b",
+    moments: str | None = None,
 ) -> MergedGraph:
     """Interleave two parents' graphs with a pair of switches per match.
 
@@ -71,6 +72,8 @@ def merge_graphs(
         switch_b: qualified module name of the switch at ``b_k``.
         prefix_a: where A's modules live in the root module.
         prefix_b: where B's modules live.
+        moments: qualified name of a module computing the :class:`PairStatistics` of
+            ``(a_k, b_k)`` (e.g. on a random subset of positions); ``None``: ``PairStatistics.of``.
     """
     merged = fx.Graph()
     x = merged.placeholder("x")
@@ -88,7 +91,8 @@ def merge_graphs(
         maps_b.append(original_b)
         losses_a.append(merged.call_function(operator.getitem, (switched_a, 1)))
         losses_b.append(merged.call_function(operator.getitem, (switched_b, 1)))
-        statistics.append(merged.call_function(PairStatistics.of, (original_a, original_b)))
+        statistics.append(merged.call_function(PairStatistics.of, (original_a, original_b)) if moments is None
+                          else merged.call_module(moments, (original_a, original_b)))
     return MergedGraph(
         graph=merged,
         output_a=side_a.copy_rest(),

@@ -36,11 +36,12 @@ from stitch_ops.graph.trace import NetworkGraph, trace_network
 from stitch_ops.outputs import output_file
 from stitch_ops.stitching.merge import merge_graphs, program
 from stitch_ops.stitching.parents import ParentSpec, probe_shape
-from stitch_ops.stitching.stitch import PairStatistics, Stitch
+from stitch_ops.stitching.stitch import MomentSampler, PairStatistics, Stitch
 from stitch_ops.stitching.switch import DEFAULT_LOSS_TERMS, LossTerm, Switch, SwitchMode
 
 __all__ = [
     "PairLosses",
+    "PairMoments",
     "Parent",
     "StitchedNetwork",
     "SwitchConfiguration",
@@ -113,6 +114,18 @@ class PairLosses(NamedTuple):
     b: Tensor
 
 
+class PairMoments(nn.Module):
+    """Computes a matched pair's :class:`PairStatistics` inside the combined network's program:
+    exactly, or estimated from the positions its ``sampler`` draws (direct-matching training)."""
+
+    def __init__(self):
+        super().__init__()
+        self.sampler: MomentSampler | None = None
+
+    def forward(self, map_a: Tensor, map_b: Tensor) -> PairStatistics:
+        return PairStatistics.of(map_a, map_b, self.sampler)
+
+
 class StitchedNetwork(nn.Module):
     """Two frozen parents joined by stitches and switches at every match.
 
@@ -148,6 +161,7 @@ class StitchedNetwork(nn.Module):
             torch.manual_seed(init_seed)
             self.switches_a = nn.ModuleList(Switch(_stitch(graph_b, graph_a, m.node_b, m.node_a)) for m in self.matches)
             self.switches_b = nn.ModuleList(Switch(_stitch(graph_a, graph_b, m.node_a, m.node_b)) for m in self.matches)
+        self.moments = PairMoments()
         self.switches_a.to(_device(graph_a.module))
         self.switches_b.to(_device(graph_a.module))
         self._programs = {
@@ -216,13 +230,14 @@ class StitchedNetwork(nn.Module):
         """Logits ``B K H W [D]`` of the configured output parent for images ``B C H W [D]``."""
         return self._programs[self.configuration.output.value](x)
 
-    def switch_losses(self, x: Tensor) -> tuple[PairLosses, ...]:
+    def switch_losses(self, x: Tensor, sampler: MomentSampler | None = None) -> tuple[PairLosses, ...]:
         """Per match, the losses of the stitches into A and into B, for the method set by :meth:`set_training`.
 
         Direct matching: ``MSE(stitch(b_k), a_k)`` and ``MSE(stitch(a_k), b_k)`` with every
         switch on original; the parents run without autograd and the MSEs follow
-        from each pair's :class:`PairStatistics`. Double-batched: each switch's
-        loss, for the doubled batch ``x`` (every sample twice).
+        from each pair's :class:`PairStatistics` (over every position, or an unbiased
+        estimate from the positions ``sampler`` draws). Double-batched: each switch's
+        loss, for the doubled batch ``x`` (every sample twice); ``sampler`` is not used.
 
         Raises:
             RuntimeError: if no training method is set.
@@ -233,14 +248,22 @@ class StitchedNetwork(nn.Module):
             return tuple(PairLosses(a, b) for a, b in self._programs["double_batched"](x))
         return tuple(
             PairLosses(statistics.swapped().stitch_mse(switch_a.stitch), statistics.stitch_mse(switch_b.stitch))
-            for statistics, switch_a, switch_b in zip(self.pair_statistics(x), self.switches_a, self.switches_b)
+            for statistics, switch_a, switch_b in zip(self.pair_statistics(x, sampler), self.switches_a, self.switches_b)
         )
 
     @torch.no_grad()
-    def pair_statistics(self, x: Tensor) -> tuple[PairStatistics, ...]:
-        """Second-order statistics of ``(a_k, b_k)`` for every match, from the parents' own maps."""
+    def pair_statistics(self, x: Tensor, sampler: MomentSampler | None = None) -> tuple[PairStatistics, ...]:
+        """Second-order statistics of ``(a_k, b_k)`` for every match, from the parents' own maps:
+        exact, or (with a ``sampler``) estimated from a new random subset of positions."""
         self._check_parents_unstitched("pair_statistics")
-        return self._programs["statistics"](x)
+        if sampler is None:
+            return self._programs["statistics"](x)
+        sampler.new_step()
+        self.moments.sampler = sampler
+        try:
+            return self._programs["statistics"](x)
+        finally:
+            self.moments.sampler = None
 
     def matched_maps(self, x: Tensor) -> tuple[tuple[Tensor, Tensor], ...]:
         """``(a_k, b_k)`` for every match, as the parents compute them (switches on original)."""
@@ -278,6 +301,7 @@ class StitchedNetwork(nn.Module):
             self.matches,
             switch_a=lambda k: f"switches_a.{k}",
             switch_b=lambda k: f"switches_b.{k}",
+            moments="moments",
         )
         return program(self, merged, outputs(merged))
 

@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 APPROACH = Approach.STITCH
 NETWORK_FILE = "stitched_network.pt"
+CHECKPOINT = "checkpoint.pt"
 ENSEMBLE_FILE = "stitch_ensemble.pt"
 
 
@@ -180,7 +181,10 @@ def train_stitch_network(model_a: Any, model_b: Any, images: Any, patch_size: An
     (unlabeled, :class:`~stitch_ops.stitching.PreprocessedImages`) and save the network.
 
     Resumable: ``out/checkpoint.pt`` is written after every epoch and continued from;
-    ``out/stitched_network.pt`` and ``out/training_log.json`` appear only when training ends;
+    ``out/stitched_network.pt`` and ``out/training_log.json`` appear only when training ends,
+    and then the checkpoint (the stitches plus the optimizer's state, about three times the
+    stitches' size) is deleted: every later stage reads the saved network, and a stage that
+    reruns (its parents or settings changed) must not continue stitches trained for others;
     the wall time of every attempt is summed in ``out`` (:class:`~stitch_ops.budget.TrainingClock`).
     ``on_epoch`` gets every epoch's log (a live MLflow run; see :func:`train_stitches`).
     Returns the trained :class:`~stitch_ops.stitching.StitchedNetwork` and the epochs' losses.
@@ -195,10 +199,12 @@ def train_stitch_network(model_a: Any, model_b: Any, images: Any, patch_size: An
     logger.info("%d matches; %d stitches to train (%s)", len(network.matches), 2 * len(network.matches),
                 config.method.value)
     with TrainingClock(out):
-        history = train_stitches(network, patches.epoch, config, checkpoint=out / "checkpoint.pt", progress=progress,
+        history = train_stitches(network, patches.epoch, config, checkpoint=out / CHECKPOINT, progress=progress,
                                  on_epoch=on_epoch)
     write_json(out / "training_log.json", [vars(e) for e in history])
     save_stitched_network(network, out / NETWORK_FILE)
+    for checkpoint in out.glob(f"{CHECKPOINT}*"):  # with a killed save's .partial-<pid> leftover
+        checkpoint.unlink()
     return network, history
 
 

@@ -23,12 +23,13 @@ Example::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["PairStatistics", "Stitch"]
+__all__ = ["MomentSampler", "PairStatistics", "Stitch"]
 
 _LAYERS = {2: nn.Linear, 3: nn.Conv1d, 4: nn.Conv2d, 5: nn.Conv3d}
 
@@ -118,8 +119,14 @@ class PairStatistics:
     cross: Tensor
 
     @classmethod
-    def of(cls, map_a: Tensor, map_b: Tensor) -> PairStatistics:
-        """Statistics of ``map_a`` (``B C_a [spatial...]``) and ``map_b`` (``B C_b [spatial...]``), detached."""
+    def of(cls, map_a: Tensor, map_b: Tensor, sampler: MomentSampler | None = None) -> PairStatistics:
+        """Statistics of ``map_a`` (``B C_a [spatial...]``) and ``map_b`` (``B C_b [spatial...]``), detached.
+
+        With a ``sampler``, an unbiased estimate from a random subset of the positions
+        (see :class:`MomentSampler`); without, the exact sums over all positions.
+        """
+        if sampler is not None and sampler.fraction < 1:
+            return cls._estimate(map_a, map_b, sampler)
         a, b = _positions(map_a), _positions(map_b)
         count = a.shape[0] * a.shape[2]
         sum_a, sum_b = a.sum(dim=(0, 2)), b.sum(dim=(0, 2))
@@ -127,6 +134,28 @@ class PairStatistics:
             moments_a=_augmented(torch.bmm(a, a.mT).sum(0), sum_a, sum_a, count),
             moments_b=_augmented(torch.bmm(b, b.mT).sum(0), sum_b, sum_b, count),
             cross=_augmented(torch.bmm(a, b.mT).sum(0), sum_a, sum_b, count),
+        )
+
+    @classmethod
+    def _estimate(cls, map_a: Tensor, map_b: Tensor, sampler: MomentSampler) -> PairStatistics:
+        """The sums over a uniform random subset of ``n`` of the ``P`` positions, scaled by ``P / n``.
+
+        Each position is in the subset with probability ``n / P``, so every scaled sum has the
+        full sum as its expectation (the count becomes ``n * P / n = P``).
+        """
+        a, b = _positions(map_a), _positions(map_b)
+        batch, per_sample = a.shape[0], a.shape[2]
+        chosen = sampler.positions(batch, per_sample, a.device)
+        count = sum(len(index) for index in chosen)
+        ones = a.new_ones(1, count)
+        # [subset; 1] (C+1 x n): one product per statistic gives the moments, the sums and the count
+        subset_a = torch.cat([torch.cat([a[i].index_select(1, index) for i, index in enumerate(chosen)], dim=1), ones])
+        subset_b = torch.cat([torch.cat([b[i].index_select(1, index) for i, index in enumerate(chosen)], dim=1), ones])
+        scale = batch * per_sample / count
+        return cls(
+            moments_a=(subset_a @ subset_a.T).double() * scale,
+            moments_b=(subset_b @ subset_b.T).double() * scale,
+            cross=(subset_a @ subset_b.T).double() * scale,
         )
 
     def __add__(self, other: PairStatistics) -> PairStatistics:
@@ -160,6 +189,54 @@ class PairStatistics:
         regulariser.diagonal()[:channels] = ridge * self.moments_a.diagonal()[:channels].mean()
         solution = torch.linalg.solve(self.moments_a + regulariser, self.cross[:, :-1])  # W'^T
         return solution[:channels].T.float(), solution[channels].float()
+
+
+@dataclass
+class MomentSampler:
+    """Which positions direct matching estimates a pair's moments from, drawn anew every step.
+
+    Direct matching needs, per match, three ``C x P`` matrix products over all ``P``
+    positions (batch x spatial) of the pair's maps; in 2-D these cost about as much as
+    the parents' forward passes. An unbiased estimate from a subset is as good for
+    stochastic gradient descent (the gradient is linear in the moments): every step,
+    ``ceil(fraction * P)`` positions are drawn uniformly without replacement, and the sums
+    over them are scaled by ``P / n``. The subset is drawn once per step for each map size
+    ``(B, P)`` and shared by every match of that size (each match's estimate stays
+    unbiased); :meth:`new_step` forgets it.
+
+    Args:
+        fraction: share of the positions used, in ``(0, 1]``; 1 means every position (exact).
+        generator: the only source of randomness, so a seeded run draws the same subsets.
+
+    Example::
+
+        >>> sampler = MomentSampler(0.25, torch.Generator().manual_seed(0))
+        >>> [len(i) for i in sampler.positions(batch=2, per_sample=8, device=torch.device("cpu"))]  # 4 of 16
+        [1, 3]
+    """
+
+    fraction: float
+    generator: torch.Generator
+    _drawn: dict[tuple[int, int], list[Tensor]] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.fraction, bool) or not 0 < self.fraction <= 1:
+            raise ValueError(f"the moment sample fraction should be in (0, 1] (1: every position), got {self.fraction!r}")
+
+    def new_step(self) -> None:
+        """Draw new subsets from the next call on."""
+        self._drawn.clear()
+
+    def positions(self, batch: int, per_sample: int, device: torch.device) -> list[Tensor]:
+        """The chosen positions of a ``batch x per_sample`` map, per sample (sorted indices into ``per_sample``)."""
+        key = (batch, per_sample)
+        if key not in self._drawn:
+            total = batch * per_sample
+            count = min(total, max(1, math.ceil(self.fraction * total)))
+            flat = torch.randperm(total, generator=self.generator)[:count].sort().values
+            bounds = torch.searchsorted(flat, torch.arange(1, batch) * per_sample).tolist()
+            self._drawn[key] = [(part - i * per_sample).to(device) for i, part in enumerate(flat.tensor_split(bounds))]
+        return self._drawn[key]
 
 
 def _augmented(products: Tensor, row_sums: Tensor, column_sums: Tensor, count: int) -> Tensor:

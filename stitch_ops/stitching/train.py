@@ -10,7 +10,11 @@ annealed learning rate, on *unlabeled* images.
   so no gradient flows through the parents and all stitches train at once. The
   MSE is evaluated from the pair's second-order statistics
   (:class:`~stitch_ops.stitching.stitch.PairStatistics`): same value and
-  gradient, without materialising the stitched maps.
+  gradient, without materialising the stitched maps. Each training step
+  estimates those statistics from a random ``moment_fraction`` of the positions
+  (:class:`~stitch_ops.stitching.stitch.MomentSampler`: uniform, without
+  replacement, unbiased), which makes a 2-D step cheaper by about the parents'
+  forward cost; the least-squares start and the probe loss use every position.
 - *Double-batched*: every batch is doubled; switches pass the reference half on
   and a random per-sample choice in the second half, and return their loss
   anchored to the reference (see :mod:`stitch_ops.stitching.switch`). Gradients
@@ -59,7 +63,7 @@ from stitch_ops.approaches import StitchMethod
 from stitch_ops.config import ConfigError
 from stitch_ops.errors import InputFileError, reading
 from stitch_ops.stitching.network import StitchedNetwork, SwitchConfiguration, atomic_save
-from stitch_ops.stitching.stitch import PairStatistics
+from stitch_ops.stitching.stitch import MomentSampler, PairStatistics
 from stitch_ops.stitching.switch import DEFAULT_LOSS_TERMS, LossTerm, SwitchMode
 
 __all__ = [
@@ -68,6 +72,7 @@ __all__ = [
     "StitchTrainingConfig",
     "cosine_learning_rate",
     "fit_stitches_least_squares",
+    "moment_sampler",
     "plateau_reached",
     "stitch_optimizer",
     "train_stitches",
@@ -82,6 +87,8 @@ Batches = Iterable[Tensor] | Callable[[int], Iterable[Tensor]]
 """Images ``B C H W [D]``: an iterable (re-iterated every epoch), or a function from the epoch to one."""
 
 INITIALISATIONS = ("least_squares", "default")
+DEFAULT_MOMENT_FRACTION = 0.125
+"""Direct matching's default share of positions per step (``bench/training_step.py``, README)."""
 PROBE_EPOCH = 1_000_003
 """The probe batches are "epoch" ``PROBE_EPOCH`` of the batches: fixed, and apart from the training epochs'."""
 
@@ -105,6 +112,9 @@ class StitchTrainingConfig:
         plateau_tolerance: relative improvement of the probe loss below which the
             training counts as having reached a plateau (see :func:`plateau_reached`).
         probe_batches: fixed batches the probe loss is measured on after every epoch.
+        moment_fraction: direct matching: share of the positions (batch x spatial) each
+            step estimates the pairs' moments from, drawn uniformly without replacement
+            (unbiased; :class:`~stitch_ops.stitching.stitch.MomentSampler`); 1: every position.
     """
 
     method: StitchMethod = StitchMethod.DOUBLE_BATCHED
@@ -119,6 +129,7 @@ class StitchTrainingConfig:
     init_batches: int = 8
     plateau_tolerance: float = 0.01
     probe_batches: int = 4
+    moment_fraction: float = DEFAULT_MOMENT_FRACTION
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "method", StitchMethod(self.method))
@@ -135,6 +146,10 @@ class StitchTrainingConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"StitchTrainingConfig.{name} should be a positive integer, got {value!r}")
+        if isinstance(self.moment_fraction, bool) or not isinstance(self.moment_fraction, (int, float)) \
+                or not 0 < self.moment_fraction <= 1:
+            raise ConfigError(f"StitchTrainingConfig.moment_fraction should be in (0, 1] (1: every position), "
+                              f"got {self.moment_fraction!r}")
         if not self.lr > 0:
             raise ConfigError(f"StitchTrainingConfig.lr should be > 0, got {self.lr!r}")
         if self.weight_decay < 0:
@@ -297,15 +312,18 @@ def stitch_optimizer(network: StitchedNetwork, config: StitchTrainingConfig) -> 
     return torch.optim.AdamW(network.stitch_parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
 
 
-def training_step(network: StitchedNetwork, optimizer: torch.optim.Optimizer, images: Tensor) -> float:
+def training_step(network: StitchedNetwork, optimizer: torch.optim.Optimizer, images: Tensor,
+                  sampler: MomentSampler | None = None) -> float:
     """One optimiser step on images ``B C H W [D]``; for double-batched training the batch is doubled here.
 
     The network must be prepared with ``set_training(method)`` (and, for
-    double-batched training, its switches configured); returns the summed loss.
+    double-batched training, its switches configured); ``sampler``: direct matching
+    estimates the moments from the positions it draws (``None``: every position).
+    Returns the summed loss.
     """
     if network.training_method is StitchMethod.DOUBLE_BATCHED:
         images = torch.cat([images, images])
-    loss = sum(pair.a + pair.b for pair in network.switch_losses(images))
+    loss = sum(pair.a + pair.b for pair in network.switch_losses(images, sampler))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -316,15 +334,25 @@ def _run_epoch(network, optimizer, batches: Batches, config: StitchTrainingConfi
     images = _cycle(batches, epoch)
     total_steps = config.epochs * config.iterations_per_epoch
     loss_sum = 0.0
+    sampler = moment_sampler(config, epoch)
     for iteration in range(config.iterations_per_epoch):
         lr = cosine_learning_rate(epoch * config.iterations_per_epoch + iteration, total_steps, config.lr)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss = training_step(network, optimizer, next(images).to(device))
+        loss = training_step(network, optimizer, next(images).to(device), sampler)
         loss_sum += loss
         bar.update()
         bar.set_postfix(epoch=epoch + 1, loss=f"{loss_sum / (iteration + 1):.4g}")
     return loss_sum / config.iterations_per_epoch
+
+
+def moment_sampler(config: StitchTrainingConfig, epoch: int) -> MomentSampler | None:
+    """Direct matching with ``moment_fraction < 1``: the epoch's sampler, seeded by (seed, epoch), so a
+    resumed run draws what an uninterrupted one would; otherwise ``None`` (every position)."""
+    if config.method is not StitchMethod.DIRECT_MATCHING or config.moment_fraction >= 1:
+        return None
+    seed = int(np.random.SeedSequence([config.seed, epoch, 1]).generate_state(1)[0])
+    return MomentSampler(config.moment_fraction, torch.Generator().manual_seed(seed))
 
 
 def _configure_switches(network: StitchedNetwork, config: StitchTrainingConfig, epoch: int) -> None:

@@ -8,6 +8,7 @@ from tiny_nets import tiny_parent
 from torch import nn
 
 from stitch_ops.stitching import (
+    MomentSampler,
     PairStatistics,
     Parent,
     Stitch,
@@ -138,6 +139,41 @@ def test_stitch_mse_from_statistics_equals_the_mse_of_the_stitched_map(tensor_di
     assert torch.allclose(stitch.layer.weight.grad, expected_gradient, rtol=1e-4, atol=1e-6)
     reverse = Stitch(6, 4, tensor_dims)
     assert torch.allclose(PairStatistics.of(map_a, map_b).swapped().stitch_mse(reverse), torch.nn.functional.mse_loss(reverse(map_b), map_a), rtol=1e-5)
+
+
+def test_moment_sampler_draws_a_fixed_share_of_positions_without_replacement():
+    sampler = MomentSampler(0.25, torch.Generator().manual_seed(0))
+    chosen = sampler.positions(3, 10, torch.device("cpu"))  # 30 positions -> ceil(7.5) = 8
+    flat = torch.cat([index + i * 10 for i, index in enumerate(chosen)])
+    assert len(flat) == 8 and len(flat.unique()) == 8 and all(0 <= int(i) < 10 for index in chosen for i in index)
+    assert sampler.positions(3, 10, torch.device("cpu")) is chosen  # shared within a step
+    sampler.new_step()
+    assert not torch.equal(torch.cat(sampler.positions(3, 10, torch.device("cpu"))), torch.cat(chosen))
+    with pytest.raises(ValueError, match=r"fraction should be in \(0, 1\] \(1: every position\), got 0"):
+        MomentSampler(0, torch.Generator())
+
+
+def test_subsampled_pair_statistics_are_an_unbiased_estimate():
+    """The mean over many draws approaches the exact statistics (within 4 standard errors per entry);
+    a single draw does not equal them, and fraction 1 gives them exactly."""
+    generator = torch.Generator().manual_seed(0)
+    map_a = torch.randn(2, 3, 6, 5, generator=generator) + torch.linspace(0, 3, 5)  # positions differ
+    map_b = torch.randn(2, 4, 6, 5, generator=generator) * 2 + 1
+    map_b[:, 0] += map_a[:, 0] ** 2  # nonlinear dependence
+    exact = PairStatistics.of(map_a, map_b)
+    sampler = MomentSampler(0.2, torch.Generator().manual_seed(1))
+    draws = []
+    for _ in range(4000):
+        sampler.new_step()
+        draws.append(PairStatistics.of(map_a, map_b, sampler))
+    for name in ("moments_a", "moments_b", "cross"):
+        values = torch.stack([getattr(draw, name) for draw in draws])
+        mean, standard_error = values.mean(0), values.std(0) / len(draws) ** 0.5
+        assert torch.all((mean - getattr(exact, name)).abs() <= 4 * standard_error + 1e-9), name
+        assert not torch.allclose(values[0], getattr(exact, name), rtol=0.05), name  # one draw is only an estimate
+        assert torch.allclose(values[:, -1, -1], torch.tensor(60.0, dtype=torch.float64))  # the count stays exact
+    whole = PairStatistics.of(map_a, map_b, MomentSampler(1.0, torch.Generator()))
+    assert all(torch.equal(getattr(whole, name), getattr(exact, name)) for name in ("moments_a", "moments_b", "cross"))
 
 
 def _switch() -> tuple[Switch, torch.Tensor, torch.Tensor]:
