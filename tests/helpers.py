@@ -53,7 +53,10 @@ def pipeline_env() -> dict[str, str]:
 
 
 def copy_pipeline(target: Path) -> Path:
-    """A scratch checkout holding what `dvc repro` needs, initialised as a DVC project."""
+    """A scratch checkout holding what `dvc repro` needs, initialised as a DVC project with
+    the repository's DVC settings (``.dvc/config``: the cache links instead of copying)."""
+    from configobj import ConfigObj
+
     target.mkdir(parents=True, exist_ok=True)
     for name in PIPELINE_FILES:
         source = REPO / name
@@ -62,6 +65,9 @@ def copy_pipeline(target: Path) -> Path:
         else:
             shutil.copy(source, target / name)
     run(["dvc", "init", "--no-scm", "-q"], target)
+    config = ConfigObj(str(target / ".dvc" / "config"))
+    config.merge(ConfigObj(str(REPO / ".dvc" / "config")))
+    config.write()
     return target
 
 
@@ -73,3 +79,18 @@ def run(command: list[str], cwd: Path, timeout: int = 3600) -> subprocess.Comple
         raise AssertionError(f"{' '.join(command)} exited {result.returncode}\n"
                              f"--- stdout ---\n{result.stdout[-6000:]}\n--- stderr ---\n{result.stderr[-6000:]}")
     return result
+
+
+def optimizer_state_files(folder: Path) -> list[Path]:
+    """Every ``.pth``/``.pt`` file under ``folder`` that holds an optimizer's state (an nnU-Net
+    checkpoint, a FedAvg party's local state, a stitch training checkpoint), sorted."""
+    import torch
+
+    found = []
+    for path in sorted(folder.rglob("*.pt*")):
+        if path.is_file() and path.suffix in (".pth", ".pt"):
+            # files the test's own run wrote (nnU-Net's hold numpy scalars, hence weights_only=False)
+            saved = torch.load(path, map_location="cpu", weights_only=False)
+            if isinstance(saved, dict) and any("optimizer" in str(key) for key in saved):
+                found.append(path)
+    return found

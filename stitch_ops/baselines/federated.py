@@ -301,6 +301,22 @@ class GlobalCheckpoint:
         return read_json(path, hint="delete the federated model folder to start over") if path.is_file() else []
 
 
+def drop_training_state(results: Path) -> list[Path]:
+    """Delete what only an unfinished run reads, once its global model is exported: the
+    global checkpoint (``global/latest.pth``), every party's local state (optimiser momentum,
+    ``local_state/``) and any nnU-Net checkpoint of the parties; returns what was removed.
+    ``global/rounds.json`` (the per-round curve a finished run replays) stays. A finished run
+    is recognised by its export alone (``export/weights.pth``)."""
+    removed = sorted([*(results / GLOBAL).glob(f"{CHECKPOINT}*"), *results.rglob(f"{LOCAL_STATE}/*.pth*"),
+                      *results.rglob("checkpoint_*.pth*")])
+    for path in removed:
+        path.unlink()
+    for folder in results.rglob(LOCAL_STATE):
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+    return removed
+
+
 CURVE_KEYS = ("train_loss", "val_loss", "pseudo_dice", "lr")
 
 

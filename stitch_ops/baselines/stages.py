@@ -48,10 +48,11 @@ def predict_test_sets(paths: PairPaths, model: ModelId, fold: int, params: Param
 
 def train_finetuned(paths: PairPaths, party: str, fold: int, params: Params, *, base_lr: float, epochs: int,
                     iterations_per_epoch: int, results_root: Path, progress: bool = True,
-                    on_epoch: EpochCallback | None = None) -> Path:
+                    on_epoch: EpochCallback | None = None, keep_checkpoint: bool = True) -> Path:
     """Fine-tune the other party's basis model of ``fold`` on ``party``'s data (preprocessed
     with the transferred plans) into ``results_root``; returns the export folder.
-    ``on_epoch`` gets the training curve after every epoch (a live MLflow run)."""
+    ``on_epoch`` gets the training curve after every epoch (a live MLflow run);
+    ``keep_checkpoint``: see :func:`~stitch_ops.nnunet.train.train_fold`."""
     from stitch_ops.baselines.finetune import check_same_architecture, finetune_schedule
     from stitch_ops.nnunet.env import NnUNetRoots, configure
     from stitch_ops.nnunet.train import TrainingRun, train_fold
@@ -77,6 +78,7 @@ def train_finetuned(paths: PairPaths, party: str, fold: int, params: Params, *, 
                 "(warm-up %d epochs) then polynomial decay", source, party, fold, schedule.epochs,
                 schedule.iterations_per_epoch, warmup.start_lr, warmup.base_lr, warmup.warmup_epochs)
     return train_fold(run, trainer_class=FinetuneTrainer, progress=progress, on_epoch=on_epoch,
+                      keep_checkpoint=keep_checkpoint,
                       provenance={"pair": paths.pair, "approach": model.approach, "trained_on": model.trained_on,
                                   "shorthand": model.shorthand, "base_lr": schedule.initial_lr,
                                   "warmup_start_lr": warmup.start_lr, "warmup_epochs": warmup.warmup_epochs})
@@ -98,7 +100,7 @@ def finetune(pair: str, party: str, fold: int, params: Params, *, base_lr: float
         exported = train_finetuned(paths, party, fold, params, base_lr=lr,
                                    epochs=settings.epochs, iterations_per_epoch=settings.iterations_per_epoch,
                                    results_root=paths.model_dir(model.approach, model.trained_on, fold),
-                                   progress=progress, on_epoch=live.log_epoch)
+                                   progress=progress, on_epoch=live.log_epoch, keep_checkpoint=False)
         write_training_budget(paths, model, fold, params, settings.epochs, settings.iterations_per_epoch,
                               base_lr=lr, warmup_epochs=settings.warmup_epochs)
         predict_test_sets(paths, model, fold, params, progress=progress)
@@ -150,7 +152,7 @@ def merged(pair: str, fold: int, params: Params, *, root: Path = Path("."), prog
                        {"merged.epochs": settings.epochs,
                         "merged.iterations_per_epoch": settings.iterations_per_epoch},
                        {f"{pair}/a+b/train": preprocessed}) as live:
-        exported = train_fold(run, progress=progress, on_epoch=live.log_epoch,
+        exported = train_fold(run, progress=progress, on_epoch=live.log_epoch, keep_checkpoint=False,
                               provenance={"pair": pair, "approach": model.approach, "trained_on": model.trained_on,
                                           "shorthand": model.shorthand})
         write_training_budget(paths, model, fold, params, settings.epochs, settings.iterations_per_epoch)
@@ -210,7 +212,9 @@ def _federated(pair: str, fold: int, params: Params, *, root: Path = Path("."), 
     if marker.is_file() and _read(marker).get("fingerprint") == fingerprint:
         if (results / "export" / "weights.pth").is_file():
             logger.info("%s is already trained; nothing to do", results / "export")
-            from stitch_ops.baselines.federated import GlobalCheckpoint, round_curve
+            from stitch_ops.baselines.federated import GlobalCheckpoint, drop_training_state, round_curve
+
+            drop_training_state(results)  # a run killed between its export and this clean-up
 
             for record in GlobalCheckpoint(results / "global").history() if on_round is not None else []:
                 on_round(int(record["round"]), round_curve(record))
@@ -229,7 +233,7 @@ def _federated(pair: str, fold: int, params: Params, *, root: Path = Path("."), 
         state, mirroring, history = train_federated(parties, fold, schedule, results / "global",
                                                     ray_options=options, fault=fault, seed=params.seed,
                                                     progress=progress, on_round=on_round)
-    from stitch_ops.baselines.federated import load_canonical_state
+    from stitch_ops.baselines.federated import drop_training_state, load_canonical_state
 
     folder = parties[0].preprocessed_root / parties[0].dataset_name
     plans, dataset_json = _read(folder / f"{PLANS}.json"), _read(folder / "dataset.json")
@@ -242,6 +246,7 @@ def _federated(pair: str, fold: int, params: Params, *, root: Path = Path("."), 
                              "shorthand": model.shorthand, "fold": fold, "epochs": settings.rounds,
                              "rounds": settings.rounds, "trainer": "FedAvg(ScheduledTrainer)",
                              "pseudo_dice": {m["party"]: m["pseudo_dice"] for m in last}})
+    drop_training_state(results)
     write_training_budget(paths, model, fold, params, settings.rounds, settings.iterations_per_epoch,
                           parties=len(parties), rounds=settings.rounds)
     predict_test_sets(paths, model, fold, params, progress=progress)

@@ -56,7 +56,7 @@ def train(pair: str, party: str, fold: int, params: Params, *, root: Path = Path
                       dvc_stage=f"train@{pair}-{party}-{fold}", profile=params.profile, root=root,
                       inputs=[DataInput(f"{pair}/{party}/train", run.preprocessed_root, "training")],
                       params={f"nnunet.{k}": v for k, v in vars(params.nnunet).items()}) as live:
-        exported = train_fold(run, progress=progress, on_epoch=live.log_epoch,
+        exported = train_fold(run, progress=progress, on_epoch=live.log_epoch, keep_checkpoint=False,
                               provenance={"pair": pair, "approach": model.approach, "trained_on": model.trained_on})
     publish_curve(run.results_root / TRAINING_LOG, paths.training_curve(model.approach, model.trained_on, fold))
     write_budget(paths.metrics(model.approach, model.trained_on, fold) / BUDGET_JSON, training_budget(run))

@@ -24,6 +24,9 @@ logger = logging.getLogger(__name__)
 
 RUN_CONFIG = "run_config.json"
 EXPORT = "export"
+CHECKPOINTS = "checkpoint_*.pth*"
+"""nnU-Net's checkpoints (weights plus the optimizer's momentum: about twice the exported weights each),
+including a killed save's ``.partial-<pid>`` leftover."""
 
 EpochCallback = Callable[[int, Mapping[str, float]], None]
 """Called with (epoch, training-curve values) after every epoch, e.g. ``LiveRun.log_epoch``."""
@@ -72,7 +75,8 @@ def _prepare_results_root(run: TrainingRun) -> bool:
 
 
 def train_fold(run: TrainingRun, *, trainer_class: type | None = None, progress: bool = True,
-               provenance: dict[str, Any] | None = None, on_epoch: EpochCallback | None = None) -> Path:
+               provenance: dict[str, Any] | None = None, on_epoch: EpochCallback | None = None,
+               keep_checkpoint: bool = True) -> Path:
     """Train ``run`` (resuming an interrupted attempt of the same run) and export the model.
 
     The training curve (train/val loss, pseudo-Dice, learning rate, epoch time) is written
@@ -86,6 +90,11 @@ def train_fold(run: TrainingRun, *, trainer_class: type | None = None, progress:
         progress: show a progress bar over the iterations.
         provenance: extra fields for the exported ``model.json`` (approach, party, ...).
         on_epoch: called with (epoch, curve values) after every epoch.
+        keep_checkpoint: keep nnU-Net's ``checkpoint_final.pth`` once the model is exported,
+            so that ``results_root`` stays an nnU-Net results folder (``nnUNetv2_predict``,
+            ``nnUNetv2_export_model_to_zip``). The pipeline's stages pass False: downstream
+            everything reads ``export/``, and the checkpoint, which carries the optimizer
+            state, is needed only to resume an unfinished run (:func:`drop_checkpoints`).
 
     Returns:
         The exported model folder (``<results_root>/export``).
@@ -94,6 +103,8 @@ def train_fold(run: TrainingRun, *, trainer_class: type | None = None, progress:
     if _prepare_results_root(run):
         logger.info("%s is already trained; nothing to do", run.export_dir)
         _replay(read_curve(curve), on_epoch)
+        if not keep_checkpoint:
+            drop_checkpoints(run.results_root)
         return run.export_dir
     configure(NnUNetRoots(preprocessed=run.preprocessed_root, results=run.results_root), training=True)
     from stitch_ops.nnunet.trainer import ScheduledTrainer, global_rng_kept, seed_everything
@@ -128,12 +139,31 @@ def train_fold(run: TrainingRun, *, trainer_class: type | None = None, progress:
 
         with TrainingClock(run.results_root):
             trainer.run_training(progress=progress, after_epoch=after_epoch)
-    return export_model(trainer.network, trainer.plans_manager.plans, dataset_json,
-                        configuration=run.schedule.configuration, target=run.export_dir,
-                        mirroring_axes=trainer.inference_allowed_mirroring_axes,
-                        provenance={"dataset": run.dataset_name, "fold": run.fold,
-                                    "trainer": trainer_class.__name__, "epochs": trainer.num_epochs,
-                                    "pseudo_dice": trainer.pseudo_dice(), **(provenance or {})})
+    exported = export_model(trainer.network, trainer.plans_manager.plans, dataset_json,
+                            configuration=run.schedule.configuration, target=run.export_dir,
+                            mirroring_axes=trainer.inference_allowed_mirroring_axes,
+                            provenance={"dataset": run.dataset_name, "fold": run.fold,
+                                        "trainer": trainer_class.__name__, "epochs": trainer.num_epochs,
+                                        "pseudo_dice": trainer.pseudo_dice(), **(provenance or {})})
+    if not keep_checkpoint:
+        drop_checkpoints(run.results_root)
+    return exported
+
+
+def drop_checkpoints(results_root: Path) -> list[Path]:
+    """Delete nnU-Net's checkpoints under a *finished* run's ``results_root``; returns them.
+
+    Only an unfinished run reads them (:func:`_restore`: ``checkpoint_latest`` while training,
+    ``checkpoint_final`` if killed before the export was swapped in); a finished run is
+    recognised by ``export/weights.pth`` alone, and fine-tuning, prediction, stitching and
+    bundles read the export. Each checkpoint holds the weights plus the optimizer's momentum
+    and metadata, so dropping them leaves about a third of a model folder."""
+    removed = sorted(results_root.rglob(CHECKPOINTS))
+    for path in removed:
+        path.unlink()
+    if removed:
+        logger.debug("removed %d nnU-Net checkpoint(s) of the finished run in %s", len(removed), results_root)
+    return removed
 
 
 def _replay(history: list[dict[str, float]], on_epoch: EpochCallback | None) -> None:

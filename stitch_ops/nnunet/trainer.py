@@ -12,6 +12,7 @@ import logging
 import random
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,6 +23,8 @@ from stitch_ops.config import NnUNetSchedule
 from stitch_ops.outputs import output_file
 
 logger = logging.getLogger(__name__)
+
+BEST_CHECKPOINT = "checkpoint_best.pth"
 
 # Training-curve columns (as logged to MLflow and written to ``training_log.csv``) and the
 # keys of nnU-Net's own logger they come from.
@@ -100,7 +103,14 @@ class ScheduledTrainer(nnUNetTrainer):
 
     def save_checkpoint(self, filename: str) -> None:
         """nnU-Net's checkpoint, written beside ``filename`` and renamed into place: a run killed
-        while saving keeps its previous checkpoint instead of a truncated one."""
+        while saving keeps its previous checkpoint instead of a truncated one.
+
+        ``checkpoint_best.pth`` (the epoch of the best EMA pseudo-Dice, weights and optimizer
+        state) is not written: the project exports and evaluates the final epoch's network and
+        resumes from ``checkpoint_latest``/``checkpoint_final``, so nothing reads it, and on a
+        short schedule it is rewritten almost every epoch (disk and time)."""
+        if Path(filename).name == BEST_CHECKPOINT:
+            return
         with output_file(filename, required=False) as partial:
             super().save_checkpoint(str(partial))
 

@@ -27,7 +27,7 @@ import pytest
 import torch
 import yaml
 from tests.baselines.tiny_pair import PAIR, TinyPair
-from tests.helpers import REPO, pipeline_env
+from tests.helpers import REPO, optimizer_state_files, pipeline_env
 
 from stitch_ops.config import apply_profile
 from stitch_ops.paths import PairPaths
@@ -216,6 +216,7 @@ def test_basis_training_resumes_to_the_same_weights(workspace: Path, paths: Pair
     reference, log = kill_and_resume(workspace, [model], appears(model, "**/checkpoint_latest.pth"), *args)
     assert "checkpoint_latest.pth" in log  # resumed, not started over
     assert_same_outputs(reference, workspace, [model / "export"])
+    assert optimizer_state_files(model) == []  # finished: the checkpoints are dropped, the export stays
     # party b's basis model, for the stages below
     run_stage(workspace, "stitch_ops.nnunet", "train", "--pair", PAIR, "--party", "b", "--fold", FOLD, "--no-progress")
 
@@ -229,6 +230,7 @@ def test_stitch_training_resumes_to_the_same_stitches(workspace: Path, paths: Pa
                                      "stitch_ops.stitching", "train", *STITCH)
     assert "resumed from" in log
     assert_same_outputs(reference, workspace, [network])
+    assert optimizer_state_files(network) == []  # finished: the checkpoint is dropped, the network stays
 
 
 def test_stitch_selection_restarts_to_the_same_choice_and_predictions(workspace: Path, paths: PairPaths):
@@ -253,6 +255,7 @@ def test_finetuning_resumes_to_the_same_weights_and_predictions(workspace: Path,
                                      "--fold", FOLD, "--no-progress")
     assert "checkpoint_latest.pth" in log
     assert_same_outputs(reference, workspace, [model / "export", outputs[1]])
+    assert optimizer_state_files(model) == []
 
 
 def test_federated_training_resumes_after_the_last_round_to_the_same_model(workspace: Path, paths: PairPaths):
@@ -266,6 +269,9 @@ def test_federated_training_resumes_after_the_last_round_to_the_same_model(works
     assert "resuming federated training after round 1" in log
     assert "optimiser starts afresh" not in log  # each party's local state came back too
     assert_same_outputs(reference, workspace, [model / "export", outputs[1]])
+    # finished: the global checkpoint and the parties' local states are dropped, the curve stays
+    assert optimizer_state_files(model) == [] and not (model / "global" / "latest.pth").exists()
+    assert (model / "global" / "rounds.json").is_file()
 
 
 def test_export_restarts_and_never_leaves_half_a_bundle(workspace: Path, paths: PairPaths):
