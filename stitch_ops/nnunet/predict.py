@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 from collections.abc import Iterator, Sequence
@@ -77,31 +78,75 @@ def preprocess_cases(model: NnUNetModel, images: Path, cases: Sequence[str] | No
     return list(iter_preprocessed(model, images, cases, progress))
 
 
-def predict_preprocessed(model: NnUNetModel, cases: Sequence[PreprocessedCase], output: Path, *,
-                         save_probabilities: bool = True, device: str = "auto", mirroring: bool = False,
-                         progress: bool = True) -> Path:
-    """Sliding-window prediction of preprocessed ``cases``, exported into ``output`` atomically."""
-    from nnunetv2.inference.export_prediction import export_prediction_from_logits
+def predictor_for(model: NnUNetModel, torch_device: torch.device, mirroring: bool, stacked: int = 1) -> Any:
+    """nnU-Net's predictor for ``model`` (tiles overlap by half, Gaussian weights), initialised
+    in memory. ``stacked``: the network returns that many predictions stacked along channels."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    torch_device = resolve_device(device)
     plans_manager = PlansManager(model.plans)
-    configuration = plans_manager.get_configuration(model.configuration)
     predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=mirroring,
                                 perform_everything_on_device=torch_device.type == "cuda",
                                 device=torch_device, verbose=False, allow_tqdm=False)
     network = model.network.to(torch_device).eval()
-    predictor.manual_initialization(network, plans_manager, configuration, [network.state_dict()],
-                                    model.dataset_json, model.description, model.mirroring_axes)
-    with output_dir(output) as staging:
-        for item in tqdm(cases, desc=f"predict {output.name}", unit="case", disable=not progress):
+    predictor.manual_initialization(network, plans_manager, plans_manager.get_configuration(model.configuration),
+                                    [network.state_dict()], model.dataset_json, model.description,
+                                    model.mirroring_axes)
+    if stacked > 1:
+        predictor.label_manager = _StackedHeads(predictor.label_manager, stacked)
+    return predictor
+
+
+class _StackedHeads:
+    """The predictor's label manager, for a network that stacks ``copies`` predictions along
+    the channel axis. The sliding window reads only ``num_segmentation_heads`` (to size its
+    logits accumulator) and treats every channel on its own, so each copy's channels
+    accumulate exactly as a separate prediction's would; the rest is the real label manager."""
+
+    def __init__(self, label_manager: Any, copies: int):
+        self._label_manager = label_manager
+        self.num_segmentation_heads = label_manager.num_segmentation_heads * copies
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._label_manager, name)
+
+
+def predict_preprocessed(model: NnUNetModel, cases: Sequence[PreprocessedCase], output: Path, *,
+                         save_probabilities: bool = True, device: str = "auto", mirroring: bool = False,
+                         progress: bool = True) -> Path:
+    """Sliding-window prediction of preprocessed ``cases``, exported into ``output`` atomically."""
+    return predict_preprocessed_stacked(model, cases, [output], save_probabilities=save_probabilities,
+                                        device=device, mirroring=mirroring, progress=progress)[0]
+
+
+def predict_preprocessed_stacked(model: NnUNetModel, cases: Sequence[PreprocessedCase], outputs: Sequence[Path], *,
+                                 save_probabilities: bool = True, device: str = "auto", mirroring: bool = False,
+                                 progress: bool = True) -> list[Path]:
+    """Predict ``cases`` with a network that stacks ``len(outputs)`` models' predictions along
+    the channel axis (each with the plans' classes, e.g.
+    :class:`~stitch_ops.stitching.positions.PositionEnsembles`): one sliding window per case,
+    one logits accumulator per model, each model's segmentations exported into its own output
+    folder (atomically) as :func:`predict_preprocessed` would export them.
+
+    Raises:
+        ValueError: if no output is given or two outputs are the same folder.
+    """
+    from nnunetv2.inference.export_prediction import export_prediction_from_logits
+
+    if not outputs or len(set(outputs)) != len(outputs):
+        raise ValueError(f"expected distinct output folders, one per stacked model, got {list(outputs)}")
+    predictor = predictor_for(model, resolve_device(device), mirroring, len(outputs))
+    with ExitStack() as stack:
+        stagings = [stack.enter_context(output_dir(output)) for output in outputs]
+        for item in tqdm(cases, desc=f"predict {outputs[0].name}", unit="case", disable=not progress):
             with torch.no_grad():
                 logits = predictor.predict_logits_from_preprocessed_data(torch.from_numpy(item.data)).cpu()
-            export_prediction_from_logits(logits, copy.deepcopy(item.properties), configuration, plans_manager,
-                                          model.dataset_json, str(staging / item.case), save_probabilities)
-    logger.info("predicted %d cases into %s", len(cases), output)
-    return output
+            for part, staging in zip(logits.chunk(len(outputs)), stagings):
+                export_prediction_from_logits(part, copy.deepcopy(item.properties), predictor.configuration_manager,
+                                              predictor.plans_manager, model.dataset_json, str(staging / item.case),
+                                              save_probabilities)
+    logger.info("predicted %d cases into %s", len(cases), ", ".join(str(o) for o in outputs))
+    return list(outputs)
 
 
 def predict_folder(model: NnUNetModel, images: Path, output: Path, *, cases: Sequence[str] | None = None,

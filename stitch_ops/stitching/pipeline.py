@@ -5,7 +5,8 @@ the *unlabeled* training images of the stitching party c. The parents are the tw
 models (``a←[c]→b``) or, with ``finetuned``, c's basis model and the other party's model
 fine-tuned on c's data (``a←[a]→b→a``; the ``finetune`` approach's ``other_to_c`` model).
 ``select``: score the stitch-ensemble at every evaluated position k on c's validation cases
-(``scores/{pair}/stitch/{slug}/fold_k/positions.csv``), log one MLflow run per position and
+(``scores/{pair}/stitch/{slug}/fold_k/positions.csv``; all positions in one sliding window that
+runs the parents' layers before each stitch once, :func:`score_positions`), log one MLflow run per position and
 one for the no-stitch reference, pick k by selection strategy 1, export that stitch-ensemble
 and predict both parties' test sets with it, like any other model. Strategies 2 and 3 and the
 no-stitch reference's own stage are in :mod:`stitch_ops.stitching.strategies`.
@@ -18,7 +19,7 @@ the parties' plans differ only slightly (per-image z-scoring; in-plane spacing).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -219,6 +220,41 @@ def score_on_validation(model: Any, preprocessed: Any, labels: Path, scratch: Pa
     return evaluate_folder(scratch, labels, model.dataset_json["file_ending"], progress=False, **identity)
 
 
+POSITIONS_MEMORY = 2**30
+"""Bytes the stacked logits of one case may take when positions are scored together (nnU-Net
+accumulates them in half precision); more positions are scored in several passes."""
+
+
+def score_positions(network: Any, positions: Sequence[int], own: Any, preprocessed: Sequence[Any], labels: Path,
+                    scratch: Path, device: str, **identity: Any) -> dict[int, pd.DataFrame]:
+    """The stitch-ensembles of ``network`` at ``positions`` scored like
+    :func:`score_on_validation` scores one (``own``'s plans, nnU-Net's sliding window, the
+    same evaluation), with the parents' work before each stitch shared: every patch runs
+    :class:`~stitch_ops.stitching.positions.PositionEnsembles` once for all positions of a
+    pass, one logits accumulator per position. Returns each k's per-case table; ``scratch/k{k}``
+    holds its predictions."""
+    from stitch_ops.evaluation.evaluate import evaluate_folder
+    from stitch_ops.nnunet.model import NnUNetModel
+    from stitch_ops.nnunet.predict import predict_preprocessed_stacked
+    from stitch_ops.stitching.positions import PositionEnsembles
+
+    positions = list(positions)
+    classes = len(own.dataset_json["labels"])  # an upper bound of nnU-Net's segmentation heads
+    voxels = max((int(np.prod(case.data.shape[1:])) for case in preprocessed), default=1)
+    per_pass = max(1, POSITIONS_MEMORY // (2 * classes * voxels))
+    scores = {}
+    for start in range(0, len(positions), per_pass):
+        group = positions[start:start + per_pass]
+        model = NnUNetModel(PositionEnsembles(network, group), own.plans, own.dataset_json, own.configuration, None,
+                            f"stitch-ensembles k={group}")
+        folders = [scratch / f"k{k}" for k in group]
+        predict_preprocessed_stacked(model, preprocessed, folders, save_probabilities=False, device=device,
+                                     progress=False)
+        for k, folder in zip(group, folders):
+            scores[k] = evaluate_folder(folder, labels, own.dataset_json["file_ending"], progress=False, **identity)
+    return scores
+
+
 def evaluated_positions(num_matches: int, max_positions: int | None) -> list[int]:
     """Every k, or ``max_positions`` of them spread evenly from the first to the last match."""
     if max_positions is None or max_positions >= num_matches:
@@ -267,12 +303,12 @@ def select(params: Params, pair: str, c: str, method: str, fold: int, progress: 
     preprocessed = preprocess_cases(own, raw / "imagesTr", val_cases, progress)  # once, for all k
     rows = []
     with scratch_dir(model_dir / "positions") as scratch:
-        for k in evaluated_positions(len(network.matches), section.max_positions):
-            match = network.matches[k]
-            ensemble = as_model(extract_stitch_ensemble(network, k), f"stitch-ensemble k={k}")
-            scores = score_on_validation(ensemble, preprocessed, raw / "labelsTr", scratch / f"k{k}",
-                                         params.nnunet.device, pair=pair, test_party=f"{VALIDATION_SET}_{c}",
-                                         approach=APPROACH, trained_on=slug, fold=fold, cases=val_cases)
+        evaluated = evaluated_positions(len(network.matches), section.max_positions)
+        scored = score_positions(network, evaluated, own, preprocessed, raw / "labelsTr", scratch, params.nnunet.device,
+                                 pair=pair, test_party=f"{VALIDATION_SET}_{c}", approach=APPROACH, trained_on=slug,
+                                 fold=fold, cases=val_cases)
+        for k in evaluated:
+            match, scores = network.matches[k], scored[k]
             row = {"k": k, "relative_position": k / len(network.matches), "matches": len(network.matches),
                    "node_a": match.node_a, "node_b": match.node_b, "dice": scores["dice"].mean(),
                    "hd95": scores["hd95"].mean(), "cases": len(scores)}

@@ -178,6 +178,26 @@ class PairStatistics:
         total = ((augmented @ self.moments_a) * augmented).sum() - 2 * (augmented * cross.T).sum() + self.moments_b.diagonal()[:-1].sum()
         return (total / (self.moments_a[-1, -1] * cross.shape[1])).float()
 
+    @torch.no_grad()
+    def stitch_mse_gradient(self, stitch: Stitch) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`stitch_mse` and its gradient in closed form, without autograd.
+
+        With ``M = sum a' a'^T`` and ``X = sum a' b^T``, ``d/dW' sum |W' a' - b|^2 = 2 (W' M - X^T)``.
+        Direct matching steps with this: about half the cost of building and
+        back-propagating :meth:`stitch_mse`'s graph for every stitch.
+
+        Returns:
+            the MSE (float32 scalar), the gradient for the weight (``C_b x C_a``) and for the bias (``C_b``), float32.
+        """
+        weight, bias = stitch.affine()
+        augmented = torch.cat([weight, bias[:, None]], dim=1).double()
+        cross = self.cross[:, :-1].T  # C_b x C_a+1
+        denominator = self.moments_a[-1, -1] * cross.shape[0]
+        product = augmented @ self.moments_a
+        total = ((product - 2 * cross) * augmented).sum() + self.moments_b.diagonal()[:-1].sum()
+        gradient = (2 / denominator) * (product - cross)
+        return (total / denominator).float(), gradient[:, :-1].float(), gradient[:, -1].float()
+
     def least_squares(self, ridge: float = 1e-6) -> tuple[Tensor, Tensor]:
         """The stitch ``a -> b`` minimising the MSE: ``(weight C_b x C_a, bias C_b)`` in float32.
 

@@ -237,7 +237,7 @@ def run(task: StitchTask, progress: bool = True) -> dict[str, Any]:
     from stitch_ops.evaluation.selection import select_position
     from stitch_ops.stitching import PreprocessedImages, TwoModelEnsemble, extract_stitch_ensemble
     from stitch_ops.stitching.network import load_stitched_network
-    from stitch_ops.stitching.pipeline import NETWORK_FILE, evaluated_positions, train_stitch_network
+    from stitch_ops.stitching.pipeline import NETWORK_FILE, evaluated_positions, score_positions, train_stitch_network
     from stitch_ops.stitching.train import StitchTrainingConfig
 
     try:
@@ -293,13 +293,16 @@ def run(task: StitchTask, progress: bool = True) -> dict[str, Any]:
         if positions_file.is_file():
             positions = pd.read_csv(positions_file)
         else:
-            rows = []
-            for k in tqdm(evaluated_positions(num_matches, task.max_positions), desc="score positions",
-                          unit="position", disable=not progress):
-                ensemble = _as_model(extract_stitch_ensemble(network, k), own, f"stitch-ensemble k={k}", None)
-                dice, hd95 = _score({"k": ensemble}, preprocessed, task.labels, val_cases, scratch, task.device)["k"]
-                rows.append({"k": k, "relative_position": k / num_matches, "node_a": network.matches[k].node_a,
-                             "node_b": network.matches[k].node_b, "dice": dice, "hd95": hd95})
+            evaluated = evaluated_positions(num_matches, task.max_positions)
+            logger.info("scoring the stitch-ensembles at %d positions on %d labeled image(s)", len(evaluated),
+                        len(val_cases))
+            scored = score_positions(network, evaluated, own, preprocessed, task.labels, scratch / "positions",
+                                     task.device, pair="task", test_party="val", approach=Approach.STITCH,
+                                     trained_on="task", fold=0, cases=val_cases)
+            shutil.rmtree(scratch, ignore_errors=True)
+            rows = [{"k": k, "relative_position": k / num_matches, "node_a": network.matches[k].node_a,
+                     "node_b": network.matches[k].node_b, "dice": float(scored[k]["dice"].mean()),
+                     "hd95": float(scored[k]["hd95"].mean())} for k in evaluated]
             positions = pd.DataFrame(rows)
             positions["selected"] = positions["k"] == select_position(positions, "current_fold")
             write_table(positions_file, positions)

@@ -10,7 +10,8 @@ annealed learning rate, on *unlabeled* images.
   so no gradient flows through the parents and all stitches train at once. The
   MSE is evaluated from the pair's second-order statistics
   (:class:`~stitch_ops.stitching.stitch.PairStatistics`): same value and
-  gradient, without materialising the stitched maps. Each training step
+  gradient (in closed form, so no backward pass), without materialising the
+  stitched maps. Each training step
   estimates those statistics from a random ``moment_fraction`` of the positions
   (:class:`~stitch_ops.stitching.stitch.MomentSampler`: uniform, without
   replacement, unbiased), which makes a 2-D step cheaper by about the parents'
@@ -318,14 +319,18 @@ def training_step(network: StitchedNetwork, optimizer: torch.optim.Optimizer, im
 
     The network must be prepared with ``set_training(method)`` (and, for
     double-batched training, its switches configured); ``sampler``: direct matching
-    estimates the moments from the positions it draws (``None``: every position).
+    estimates the moments from the positions it draws (``None``: every position), and
+    takes its gradients in closed form (:meth:`StitchedNetwork.direct_matching_gradients`).
     Returns the summed loss.
     """
-    if network.training_method is StitchMethod.DOUBLE_BATCHED:
-        images = torch.cat([images, images])
-    loss = sum(pair.a + pair.b for pair in network.switch_losses(images, sampler))
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    if network.training_method is StitchMethod.DIRECT_MATCHING:
+        loss = network.direct_matching_gradients(images, sampler)  # closed form: no backward pass
+    else:
+        if network.training_method is StitchMethod.DOUBLE_BATCHED:
+            images = torch.cat([images, images])
+        loss = sum(pair.a + pair.b for pair in network.switch_losses(images, sampler))
+        loss.backward()
     optimizer.step()
     return float(loss.detach())
 

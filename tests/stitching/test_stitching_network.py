@@ -137,6 +137,10 @@ def test_stitch_mse_from_statistics_equals_the_mse_of_the_stitched_map(tensor_di
     loss.backward()
     assert torch.allclose(loss, expected, rtol=1e-5)
     assert torch.allclose(stitch.layer.weight.grad, expected_gradient, rtol=1e-4, atol=1e-6)
+    closed_loss, weight_gradient, bias_gradient = PairStatistics.of(map_a, map_b).stitch_mse_gradient(stitch)
+    assert torch.allclose(closed_loss, expected, rtol=1e-5)
+    assert torch.allclose(weight_gradient.view_as(stitch.layer.weight), expected_gradient, rtol=1e-4, atol=1e-6)
+    assert torch.allclose(bias_gradient, stitch.layer.bias.grad, rtol=1e-4, atol=1e-6)
     reverse = Stitch(6, 4, tensor_dims)
     assert torch.allclose(PairStatistics.of(map_a, map_b).swapped().stitch_mse(reverse), torch.nn.functional.mse_loss(reverse(map_b), map_a), rtol=1e-5)
 

@@ -76,6 +76,26 @@ def toy_network(toy_pair):
     return StitchedNetwork.from_parents(toy_pair.spec_a, toy_pair.network_a, toy_pair.spec_b, toy_pair.network_b)
 
 
+def test_direct_matching_gradients_in_closed_form_equal_autograd(toy_pair, toy_network):
+    images = toy_pair.train_images[:8]
+    toy_network.set_training(StitchMethod.DIRECT_MATCHING)
+    for switch in toy_network.switches():  # not the identity-like start: every gradient non-trivial
+        torch.nn.init.normal_(switch.stitch.layer.weight, std=0.3, generator=torch.Generator().manual_seed(2))
+    loss = sum(pair.a + pair.b for pair in toy_network.switch_losses(images))
+    loss.backward()
+    expected = [p.grad.clone() for p in toy_network.stitch_parameters()]
+    toy_network.zero_grad(set_to_none=True)
+    closed = toy_network.direct_matching_gradients(images)
+    assert torch.allclose(closed, loss.detach(), rtol=1e-5)
+    got = [p.grad for p in toy_network.stitch_parameters()]
+    assert len(got) == len(expected) == 4 * len(toy_network.matches)
+    assert all(torch.allclose(g, e, rtol=1e-4, atol=1e-7) for g, e in zip(got, expected))
+    assert min(float(e.abs().max()) for e in expected) > 0
+    toy_network.set_training(StitchMethod.DOUBLE_BATCHED)
+    with pytest.raises(RuntimeError, match="direct_matching_gradients needs set_training"):
+        toy_network.direct_matching_gradients(images)
+
+
 def test_double_batched_loss_decreases(toy_pair, toy_network):
     config = StitchTrainingConfig(StitchMethod.DOUBLE_BATCHED, epochs=2, iterations_per_epoch=12, batch_size=8, lr=0.05, init="default")
     history = train_stitches(toy_network, _batches(toy_pair.train_images), config, progress=False)
