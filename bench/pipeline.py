@@ -132,6 +132,44 @@ def children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def report(stages: list[StageTime], clone: Path, *, commit: str, profile: str, install_s: float | None,
+           setup_s: float, repro_s: float, cpu_s: float) -> Path:
+    """Print the tables (by stage, by stage family, disk use) and the totals; write
+    ``bench/results/pipeline.json``; returns its path."""
+    total_s = (install_s or 0.0) + setup_s + repro_s
+    cores = len(os.sched_getaffinity(0))
+
+    rows = [(s.stage, f"{s.seconds:.1f}", f"{100 * s.seconds / total_s:.1f} %") for s in stages]
+    families: dict[str, float] = {}
+    for s in stages:
+        families[s.stage.split("@")[0]] = families.get(s.stage.split("@")[0], 0.0) + s.seconds
+    overhead = [("install (make install)", install_s if install_s is not None else 0.0),
+                ("dvc init + profile", setup_s),
+                ("dvc repro before the first stage", repro_s - sum(s.seconds for s in stages))]
+    print_table(f"`make run` from a fresh clone, {profile} profile, by stage", rows, ("stage", "wall s", "share"))
+    family_rows = [(name, f"{seconds:.1f}", f"{100 * seconds / total_s:.1f} %")
+                   for name, seconds in sorted(families.items(), key=lambda item: -item[1])]
+    family_rows += [(name, f"{seconds:.1f}" if install_s is not None or "install" not in name else "skipped",
+                     f"{100 * seconds / total_s:.1f} %") for name, seconds in overhead]
+    print_table("by stage family", family_rows, ("stage family", "wall s", "share"))
+    utilisation = cpu_s / (repro_s + setup_s + (install_s or 0.0)) / cores
+    print(f"\ntotal {total_s:.0f} s = {total_s / 60:.1f} min"
+          f" ({'install included' if install_s is not None else 'install skipped: --venv'}); "
+          f"CPU {cpu_s:.0f} s over {cores} cores: utilisation {100 * utilisation:.0f} %")
+
+    disk = disk_use(clone)
+    print_table("disk use after the run (hard links counted once, in the first folder)",
+                [(name, f"{size / 1e6:.1f}") for name, size in disk.items()] +
+                [("total (without .git, .venv)", f"{sum(disk.values()) / 1e6:.1f}")], ("folder", "MB"))
+    path = save_results("pipeline", {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": commit, "profile": profile,
+        "cores": cores, "install_s": install_s, "setup_s": setup_s, "repro_s": repro_s, "total_s": total_s,
+        "cpu_s": cpu_s, "cpu_utilisation": utilisation, "stages": [asdict(s) for s in stages],
+        "stage_families": families, "disk_bytes": disk, "disk_total_bytes": sum(disk.values())})
+    print(f"\nwrote {path}")
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", choices=("smoke", "quick", "paper"), default=None,
@@ -169,36 +207,8 @@ def main() -> None:
     print(f"dvc repro of the {profile} profile ...", flush=True)
     stages, repro_s = repro_by_stage(clone, env, log)
     cpu_s = children_cpu_seconds() - cpu_before
-    total_s = (install_s or 0.0) + setup_s + repro_s
-    cores = len(os.sched_getaffinity(0))
-
-    rows = [(s.stage, f"{s.seconds:.1f}", f"{100 * s.seconds / total_s:.1f} %") for s in stages]
-    families: dict[str, float] = {}
-    for s in stages:
-        families[s.stage.split("@")[0]] = families.get(s.stage.split("@")[0], 0.0) + s.seconds
-    overhead = [("install (make install)", install_s if install_s is not None else 0.0),
-                ("dvc init + profile", setup_s)]
-    print_table(f"`make run` from a fresh clone, {profile} profile, by stage", rows, ("stage", "wall s", "share"))
-    family_rows = [(name, f"{seconds:.1f}", f"{100 * seconds / total_s:.1f} %")
-                   for name, seconds in sorted(families.items(), key=lambda item: -item[1])]
-    family_rows += [(name, f"{seconds:.1f}" if install_s is not None or "install" not in name else "skipped",
-                     f"{100 * seconds / total_s:.1f} %") for name, seconds in overhead]
-    print_table("by stage family", family_rows, ("stage family", "wall s", "share"))
-    utilisation = cpu_s / (repro_s + setup_s + (install_s or 0.0)) / cores
-    print(f"\ntotal {total_s:.0f} s = {total_s / 60:.1f} min"
-          f" ({'install included' if install_s is not None else 'install skipped: --venv'}); "
-          f"CPU {cpu_s:.0f} s over {cores} cores: utilisation {100 * utilisation:.0f} %")
-
-    disk = disk_use(clone)
-    print_table("disk use after the run (hard links counted once, in the first folder)",
-                [(name, f"{size / 1e6:.1f}") for name, size in disk.items()] +
-                [("total (without .git, .venv)", f"{sum(disk.values()) / 1e6:.1f}")], ("folder", "MB"))
-    path = save_results("pipeline", {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": commit, "profile": profile,
-        "cores": cores, "install_s": install_s, "setup_s": setup_s, "repro_s": repro_s, "total_s": total_s,
-        "cpu_s": cpu_s, "cpu_utilisation": utilisation, "stages": [asdict(s) for s in stages],
-        "stage_families": families, "disk_bytes": disk, "disk_total_bytes": sum(disk.values())})
-    print(f"\nwrote {path}")
+    report(stages, clone, commit=commit, profile=profile, install_s=install_s, setup_s=setup_s, repro_s=repro_s,
+           cpu_s=cpu_s)
     if args.keep:
         print(f"kept the clone: {clone}")
     else:
