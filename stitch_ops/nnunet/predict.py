@@ -27,15 +27,22 @@ logger = logging.getLogger(__name__)
 
 
 def list_cases(folder: Path, file_ending: str) -> dict[str, list[str]]:
-    """Case id → its channel files (``{case}_{XXXX}{file_ending}``) in an nnU-Net images folder."""
-    from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder, get_identifiers_from_splitted_dataset_folder
+    """Case id → its channel files (``{case}_{XXXX}{file_ending}``) in an nnU-Net images folder.
+
+    nnU-Net's matching rule (``create_paths_fn``) applied in this process: its
+    ``create_lists_from_splitted_dataset_folder`` forks a pool of 12 processes, and a fork
+    from a threaded process (a Ray Tune trial, for one) can deadlock in the child; the
+    sweep's trials hung there."""
+    from batchgenerators.utilities.file_and_folder_operations import subfiles
+    from nnunetv2.utilities.utils import create_paths_fn, get_identifiers_from_splitted_dataset_folder
 
     if not folder.is_dir():
         raise FileNotFoundError(f"no images folder at {folder}")
     cases = list(get_identifiers_from_splitted_dataset_folder(str(folder), file_ending))
     if not cases:
         raise FileNotFoundError(f"no '*_0000{file_ending}' images in {folder}")
-    return dict(zip(cases, create_lists_from_splitted_dataset_folder(str(folder), file_ending, cases)))
+    files = subfiles(str(folder), suffix=file_ending, join=False, sort=True)
+    return {case: create_paths_fn(str(folder), files, file_ending, case) for case in cases}
 
 
 @dataclass(frozen=True)
