@@ -14,7 +14,16 @@ sys.path.insert(0, str(ROOT / "tests" / "stitching"))  # tiny_nets: nnU-Net plan
 
 from tiny_nets import tiny_parent, tiny_plans  # noqa: E402
 
-__all__ = ["interleaved_medians", "print_table", "save_results", "tiny_parent", "tiny_plans"]
+__all__ = ["bench_parents", "interleaved_medians", "print_table", "save_results", "tiny_parent", "tiny_plans"]
+
+
+def bench_parents(base_features: int, **options) -> tuple[tuple, tuple]:
+    """The benchmarks' two parents, ``(spec, network)`` each: A with 4 stages, B with 5 (widths
+    f, 2f, 4f, 8f and f, 2f, 4f, 6f, 8f), so their matches pair layers of different depths as
+    real parties' plans do. ``options`` go to :func:`tiny_parent` (``dims``, ``patch_size``)."""
+    f = base_features
+    return (tiny_parent(0, features=(f, 2 * f, 4 * f, 8 * f), **options),
+            tiny_parent(1, features=(f, 2 * f, 4 * f, 6 * f, 8 * f), **options))
 
 
 def interleaved_medians(candidates: dict[str, Callable[[], object]], repeats: int, warmup: int = 2) -> dict[str, float]:

@@ -20,7 +20,7 @@ os.environ.setdefault("nnUNet_def_n_proc", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from _common import interleaved_medians, print_table, save_results, tiny_parent  # noqa: E402
+from _common import interleaved_medians, print_table, save_results, bench_parents  # noqa: E402
 
 from stitch_ops.stitching import StitchedNetwork, TwoModelEnsemble, extract_stitch_ensemble  # noqa: E402
 
@@ -59,8 +59,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     f, patch = args.base_features, (args.patch, args.patch)
-    spec_a, net_a = tiny_parent(0, features=(f, 2 * f, 4 * f, 8 * f), patch_size=patch)
-    spec_b, net_b = tiny_parent(1, features=(f, 2 * f, 4 * f, 6 * f, 8 * f), patch_size=patch)
+    (spec_a, net_a), (spec_b, net_b) = bench_parents(f, patch_size=patch)
     network = StitchedNetwork.from_parents(spec_a, net_a, spec_b, net_b)
     plain = TwoModelEnsemble(net_a, net_b).eval()  # the nnU-Net networks themselves (traced copies live in `network`)
     positions = _positions(network)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from _common import interleaved_medians, print_table, save_results, tiny_parent
+from _common import interleaved_medians, print_table, save_results, bench_parents
 
 from stitch_ops.stitching import StitchedNetwork, StitchTrainingConfig, SwitchConfiguration, SwitchMode, StitchMethod
 from stitch_ops.stitching.stitch import MomentSampler
@@ -39,8 +39,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     f = args.base_features
-    spec_a, net_a = tiny_parent(0, dims=args.dims, features=(f, 2 * f, 4 * f, 8 * f))
-    spec_b, net_b = tiny_parent(1, dims=args.dims, features=(f, 2 * f, 4 * f, 6 * f, 8 * f))
+    (spec_a, net_a), (spec_b, net_b) = bench_parents(f, dims=args.dims)
     network = StitchedNetwork.from_parents(spec_a, net_a, spec_b, net_b)
     optimizer = stitch_optimizer(network, StitchTrainingConfig(lr=1e-4))
     images = torch.randn((args.batch, 1) + (args.patch,) * args.dims, generator=torch.Generator().manual_seed(0))
