@@ -67,17 +67,21 @@ def test_train_then_segment_through_monai_bundle(tmp_path: Path):
     assert cases and sorted(p.stem for p in seg.glob("*.png")) == cases
 
     # the segmentations are this model's: nnU-Net's predictor on the same weights gives the same
+    # (probabilities up to float32 summation order: the bundle runs in another process, whose
+    # torch thread count may differ from this one's, e.g. after nnU-Net's planner set it)
     direct = predict_folder(model, images, tmp_path / "direct", device="cpu", progress=False)
     for case in cases:
         np.testing.assert_array_equal(png(seg / f"{case}.png"), png(direct / f"{case}.png"))
-        np.testing.assert_array_equal(probabilities(seg / f"{case}.npz"), probabilities(direct / f"{case}.npz"))
+        np.testing.assert_allclose(probabilities(seg / f"{case}.npz"), probabilities(direct / f"{case}.npz"),
+                                   rtol=0, atol=1e-3)
     # ... and the same network with other weights gives other probabilities
     with torch.random.fork_rng():
         torch.manual_seed(1)
         untrained = build_network(model.plans, model.dataset_json, model.configuration)
     other = predict_folder(NnUNetModel(untrained, model.plans, model.dataset_json, model.configuration, None, "other"),
                            images, tmp_path / "other", device="cpu", progress=False)
-    assert not np.allclose(probabilities(seg / f"{cases[0]}.npz"), probabilities(other / f"{cases[0]}.npz"))
+    assert not np.allclose(probabilities(seg / f"{cases[0]}.npz"), probabilities(other / f"{cases[0]}.npz"),
+                           rtol=0, atol=1e-3)
 
     scores = evaluate_folder(seg, labels, ".png", pair="polyp", test_party="a", approach="local", trained_on="a",
                              fold=0, progress=False).set_index("case")
