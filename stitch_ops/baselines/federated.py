@@ -307,14 +307,15 @@ def drop_training_state(results: Path) -> list[Path]:
     ``local_state/``) and any nnU-Net checkpoint of the parties; returns what was removed.
     ``global/rounds.json`` (the per-round curve a finished run replays) stays. A finished run
     is recognised by its export alone (``export/weights.pth``)."""
-    removed = sorted([*(results / GLOBAL).glob(f"{CHECKPOINT}*"), *results.rglob(f"{LOCAL_STATE}/*.pth*"),
-                      *results.rglob("checkpoint_*.pth*")])
+    from stitch_ops.nnunet.train import drop_checkpoints
+
+    removed = sorted([*(results / GLOBAL).glob(f"{CHECKPOINT}*"), *results.rglob(f"{LOCAL_STATE}/*.pth*")])
     for path in removed:
         path.unlink()
     for folder in results.rglob(LOCAL_STATE):
         if folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()
-    return removed
+    return sorted(removed + drop_checkpoints(results))
 
 
 CURVE_KEYS = ("train_loss", "val_loss", "pseudo_dice", "lr")
