@@ -230,14 +230,14 @@ class StitchedNetwork(nn.Module):
         """Logits ``B K H W [D]`` of the configured output parent for images ``B C H W [D]``."""
         return self._programs[self.configuration.output.value](x)
 
-    def switch_losses(self, x: Tensor, sampler: MomentSampler | None = None) -> tuple[PairLosses, ...]:
+    def switch_losses(self, x: Tensor) -> tuple[PairLosses, ...]:
         """Per match, the losses of the stitches into A and into B, for the method set by :meth:`set_training`.
 
         Direct matching: ``MSE(stitch(b_k), a_k)`` and ``MSE(stitch(a_k), b_k)`` with every
         switch on original; the parents run without autograd and the MSEs follow
-        from each pair's :class:`PairStatistics` (over every position, or an unbiased
-        estimate from the positions ``sampler`` draws). Double-batched: each switch's
-        loss, for the doubled batch ``x`` (every sample twice); ``sampler`` is not used.
+        from each pair's exact :class:`PairStatistics` (training steps use
+        :meth:`direct_matching_gradients`). Double-batched: each switch's loss, for the
+        doubled batch ``x`` (every sample twice).
 
         Raises:
             RuntimeError: if no training method is set.
@@ -248,7 +248,7 @@ class StitchedNetwork(nn.Module):
             return tuple(PairLosses(a, b) for a, b in self._programs["double_batched"](x))
         return tuple(
             PairLosses(statistics.swapped().stitch_mse(switch_a.stitch), statistics.stitch_mse(switch_b.stitch))
-            for statistics, switch_a, switch_b in zip(self.pair_statistics(x, sampler), self.switches_a, self.switches_b)
+            for statistics, switch_a, switch_b in zip(self.pair_statistics(x), self.switches_a, self.switches_b)
         )
 
     @torch.no_grad()

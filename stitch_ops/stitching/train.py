@@ -326,10 +326,8 @@ def training_step(network: StitchedNetwork, optimizer: torch.optim.Optimizer, im
     optimizer.zero_grad(set_to_none=True)
     if network.training_method is StitchMethod.DIRECT_MATCHING:
         loss = network.direct_matching_gradients(images, sampler)  # closed form: no backward pass
-    else:
-        if network.training_method is StitchMethod.DOUBLE_BATCHED:
-            images = torch.cat([images, images])
-        loss = sum(pair.a + pair.b for pair in network.switch_losses(images, sampler))
+    else:  # double-batched: the doubled batch through the switches, autograd
+        loss = sum(pair.a + pair.b for pair in network.switch_losses(torch.cat([images, images])))
         loss.backward()
     optimizer.step()
     return float(loss.detach())
