@@ -165,7 +165,7 @@ def train(params: Params, pair: str, c: str, method: str, fold: int, progress: b
     """Train the stitches of the parents at ``fold`` on c's unlabeled images (the fold's training
     cases, labels never read); writes ``<model dir>/network/`` and returns the saved network.
     ``stitching.search: optuna``: at the learning rate the search found best on c's validation
-    cases (its record: ``network/search.json``, reused by a resumed run with the same settings)."""
+    cases (its record: ``network/search.json``, reused by a run that resumes from the checkpoint)."""
     from stitch_ops.budget import BUDGET_JSON, Budget, TrainingClock, write_budget
     from stitch_ops.stitching.train import plateau_reached
 

@@ -119,9 +119,13 @@ def settings(params: Params, method: str) -> dict[str, Any]:
 
 def searched(params: Params, pair: str, c: str, method: str, fold: int, record_file: Path, *,
              finetuned: bool = False, progress: bool = True, root: Path = Path(".")) -> dict[str, Any]:
-    """The search's record in ``record_file`` if it was made with these settings (a resumed
-    ``stitch_train``), otherwise a new search (:func:`run_search`) written there."""
-    if record_file.is_file():
+    """The search's record in ``record_file`` if ``stitch_train`` resumes (the stitches'
+    checkpoint lies beside it: they train at its rate) and it was made with these settings;
+    otherwise a new search (:func:`run_search`) written there. A finished training deletes its
+    checkpoint, so a stage that reruns because its parents changed searches again."""
+    from stitch_ops.stitching.pipeline import CHECKPOINT
+
+    if record_file.is_file() and record_file.with_name(CHECKPOINT).is_file():
         record = read_json(record_file, hint="delete it to search again")
         if record.get("settings") == settings(params, method):
             logger.info("reusing the stitch search in %s: k=%d, lr=%.3g", record_file, record["best_k"],

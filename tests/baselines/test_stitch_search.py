@@ -112,3 +112,25 @@ def test_search_settings_are_checked_when_built():
         load_section({"stitching": stitching(search_training={"lr": 1e-3})}, "stitching", StitchingParams)
     with pytest.raises(ConfigError, match="'stitching.trials' must be a positive integer"):
         load_section({"stitching": stitching(trials=0)}, "stitching", StitchingParams)
+
+
+def test_a_saved_search_is_reused_only_by_a_training_that_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from stitch_ops.nnunet.model import ModelError
+    from stitch_ops.stitching.search import searched, settings
+
+    monkeypatch.chdir(tmp_path)
+    params = make_params(stitching=stitching(**SEARCH))
+    network = tmp_path / "network"
+    network.mkdir()
+    saved = {"best_k": 3, "best_lr": 2e-3, "settings": settings(params, "direct_matching")}
+    (network / "search.json").write_text(json.dumps(saved))
+    (network / "checkpoint.pt").write_bytes(b"")  # a killed training: it resumes at the saved rate
+    assert searched(params, PAIR, "a", "direct_matching", 0, network / "search.json", progress=False) == saved
+    # other settings, or no checkpoint (the stage reruns because its inputs changed): a new search,
+    # which here fails at once for want of basis models
+    other = make_params(stitching=stitching(**{**SEARCH, "trials": 4}))
+    with pytest.raises(ModelError, match="no model folder"):
+        searched(other, PAIR, "a", "direct_matching", 0, network / "search.json", progress=False)
+    (network / "checkpoint.pt").unlink()
+    with pytest.raises(ModelError, match="no model folder"):
+        searched(params, PAIR, "a", "direct_matching", 0, network / "search.json", progress=False)
