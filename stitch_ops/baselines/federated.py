@@ -293,6 +293,7 @@ def init_ray(options: RayOptions, n_workers: int) -> bool:
         return False
     if options.address:
         try:
+            _check_reachable(options.address)
             ray.init(address=options.address, logging_level=logging.WARNING)
         except ConnectionError as err:
             from stitch_ops.errors import UserError
@@ -306,6 +307,20 @@ def init_ray(options: RayOptions, n_workers: int) -> bool:
         ray.init(num_cpus=n_workers * options.cpus_per_party, include_dashboard=False,
                  object_store_memory=256 * 1024 ** 2, logging_level=logging.WARNING)
     return True
+
+
+def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """Fail at once when nothing listens at a ``host:port`` address (``ray.init`` retries
+    for many minutes before it gives up); other forms (``auto``) are left to Ray."""
+    import socket
+
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "/" in address:
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        raise ConnectionError(f"nothing answers at {host}:{port}: {err.strerror or err}") from err
 
 
 @contextmanager

@@ -109,6 +109,18 @@ def ray_cluster() -> Iterator[LocalCluster]:
         _stop_cluster(temp_dir)
 
 
+def test_an_address_where_no_cluster_answers_fails_at_once_with_one_line():
+    import ray
+
+    from stitch_ops.baselines.federated import RayOptions, init_ray
+    from stitch_ops.errors import UserError
+
+    (port,) = _free_ports(1)  # closed again: nothing listens there
+    with pytest.raises(UserError, match=rf"cannot reach the Ray cluster at '127.0.0.1:{port}' .*ray start --head"):
+        init_ray(RayOptions(f"{LOCALHOST}:{port}"), n_workers=2)
+    assert not ray.is_initialized()
+
+
 @pytest.mark.slow
 def test_federated_round_and_sweep_run_on_a_two_node_cluster(tiny_pair: TinyPair, basis_models, joint, ray_cluster,
                                                              tmp_path, monkeypatch):
