@@ -323,6 +323,20 @@ def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
         raise ConnectionError(f"nothing answers at {host}:{port}: {err.strerror or err}") from err
 
 
+def _check_party_resources(parties: Sequence[str]) -> None:
+    """With ``pin_parties`` a party whose resource no node offers would wait forever."""
+    import ray
+
+    from stitch_ops.errors import UserError
+
+    offered = ray.cluster_resources()
+    missing = [f"party_{p}" for p in parties if offered.get(f"party_{p}", 0) < 1]
+    if missing:
+        raise UserError(f"federated.pin_parties is true but no node of the Ray cluster offers {missing}; start "
+                        "each party's node with `ray start --address HEAD:PORT --resources '{\"party_a\": 1}'` "
+                        "(party_b likewise), or set federated.pin_parties: false")
+
+
 @contextmanager
 def ray_connection(options: RayOptions, n_workers: int) -> Iterator[None]:
     """Connected to Ray for the block (:func:`init_ray`); afterwards this process
@@ -429,6 +443,8 @@ def _train_federated(parties: Sequence[PartyData], fold: int, schedule: NnUNetSc
         history = history[:resumed[0]]
     for record in history if on_round is not None else []:
         on_round(int(record["round"]), round_curve(record))
+    if ray_options.pin_parties:
+        _check_party_resources([p.party for p in parties])
     actor_class = ray.remote(FederatedParty)
     actors = []
     server = None

@@ -67,3 +67,14 @@ def test_two_party_rounds_survive_a_crashed_party(tiny_pair: TinyPair, joint, ra
     network = build_network(json.loads((folder / "nnUNetPlans.json").read_text()),
                             json.loads((folder / "dataset.json").read_text()), "2d")
     load_canonical_state(network, state)  # the global model is a complete nnU-Net
+
+
+def test_pinned_parties_need_a_node_offering_their_resource(ray_local, tmp_path):
+    """A local Ray offers no ``party_*`` resource: pinned actors would wait forever."""
+    from stitch_ops.baselines.federated import PartyData, RayOptions, train_federated
+    from stitch_ops.errors import UserError
+
+    parties = [PartyData(p, dataset_name(PAIR, p), tmp_path, tmp_path / p) for p in PARTIES]
+    with pytest.raises(UserError, match=r"no node of the Ray cluster offers \['party_a', 'party_b'\]"):
+        train_federated(parties, 0, TINY, tmp_path / "global", ray_options=RayOptions(pin_parties=True),
+                        progress=False)

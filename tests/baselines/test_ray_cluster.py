@@ -33,6 +33,7 @@ LOCALHOST = "127.0.0.1"
 class LocalCluster:
     address: str
     temp_dir: Path
+    env: dict[str, str]  # the nodes' environment, for drivers too: Ray's token authentication off on both sides
 
 
 def _free_ports(n: int) -> list[int]:
@@ -104,7 +105,7 @@ def ray_cluster() -> Iterator[LocalCluster]:
             started = subprocess.run([str(ray_cli), "start", *node, *common, *_node_ports(ports)], env=env,
                                      capture_output=True, text=True, timeout=180)
             assert started.returncode == 0, f"`ray start` failed: {started.stderr[-2000:]}"
-        yield LocalCluster(f"{LOCALHOST}:{gcs_port}", temp_dir)
+        yield LocalCluster(f"{LOCALHOST}:{gcs_port}", temp_dir, env)
     finally:
         _stop_cluster(temp_dir)
 
@@ -121,46 +122,67 @@ def test_an_address_where_no_cluster_answers_fails_at_once_with_one_line():
     assert not ray.is_initialized()
 
 
-@pytest.mark.slow
-def test_federated_round_and_sweep_run_on_a_two_node_cluster(tiny_pair: TinyPair, basis_models, joint, ray_cluster,
-                                                             tmp_path, monkeypatch):
+def _drive(root: str, address: str, work: str) -> None:
+    """The driver: a pinned federated round, then the sweep, both joining the cluster at
+    ``address``; what the test checks goes to ``work/result.json``. It runs in a fresh
+    Python with the cluster's environment, as a user's driver does: a local ``ray.init()``
+    earlier in the test process switches it to Ray's token authentication for good, and a
+    driver in token mode sees the actors of a cluster without it die before they start."""
     import ray
 
     from stitch_ops.baselines.federated import PartyData, RayOptions, train_federated
-    from stitch_ops.baselines.plans import JOINT, prepare_transferred
+    from stitch_ops.baselines.plans import JOINT
     from stitch_ops.baselines.sweep import run_sweep
     from stitch_ops.config import load_params
+    from stitch_ops.paths import PairPaths
 
-    paths = tiny_pair.paths
+    paths, out = PairPaths(PAIR, Path(root)), Path(work)
     parties = [PartyData(p, dataset_name(PAIR, p), paths.preprocessed_root(p, plans_from=JOINT).resolve(),
-                         tmp_path / "parties" / p) for p in PARTIES]
-    options = RayOptions(ray_cluster.address, cpus_per_party=1, pin_parties=True)
-    state, _, history = train_federated(parties, 0, replace(TINY, epochs=1, iterations_per_epoch=2),
-                                        tmp_path / "global", ray_options=options, progress=False)
-    assert [r["round"] for r in history] == [0] and state
-    assert not ray.is_initialized()  # the driver disconnected; the cluster runs on (the sweep below uses it)
-
-    prepare_transferred(PAIR, "b", "2d", root=tiny_pair.root, progress=False)
-    raw = {"profile": "test", "seed": 0, "pairs": [PAIR], "folds": [0],
-           "data": {PAIR: {"source": "synthetic", "cases": {"a": 12, "b": 14}, "image_size": 64}},
-           "nnunet": asdict(TINY), "finetune": {"base_lr": 1e-3, "warmup_epochs": 0}, "federated": {"address": ray_cluster.address, "pin_parties": True},
-           "sweep": {"pairs": [PAIR], "routes": ["a_to_b"], "trials": 2, "epochs": 1, "iterations_per_epoch": 2,
-                     "max_concurrent": 2, "address": ray_cluster.address}}
-    params_file = tmp_path / "params.yaml"
-    params_file.write_text(yaml.safe_dump(raw))
-    monkeypatch.chdir(tmp_path)  # the sweep's MLflow records
-    record = run_sweep(PAIR, "b", 0, load_params(params_file), params_file=params_file, root=tiny_pair.root,
-                       progress=False)
-    assert len(record["trials"]) == 2 and 1e-4 <= record["best_base_lr"] <= 1e-2
-    assert record["best_val_dice"] == max(t["val_dice"] for t in record["trials"])
-
-    ray.init(address=ray_cluster.address, logging_level="WARNING")
+                         out / "parties" / p) for p in PARTIES]
+    options = RayOptions(address, cpus_per_party=1, pin_parties=True)
+    _, _, history = train_federated(parties, 0, replace(TINY, epochs=1, iterations_per_epoch=2), out / "global",
+                                    ray_options=options, progress=False)
+    connected_after_federated = ray.is_initialized()
+    record = run_sweep(PAIR, "b", 0, load_params(out / "params.yaml"), params_file=out / "params.yaml",
+                       root=Path(root), progress=False)
+    ray.init(address=address, logging_level="WARNING")
     try:
         nodes = {n["NodeID"]: n["Resources"] for n in ray.nodes() if n["Alive"]}
     finally:
         ray.shutdown()
+    (out / "result.json").write_text(json.dumps({"history": history, "sweep": record, "nodes": nodes,
+                                                 "connected_after_federated": connected_after_federated}))
+
+
+@pytest.mark.slow
+def test_federated_round_and_sweep_run_on_a_two_node_cluster(tiny_pair: TinyPair, basis_models, joint, ray_cluster,
+                                                             tmp_path):
+    from stitch_ops.baselines.plans import prepare_transferred
+
+    prepare_transferred(PAIR, "b", "2d", root=tiny_pair.root, progress=False)
+    raw = {"profile": "test", "seed": 0, "pairs": [PAIR], "folds": [0],
+           "data": {PAIR: {"source": "synthetic", "cases": {"a": 12, "b": 14}, "image_size": 64}},
+           "nnunet": asdict(TINY), "finetune": {"base_lr": 1e-3, "warmup_epochs": 0},
+           "federated": {"address": ray_cluster.address, "pin_parties": True},
+           "sweep": {"pairs": [PAIR], "routes": ["a_to_b"], "trials": 2, "epochs": 1, "iterations_per_epoch": 2,
+                     "max_concurrent": 2, "address": ray_cluster.address}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    repo = Path(__file__).resolve().parents[2]
+    code = f"from tests.baselines.test_ray_cluster import _drive; _drive({str(tiny_pair.root)!r}, " \
+           f"{ray_cluster.address!r}, {str(tmp_path)!r})"
+    driver = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=900,
+                            env={**ray_cluster.env, "PYTHONPATH": str(repo)})  # cwd: the sweep's MLflow records
+    assert driver.returncode == 0, driver.stderr[-3000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+
+    assert [r["round"] for r in result["history"]] == [0]
+    assert not result["connected_after_federated"]  # the driver disconnected; the cluster ran on for the sweep
+    record = result["sweep"]
+    assert len(record["trials"]) == 2 and 1e-4 <= record["best_base_lr"] <= 1e-2
+    assert record["best_val_dice"] == max(t["val_dice"] for t in record["trials"])
+    nodes = result["nodes"]
     assert len(nodes) == 2  # both nodes outlived the drivers that joined them
-    placed = {m["party"]: m["node_id"] for m in history[0]["parties"]}
+    placed = {m["party"]: m["node_id"] for m in result["history"][0]["parties"]}
     for party in PARTIES:  # each party trained on the node that holds its resource, and only there
         assert f"party_{party}" in nodes[placed[party]], (party, nodes[placed[party]])
     assert placed["a"] != placed["b"]
