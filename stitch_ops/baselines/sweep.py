@@ -146,14 +146,12 @@ def _run_trials(sweep: SweepParams, pair: str, party: str, fold: int, params: Pa
                 root: Path, work: Path, progress: bool, grid: tuple[float, ...] | None = None) -> list[TrialResult]:
     """Run the Ray Tune trials (Optuna's TPE sampler, seeded; or one trial per rate of ``grid``);
     their results sorted by learning rate."""
-    import ray
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
-    from stitch_ops.baselines.federated import RayOptions, init_ray
+    from stitch_ops.baselines.federated import RayOptions, ray_connection
 
-    init_ray(RayOptions(sweep.address, 1), sweep.max_concurrent)
-    try:
+    with ray_connection(RayOptions(sweep.address, 1), sweep.max_concurrent):  # a joined cluster keeps running
         searcher = OptunaSearch(metric=METRIC, mode="max", seed=params.seed) if grid is None else None
         space = tune.loguniform(sweep.lr_min, sweep.lr_max) if grid is None else tune.grid_search(list(grid))
         tuner = tune.Tuner(
@@ -165,12 +163,9 @@ def _run_trials(sweep: SweepParams, pair: str, party: str, fold: int, params: Pa
                                         max_concurrent_trials=sweep.max_concurrent),
             run_config=tune.RunConfig(name="lr", storage_path=str(work / "ray"), verbose=1 if progress else 0),
         )
-        grid = tuner.fit()
-    finally:
-        if not sweep.address:
-            ray.shutdown()
+        results = tuner.fit()
     trials = []
-    for result in grid:
+    for result in results:
         if result.error is not None or METRIC not in (result.metrics or {}):
             raise RuntimeError(f"sweep trial failed: {result.error}")
         trials.append(TrialResult(result.metrics["trial_id"], float(result.config["base_lr"]),

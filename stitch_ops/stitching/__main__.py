@@ -62,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     method.add_argument("--method", default=StitchMethod.DOUBLE_BATCHED.value, choices=[m.value for m in StitchMethod],
                         help="stitch training: double-batched (default) or direct matching")
     shared = [common_options(), party, method, fold]
-    commands.add_parser("train", parents=shared, help="train the stitches between the two parents (resumable)")
+    commands.add_parser("train", parents=shared,
+                        help="train the stitches between the two parents (resumable); with stitching.search: "
+                             "optuna, a Ray Tune + Optuna search of (k, learning rate) on c's validation cases first")
     commands.add_parser("select", parents=shared,
                         help="score every position k on c's validation cases (one MLflow run each), "
                              "select k (strategy 1), export the stitch-ensemble and predict both test sets")

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,9 @@ APPROACH = Approach.STITCH
 NETWORK_FILE = "stitched_network.pt"
 CHECKPOINT = "checkpoint.pt"
 ENSEMBLE_FILE = "stitch_ensemble.pt"
+SEARCH_FILE = "search.json"
+"""``stitching.search: optuna``: the search's record, in the stitches' ``network`` folder."""
+SEARCHES = ("grid", "optuna")
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,14 @@ class StitchingParams:
             keys except ``method`` and ``seed``.
         finetuned_c_parties: the parties c of ``a←[a]→b→a`` (c's model stitched to the other
             party's model fine-tuned on c's data); empty: none.
+        search: ``grid`` (default): the stitches train at ``training.lr`` and ``select`` scores the
+            evaluated positions; ``optuna``: ``train`` first runs a Ray Tune + Optuna search over
+            (k, learning rate) on c's validation cases (:mod:`stitch_ops.stitching.search`), trains
+            the stitches at the best rate, and ``select`` scores the best k beside the others.
+        trials: Optuna trials of the search.
+        search_lr_min, search_lr_max: the log-uniform range of the searched learning rate.
+        search_training: ``training`` keys a trial overrides (a short schedule).
+        search_concurrent: trials run at once (one CPU each).
     """
 
     c_parties: tuple[str, ...]
@@ -63,6 +74,12 @@ class StitchingParams:
     training: Mapping[str, Any]
     max_positions: int | None = None
     finetuned_c_parties: tuple[str, ...] = ()
+    search: str = "grid"
+    trials: int = 8
+    search_lr_min: float = 1e-4
+    search_lr_max: float = 1e-2
+    search_training: Mapping[str, Any] = field(default_factory=lambda: {"epochs": 1})
+    search_concurrent: int = 1
 
     def __post_init__(self) -> None:
         from stitch_ops.evaluation.selection import SelectionStrategy
@@ -88,6 +105,26 @@ class StitchingParams:
         StitchTrainingConfig.from_dict(self.training)  # validates the schedule now, not mid-run
         if self.max_positions is not None and self.max_positions < 1:
             raise ConfigError(f"'stitching.max_positions' must be null or >= 1, got {self.max_positions}")
+        if self.search not in SEARCHES:
+            raise ConfigError(f"'stitching.search' must be one of {list(SEARCHES)}, got {self.search!r}")
+        for key in ("trials", "search_concurrent"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"'stitching.{key}' must be a positive integer, got {value!r}")
+        if not 0 < self.search_lr_min < self.search_lr_max:
+            raise ConfigError(f"'stitching.search_lr_min' must be > 0 and below 'stitching.search_lr_max', got "
+                              f"{self.search_lr_min} and {self.search_lr_max}")
+        if "lr" in self.search_training:
+            raise ConfigError("'stitching.search_training' must not set lr: the search samples it from "
+                              "[search_lr_min, search_lr_max]")
+        StitchTrainingConfig.from_dict({**self.training, **self.search_training})
+
+    def search_config(self, method: str, seed: int, lr: float) -> Any:
+        """The schedule of one search trial: ``training`` with ``search_training`` and ``lr`` on top."""
+        from stitch_ops.stitching.train import StitchTrainingConfig
+
+        return StitchTrainingConfig.from_dict({**self.training, **self.search_training, "lr": lr, "method": method,
+                                               "seed": seed})
 
     def training_config(self, method: str, seed: int) -> Any:
         from stitch_ops.stitching.train import StitchTrainingConfig
@@ -126,21 +163,27 @@ def _basis_export(paths: PairPaths, party: str, fold: int) -> Path:
 def train(params: Params, pair: str, c: str, method: str, fold: int, progress: bool = True,
           finetuned: bool = False) -> Path:
     """Train the stitches of the parents at ``fold`` on c's unlabeled images (the fold's training
-    cases, labels never read); writes ``<model dir>/network/`` and returns the saved network."""
+    cases, labels never read); writes ``<model dir>/network/`` and returns the saved network.
+    ``stitching.search: optuna``: at the learning rate the search found best on c's validation
+    cases (its record: ``network/search.json``, reused by a run that resumes from the checkpoint)."""
     from stitch_ops.budget import BUDGET_JSON, Budget, TrainingClock, write_budget
-    from stitch_ops.stitching import PreprocessedImages
     from stitch_ops.stitching.train import plateau_reached
 
     section = load_section(params, "stitching", StitchingParams)
     config = section.training_config(method, params.seed)
     paths = PairPaths(pair)
-    model_a, model_b = _parents(paths, c, fold, finetuned)
-    own = model_a if c == PARTIES[0] else model_b
-    configuration = own.plans["configurations"][own.configuration]
-    images = PreprocessedImages(paths.preprocessed_root(c) / dataset_name(pair, c)
-                                / configuration["data_identifier"], list(read_fold(paths.raw_dataset(c), fold).train))
     slug = trained_on(c, method, finetuned)
     out = paths.model_dir(APPROACH, slug, fold) / "network"
+    if section.search == "optuna":
+        from stitch_ops.stitching.search import searched
+
+        config = replace(config, lr=searched(params, pair, c, method, fold, out / SEARCH_FILE, finetuned=finetuned,
+                                             progress=progress)["best_lr"])
+    else:  # the network folder persists between runs: no record of an earlier search may stay in it
+        (out / SEARCH_FILE).unlink(missing_ok=True)
+    model_a, model_b = _parents(paths, c, fold, finetuned)
+    own = model_a if c == PARTIES[0] else model_b
+    images = training_images(paths, c, fold, own)
     logger.info("%s: training stitches on %d unlabeled images of party %s (%s)", pair, len(images), c, method)
     from stitch_ops.tracking.curves import TRAINING_LOG, publish_curve, write_curve
     from stitch_ops.tracking.datasets import DataInput
@@ -151,15 +194,15 @@ def train(params: Params, pair: str, c: str, method: str, fold: int, progress: b
                       dvc_stage=f"{_stage('stitch_train', finetuned)}@{pair}-{c}-{method}-{fold}",
                       profile=params.profile,
                       inputs=[DataInput(f"{pair}/{c}/train (unlabeled)", paths.preprocessed_root(c), "training")],
-                      params={"method": method, "c": c, "finetuned": finetuned,
+                      params={"method": method, "c": c, "finetuned": finetuned, "search": section.search,
                               **{f"stitching.training.{k}": v for k, v in config.to_dict().items()}}) as live:
         def on_epoch(log: Any) -> None:
             rows.append({"epoch": log.epoch, "train_loss": log.loss, "lr": log.lr})
             live.log_epoch(log.epoch, {"train_loss": log.loss, "lr": log.lr})
             write_curve(out / TRAINING_LOG, rows)
 
-        _, history = train_stitch_network(model_a, model_b, images, configuration["patch_size"], config, out,
-                                          progress, on_epoch=on_epoch)
+        _, history = train_stitch_network(model_a, model_b, images, patch_size(own), config, out, progress,
+                                          on_epoch=on_epoch)
     publish_curve(out / TRAINING_LOG, paths.training_curve(APPROACH, slug, fold))
     plateau = plateau_reached(history, config.plateau_tolerance)
     if not plateau:
@@ -171,8 +214,23 @@ def train(params: Params, pair: str, c: str, method: str, fold: int, progress: b
                                     TrainingClock(out).seconds, method=config.method.value, init=config.init,
                                     loss_per_epoch=[e.loss for e in history],
                                     probe_loss_per_epoch=[e.probe for e in history], plateau_reached=plateau,
-                                    plateau_tolerance=config.plateau_tolerance))
+                                    plateau_tolerance=config.plateau_tolerance, lr=config.lr, search=section.search))
     return out / NETWORK_FILE
+
+
+def training_images(paths: PairPaths, c: str, fold: int, own: Any) -> Any:
+    """c's unlabeled training images of ``fold`` in ``own``'s (c's model's) preprocessing, as
+    :class:`~stitch_ops.stitching.PreprocessedImages` (labels never read)."""
+    from stitch_ops.stitching import PreprocessedImages
+
+    configuration = own.plans["configurations"][own.configuration]
+    return PreprocessedImages(paths.preprocessed_root(c) / dataset_name(paths.pair, c)
+                              / configuration["data_identifier"], list(read_fold(paths.raw_dataset(c), fold).train))
+
+
+def patch_size(own: Any) -> Any:
+    """The patch size of ``own``'s configuration: the stitches train on patches of it."""
+    return own.plans["configurations"][own.configuration]["patch_size"]
 
 
 def train_stitch_network(model_a: Any, model_b: Any, images: Any, patch_size: Any, config: Any, out: Path,
@@ -297,13 +355,18 @@ def select(params: Params, pair: str, c: str, method: str, fold: int, progress: 
     identity = {"pair": pair, "approach": APPROACH, "trained_on": slug, "fold": str(fold)}
     parent = tracking.log_run(experiment=experiment, tags={**identity, "kind": "position_selection"},
                               params={"method": method, "c": c, "finetuned": finetuned,
-                                      "selection": section.selection, "matches": len(network.matches)},
+                                      "selection": section.selection, "matches": len(network.matches),
+                                      "search": section.search},
                               metrics={}, run_name=f"{APPROACH}:{slug}:fold{fold}:positions",
                               dvc_stage=f"{_stage('stitch_select', finetuned)}@{pair}-{c}-{method}-{fold}")
     preprocessed = preprocess_cases(own, raw / "imagesTr", val_cases, progress)  # once, for all k
     rows = []
     with scratch_dir(model_dir / "positions") as scratch:
         evaluated = evaluated_positions(len(network.matches), section.max_positions)
+        if section.search == "optuna":  # the search's best k is always among the scored positions
+            record = read_json(model_dir / "network" / SEARCH_FILE,
+                               hint="rerun the stitch_train stage with stitching.search: optuna")
+            evaluated = sorted({*evaluated, int(record["best_k"])})
         scored = score_positions(network, evaluated, own, preprocessed, raw / "labelsTr", scratch, params.nnunet.device,
                                  pair=pair, test_party=f"{VALIDATION_SET}_{c}", approach=APPROACH, trained_on=slug,
                                  fold=fold, cases=val_cases)
