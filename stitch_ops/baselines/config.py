@@ -95,8 +95,9 @@ class FederatedParams(_BasisSchedule):
         iterations_per_epoch: training iterations of a party in one round (``null``: the
             basis models').
         address: ``null`` starts Ray on this machine (``ray.init()``, ``cpus_per_party``
-            CPUs per party actor); ``"auto"`` or ``"ray://head:10001"`` joins an existing
-            cluster unchanged.
+            CPUs per party actor); ``"head:6379"`` (what ``ray start --head`` prints) or
+            ``"auto"`` joins an existing cluster unchanged (the driver disconnects
+            afterwards; the cluster keeps running).
         cpus_per_party: CPUs Ray reserves for each party actor.
         pin_parties: on a cluster, run party p's actor only on a node that offers the
             custom resource ``party_<p>`` (the node that holds p's data).

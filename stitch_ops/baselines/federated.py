@@ -23,18 +23,23 @@ results folder, and every round is seeded with ``(seed, round)``, so a resumed r
 with the same global model as an uninterrupted one.
 
 **Where it runs.** ``address=None`` starts Ray on this machine with ``cpus_per_party``
-CPUs per party. ``address="auto"`` (or ``"ray://head:10001"``) joins an existing cluster
-unchanged; paths are then paths on the nodes, and with ``pin_parties`` party ``p``'s
-actor is only placed on a node started with the custom resource ``party_p`` — the node
-that holds p's data, e.g. ``ray start --address head:6379 --resources '{"party_a": 1}'``.
-Every node needs ``stitch_ops`` installed.
+CPUs per party (and stops it afterwards). ``address="head:6379"`` (the address ``ray start
+--head`` prints, or ``"auto"`` on a node of the cluster) joins an existing cluster
+unchanged: nothing about its resources is passed, and the driver only disconnects
+afterwards, the cluster keeps running. Paths are absolute and must mean the same on every
+node (one shared filesystem). With ``pin_parties`` party ``p``'s actor is only placed on a
+node started with the custom resource ``party_p`` — the node that holds p's data, e.g.
+``ray start --address head:6379 --resources '{"party_a": 1}'``; every round records the
+Ray node each party trained on (``node_id`` in ``global/rounds.json``). Every node needs
+``stitch_ops`` installed.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -250,8 +255,15 @@ class FederatedParty:
                    "train_loss": float(logged.get_value("train_losses", step=-1)),
                    "val_loss": float(logged.get_value("val_losses", step=-1)),
                    "pseudo_dice": float(logged.get_value("ema_fg_dice", step=-1)),
-                   "lr": float(self.trainer.optimizer.param_groups[0]["lr"])}
+                   "lr": float(self.trainer.optimizer.param_groups[0]["lr"]), "node_id": self.node_id()}
         return canonical_state(self.trainer.network), metrics
+
+    @staticmethod
+    def node_id() -> str | None:
+        """The Ray node this party runs on (``None`` outside Ray): where its data was read."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 
 
 # ---- the driver -------------------------------------------------------------------------
@@ -265,17 +277,65 @@ class RayOptions:
     pin_parties: bool = False
 
 
-def init_ray(options: RayOptions, n_workers: int) -> None:
-    """``ray.init()`` locally (``n_workers × cpus_per_party`` CPUs) or on ``options.address``."""
+def init_ray(options: RayOptions, n_workers: int) -> bool:
+    """``ray.init()`` locally (``n_workers × cpus_per_party`` CPUs) or on ``options.address``
+    (an existing cluster: its resources are its own, so none are passed). Returns False when
+    this process was already connected to Ray (that connection is used as it is).
+
+    Raises:
+        UserError: the cluster at ``options.address`` cannot be reached.
+    """
     import ray
 
     if ray.is_initialized():
-        return
+        logger.info("using the Ray this process is already connected to (%s)",
+                    ray.get_runtime_context().gcs_address)
+        return False
     if options.address:
-        ray.init(address=options.address, logging_level=logging.WARNING)
+        try:
+            _check_reachable(options.address)
+            ray.init(address=options.address, logging_level=logging.WARNING)
+        except ConnectionError as err:
+            from stitch_ops.errors import UserError
+
+            raise UserError(f"cannot reach the Ray cluster at {options.address!r} ({str(err).splitlines()[0]}); "
+                            "start it with `ray start --head` and give the address it prints (or null to start "
+                            "Ray on this machine); a cluster with token authentication also needs "
+                            "RAY_AUTH_MODE=token and its token here") from err
+        logger.info("joined the Ray cluster at %s: %s", options.address, ray.cluster_resources())
     else:
         ray.init(num_cpus=n_workers * options.cpus_per_party, include_dashboard=False,
                  object_store_memory=256 * 1024 ** 2, logging_level=logging.WARNING)
+    return True
+
+
+def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """Fail at once when nothing listens at a ``host:port`` address (``ray.init`` retries
+    for many minutes before it gives up); other forms (``auto``) are left to Ray."""
+    import socket
+
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "/" in address:
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        raise ConnectionError(f"nothing answers at {host}:{port}: {err.strerror or err}") from err
+
+
+@contextmanager
+def ray_connection(options: RayOptions, n_workers: int) -> Iterator[None]:
+    """Connected to Ray for the block (:func:`init_ray`); afterwards this process
+    disconnects again if it connected here. ``ray.shutdown()`` stops only a Ray this
+    process started; a cluster joined through ``options.address`` keeps running."""
+    import ray
+
+    connected = init_ray(options, n_workers)
+    try:
+        yield
+    finally:
+        if connected:
+            ray.shutdown()
 
 
 class GlobalCheckpoint:
@@ -349,12 +409,20 @@ def train_federated(parties: Sequence[PartyData], fold: int, schedule: NnUNetSch
         FederatedRoundError: a party failed in a round; the checkpoint holds the global
             model of the last completed round, and calling again resumes from there.
     """
+    with ray_connection(ray_options, len(parties)):
+        return _train_federated(parties, fold, schedule, GlobalCheckpoint(checkpoint_dir), ray_options, fault,
+                                seed, progress, on_round)
+
+
+def _train_federated(parties: Sequence[PartyData], fold: int, schedule: NnUNetSchedule, checkpoint: GlobalCheckpoint,
+                     ray_options: RayOptions, fault: FaultInjection | None, seed: int, progress: bool,
+                     on_round: Callable[[int, Mapping[str, float]], None] | None,
+                     ) -> tuple[dict[str, torch.Tensor], tuple[int, ...] | None, list[dict]]:
+    """:func:`train_federated` once connected to Ray."""
     import ray
     from ray.exceptions import RayError
     from tqdm import tqdm
 
-    init_ray(ray_options, len(parties))
-    checkpoint = GlobalCheckpoint(checkpoint_dir)
     history = checkpoint.history()
     resumed = checkpoint.load()
     if resumed is not None:
@@ -373,6 +441,7 @@ def train_federated(parties: Sequence[PartyData], fold: int, schedule: NnUNetSch
                           .remote(data, fold, schedule, crash, seed))
         try:
             sizes = ray.get([a.num_cases.remote() for a in actors])
+            nodes = ray.get([a.node_id.remote() for a in actors])
             mirroring = ray.get(actors[0].mirroring_axes.remote())
             if resumed is None:
                 completed, state = 0, ray.get(actors[0].initial_state.remote())
@@ -387,7 +456,8 @@ def train_federated(parties: Sequence[PartyData], fold: int, schedule: NnUNetSch
         except RayError as err:
             raise FederatedRoundError(f"a party failed to start: {err}") from err
         server = ray.remote(num_cpus=0)(FedAvgServer).remote(state, completed)
-        logger.info("FedAvg over parties %s with training-set sizes %s", [p.party for p in parties], sizes)
+        logger.info("FedAvg over parties %s with training-set sizes %s on Ray nodes %s", [p.party for p in parties],
+                    sizes, nodes)
         with tqdm(total=schedule.epochs, initial=completed, desc="FedAvg rounds", disable=not progress) as bar:
             for round_index in range(completed, schedule.epochs):
                 global_state = server.state.remote()

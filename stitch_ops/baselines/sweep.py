@@ -112,14 +112,12 @@ def run_sweep(pair: str, party: str, fold: int, params: Params, *, params_file: 
 def _run_trials(sweep: SweepParams, pair: str, party: str, fold: int, params: Params, params_file: Path,
                 root: Path, work: Path, progress: bool) -> list[TrialResult]:
     """Run the Ray Tune trials (Optuna's TPE sampler, seeded); their results sorted by learning rate."""
-    import ray
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
-    from stitch_ops.baselines.federated import RayOptions, init_ray
+    from stitch_ops.baselines.federated import RayOptions, ray_connection
 
-    init_ray(RayOptions(sweep.address, 1), sweep.max_concurrent)
-    try:
+    with ray_connection(RayOptions(sweep.address, 1), sweep.max_concurrent):  # a joined cluster keeps running
         searcher = OptunaSearch(metric=METRIC, mode="max", seed=params.seed)
         tuner = tune.Tuner(
             tune.with_resources(_trial, {"cpu": 1}),
@@ -131,9 +129,6 @@ def _run_trials(sweep: SweepParams, pair: str, party: str, fold: int, params: Pa
             run_config=tune.RunConfig(name="lr", storage_path=str(work / "ray"), verbose=1 if progress else 0),
         )
         grid = tuner.fit()
-    finally:
-        if not sweep.address:
-            ray.shutdown()
     trials = []
     for result in grid:
         if result.error is not None or METRIC not in (result.metrics or {}):
