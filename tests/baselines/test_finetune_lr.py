@@ -98,6 +98,19 @@ def test_base_lr_sweep_without_a_sweep_says_which_route_to_add(tmp_path: Path):
         resolve_base_lr(paths, "b", 0, params)
 
 
+def test_the_sweep_stage_writes_a_not_swept_record_for_a_route_it_does_not_cover(tmp_path: Path):
+    """DVC's finetune stage always depends on its route's best.json: the sweep stage writes
+    one for every route, without starting Ray for a route outside sweep.pairs x sweep.routes."""
+    from stitch_ops.baselines.sweep import run_sweep
+
+    params = make_params(finetune={"base_lr": 0.001}, sweep=SWEEP)
+    record = run_sweep(PAIR, "a", 0, params, root=tmp_path, progress=False, only_configured=True)
+    path = PairPaths(PAIR, tmp_path).sweep("finetune", "b_to_a", 0) / "best.json"
+    assert json.loads(path.read_text()) == record == not_swept_record(PAIR, "b_to_a", 0)
+    assert record["swept"] is False and "best_base_lr" not in record
+    assert sorted(p.name for p in path.parent.iterdir()) == ["best.json"]  # no trials folder, no Ray records
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_rule_sweeps_powers_of_ten_and_finetuning_uses_its_choice(tiny_pair, basis_models, tmp_path: Path):
