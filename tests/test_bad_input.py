@@ -167,6 +167,14 @@ CASES: dict[str, Case] = {
         ["baselines", "finetune", "--pair", "polyp", "--trained-on", "a_to_b", "--fold", "0"],
         "'finetune.warmup_epochs' must be an integer in [0, epochs",
         setup=lambda root: write_params(root, **{"finetune.warmup_epochs": 9})),
+    "base_lr sweep on a route the sweep does not cover": Case(
+        ["baselines", "finetune", "--pair", "polyp", "--trained-on", "b_to_a", "--fold", "0"],
+        "the sweep does not cover polyp b_to_a: add 'b_to_a' to sweep.routes",
+        setup=lambda root: write_params(root, **{"finetune.base_lr": "sweep"})),
+    "unknown fine-tuning learning-rate rule": Case(
+        ["baselines", "sweep", "--pair", "polyp", "--trained-on", "a_to_b", "--fold", "0"],
+        "'finetune.lr_rule' must be null or one of ['smallest_progressing_power_of_ten']",
+        setup=lambda root: write_params(root, **{"finetune.lr_rule": "smallest_power"})),
     "misspelled stitch training key": Case(
         ["stitching", "train", "--pair", "polyp", "--c", "a", "--fold", "0"], "'epoch' (did you mean 'epochs'?)",
         setup=lambda root: write_params(root, **{"stitching.training.epoch": 3})),

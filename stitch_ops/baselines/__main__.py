@@ -76,7 +76,7 @@ def sweep(args: argparse.Namespace, params: Params) -> None:
 
     params.pair(args.pair)
     run_sweep(args.pair, finetuning_party(args.trained_on), args.fold, params, params_file=args.params,
-              progress=args.progress)
+              progress=args.progress, only_configured=args.only_configured)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     ft = commands.add_parser("finetune", parents=[common, pair, route, fold],
                              help="fine-tune the other party's basis model on own data (warm-up schedule)")
     ft.add_argument("--base-lr", type=float, default=None,
-                    help="base learning rate (default: params finetune.base_lr)")
+                    help="base learning rate (default: params finetune.base_lr, a number or 'sweep': the "
+                         "sweep's best.json)")
     ens = commands.add_parser("ensemble", parents=[common, pair, fold],
                               help="average the softmax of two models' test predictions (a&b or a&b→a)")
     ens.add_argument("--finetuned-for", choices=PARTIES, default=None,
@@ -109,9 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("federated", parents=[common, pair, fold],
                         help="FedAvg over one Ray actor per party (params 'federated')")
     commands.add_parser("merged", parents=[common, pair, fold], help="train one nnU-Net on the pooled data")
-    commands.add_parser("sweep", parents=[common, pair, route, fold],
-                        help="Ray Tune + Optuna sweep of the fine-tuning learning rate on the fine-tuning "
-                             "party's validation data")
+    sw = commands.add_parser("sweep", parents=[common, pair, route, fold],
+                             help="Ray Tune + Optuna sweep of the fine-tuning learning rate on the fine-tuning "
+                                  "party's validation data (finetune.lr_rule: the paper's power-of-ten rule)")
+    sw.add_argument("--only-configured", action="store_true",
+                    help="the DVC stage: a route outside sweep.pairs/sweep.routes is not swept, its best.json "
+                         "says so")
     return parser
 
 

@@ -53,13 +53,26 @@ def _learning_rate(section: str, key: str, value: Any) -> float:
     return float(value)
 
 
+SWEEP = "sweep"
+"""``finetune.base_lr: sweep``: take the rate from the sweep's ``best.json``."""
+SMALLEST_PROGRESSING_POWER_OF_TEN = "smallest_progressing_power_of_ten"
+LR_RULES = (SMALLEST_PROGRESSING_POWER_OF_TEN,)
+"""Values of ``finetune.lr_rule`` besides ``null``."""
+
+
 @dataclass(frozen=True)
 class FinetuneParams(_BasisSchedule):
     """Fine-tuning another party's model on own data (``a→b``).
 
     Attributes:
         base_lr: the new base learning rate; the paper uses the smallest power of ten that
-            still makes progress (``1e-3``), well below nnU-Net's ``1e-2``.
+            still makes progress (``1e-3``), well below nnU-Net's ``1e-2``. ``"sweep"``: the
+            rate the ``sweep`` stage picked for this (pair, route, fold) on the fine-tuning
+            party's validation cases (``sweeps/.../best.json``; see :mod:`~stitch_ops.baselines.lr`).
+        lr_rule: how the sweep picks its rate: ``null`` (the default) the Optuna trial with
+            the best validation Dice; ``smallest_progressing_power_of_ten`` the paper's rule
+            (a grid of powers of ten, the smallest whose validation Dice beats the starting
+            model's). It changes what ``sweep`` writes, and so what ``base_lr: sweep`` uses.
         warmup_epochs: epochs of linear warm-up from the last non-zero learning rate of the
             original model's polynomial schedule to ``base_lr`` (0: none).
         epochs, iterations_per_epoch: the fine-tuning schedule (polynomial decay from
@@ -69,14 +82,24 @@ class FinetuneParams(_BasisSchedule):
     SECTION = "finetune"
     BASIS_KEYS = {"epochs": "epochs", "iterations_per_epoch": "iterations_per_epoch"}
 
-    base_lr: float = 1e-3
+    base_lr: float | str = 1e-3
     warmup_epochs: int = 1
     epochs: int | None = None
     iterations_per_epoch: int | None = None
+    lr_rule: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _learning_rate("finetune", "base_lr", self.base_lr)
+        if isinstance(self.base_lr, str) and self.base_lr != SWEEP:
+            try:  # YAML reads 1e-3 as a string
+                object.__setattr__(self, "base_lr", float(self.base_lr))
+            except ValueError:
+                raise ConfigError(f"params 'finetune.base_lr' must be a number in (0, 1) or '{SWEEP}', "
+                                  f"got {self.base_lr!r}") from None
+        if self.base_lr != SWEEP:
+            object.__setattr__(self, "base_lr", _learning_rate("finetune", "base_lr", self.base_lr))
+        if self.lr_rule is not None and self.lr_rule not in LR_RULES:
+            raise ConfigError(f"'finetune.lr_rule' must be null or one of {list(LR_RULES)}, got {self.lr_rule!r}")
         if not isinstance(self.warmup_epochs, int) or isinstance(self.warmup_epochs, bool) or self.warmup_epochs < 0:
             raise ConfigError(f"'finetune.warmup_epochs' must be a non-negative integer, got {self.warmup_epochs!r}")
         if self.epochs is not None and not self.warmup_epochs < self.epochs:
@@ -139,8 +162,10 @@ class SweepParams:
         pairs, routes: which pairs and fine-tuning directions (``a_to_b``: a's model
             fine-tuned on b's data, selected on b's validation cases) to sweep, for every
             fold of the profile.
-        lr_min, lr_max: the log-uniform search range of ``finetune.base_lr``.
-        trials: number of Optuna suggestions (each one fine-tuning run).
+        lr_min, lr_max: the log-uniform search range of ``finetune.base_lr`` (with
+            ``finetune.lr_rule``: the range of the powers of ten tried).
+        trials: number of Optuna suggestions (each one fine-tuning run); with
+            ``finetune.lr_rule`` every power of ten in the range is one trial instead.
         epochs, iterations_per_epoch: the schedule of one trial (warm-up as in ``finetune``).
         max_concurrent: trials run at the same time (each takes one CPU).
         address: as ``federated.address``.
@@ -181,6 +206,10 @@ class SweepParams:
         if unknown:
             raise ConfigError(f"'sweep.pairs' names {unknown}, which are not in params 'data'")
         return sweep
+
+    def covers(self, pair: str, route: str) -> bool:
+        """Whether the sweep runs for ``route`` (``a_to_b``/``b_to_a``) of ``pair``."""
+        return pair in self.pairs and route in self.routes
 
 
 @dataclass(frozen=True)

@@ -87,13 +87,20 @@ def train_finetuned(paths: PairPaths, party: str, fold: int, params: Params, *, 
 def finetune(pair: str, party: str, fold: int, params: Params, *, base_lr: float | None = None,
              root: Path = Path("."), progress: bool = True) -> Path:
     """``other→party``: the other party's basis model fine-tuned on ``party``'s data with
-    the warm-up schedule (``finetune`` params), then predicted on both test sets."""
+    the warm-up schedule (``finetune`` params), then predicted on both test sets. The base
+    learning rate is ``base_lr`` if given, else ``finetune.base_lr`` (a number, or ``sweep``:
+    the sweep's ``best.json``, :func:`~stitch_ops.baselines.lr.resolve_base_lr`); the rate
+    and its source go to ``budget.json`` and the MLflow run."""
+    from stitch_ops.baselines.lr import LrSource, ResolvedLr, resolve_base_lr
+
     paths = PairPaths(pair, root)
     settings = FinetuneParams.from_params(params)
     model = approaches.finetuned(party)
-    lr = base_lr or settings.base_lr
+    lr, source = ResolvedLr(base_lr, LrSource.FIXED) if base_lr else resolve_base_lr(paths, party, fold, params)
+    logger.info("fine-tuning %s fold %d with base learning rate %.3g (%s)", model.shorthand, fold, lr, source)
     with _training_run(pair, model, fold, params, f"finetune@{pair}-{model.trained_on}-{fold}", root,
-                       {"finetune.base_lr": lr, "finetune.epochs": settings.epochs,
+                       {"finetune.base_lr": lr, "finetune.base_lr_source": source.value,
+                        "finetune.epochs": settings.epochs,
                         "finetune.iterations_per_epoch": settings.iterations_per_epoch,
                         "finetune.warmup_epochs": settings.warmup_epochs},
                        {f"{pair}/{party}/train": paths.preprocessed_root(party, plans_from=other(party))}) as live:
@@ -102,7 +109,7 @@ def finetune(pair: str, party: str, fold: int, params: Params, *, base_lr: float
                                    results_root=paths.model_dir(model.approach, model.trained_on, fold),
                                    progress=progress, on_epoch=live.log_epoch, keep_checkpoint=False)
         write_training_budget(paths, model, fold, params, settings.epochs, settings.iterations_per_epoch,
-                              base_lr=lr, warmup_epochs=settings.warmup_epochs)
+                              base_lr=lr, base_lr_source=source.value, warmup_epochs=settings.warmup_epochs)
         predict_test_sets(paths, model, fold, params, progress=progress)
     _publish_curve(paths, model, fold)
     return exported

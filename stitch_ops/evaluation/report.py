@@ -28,6 +28,7 @@ import argparse
 import base64
 import html
 import logging
+import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -92,9 +93,27 @@ def _fmt(value: object, digits: int = 3) -> str:
 
 def _approach_table(results: PairResults) -> pd.DataFrame:
     models = results.models
-    return models.loc[:, ["model", "approach", "trained_on", "perspective", "data_used", "models_used",
-                          "online"]].rename(columns={"model": "shorthand", "data_used": "data used",
-                                                     "models_used": "models used"})
+    table = models.loc[:, ["model", "approach", "trained_on", "perspective", "data_used", "models_used",
+                           "online"]].rename(columns={"model": "shorthand", "data_used": "data used",
+                                                      "models_used": "models used"})
+    rates = _learning_rates(results)
+    if rates:
+        table["fine-tuning base LR (source)"] = [rates.get((a, t), "") for a, t in
+                                                 zip(table["approach"], table["trained_on"])]
+    return table
+
+
+def _learning_rates(results: PairResults) -> dict[tuple[str, str], str]:
+    """``(approach, trained_on)`` -> the base learning rate(s) its fine-tuning used, over all folds."""
+    budgets = results.budgets
+    if budgets.empty:
+        return {}
+    rates: dict[tuple[str, str], set[str]] = {}
+    for row in budgets.itertuples():
+        label = learning_rate_label(row.base_lr, row.base_lr_source)
+        if label:
+            rates.setdefault((row.approach, row.trained_on), set()).add(label)
+    return {key: "; ".join(sorted(labels)) for key, labels in rates.items()}
 
 
 def _last_improvement(losses: object) -> float | None:
@@ -104,11 +123,24 @@ def _last_improvement(losses: object) -> float | None:
     return (float(losses[-2]) - float(losses[-1])) / abs(float(losses[-2]))
 
 
+def learning_rate_label(base_lr: object, source: object) -> str:
+    """``0.001 (fixed)``: a fine-tuning's base learning rate and where it came from; empty
+    for models that are not fine-tuned (or budgets written before the source was recorded)."""
+    if base_lr is None or (isinstance(base_lr, float) and math.isnan(base_lr)):
+        return ""
+    where = source if isinstance(source, str) and source else "source not recorded"
+    return f"{float(base_lr):.3g} ({where})"
+
+
 def _budget_table(results: PairResults) -> pd.DataFrame:
     budgets = results.budgets
     if budgets.empty:
         return budgets
     table = budgets.sort_values(["fold", "model"]).rename(columns={"model": "shorthand"}).reset_index(drop=True)
+    labels = [learning_rate_label(lr, source) for lr, source in zip(table["base_lr"], table["base_lr_source"])]
+    table = table.drop(columns=["base_lr", "base_lr_source"])
+    if any(labels):
+        table["fine-tuning base LR (source)"] = labels
     if table["loss_per_epoch"].notna().any():
         table["last-epoch loss improvement"] = [_last_improvement(v) for v in table["loss_per_epoch"]]
         table["plateau reached"] = table["plateau_reached"]
@@ -299,8 +331,12 @@ def _sections(results: PairResults, stats: pd.DataFrame, notes: dict[str, str], 
             "Online: the parties must train together."), [("", _approach_table(results))], []),
         _Section("Training budgets", (
             "From each trained model's <code>budget.json</code>: optimizer steps per party, samples seen, wall "
-            "time (measured on whatever machine ran the stage). Stitch training: the relative improvement of "
-            "the mean loss in the last epoch and whether it fell below the plateau criterion."),
+            "time (measured on whatever machine ran the stage). Fine-tuning: the base learning rate it used and "
+            "where it came from (<code>fixed</code>: <code>finetune.base_lr</code>; <code>sweep</code>: the Optuna "
+            "sweep's best validation Dice; <code>rule</code>: the smallest power of ten whose validation Dice beat "
+            "the starting model's; both selected on the fine-tuning party's validation cases). Stitch training: "
+            "the relative improvement of the mean loss in the last epoch and whether it fell below the plateau "
+            "criterion."),
             [("", _budget_table(results))], by_caption("Stitch training")),
         _Section("Bi-objective results", (
             f"Mean Dice and HD95 [{unit}] on each party's test set (HD95: lower is better), averaged over "

@@ -57,8 +57,9 @@ class PairResults:
         models: one row per evaluated (approach, trained_on): ``model, approach, trained_on,
             shorthand, perspective, data_used, models_used, online, known, role`` (see :func:`role`).
         budgets: one row per ``budget.json``: ``model, approach, trained_on, fold``,
-            :data:`BUDGET_COLUMNS`, and for stitch training ``plateau_reached`` and
-            ``loss_per_epoch`` (a list; ``None`` where the file has none).
+            :data:`BUDGET_COLUMNS`, for stitch training ``plateau_reached`` and
+            ``loss_per_epoch`` (a list; ``None`` where the file has none), for fine-tuning
+            ``base_lr`` and ``base_lr_source`` (``fixed``/``sweep``/``rule``; ``None`` elsewhere).
         positions: every ``positions.csv`` row plus ``slug, c, method, label, fold``.
         no_stitch: ``slug, c, method, label, fold, dice, hd95`` of the no-stitch reference.
         selections: ``slug, c, method, label, fold, strategy, k, relative_position, note``.
@@ -219,9 +220,10 @@ def _budgets(root: Path, problems: list[str]) -> pd.DataFrame:
         rows.append({"model": model_label(approach, trained_on), "approach": approach, "trained_on": trained_on,
                      "fold": _fold(path.parent), **{k: data.get(k) for k in BUDGET_COLUMNS},
                      "plateau_reached": data.get("plateau_reached"),
-                     "loss_per_epoch": losses if isinstance(losses, list) else None})
+                     "loss_per_epoch": losses if isinstance(losses, list) else None,
+                     "base_lr": data.get("base_lr"), "base_lr_source": data.get("base_lr_source")})
     return pd.DataFrame(rows, columns=["model", "approach", "trained_on", "fold", *BUDGET_COLUMNS,
-                                       "plateau_reached", "loss_per_epoch"])
+                                       "plateau_reached", "loss_per_epoch", "base_lr", "base_lr_source"])
 
 
 def _stitch_identity(slug: str) -> dict[str, object]:

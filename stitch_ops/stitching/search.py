@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -103,7 +104,10 @@ def _trial(config: dict[str, Any], job: TrialJob) -> None:
     started = time.time()
     k, lr = int(config["k"]), float(config["lr"])
     work = Path(job.work) / f"trial_{tune.get_context().get_trial_id()}"
-    dice, hd95, cases = score_trial(parse_params(dict(job.params)), job, k, lr, work)
+    try:
+        dice, hd95, cases = score_trial(parse_params(dict(job.params)), job, k, lr, work)
+    finally:  # the trial's stitches and predictions: only its scores are kept
+        shutil.rmtree(work, ignore_errors=True)
     tune.report({METRIC: dice, "val_hd95": hd95, "cases": ",".join(cases), "started": started})
 
 

@@ -35,6 +35,8 @@ MEANS = {
 7 held, 8 held, 9 not held (significant differences of more than 0.05)."""
 EXPECTED = {1: "held", 2: "held", 3: "not held", 4: "held", 5: "held", 6: "not held", 7: "held", 8: "held",
             9: "not held"}
+FINETUNE_LR = {"a_to_b": (0.0001, "rule"), "b_to_a": (0.001, "fixed")}
+"""The base learning rate and its source in each fine-tuned model's ``budget.json``."""
 
 
 def case_rows(folds: tuple[int, ...] = (0,), models: dict | None = None, pair: str = PAIR) -> pd.DataFrame:
@@ -67,6 +69,8 @@ def write_tree(root: Path, folds: tuple[int, ...] = (0,), models: dict | None = 
         (folder / "summary.json").write_text("{}")
         if extras and approach in ("local", "merged", "federated", "finetune", "stitch"):
             budget = {"epochs": 6, "iterations": 150, "samples_seen": 600, "wall_time_s": 12.5}
+            if approach == "finetune":  # the rate fine-tuning used and its source (FINETUNE_LR)
+                budget.update(zip(("base_lr", "base_lr_source"), FINETUNE_LR[trained_on]))
             if approach == "stitch":
                 budget.update(loss_per_epoch=[1.0, 0.5, 0.3, 0.25, 0.249, 0.2485], plateau_reached=True,
                               plateau_tolerance=0.01)

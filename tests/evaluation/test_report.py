@@ -138,6 +138,14 @@ def test_run_writes_self_contained_html_markdown_metrics_and_figures(reported):
     assert stitched["last-epoch loss improvement"].tolist() == pytest.approx([0.0005 / 0.249] * 2)
     markdown = report.markdown.read_text(encoding="utf-8")
     assert "## Training budgets" in markdown and f"]({PAIR}/figures/biobjective_mean.png)" in markdown
+    # which learning rate each fine-tuning used and where it came from (fixed / sweep / rule)
+    tuned = budgets.set_index("trained_on")["fine-tuning base LR (source)"]
+    assert tuned["a_to_b"] == "0.0001 (rule)" and tuned["b_to_a"] == "0.001 (fixed)"
+    assert tuned.drop(["a_to_b", "b_to_a"]).isna().all()  # only fine-tuned models have one
+    approaches_table = pd.read_csv(tree / "reports" / PAIR / "tables" / "approaches.csv").set_index("trained_on")
+    assert approaches_table.loc["a_to_b", "fine-tuning base LR (source)"] == "0.0001 (rule)"
+    for label in ("0.0001 (rule)", "0.001 (fixed)"):
+        assert label in markdown and label in page
     assert all(p.read_bytes().startswith(PNG_MAGIC) for p in report.figures)
     headline = json.loads(report.metrics.read_text(encoding="utf-8"))
     assert headline["findings"]["verdicts"] == {str(k): v for k, v in EXPECTED.items()}
