@@ -22,24 +22,20 @@ the local state (optimiser momentum, logged curves) each saved after that round 
 results folder, and every round is seeded with ``(seed, round)``, so a resumed run ends
 with the same global model as an uninterrupted one.
 
-**Where it runs.** ``address=None`` starts Ray on this machine with ``cpus_per_party``
-CPUs per party (and stops it afterwards). ``address="head:6379"`` (the address ``ray start
---head`` prints, or ``"auto"`` on a node of the cluster) joins an existing cluster
-unchanged: nothing about its resources is passed, and the driver only disconnects
-afterwards, the cluster keeps running. Paths are absolute and must mean the same on every
-node (one shared filesystem). With ``pin_parties`` party ``p``'s actor is only placed on a
-node started with the custom resource ``party_p`` — the node that holds p's data, e.g.
-``ray start --address head:6379 --resources '{"party_a": 1}'``; every round records the
-Ray node each party trained on (``node_id`` in ``global/rounds.json``). Every node needs
-``stitch_ops`` installed.
+**Where it runs** (:mod:`stitch_ops.ray_session`). ``address=None`` starts Ray on this
+machine with ``cpus_per_party`` CPUs per party (and stops it afterwards); an ``address``
+joins an existing cluster unchanged, and the driver only disconnects afterwards. With
+``pin_parties`` party ``p``'s actor is only placed on a node started with the custom
+resource ``party_p`` — the node that holds p's data, e.g. ``ray start --address head:6379
+--resources '{"party_a": 1}'``; every round records the Ray node each party trained on
+(``node_id`` in ``global/rounds.json``). Every node needs ``stitch_ops`` installed.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +44,7 @@ import torch
 
 from stitch_ops.config import NnUNetSchedule
 from stitch_ops.outputs import output_file, read_json, write_json
+from stitch_ops.ray_session import RayOptions, ray_connection
 
 logger = logging.getLogger(__name__)
 
@@ -268,61 +265,6 @@ class FederatedParty:
 
 # ---- the driver -------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class RayOptions:
-    """How to reach Ray: ``address=None`` starts it locally."""
-
-    address: str | None = None
-    cpus_per_party: int = 1
-    pin_parties: bool = False
-
-
-def init_ray(options: RayOptions, n_workers: int) -> bool:
-    """``ray.init()`` locally (``n_workers × cpus_per_party`` CPUs) or on ``options.address``
-    (an existing cluster: its resources are its own, so none are passed). Returns False when
-    this process was already connected to Ray (that connection is used as it is).
-
-    Raises:
-        UserError: the cluster at ``options.address`` cannot be reached.
-    """
-    import ray
-
-    if ray.is_initialized():
-        logger.info("using the Ray this process is already connected to (%s)",
-                    ray.get_runtime_context().gcs_address)
-        return False
-    if options.address:
-        try:
-            _check_reachable(options.address)
-            ray.init(address=options.address, logging_level=logging.WARNING)
-        except ConnectionError as err:
-            from stitch_ops.errors import UserError
-
-            raise UserError(f"cannot reach the Ray cluster at {options.address!r} ({str(err).splitlines()[0]}); "
-                            "start it with `ray start --head` and give the address it prints (or null to start "
-                            "Ray on this machine); a cluster with token authentication also needs "
-                            "RAY_AUTH_MODE=token and its token here") from err
-        logger.info("joined the Ray cluster at %s: %s", options.address, ray.cluster_resources())
-    else:
-        ray.init(num_cpus=n_workers * options.cpus_per_party, include_dashboard=False,
-                 object_store_memory=256 * 1024 ** 2, logging_level=logging.WARNING)
-    return True
-
-
-def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
-    """Fail at once when nothing listens at a ``host:port`` address (``ray.init`` retries
-    for many minutes before it gives up); other forms (``auto``) are left to Ray."""
-    import socket
-
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or "/" in address:
-        return
-    try:
-        socket.create_connection((host, int(port)), timeout=timeout_s).close()
-    except OSError as err:
-        raise ConnectionError(f"nothing answers at {host}:{port}: {err.strerror or err}") from err
-
-
 def _check_party_resources(parties: Sequence[str]) -> None:
     """With ``pin_parties`` a party whose resource no node offers would wait forever."""
     import ray
@@ -335,21 +277,6 @@ def _check_party_resources(parties: Sequence[str]) -> None:
         raise UserError(f"federated.pin_parties is true but no node of the Ray cluster offers {missing}; start "
                         "each party's node with `ray start --address HEAD:PORT --resources '{\"party_a\": 1}'` "
                         "(party_b likewise), or set federated.pin_parties: false")
-
-
-@contextmanager
-def ray_connection(options: RayOptions, n_workers: int) -> Iterator[None]:
-    """Connected to Ray for the block (:func:`init_ray`); afterwards this process
-    disconnects again if it connected here. ``ray.shutdown()`` stops only a Ray this
-    process started; a cluster joined through ``options.address`` keeps running."""
-    import ray
-
-    connected = init_ray(options, n_workers)
-    try:
-        yield
-    finally:
-        if connected:
-            ray.shutdown()
 
 
 class GlobalCheckpoint:

@@ -149,7 +149,7 @@ def _run_trials(sweep: SweepParams, pair: str, party: str, fold: int, params: Pa
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
-    from stitch_ops.baselines.federated import RayOptions, ray_connection
+    from stitch_ops.ray_session import RayOptions, ray_connection
 
     with ray_connection(RayOptions(sweep.address, 1), sweep.max_concurrent):  # a joined cluster keeps running
         searcher = OptunaSearch(metric=METRIC, mode="max", seed=params.seed) if grid is None else None

@@ -66,6 +66,8 @@ class StitchingParams:
         search_lr_min, search_lr_max: the log-uniform range of the searched learning rate.
         search_training: ``training`` keys a trial overrides (a short schedule).
         search_concurrent: trials run at once (one CPU each).
+        search_address: where the trials run: ``None`` starts Ray on this machine,
+            ``"head:6379"`` / ``"auto"`` joins an existing cluster (:mod:`stitch_ops.ray_session`).
     """
 
     c_parties: tuple[str, ...]
@@ -80,6 +82,7 @@ class StitchingParams:
     search_lr_max: float = 1e-2
     search_training: Mapping[str, Any] = field(default_factory=lambda: {"epochs": 1})
     search_concurrent: int = 1
+    search_address: str | None = None
 
     def __post_init__(self) -> None:
         from stitch_ops.evaluation.selection import SelectionStrategy

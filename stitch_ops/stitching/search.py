@@ -8,7 +8,8 @@ two parents on c's unlabeled training images with that rate on a short schedule
 stitch-ensemble at k on c's **validation** cases of the fold (mean Dice, the search's
 objective; HD95 beside it). No test case is ever read. ``stitching.trials`` trials run,
 ``stitching.search_concurrent`` at a time, one CPU each; the first quarter (at least two)
-are drawn at random before TPE models the results.
+are drawn at random before TPE models the results. They run on a Ray started here, or on an
+existing cluster at ``stitching.search_address`` (:mod:`stitch_ops.ray_session`).
 
 How the best (k, lr) feeds the stitch stages (:mod:`stitch_ops.stitching.pipeline`):
 ``stitch_train`` runs the search first and trains the final stitches at the best rate; its
@@ -180,35 +181,17 @@ def startup_trials(trials: int) -> int:
     return max(2, trials // 4)
 
 
-def start_ray(cpus: int) -> bool:
-    """Start a local Ray with ``cpus`` CPUs unless one runs already (an outer caller's, a
-    cluster it joined); returns whether it started one, which the caller then shuts down.
-
-    The settings of :func:`stitch_ops.baselines.federated.init_ray`'s local start, not that
-    function: importing it would make every stitching stage depend on the baselines' and
-    nnU-Net trainer's modules in ``dvc.yaml``.
-    """
-    import ray
-
-    if ray.is_initialized():
-        return False
-    ray.init(num_cpus=cpus, include_dashboard=False, object_store_memory=256 * 1024 ** 2,
-             logging_level=logging.WARNING)
-    return True
-
-
 def _run_trials(params: Params, job: TrialJob, matches: int, work: Path, progress: bool) -> list[SearchTrial]:
     """Run the Ray Tune trials (Optuna's TPE sampler, seeded); their results in the order they ran."""
     import optuna
-    import ray
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
+    from stitch_ops.ray_session import RayOptions, ray_connection
     from stitch_ops.stitching.pipeline import StitchingParams
 
     section = load_section(params, "stitching", StitchingParams)
-    started = start_ray(section.search_concurrent)
-    try:
+    with ray_connection(RayOptions(section.search_address), section.search_concurrent):  # a joined cluster keeps running
         sampler = optuna.samplers.TPESampler(seed=params.seed, n_startup_trials=startup_trials(section.trials),
                                              multivariate=True)
         tuner = tune.Tuner(
@@ -220,9 +203,6 @@ def _run_trials(params: Params, job: TrialJob, matches: int, work: Path, progres
             run_config=tune.RunConfig(name="stitch_search", storage_path=str(work / "ray"), verbose=1 if progress else 0),
         )
         grid = tuner.fit()
-    finally:
-        if started:
-            ray.shutdown()
     results = []
     for result in grid:
         if result.error is not None or METRIC not in (result.metrics or {}):

@@ -17,7 +17,7 @@ from stitch_ops.paths import dataset_name
 def ray_local():
     import ray
 
-    from stitch_ops.baselines.federated import RayOptions, init_ray
+    from stitch_ops.ray_session import RayOptions, init_ray
 
     init_ray(RayOptions(), n_workers=2)  # one CPU per party, as in the pipeline
     yield

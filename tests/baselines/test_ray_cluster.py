@@ -1,4 +1,4 @@
-"""Federated learning and the learning-rate sweep on a real two-node Ray cluster, started
+"""Federated learning, the learning-rate sweep and the stitch search on a real two-node Ray cluster, started
 with the ``ray`` CLI on this machine (a head with ``party_a``, a worker node with
 ``party_b``) and joined through ``address=``: each party's actor trains on the node holding
 its resource, and the cluster outlives the drivers that joined it."""
@@ -113,7 +113,7 @@ def ray_cluster() -> Iterator[LocalCluster]:
 def test_an_address_where_no_cluster_answers_fails_at_once_with_one_line():
     import ray
 
-    from stitch_ops.baselines.federated import RayOptions, init_ray
+    from stitch_ops.ray_session import RayOptions, init_ray
     from stitch_ops.errors import UserError
 
     (port,) = _free_ports(1)  # closed again: nothing listens there
@@ -123,18 +123,20 @@ def test_an_address_where_no_cluster_answers_fails_at_once_with_one_line():
 
 
 def _drive(root: str, address: str, work: str) -> None:
-    """The driver: a pinned federated round, then the sweep, both joining the cluster at
-    ``address``; what the test checks goes to ``work/result.json``. It runs in a fresh
+    """The driver: a pinned federated round, then the fine-tuning sweep and the stitch search,
+    each joining the cluster at ``address``; what the test checks goes to ``work/result.json``. It runs in a fresh
     Python with the cluster's environment, as a user's driver does: a local ``ray.init()``
     earlier in the test process switches it to Ray's token authentication for good, and a
     driver in token mode sees the actors of a cluster without it die before they start."""
     import ray
 
-    from stitch_ops.baselines.federated import PartyData, RayOptions, train_federated
+    from stitch_ops.baselines.federated import PartyData, train_federated
     from stitch_ops.baselines.plans import JOINT
     from stitch_ops.baselines.sweep import run_sweep
     from stitch_ops.config import load_params
     from stitch_ops.paths import PairPaths
+    from stitch_ops.ray_session import RayOptions
+    from stitch_ops.stitching.search import run_search
 
     paths, out = PairPaths(PAIR, Path(root)), Path(work)
     parties = [PartyData(p, dataset_name(PAIR, p), paths.preprocessed_root(p, plans_from=JOINT).resolve(),
@@ -143,19 +145,22 @@ def _drive(root: str, address: str, work: str) -> None:
     _, _, history = train_federated(parties, 0, replace(TINY, epochs=1, iterations_per_epoch=2), out / "global",
                                     ray_options=options, progress=False)
     connected_after_federated = ray.is_initialized()
-    record = run_sweep(PAIR, "b", 0, load_params(out / "params.yaml"), params_file=out / "params.yaml",
-                       root=Path(root), progress=False)
+    params = load_params(out / "params.yaml")
+    record = run_sweep(PAIR, "b", 0, params, params_file=out / "params.yaml", root=Path(root), progress=False)
+    search = run_search(params, PAIR, "a", "direct_matching", 0, progress=False, root=Path(root))
+    connected_after_search = ray.is_initialized()
     ray.init(address=address, logging_level="WARNING")
     try:
         nodes = {n["NodeID"]: n["Resources"] for n in ray.nodes() if n["Alive"]}
     finally:
         ray.shutdown()
-    (out / "result.json").write_text(json.dumps({"history": history, "sweep": record, "nodes": nodes,
-                                                 "connected_after_federated": connected_after_federated}))
+    (out / "result.json").write_text(json.dumps({"history": history, "sweep": record, "search": search,
+                                                 "nodes": nodes, "connected_after_federated": connected_after_federated,
+                                                 "connected_after_search": connected_after_search}))
 
 
 @pytest.mark.slow
-def test_federated_round_and_sweep_run_on_a_two_node_cluster(tiny_pair: TinyPair, basis_models, joint, ray_cluster,
+def test_federated_round_and_both_searches_run_on_a_two_node_cluster(tiny_pair: TinyPair, basis_models, joint, ray_cluster,
                                                              tmp_path):
     from stitch_ops.baselines.plans import prepare_transferred
 
@@ -165,7 +170,13 @@ def test_federated_round_and_sweep_run_on_a_two_node_cluster(tiny_pair: TinyPair
            "nnunet": asdict(TINY), "finetune": {"base_lr": 1e-3, "warmup_epochs": 0},
            "federated": {"address": ray_cluster.address, "pin_parties": True},
            "sweep": {"pairs": [PAIR], "routes": ["a_to_b"], "trials": 2, "epochs": 1, "iterations_per_epoch": 2,
-                     "max_concurrent": 2, "address": ray_cluster.address}}
+                     "max_concurrent": 2, "address": ray_cluster.address},
+           "stitching": {"c_parties": ["a"], "methods": ["direct_matching"], "selection": "current_fold",
+                         "max_positions": 2, "finetuned_c_parties": [],
+                         "training": {"epochs": 1, "iterations_per_epoch": 2, "batch_size": 2, "init_batches": 1,
+                                      "probe_batches": 1},
+                         "search": "optuna", "trials": 2, "search_training": {"iterations_per_epoch": 1},
+                         "search_concurrent": 2, "search_address": ray_cluster.address}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     repo = Path(__file__).resolve().parents[2]
     code = f"from tests.baselines.test_ray_cluster import _drive; _drive({str(tiny_pair.root)!r}, " \
@@ -180,6 +191,9 @@ def test_federated_round_and_sweep_run_on_a_two_node_cluster(tiny_pair: TinyPair
     record = result["sweep"]
     assert len(record["trials"]) == 2 and 1e-4 <= record["best_base_lr"] <= 1e-2
     assert record["best_val_dice"] == max(t["val_dice"] for t in record["trials"])
+    search = result["search"]  # the stitch search: two trials of (k, lr) on the cluster, then disconnected
+    assert len(search["trials"]) == 2 and not result["connected_after_search"]
+    assert 0 <= search["best_k"] < search["matches"] and 1e-4 <= search["best_lr"] <= 1e-2
     nodes = result["nodes"]
     assert len(nodes) == 2  # both nodes outlived the drivers that joined them
     placed = {m["party"]: m["node_id"] for m in result["history"][0]["parties"]}
