@@ -117,7 +117,8 @@ def _learning_rates(results: PairResults) -> dict[tuple[str, str], str]:
 
 
 def _last_improvement(losses: object) -> float | None:
-    """Relative improvement of the mean loss in the last epoch (the plateau criterion's number)."""
+    """Relative improvement of ``losses`` in the last epoch: with the budget's ``plateau_losses``,
+    the number the plateau criterion compared with its tolerance."""
     if not isinstance(losses, list) or len(losses) < 2 or not losses[-2]:
         return None
     return (float(losses[-2]) - float(losses[-1])) / abs(float(losses[-2]))
@@ -142,11 +143,11 @@ def _budget_table(results: PairResults) -> pd.DataFrame:
     if any(labels):
         table["fine-tuning base LR (source)"] = labels
     if table["loss_per_epoch"].notna().any():
-        table["last-epoch loss improvement"] = [_last_improvement(v) for v in table["loss_per_epoch"]]
+        table["last-epoch probe-loss improvement"] = [_last_improvement(v) for v in table["plateau_losses"]]
         table["plateau reached"] = table["plateau_reached"]
     else:
         table = table.drop(columns=["plateau_reached"])
-    return table.drop(columns=["loss_per_epoch", "plateau_reached"], errors="ignore")
+    return table.drop(columns=["loss_per_epoch", "plateau_losses", "plateau_reached"], errors="ignore")
 
 
 def _biobjective_table(results: PairResults, by_fold: bool) -> pd.DataFrame:
@@ -335,8 +336,9 @@ def _sections(results: PairResults, stats: pd.DataFrame, notes: dict[str, str], 
             "where it came from (<code>fixed</code>: <code>finetune.base_lr</code>; <code>sweep</code>: the Optuna "
             "sweep's best validation Dice; <code>rule</code>: the smallest power of ten whose validation Dice beat "
             "the starting model's; both selected on the fine-tuning party's validation cases). Stitch training: "
-            "the relative improvement of the mean loss in the last epoch and whether it fell below the plateau "
-            "criterion."),
+            "the relative improvement in the last epoch of the probe loss (the objective on fixed held-out "
+            "batches, which the plateau criterion judges; the figure shows the training loss) and whether it "
+            "fell below the plateau tolerance."),
             [("", _budget_table(results))], by_caption("Stitch training")),
         _Section("Bi-objective results", (
             f"Mean Dice and HD95 [{unit}] on each party's test set (HD95: lower is better), averaged over "

@@ -57,8 +57,10 @@ class PairResults:
         models: one row per evaluated (approach, trained_on): ``model, approach, trained_on,
             shorthand, perspective, data_used, models_used, online, known, role`` (see :func:`role`).
         budgets: one row per ``budget.json``: ``model, approach, trained_on, fold``,
-            :data:`BUDGET_COLUMNS`, for stitch training ``plateau_reached`` and
-            ``loss_per_epoch`` (a list; ``None`` where the file has none), for fine-tuning
+            :data:`BUDGET_COLUMNS`, for stitch training ``plateau_reached``,
+            ``loss_per_epoch`` (a list; ``None`` where the file has none) and ``plateau_losses``
+            (what the plateau criterion judged: the probe loss per epoch, or the training
+            loss where no probe was measured), for fine-tuning
             ``base_lr`` and ``base_lr_source`` (``fixed``/``sweep``/``rule``; ``None`` elsewhere).
         positions: every ``positions.csv`` row plus ``slug, c, method, label, fold``.
         no_stitch: ``slug, c, method, label, fold, dice, hd95`` of the no-stitch reference.
@@ -216,14 +218,16 @@ def _budgets(root: Path, problems: list[str]) -> pd.DataFrame:
     rows = []
     for path, data in _complete_files(root, "*/*/fold_*/budget.json", BUDGET_COLUMNS, problems):
         approach, trained_on = path.parts[-4], path.parts[-3]
-        losses = data.get("loss_per_epoch")
+        losses = data.get("loss_per_epoch") if isinstance(data.get("loss_per_epoch"), list) else None
+        probe = data.get("probe_loss_per_epoch") if isinstance(data.get("probe_loss_per_epoch"), list) else None
         rows.append({"model": model_label(approach, trained_on), "approach": approach, "trained_on": trained_on,
                      "fold": _fold(path.parent), **{k: data.get(k) for k in BUDGET_COLUMNS},
                      "plateau_reached": data.get("plateau_reached"),
-                     "loss_per_epoch": losses if isinstance(losses, list) else None,
+                     "loss_per_epoch": losses, "plateau_losses": probe or losses,
                      "base_lr": data.get("base_lr"), "base_lr_source": data.get("base_lr_source")})
     return pd.DataFrame(rows, columns=["model", "approach", "trained_on", "fold", *BUDGET_COLUMNS,
-                                       "plateau_reached", "loss_per_epoch", "base_lr", "base_lr_source"])
+                                       "plateau_reached", "loss_per_epoch", "plateau_losses", "base_lr",
+                                       "base_lr_source"])
 
 
 def _stitch_identity(slug: str) -> dict[str, object]:

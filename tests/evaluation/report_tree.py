@@ -72,7 +72,8 @@ def write_tree(root: Path, folds: tuple[int, ...] = (0,), models: dict | None = 
             if approach == "finetune":  # the rate fine-tuning used and its source (FINETUNE_LR)
                 budget.update(zip(("base_lr", "base_lr_source"), FINETUNE_LR[trained_on]))
             if approach == "stitch":
-                budget.update(loss_per_epoch=[1.0, 0.5, 0.3, 0.25, 0.249, 0.2485], plateau_reached=True,
+                budget.update(loss_per_epoch=[1.0, 0.5, 0.3, 0.25, 0.249, 0.2485],
+                              probe_loss_per_epoch=[0.9, 0.45, 0.3, 0.26, 0.25, 0.2499], plateau_reached=True,
                               plateau_tolerance=0.01)
             (folder / "budget.json").write_text(json.dumps(budget))
     if hd95_file_ending:

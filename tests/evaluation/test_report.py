@@ -135,7 +135,8 @@ def test_run_writes_self_contained_html_markdown_metrics_and_figures(reported):
     budgets = pd.read_csv(tree / "reports" / PAIR / "tables" / "budgets.csv")
     stitched = budgets[budgets["approach"] == "stitch"]
     assert stitched["plateau reached"].all()
-    assert stitched["last-epoch loss improvement"].tolist() == pytest.approx([0.0005 / 0.249] * 2)
+    # the number the plateau criterion judged: the probe loss's last step, not the training loss's
+    assert stitched["last-epoch probe-loss improvement"].tolist() == pytest.approx([0.0001 / 0.25] * 2)
     markdown = report.markdown.read_text(encoding="utf-8")
     assert "## Training budgets" in markdown and f"]({PAIR}/figures/biobjective_mean.png)" in markdown
     # which learning rate each fine-tuning used and where it came from (fixed / sweep / rule)
