@@ -100,6 +100,19 @@ def _weights() -> bytes:
     return buffer.getvalue()
 
 
+def basis_models(root: Path) -> None:
+    """Valid exports of two tiny nnU-Nets as polyp's basis models of fold 0 (a case that must get past them)."""
+    from tests.stitching.tiny_nets import tiny_parent
+
+    from stitch_ops.nnunet.model import export_model
+
+    for seed, party in enumerate("ab"):
+        spec, network = tiny_parent(seed, features=(4, 8, 16))
+        export_model(network, dict(spec.plans), dict(spec.dataset_json), configuration=spec.configuration,
+                     target=root / PairPaths("polyp").model_dir("local", party, 0) / "export", mirroring_axes=None,
+                     provenance={"trained_on": party})
+
+
 def bundle(root: Path, metadata: str | None = None, config: str = '{"network": {"_target_": "monai.x"}}') -> Path:
     folder = root / "received_bundle"
     write(folder / "LICENSE", "MIT")
@@ -262,7 +275,8 @@ CASES: dict[str, Case] = {
                                         "no model folder at models/polyp/local/a/fold_0/export"),
     "corrupt stitched network": Case(["stitching", "select", "--pair", "polyp", "--c", "a", "--fold", "0"],
                                      "as a saved stitched network",
-                                     setup=lambda root: (write_params(root), write(root / STITCH_NETWORK))),
+                                     setup=lambda root: (write_params(root), basis_models(root),
+                                                         write(root / STITCH_NETWORK))),
     "evaluate before split": Case(["evaluation", "--pair", "polyp", "--trained-on", "a", "--fold", "0"],
                                   "dataset.json", setup=lambda root: (write_params(root), local_predictions(root))),
     "evaluate with a corrupt dataset.json": Case(

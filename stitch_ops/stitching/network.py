@@ -19,6 +19,7 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -51,7 +52,8 @@ __all__ = [
     "save_stitched_network",
 ]
 
-_FORMAT = "stitch_ops.stitched_network/1"
+_FORMAT = "stitch_ops.stitched_network/2"
+"""Version 2 saves the stitches without the parents' weights (version 1 embedded them)."""
 
 
 class Parent(StrEnum):
@@ -326,7 +328,13 @@ class StitchedNetwork(nn.Module):
 
 
 def save_stitched_network(network: StitchedNetwork, path: Path) -> None:
-    """Save parents, stitches and the description to rebuild them, loadable with ``weights_only=True``.
+    """Save the stitches, the description to rebuild the network and a fingerprint of each
+    parent's weights, loadable with ``weights_only=True``.
+
+    The parents' weights are not saved: whoever trained the stitches has the parents already
+    (in the pipeline they are DVC outputs), and storing them again in every stitch training
+    cost 62 of a polyp network's 87 MB. :func:`load_stitched_network` takes them back and
+    refuses parents whose weights differ from those the stitches were trained between.
 
     Raises:
         ValueError: if the network was built without parent descriptions.
@@ -336,25 +344,58 @@ def save_stitched_network(network: StitchedNetwork, path: Path) -> None:
     description = {
         "format": _FORMAT,
         "parents": [spec.to_dict() for spec in network.parent_specs],
-        "probe_shape": list(network.graph_a.probe_shape),
+        "parent_weights": [_fingerprint(network.parent_a), _fingerprint(network.parent_b)],
         "matches": [asdict(m) for m in network.matches],
     }
-    atomic_save({"description": json.dumps(description), "state_dict": _cpu_state(network)}, Path(path))
+    stitches = {f"switches_{side}.{key}": value
+                for side, switches in (("a", network.switches_a), ("b", network.switches_b))
+                for key, value in _cpu_state(switches).items()}
+    atomic_save({"description": json.dumps(description), "state_dict": stitches}, Path(path))
 
 
-def load_stitched_network(path: Path, trusted: bool = False) -> StitchedNetwork:
-    """Rebuild a network saved by :func:`save_stitched_network`, on the CPU (``trusted``: see :meth:`ParentSpec.build`)."""
-    with reading(path, "saved stitched network", "train the stitches again (`stitch-ops stitching train`)"):
+def load_stitched_network(path: Path, network_a: nn.Module, network_b: nn.Module) -> StitchedNetwork:
+    """Rebuild a network saved by :func:`save_stitched_network` on ``network_a`` and
+    ``network_b``, the parents its stitches were trained between (checked by their weights).
+
+    Raises:
+        InputFileError: if ``path`` is not a saved stitched network, or the parents or their
+            matches are not those the stitches were trained for.
+    """
+    retrain = "train the stitches again (`stitch-ops stitching train`)"
+    with reading(path, "saved stitched network", retrain):
         saved = torch.load(Path(path), map_location="cpu", weights_only=True)
         description = json.loads(saved["description"])
     if description.get("format") != _FORMAT:
-        raise InputFileError(f"{path} is not a saved stitched network: expected format {_FORMAT!r}, got {description.get('format')!r}")
-    specs = tuple(ParentSpec.from_dict(d) for d in description["parents"])
-    probe = description["probe_shape"]
-    graphs = [trace_network(spec.build(trusted), probe) for spec in specs]
-    network = StitchedNetwork(graphs[0], graphs[1], [Match(**m) for m in description["matches"]], specs)
-    network.load_state_dict(saved["state_dict"])
+        raise InputFileError(f"{path} is not a saved stitched network: expected format {_FORMAT!r}, got "
+                             f"{description.get('format')!r} (format 1 embedded the "
+                             f"parents' weights); {retrain}")
+    spec_a, spec_b = (ParentSpec.from_dict(d) for d in description["parents"])
+    network = StitchedNetwork.from_parents(spec_a, network_a.cpu(), spec_b, network_b.cpu())
+    found = [_fingerprint(network.parent_a), _fingerprint(network.parent_b)]
+    for side, expected, actual in zip("ab", description["parent_weights"], found):
+        if expected != actual:
+            raise InputFileError(f"the stitches in {path} were trained with another parent {side.upper()}: its weights "
+                                 f"differ (fingerprint {actual[:12]}, trained with {expected[:12]}); pass the parents "
+                                 f"they were trained between, or {retrain}")
+    if [asdict(m) for m in network.matches] != description["matches"]:
+        raise InputFileError(f"the parents of {path} match differently now than when its stitches were trained "
+                             f"({len(network.matches)} matches, saved {len(description['matches'])}); {retrain}")
+    network.switches_a.load_state_dict(_prefixed(saved["state_dict"], "switches_a."))
+    network.switches_b.load_state_dict(_prefixed(saved["state_dict"], "switches_b."))
     return network
+
+
+def _prefixed(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    return {key.removeprefix(prefix): value for key, value in state.items() if key.startswith(prefix)}
+
+
+def _fingerprint(module: nn.Module) -> str:
+    """SHA-256 of a module's state (names and bytes), to recognise the parents a file was saved with."""
+    digest = hashlib.sha256()
+    for key, value in sorted(_cpu_state(module).items()):
+        digest.update(key.encode())
+        digest.update(value.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def atomic_save(obj: object, path: Path) -> None:

@@ -158,6 +158,16 @@ def _parents(paths: PairPaths, c: str, fold: int, finetuned: bool = False) -> tu
     return tuple(load_model(folder) for folder in parent_dirs(paths, c, fold, finetuned))
 
 
+def load_trained_network(paths: PairPaths, c: str, method: str, fold: int, finetuned: bool = False) -> Any:
+    """The stitched network ``stitch_train`` saved for (c, method, fold), rebuilt on its parents'
+    exports (the saved network holds the stitches only)."""
+    from stitch_ops.stitching.network import load_stitched_network
+
+    model_a, model_b = _parents(paths, c, fold, finetuned)
+    network_file = paths.model_dir(APPROACH, trained_on(c, method, finetuned), fold) / "network" / NETWORK_FILE
+    return load_stitched_network(network_file, model_a.network, model_b.network)
+
+
 def _basis_export(paths: PairPaths, party: str, fold: int) -> Path:
     basis = approaches.local(party)
     return paths.model_dir(basis.approach, basis.trained_on, fold) / "export"
@@ -338,14 +348,14 @@ def select(params: Params, pair: str, c: str, method: str, fold: int, progress: 
     from stitch_ops.evaluation.selection import select_position
     from stitch_ops.nnunet.model import NnUNetModel, load_model
     from stitch_ops.nnunet.predict import predict_folder, preprocess_cases
-    from stitch_ops.stitching import extract_stitch_ensemble, load_stitched_network
+    from stitch_ops.stitching import extract_stitch_ensemble
     from stitch_ops.stitching.ensemble import TwoModelEnsemble
 
     section = load_section(params, "stitching", StitchingParams)
     paths = PairPaths(pair)
     slug = trained_on(c, method, finetuned)
     model_dir = paths.model_dir(APPROACH, slug, fold)
-    network = load_stitched_network(model_dir / "network" / NETWORK_FILE)
+    network = load_trained_network(paths, c, method, fold, finetuned)
     own = load_model(_basis_export(paths, c, fold))
     raw = paths.raw_dataset(c)
     val_cases = list(read_fold(raw, fold).val)

@@ -22,7 +22,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from stitch_ops import approaches
 from stitch_ops.approaches import StitchMethod
 from stitch_ops.config import ConfigError, Params, load_section
 from stitch_ops.data.splits import read_fold
@@ -114,8 +113,7 @@ def run(params: Params, pair: str, c: str, progress: bool = True, root: Path = P
     from stitch_ops.evaluation import figures
     from stitch_ops.nnunet.model import NnUNetModel, load_model
     from stitch_ops.nnunet.predict import preprocess_cases
-    from stitch_ops.stitching import load_stitched_network
-    from stitch_ops.stitching.pipeline import APPROACH, NETWORK_FILE, _basis_export, score_on_validation
+    from stitch_ops.stitching.pipeline import _basis_export, load_trained_network, score_on_validation
 
     section = load_section(params, "rq1", Rq1Params)
     paths = PairPaths(pair, root)
@@ -127,8 +125,7 @@ def run(params: Params, pair: str, c: str, progress: bool = True, root: Path = P
     generator = torch.Generator().manual_seed(params.seed)
     rows = []
     for method in sorted(StitchMethod, key=lambda m: m.value):
-        slug = approaches.stitch_ensemble(c, method).trained_on
-        network = load_stitched_network(paths.model_dir(APPROACH, slug, FOLD) / "network" / NETWORK_FILE)
+        network = load_trained_network(paths, c, method.value, FOLD)
         network.set_training(None)
         network.eval()
         excluded = output_matches(network)

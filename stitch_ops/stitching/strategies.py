@@ -121,7 +121,7 @@ def strategies(params: Params, pair: str, c: str, method: str, fold: int, progre
             copy_dir(folder, target)
             selection[strategy]["same_k_as"] = earlier
         else:
-            _predict_position(params, paths, c, slug, fold, k, target, progress)
+            _predict_position(params, paths, c, method, finetuned, fold, k, target, progress)
             predicted[k] = (strategy, target)
 
     out = paths.metrics(APPROACH, slug, fold)
@@ -131,14 +131,14 @@ def strategies(params: Params, pair: str, c: str, method: str, fold: int, progre
     return selection
 
 
-def _predict_position(params: Params, paths: PairPaths, c: str, slug: str, fold: int, k: int, target: Path,
-                      progress: bool) -> None:
+def _predict_position(params: Params, paths: PairPaths, c: str, method: str, finetuned: bool, fold: int, k: int,
+                      target: Path, progress: bool) -> None:
     """Predict both test sets and c's validation cases with the stitch-ensemble at ``k``."""
     from stitch_ops.nnunet.model import NnUNetModel, load_model
-    from stitch_ops.stitching import extract_stitch_ensemble, load_stitched_network
-    from stitch_ops.stitching.pipeline import NETWORK_FILE, _basis_export
+    from stitch_ops.stitching import extract_stitch_ensemble
+    from stitch_ops.stitching.pipeline import _basis_export, load_trained_network
 
-    network = load_stitched_network(paths.model_dir(APPROACH, slug, fold) / "network" / NETWORK_FILE)
+    network = load_trained_network(paths, c, method, fold, finetuned)
     own = load_model(_basis_export(paths, c, fold))
     ensemble = NnUNetModel(extract_stitch_ensemble(network, k), own.plans, own.dataset_json, own.configuration,
                            None, f"stitch-ensemble k={k}")

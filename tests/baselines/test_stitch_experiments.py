@@ -66,10 +66,9 @@ def runs(root: Path) -> pd.DataFrame:
 
 
 def test_finetuned_variant_stitches_own_model_to_the_others_model_finetuned_on_own_data(experiment: Path):
-    from stitch_ops.stitching import load_stitched_network
+    from stitch_ops.stitching.pipeline import load_trained_network
 
-    network = load_stitched_network(experiment / "models" / PAIR / "stitch" / "via_a_double_batched_finetuned"
-                                    / "fold_0" / "network" / "stitched_network.pt")
+    network = load_trained_network(PairPaths(PAIR, experiment), "a", "double_batched", 0, finetuned=True)
     tuned = json.loads((experiment / "models" / PAIR / "finetune" / "b_to_a" / "fold_0" / "export" / "plans.json")
                        .read_text())
     own = json.loads((experiment / "models" / PAIR / "local" / "a" / "fold_0" / "export" / "plans.json").read_text())

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from tiny_nets import tiny_parent
 from torch import nn
 
+from stitch_ops.errors import InputFileError
 from stitch_ops.stitching import (
     MomentSampler,
     PairStatistics,
@@ -236,12 +239,14 @@ def test_configuration_for_the_wrong_number_of_matches_is_refused(pair_network):
 
 
 def test_save_and_load_roundtrip(tmp_path, pair_network):
-    network, _, _ = pair_network
+    network, net_a, net_b = pair_network
     with torch.no_grad():
         for parameter in network.stitch_parameters():
             parameter.add_(0.1)
     save_stitched_network(network, tmp_path / "stitched.pt")
-    loaded = load_stitched_network(tmp_path / "stitched.pt")
+    saved = torch.load(tmp_path / "stitched.pt", weights_only=True)["state_dict"]
+    assert saved and all(key.startswith(("switches_a.", "switches_b.")) for key in saved)  # no parent weights
+    loaded = load_stitched_network(tmp_path / "stitched.pt", net_a, net_b)
     configuration = sample_configuration(len(network.matches), 6, torch.Generator().manual_seed(0))
     network.configure(configuration)
     loaded.configure(configuration)
@@ -249,6 +254,22 @@ def test_save_and_load_roundtrip(tmp_path, pair_network):
     assert torch.equal(loaded(x), network(x))
     assert loaded.matches == network.matches
     network.configure(SwitchConfiguration.all_original(len(network.matches)))
+
+
+def test_loading_stitches_onto_other_parents_is_refused(tmp_path, pair_network):
+    network, net_a, net_b = pair_network
+    save_stitched_network(network, tmp_path / "stitched.pt")
+    _, other_a = tiny_parent(7, features=(4, 8, 16))  # a's architecture, other weights
+    with pytest.raises(InputFileError, match="trained with another parent A"):
+        load_stitched_network(tmp_path / "stitched.pt", other_a, net_b)
+
+
+def test_a_network_saved_in_the_old_format_is_refused_with_a_hint(tmp_path, pair_network):
+    network, net_a, net_b = pair_network
+    torch.save({"description": json.dumps({"format": "stitch_ops.stitched_network/1"}), "state_dict": {}},
+               tmp_path / "old.pt")
+    with pytest.raises(InputFileError, match="format 1 embedded the parents' weights.*train the stitches again"):
+        load_stitched_network(tmp_path / "old.pt", net_a, net_b)
 
 
 def test_combining_two_exported_nnunet_models(tmp_path):
