@@ -7,7 +7,7 @@
   reference (both parents on c's preprocessing, no stitch) dashed;
 - :func:`rq1`: validation Dice/HD95 against the number of active stitches, one line per
   stitch training method (mean of the sampled networks, samples as dots);
-- :func:`training_curves`: the stitch training loss per epoch (how far it got to a plateau);
+- :func:`training_curves`: the stitch training and probe losses per epoch (how far they got to a plateau);
 - :func:`own_data`: violin + box plots of the per-case Dice/HD95 on one party's test set,
   one per approach feasible from that party.
 
@@ -204,19 +204,24 @@ def own_data(cases: pd.DataFrame, models: Sequence[str], path: Path, unit: str, 
 
 
 def training_curves(budgets: pd.DataFrame, path: Path, title: str) -> Path:
-    """Mean training loss per epoch of each stitch training (log scale).
+    """Per stitch training, the mean training loss per epoch (solid) and, dashed, the loss on
+    the fixed probe batch that the plateau criterion judges (log scale; budgets without a
+    probe curve show the training loss only).
 
     Args:
-        budgets: rows ``model, fold, loss_per_epoch`` (a list of floats per row).
+        budgets: rows ``model, fold, loss_per_epoch, plateau_losses`` (lists of floats).
     """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     names = [f"{m}, fold {f}" for m, f in zip(budgets["model"], budgets["fold"])]
     colours = _colours(names)
-    for name, losses in zip(names, budgets["loss_per_epoch"]):
-        ax.plot(range(1, len(losses) + 1), losses, marker="o", markersize=3, color=colours[name], label=name)
+    for name, losses, plateau in zip(names, budgets["loss_per_epoch"], budgets["plateau_losses"]):
+        epochs = range(1, len(losses) + 1)
+        ax.plot(epochs, losses, marker="o", markersize=3, color=colours[name], label=name)
+        if list(plateau) != list(losses):
+            ax.plot(range(1, len(plateau) + 1), plateau, linestyle="--", color=colours[name])
     ax.set_xlabel("epoch")
-    ax.set_ylabel("mean stitch training loss (MSE, log scale)")
+    ax.set_ylabel("stitch loss (MSE, log scale)\nsolid: training, dashed: probe")
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

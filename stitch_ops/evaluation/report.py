@@ -142,7 +142,7 @@ def _budget_table(results: PairResults) -> pd.DataFrame:
     table = table.drop(columns=["base_lr", "base_lr_source"])
     if any(labels):
         table["fine-tuning base LR (source)"] = labels
-    if table["loss_per_epoch"].notna().any():
+    if table["plateau_losses"].notna().any():
         table["last-epoch probe-loss improvement"] = [_last_improvement(v) for v in table["plateau_losses"]]
         table["plateau reached"] = table["plateau_reached"]
     else:
@@ -250,7 +250,7 @@ def _figures(results: PairResults, stats_families: dict[str, list[str]], out: Pa
                                                 f"{pair}: stitch-ensembles a←[{c}]→b on {c}'s validation cases")))
     curves = results.budgets[results.budgets["loss_per_epoch"].notna()] if not results.budgets.empty else None
     if curves is not None and not curves.empty:
-        made.append(("Stitch training loss per epoch",
+        made.append(("Stitch training and probe loss per epoch",
                      figures.training_curves(curves, out / "stitch_training.png", f"{pair}: stitch training")))
     if not results.rq1.empty:
         for (c, fold), table in results.rq1.groupby(["c", "fold"]):

@@ -214,12 +214,17 @@ def _models(cases: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values(["order", "model"]).loc[:, columns].reset_index(drop=True)
 
 
+def _curve(data: dict[str, Any], key: str) -> list[float] | None:
+    """A per-epoch loss list of a budget file; ``None`` where it has none (e.g. nnU-Net trainings)."""
+    value = data.get(key)
+    return value if isinstance(value, list) else None
+
+
 def _budgets(root: Path, problems: list[str]) -> pd.DataFrame:
     rows = []
     for path, data in _complete_files(root, "*/*/fold_*/budget.json", BUDGET_COLUMNS, problems):
         approach, trained_on = path.parts[-4], path.parts[-3]
-        losses = data.get("loss_per_epoch") if isinstance(data.get("loss_per_epoch"), list) else None
-        probe = data.get("probe_loss_per_epoch") if isinstance(data.get("probe_loss_per_epoch"), list) else None
+        losses, probe = _curve(data, "loss_per_epoch"), _curve(data, "probe_loss_per_epoch")
         rows.append({"model": model_label(approach, trained_on), "approach": approach, "trained_on": trained_on,
                      "fold": _fold(path.parent), **{k: data.get(k) for k in BUDGET_COLUMNS},
                      "plateau_reached": data.get("plateau_reached"),
