@@ -337,7 +337,7 @@ def _sections(results: PairResults, stats: pd.DataFrame, notes: dict[str, str], 
             "sweep's best validation Dice; <code>rule</code>: the smallest power of ten whose validation Dice beat "
             "the starting model's; both selected on the fine-tuning party's validation cases). Stitch training: "
             "the relative improvement in the last epoch of the probe loss (the objective on fixed held-out "
-            "batches, which the plateau criterion judges; the figure shows the training loss) and whether it "
+            "batches, which the plateau criterion judges; dashed in the figure, beside the training loss) and whether it "
             "fell below the plateau tolerance."),
             [("", _budget_table(results))], by_caption("Stitch training")),
         _Section("Bi-objective results", (
