@@ -12,6 +12,7 @@ changes and DVC reruns exactly the affected stages.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import types
 import typing
@@ -196,6 +197,15 @@ class NnUNetSchedule:
             raise ConfigError(f"'nnunet.initial_lr' must be in (0, 1), got {self.initial_lr!r}")
         if self.device not in {"auto", "cpu", "cuda"}:
             raise ConfigError(f"'nnunet.device' must be auto, cpu or cuda, got {self.device!r}")
+
+    def training_plans(self, plans: Mapping[str, Any]) -> dict[str, Any]:
+        """``plans`` as this schedule trains with them: the batch size overridden where the
+        schedule sets one. Export these, not the planner's, so that the model's plans and its
+        ``budget.json`` state the batch size it really trained with."""
+        trained = copy.deepcopy(dict(plans))
+        if self.batch_size is not None:
+            trained["configurations"][self.configuration]["batch_size"] = self.batch_size
+        return trained
 
 
 @dataclass(frozen=True)

@@ -128,3 +128,13 @@ def test_load_section_reads_nested_sections_with_fixed_fields():
     assert load_section(raw, "data.polyp", PairData, name="polyp").cases == {"a": 12, "b": 6}
     with pytest.raises(ConfigError, match=r"data has no section 'polyps' \(did you mean 'polyp'\?\)"):
         load_section(raw, "data.polyps", PairData, name="polyps")
+
+
+def test_training_plans_state_the_batch_size_the_schedule_trains_with():
+    """What a model exports and its budget.json reads: the profile's batch, not the planner's."""
+    from stitch_ops.config import NnUNetSchedule
+
+    planned = {"configurations": {"2d": {"batch_size": 68, "patch_size": [64, 64]}}}
+    assert NnUNetSchedule(batch_size=4).training_plans(planned)["configurations"]["2d"]["batch_size"] == 4
+    assert NnUNetSchedule(batch_size=None).training_plans(planned) == planned
+    assert planned["configurations"]["2d"]["batch_size"] == 68  # the planner's plans are left as they are

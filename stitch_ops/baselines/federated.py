@@ -180,10 +180,8 @@ class FederatedParty:
         from stitch_ops.nnunet.trainer import ScheduledTrainer, quiet_stdout, seed_everything
 
         folder = data.preprocessed_root / data.dataset_name
-        plans = read_json(folder / "nnUNetPlans.json", hint="rerun the joint_plans stage")
+        plans = schedule.training_plans(read_json(folder / "nnUNetPlans.json", hint="rerun the joint_plans stage"))
         dataset_json = read_json(folder / "dataset.json", hint="rerun the joint_plans stage")
-        if schedule.batch_size is not None:
-            plans["configurations"][schedule.configuration]["batch_size"] = schedule.batch_size
         plans["continue_training"] = True  # nnunetv2 >= 2.7 expects the flag (as train_fold sets it)
         self.data = data
         self.crash_at_round = crash_at_round

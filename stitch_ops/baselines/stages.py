@@ -243,7 +243,7 @@ def _federated(pair: str, fold: int, params: Params, *, root: Path = Path("."), 
     from stitch_ops.baselines.federated import drop_training_state, load_canonical_state
 
     folder = parties[0].preprocessed_root / parties[0].dataset_name
-    plans, dataset_json = _read(folder / f"{PLANS}.json"), _read(folder / "dataset.json")
+    plans, dataset_json = schedule.training_plans(_read(folder / f"{PLANS}.json")), _read(folder / "dataset.json")
     network = build_network(plans, dataset_json, schedule.configuration)
     load_canonical_state(network, state)
     last = history[-1]["parties"] if history else []

@@ -111,10 +111,8 @@ def train_fold(run: TrainingRun, *, trainer_class: type | None = None, progress:
 
     trainer_class = trainer_class or ScheduledTrainer
     base = run.preprocessed_root / run.dataset_name
-    plans = _load_json(base / f"{run.plans_identifier}.json")
+    plans = run.schedule.training_plans(_load_json(base / f"{run.plans_identifier}.json"))
     dataset_json = _load_json(base / "dataset.json")
-    if run.schedule.batch_size is not None:
-        plans["configurations"][run.schedule.configuration]["batch_size"] = run.schedule.batch_size
     plans["continue_training"] = True
     from stitch_ops.nnunet.trainer import quiet_stdout
 

@@ -259,8 +259,15 @@ def test_finetuning_resumes_to_the_same_weights_and_predictions(workspace: Path,
 
 
 def test_federated_training_resumes_after_the_last_round_to_the_same_model(workspace: Path, paths: PairPaths):
+    from stitch_ops.baselines.plans import JOINT
+
     run_stage(workspace, "stitch_ops.baselines", "joint-plans", "--pair", PAIR, "--no-progress")
     shrink_networks(paths.preprocessed_root("a").parent)
+    # the joint planner's batch differs from params' 2, as quick's 4 differs from the planner's 10 (polyp) or 68 (pelvis)
+    for plans_file in paths.preprocessed_root("a", plans_from=JOINT).rglob("nnUNetPlans.json"):
+        plans = json.loads(plans_file.read_text())
+        plans["configurations"]["2d"]["batch_size"] = 5
+        plans_file.write_text(json.dumps(plans, indent=2))
     model = paths.model_dir("federated", "a_fed_b", 0)
     outputs = [model, paths.predictions("federated", "a_fed_b", 0)]
     reference, log = kill_and_resume(workspace, outputs, appears(model, "global/latest.pth"),
@@ -272,6 +279,10 @@ def test_federated_training_resumes_after_the_last_round_to_the_same_model(works
     # finished: the global checkpoint and the parties' local states are dropped, the curve stays
     assert optimizer_state_files(model) == [] and not (model / "global" / "latest.pth").exists()
     assert (model / "global" / "rounds.json").is_file()
+    # the export and budget.json state the batch the parties trained with (the profile's 2, not the planner's)
+    budget = json.loads((paths.metrics("federated", "a_fed_b", 0) / "budget.json").read_text())
+    plans = json.loads((model / "export" / "plans.json").read_text())
+    assert budget["batch_size"] == plans["configurations"]["2d"]["batch_size"] == 2
 
 
 def test_export_restarts_and_never_leaves_half_a_bundle(workspace: Path, paths: PairPaths):

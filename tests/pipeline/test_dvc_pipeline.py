@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from stitch_ops.bundle.verify import verify_bundle
 from tests.helpers import copy_pipeline, run
@@ -225,10 +226,13 @@ def test_every_training_stage_states_its_budget_and_none_is_starved(pipeline: Pa
     assert expected <= set(budgets), sorted(budgets)
     assert any(name.startswith("stitch/") for name in budgets), sorted(budgets)
     basis = budgets["local/a"]["iterations"]
+    batch_size = yaml.safe_load((pipeline / "params.yaml").read_text())["nnunet"]["batch_size"]
     for name in expected:
         record = budgets[name]
         assert {"epochs", "iterations", "samples_seen", "wall_time_s"} <= set(record), name
         assert record["iterations"] >= basis and record["samples_seen"] == record["iterations"] * record["batch_size"]
+        if batch_size is not None:  # every approach trains with the profile's batch (federated once stated the planner's)
+            assert record["batch_size"] == batch_size, name
         assert record["wall_time_s"] > 0, name
     for name in (n for n in budgets if n.startswith("stitch/")):
         assert len(budgets[name]["loss_per_epoch"]) == budgets[name]["epochs"]
