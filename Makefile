@@ -25,9 +25,9 @@ run: $(STAMP)
 	$(if $(PROFILE),$(BIN)/stitch-ops profile $(PROFILE))
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
-## make test: the test suite (the slow end-to-end tests included, as in CI); serial: two workers made slow tests fail under contention
+## make test: the test suite (the slow end-to-end tests included, as in CI; the 25 slowest listed at the end); serial: two workers made slow tests fail under contention
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 ## remove everything the pipeline produced (data, models, predictions, metrics, MLflow store)
 clean-outputs:
