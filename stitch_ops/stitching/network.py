@@ -367,8 +367,7 @@ def load_stitched_network(path: Path, network_a: nn.Module, network_b: nn.Module
         description = json.loads(saved["description"])
     if description.get("format") != _FORMAT:
         raise InputFileError(f"{path} is not a saved stitched network: expected format {_FORMAT!r}, got "
-                             f"{description.get('format')!r} (format 1 embedded the "
-                             f"parents' weights); {retrain}")
+                             f"{description.get('format')!r} (format 1 embedded the parents' weights); {retrain}")
     spec_a, spec_b = (ParentSpec.from_dict(d) for d in description["parents"])
     network = StitchedNetwork.from_parents(spec_a, network_a.cpu(), spec_b, network_b.cpu())
     found = [_fingerprint(network.parent_a), _fingerprint(network.parent_b)]
