@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -26,7 +25,7 @@ from PIL import Image
 from stitch_ops import cli
 from stitch_ops.bundle.export import write_manifest
 from stitch_ops.errors import UserError
-from stitch_ops.paths import PairPaths, dataset_name
+from stitch_ops.paths import PairPaths
 
 REPO = Path(__file__).resolve().parents[1]
 GARBAGE = b"\x00\x01 this is not what the file claims to be \xff" * 8

@@ -353,15 +353,16 @@ def save_stitched_network(network: StitchedNetwork, path: Path) -> None:
     atomic_save({"description": json.dumps(description), "state_dict": stitches}, Path(path))
 
 
-def load_stitched_network(path: Path, network_a: nn.Module, network_b: nn.Module) -> StitchedNetwork:
+def load_stitched_network(path: Path, network_a: nn.Module, network_b: nn.Module,
+                          retrain: str = "train the stitches again (`stitch-ops stitching train`)") -> StitchedNetwork:
     """Rebuild a network saved by :func:`save_stitched_network` on ``network_a`` and
-    ``network_b``, the parents its stitches were trained between (checked by their weights).
+    ``network_b``, the parents its stitches were trained between (checked by their weights);
+    ``retrain`` ends every error message (how the caller's user trains them again).
 
     Raises:
         InputFileError: if ``path`` is not a saved stitched network, or the parents or their
             matches are not those the stitches were trained for.
     """
-    retrain = "train the stitches again (`stitch-ops stitching train`)"
     with reading(path, "saved stitched network", retrain):
         saved = torch.load(Path(path), map_location="cpu", weights_only=True)
         description = json.loads(saved["description"])

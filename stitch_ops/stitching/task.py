@@ -276,7 +276,9 @@ def run(task: StitchTask, progress: bool = True) -> dict[str, Any]:
     network_dir = work / "network"
     if (network_dir / NETWORK_FILE).is_file():
         logger.info("stitches already trained: %s", network_dir / NETWORK_FILE)
-        network = load_stitched_network(network_dir / NETWORK_FILE, own.network, other.network)
+        network = load_stitched_network(network_dir / NETWORK_FILE, own.network, other.network,
+                                        retrain=f"delete {network_dir} and run the same command again to train "
+                                                f"the stitches anew")
     else:
         network, _ = train_stitch_network(own, other, PreprocessedImages(folder), configuration["patch_size"], config,
                                           network_dir, progress)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from stitch_ops.bundle.sources import open_model
@@ -112,6 +113,13 @@ def test_stitch_scores_positions_exports_and_resumes(institution_a: Institution,
     status, again, _ = stitch(capsys, *argv)  # a rerun resumes: nothing is trained again
     assert status == 0 and network.stat().st_mtime_ns == trained_at
     assert again.splitlines()[:3] == out.splitlines()[:3]
+
+    # stitches saved in the old format (with their parents): refused, with this command's way out
+    saved = network.read_bytes()
+    torch.save({"description": json.dumps({"format": "stitch_ops.stitched_network/1"}), "state_dict": {}}, network)
+    status, _, err = stitch(capsys, *argv)
+    assert status == 2 and f"delete {network.parent} and run the same command again" in err
+    network.write_bytes(saved)
 
     # other settings in the same folder: refused, not mixed
     status, _, err = stitch(capsys, *argv[:-len(TINY)], "--method", "direct_matching", *TINY)
