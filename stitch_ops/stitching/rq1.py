@@ -5,7 +5,8 @@ For fold 0 of a pair and a stitching party c, the combined networks of both trai
 stitch counts from 0 to the number of switches: for each count, ``samples`` networks whose
 active switches are drawn uniformly *without replacement* among all switches except those of
 the output match (switching there would just swap one network's logits for the other's), the
-output taken from a random parent, duplicates removed. Each network segments c's validation
+output taken from a random parent, duplicates removed; both methods get the same draws (one
+seed each), so they are compared on the same configurations. Each network segments c's validation
 cases of the fold; Dice and HD95 means go to ``metrics/{pair}/rq1/{c}/fold_0/rq1.csv``
 (columns ``method, n_stitches, sample, dice, hd95``) with a simple plot ``rq1.png`` beside it.
 """
@@ -122,9 +123,10 @@ def run(params: Params, pair: str, c: str, progress: bool = True, root: Path = P
     val_cases = list(read_fold(raw, FOLD).val)
     preprocessed = preprocess_cases(own, raw / "imagesTr", val_cases, progress)
     out = paths.metrics_root / "rq1" / c / f"fold_{FOLD}"
-    generator = torch.Generator().manual_seed(params.seed)
     rows = []
     for method in sorted(StitchMethod, key=lambda m: m.value):
+        # the same seed for each method: both score the same sampled networks (a paired comparison)
+        generator = torch.Generator().manual_seed(params.seed)
         network = load_trained_network(paths, c, method.value, FOLD)
         network.set_training(None)
         network.eval()
