@@ -3,9 +3,11 @@
 Clones the repository (its committed HEAD) into a temporary folder, runs `make install`
 there (timed; `--venv` reuses an existing environment instead and skips it), then what
 `make run` runs: `dvc init` if the clone has no `.dvc`, `stitch-ops profile NAME` when
-`--profile` is given, and `dvc repro`. Every line `dvc repro` prints is time-stamped as it
-arrives; a stage's wall time runs from its ``Running stage '...'`` line to the next one (or
-the end), so it includes DVC's own work for the stage (hashing and caching its outputs).
+`--profile` is given, and `stitch-ops repro` (`--jobs 1`: one plain `dvc repro`). Every line
+it prints is time-stamped as it arrives; a stage's wall time runs from its ``Running stage
+'...'`` line to the next one of the same `dvc repro` process (or the end of its phase), so it
+includes DVC's own work for the stage (hashing and caching its outputs). Stages that run side
+by side overlap: their shares then add up to more than the wall time.
 
 Printed: one row per stage (wall seconds, share of the total), the same summed per stage
 family (``train``, ``stitch_select``, ...), the total with the install, the CPU utilisation
@@ -14,7 +16,7 @@ disk use of each top-level folder of the clone after the run (hard-linked files 
 once, in the first folder listed: the DVC cache row is what the cache adds). Results go to
 ``bench/results/pipeline.json``.
 
-    python bench/pipeline.py [--profile smoke|quick|paper] [--venv .venv] [--keep] [--workdir /tmp]
+    python bench/pipeline.py [--profile smoke|quick|paper] [--jobs N] [--venv .venv] [--keep] [--workdir /tmp]
 
 On a shared machine the wall times include waiting for a core; the CPU utilisation says
 how much of the machine the run used.
@@ -40,7 +42,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from _common import print_table, save_results  # noqa: E402
 
-STAGE_LINE = re.compile(r"^Running stage '([^']+)'")
+# `stitch-ops repro` prefixes the lines of a pair's `dvc repro` process with "[pair] "
+STAGE_LINE = re.compile(r"^(?:\[(\w+)\] )?Running stage '([^']+)'")
+PHASE_LINE = re.compile(r"^stitch-ops repro: phase ")
 # top-level entries reported after the run, workspace first so that the DVC cache row
 # counts only what the cache adds (hard links are counted once, where first seen)
 DISK_ORDER = ("data", "models", "predictions", "scores", "metrics", "exports", "sweeps", "reports", "plots",
@@ -78,29 +82,42 @@ def timed(command: list[str], cwd: Path, env: dict[str, str], log: Path) -> floa
     return time.monotonic() - start
 
 
-def repro_by_stage(cwd: Path, env: dict[str, str], log: Path) -> tuple[list[StageTime], float]:
-    """`dvc repro`, each output line time-stamped on arrival; returns the stages' wall times
-    (from one ``Running stage`` line to the next) and the whole command's."""
+def repro_by_stage(command: list[str], cwd: Path, env: dict[str, str],
+                   log: Path) -> tuple[list[StageTime], float]:
+    """``command`` (`stitch-ops repro`), each output line time-stamped on arrival; returns the
+    stages' wall times (from one ``Running stage`` line to the next of the same process, or
+    to the end of the phase) and the whole command's."""
     start = time.monotonic()
-    marks: list[tuple[str, float]] = []
+    stages: list[StageTime] = []
+    running: dict[str, tuple[str, float]] = {}  # per `dvc repro` process: the stage it runs, since when
+
+    def finish(process: str, now: float) -> None:
+        if process in running:
+            name, since = running.pop(process)
+            stages.append(StageTime(name, now - since))
+
     with log.open("a") as out:
-        out.write("$ dvc repro\n")
-        process = subprocess.Popen(["dvc", "repro"], cwd=cwd, env=env, stdout=subprocess.PIPE,
+        out.write(f"$ {' '.join(command)}\n")
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True, bufsize=1)
         assert process.stdout is not None
         for line in process.stdout:
             now = time.monotonic()
             out.write(f"[{now - start:9.1f}s] {line}")
+            if PHASE_LINE.match(line) or line.startswith("Running stage"):  # every earlier process has ended
+                for name in [key for key in running if key]:
+                    finish(name, now)
             match = STAGE_LINE.match(line.strip())
             if match:
-                marks.append((match.group(1), now))
-                print(f"  {now - start:7.0f} s  {match.group(1)}", flush=True)
+                finish(match.group(1) or "", now)
+                running[match.group(1) or ""] = (match.group(2), now)
+                print(f"  {now - start:7.0f} s  {match.group(2)}", flush=True)
         code = process.wait()
     end = time.monotonic()
     if code != 0:
-        raise SystemExit(f"bench/pipeline.py: dvc repro exited {code}; see {log}")
-    stages = [StageTime(name, (marks[i + 1][1] if i + 1 < len(marks) else end) - at)
-              for i, (name, at) in enumerate(marks)]
+        raise SystemExit(f"bench/pipeline.py: {' '.join(command)} exited {code}; see {log}")
+    for name in list(running):
+        finish(name, end)
     return stages, end - start
 
 
@@ -145,7 +162,8 @@ def report(stages: list[StageTime], clone: Path, *, commit: str, profile: str, i
         families[s.stage.split("@")[0]] = families.get(s.stage.split("@")[0], 0.0) + s.seconds
     overhead = [("install (make install)", install_s if install_s is not None else 0.0),
                 ("dvc init + profile", setup_s),
-                ("dvc repro before the first stage", repro_s - sum(s.seconds for s in stages))]
+                ("repro outside the stages' lines (0 or less when stages ran side by side)",
+                 repro_s - sum(s.seconds for s in stages))]
     print_table(f"`make run` from a fresh clone, {profile} profile, by stage", rows, ("stage", "wall s", "share"))
     family_rows = [(name, f"{seconds:.1f}", f"{100 * seconds / total_s:.1f} %")
                    for name, seconds in sorted(families.items(), key=lambda item: -item[1])]
@@ -174,6 +192,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", choices=("smoke", "quick", "paper"), default=None,
                         help="profile to run (default: the one params.yaml of the clone sets, as `make run`)")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="`stitch-ops repro --jobs` (default: its own, one process per core; 1: plain `dvc repro`)")
     parser.add_argument("--repo", type=Path, default=ROOT, help="repository to clone (default: this checkout)")
     parser.add_argument("--venv", type=Path, default=None,
                         help="use this existing environment instead of `make install` in the clone (not timed)")
@@ -204,8 +224,10 @@ def main() -> None:
         setup_s += timed(["python", "-m", "stitch_ops.cli", "profile", args.profile], clone, env, log)
     profile = next((line.split(":", 1)[1].strip() for line in (clone / "params.yaml").read_text().splitlines()
                     if line.startswith("profile:")), "?")
-    print(f"dvc repro of the {profile} profile ...", flush=True)
-    stages, repro_s = repro_by_stage(clone, env, log)
+    # `make run` calls the installed `stitch-ops repro`; `-m` in the clone runs the clone's code with --venv too
+    command = ["python", "-m", "stitch_ops.cli", "repro", *(["--jobs", str(args.jobs)] if args.jobs else [])]
+    print(f"{' '.join(command)} of the {profile} profile ...", flush=True)
+    stages, repro_s = repro_by_stage(command, clone, env, log)
     cpu_s = children_cpu_seconds() - cpu_before
     report(stages, clone, commit=commit, profile=profile, install_s=install_s, setup_s=setup_s, repro_s=repro_s,
            cpu_s=cpu_s)

@@ -1,0 +1,179 @@
+"""``stitch-ops repro``: the whole pipeline, as ``dvc repro``, with the pairs' stages run side by side.
+
+One ``dvc repro`` runs one stage at a time, and most stages keep one core busy: nnU-Net
+predicts on ``nnUNet_def_n_proc`` (1) threads, and every stage pays Python, torch and MONAI
+start-up for a few seconds of work. On 2 cores that leaves about half the machine idle.
+
+The pairs are independent until the stages that read both (stitch selection strategy 3 pools
+the positions of both pairs; the index report), so each pair's stages run in a ``dvc repro``
+process of their own (DVC holds its repository lock only between commands, and
+``--wait-for-lock`` makes each process wait for the other's bookkeeping instead of failing),
+in phases: first every stage that needs only its own pair, then the pair-named stages that
+also read the other pair's finished outputs, and a final plain ``dvc repro`` for the rest,
+which also checks that everything is up to date. Each of the N side-by-side processes gives
+torch cores / N threads (``OMP_NUM_THREADS``), so that they share the cores instead of
+oversubscribing them. ``--jobs 1`` is exactly ``dvc repro``.
+
+Nothing here decides what runs: DVC does, stage by stage, as always; an interrupted run
+resumes with the same command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from stitch_ops.cli_common import one_line_usage_errors, report_errors
+from stitch_ops.errors import UserError
+
+FINAL = ""
+"""The group name of stages that belong to no single pair (run by the final ``dvc repro``)."""
+
+
+@dataclass(frozen=True)
+class Group:
+    """The stages one ``dvc repro`` process runs in one phase."""
+
+    pair: str
+    stages: tuple[str, ...]
+
+
+def stage_pair(name: str, pairs: Sequence[str]) -> str:
+    """The pair a stage is named for (``train@polyp-a-0`` → ``polyp``), or :data:`FINAL`."""
+    item = name.partition("@")[2].split("-")[0]
+    return item if item in pairs else FINAL
+
+
+def phases(upstream: dict[str, set[str]], pairs: Sequence[str]) -> list[list[Group]]:
+    """The side-by-side groups of each phase, from each stage's transitive upstream stages.
+
+    A stage joins its pair's group in the first phase after which every upstream stage of
+    another pair (or of none) has run; the stages no phase takes are left to the final
+    ``dvc repro``. The upstream sets are transitive, so a group holds the upstream stages of
+    its own pair that it needs: the processes of one phase never need the same stage, and a
+    phase only reads the other pairs' outputs that earlier phases finished.
+    """
+    done: set[str] = set()
+    result: list[list[Group]] = []
+    while True:
+        ready: dict[str, list[str]] = {}
+        for stage, needs in upstream.items():
+            pair = stage_pair(stage, pairs)
+            if stage in done or pair == FINAL:
+                continue
+            if all(need in done or stage_pair(need, pairs) == pair for need in needs):
+                ready.setdefault(pair, []).append(stage)
+        groups = [Group(pair, tuple(sorted(stages))) for pair, stages in sorted(ready.items())]
+        if not groups:
+            return result
+        result.append(groups)
+        done.update(stage for group in groups for stage in group.stages)
+
+
+def pipeline_upstream(root: Path) -> dict[str, set[str]]:
+    """Every stage of the DVC project at ``root`` with the names of all stages it depends on."""
+    import networkx as nx
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        graph = repo.index.graph  # edges run from a stage to the stages whose outputs it reads
+        return {stage.addressing: {need.addressing for need in nx.descendants(graph, stage)}
+                for stage in graph.nodes}
+
+
+def _stream(process: subprocess.Popen, prefix: str) -> None:
+    assert process.stdout is not None
+    for line in process.stdout:
+        sys.stdout.write(f"{prefix}{line}")
+        sys.stdout.flush()
+
+
+def run_side_by_side(groups: Sequence[Group], root: Path, env: dict[str, str]) -> None:
+    """One ``dvc --wait-for-lock repro <stages>`` per group at once, each line of output
+    prefixed with ``[pair]``; waits for all of them (a failing group does not stop the
+    others: their finished stages are kept) and raises if any failed."""
+    cores = len(os.sched_getaffinity(0))
+    threads = str(max(1, cores // len(groups)))
+    processes = []
+    for group in groups:
+        group_env = {**env, "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", threads)}
+        process = subprocess.Popen(["dvc", "--wait-for-lock", "repro", *group.stages], cwd=root, env=group_env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        reader = threading.Thread(target=_stream, args=(process, f"[{group.pair}] "), daemon=True)
+        reader.start()
+        processes.append((group, process, reader))
+    failed = []
+    for group, process, reader in processes:
+        process.wait()
+        reader.join()
+        if process.returncode != 0:
+            failed.append(f"{group.pair} (exit {process.returncode})")
+    if failed:
+        raise UserError(f"dvc repro failed for {', '.join(failed)}: see the lines prefixed with the pair above; "
+                        f"fix the cause and run `stitch-ops repro` again (finished stages are kept)")
+
+
+def repro(root: Path = Path("."), jobs: int | None = None) -> None:
+    """Run the pipeline at ``root`` to the end: the pairs side by side in up to ``jobs``
+    processes (default: one per core), then a plain ``dvc repro``."""
+    from stitch_ops.config import load_params
+
+    root = root.resolve()
+    if not (root / "dvc.yaml").is_file():
+        raise UserError(f"no dvc.yaml in {root}: run from the repository root (or pass --root)")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    jobs = jobs or len(os.sched_getaffinity(0))
+    if jobs > 1:
+        pairs = load_params(root / "params.yaml").pairs
+        _create_tracking_store(root)  # before two processes would race to create its tables
+        for number, groups in enumerate(phases(pipeline_upstream(root), pairs), start=1):
+            for start in range(0, len(groups), jobs):
+                batch = groups[start:start + jobs]
+                print(f"stitch-ops repro: phase {number}: "
+                      + ", ".join(f"{g.pair} ({len(g.stages)} stages)" for g in batch), flush=True)
+                run_side_by_side(batch, root, env)
+    result = subprocess.run(["dvc", "repro"], cwd=root, env=env)
+    if result.returncode != 0:
+        raise UserError(f"dvc repro exited {result.returncode} (see above); fix the cause and run "
+                        f"`stitch-ops repro` again (finished stages are kept)")
+
+
+def _create_tracking_store(root: Path) -> None:
+    """Create the MLflow store's tables now, from one process (what the first stage to log
+    would do), so that two stages starting at once do not both try."""
+    from mlflow import MlflowClient
+
+    from stitch_ops import tracking
+
+    tracking.configure(root)
+    MlflowClient().search_experiments(max_results=1)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = one_line_usage_errors(argparse.ArgumentParser(
+        prog="stitch-ops repro",
+        description="Run the whole pipeline like `dvc repro`, the two pairs' stages side by side in "
+                    "separate `dvc repro` processes up to the stages that read both pairs, then a final "
+                    "`dvc repro`. Resumes where it stopped; `make run` calls it."))
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="dvc repro processes side by side (default: one per core; 1 = plain `dvc repro`)")
+    parser.add_argument("--root", type=Path, default=Path("."), help="the repository (default: here)")
+    parser.add_argument("--debug", action="store_true", help="on an error, show the Python traceback")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.jobs is not None and args.jobs < 1:
+        build_parser().error("--jobs must be at least 1")
+    return report_errors("stitch-ops repro", lambda: repro(args.root, args.jobs), debug=args.debug)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
