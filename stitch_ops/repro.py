@@ -8,7 +8,7 @@ The pairs are independent until the stages that read both (stitch selection stra
 the positions of both pairs; the index report), so each pair's stages run in a ``dvc repro``
 process of their own (DVC holds its repository lock only between commands, and
 ``--wait-for-lock`` makes each process wait for the other's bookkeeping instead of failing),
-in phases: first every stage that needs only its own pair, then the pair-named stages that
+in phases (each process runs exactly its stages, in dependency order): first every stage that needs only its own pair, then the pair-named stages that
 also read the other pair's finished outputs, and a final plain ``dvc repro`` for the rest,
 which also checks that everything is up to date. Each of the N side-by-side processes gives
 torch cores / N threads (``OMP_NUM_THREADS``), so that they share the cores instead of
@@ -69,7 +69,9 @@ def phases(upstream: dict[str, set[str]], pairs: Sequence[str]) -> list[list[Gro
                 continue
             if all(need in done or stage_pair(need, pairs) == pair for need in needs):
                 ready.setdefault(pair, []).append(stage)
-        groups = [Group(pair, tuple(sorted(stages))) for pair, stages in sorted(ready.items())]
+        # in dependency order: a stage's upstream set holds each of its upstream stages' sets
+        groups = [Group(pair, tuple(sorted(stages, key=lambda stage: (len(upstream[stage]), stage))))
+                  for pair, stages in sorted(ready.items())]
         if not groups:
             return result
         result.append(groups)
@@ -95,15 +97,21 @@ def _stream(process: subprocess.Popen, prefix: str) -> None:
 
 
 def run_side_by_side(groups: Sequence[Group], root: Path, env: dict[str, str]) -> None:
-    """One ``dvc --wait-for-lock repro <stages>`` per group at once, each line of output
-    prefixed with ``[pair]``; waits for all of them (a failing group does not stop the
-    others: their finished stages are kept) and raises if any failed."""
+    """One ``dvc --wait-for-lock repro --single-item <stages>`` per group at once, each line
+    of output prefixed with ``[pair]``; waits for all of them (a failing group does not stop
+    the others: their finished stages are kept) and raises if any failed.
+
+    ``--single-item`` runs exactly the group's stages, in the order given (dependency order),
+    each if it changed: without it each process would also re-check the upstream stages of
+    the other pair, and DVC locks the outputs of a stage it checks, which the other process
+    may be reading at that moment.
+    """
     cores = len(os.sched_getaffinity(0))
     threads = str(max(1, cores // len(groups)))
     processes = []
     for group in groups:
         group_env = {**env, "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", threads)}
-        process = subprocess.Popen(["dvc", "--wait-for-lock", "repro", *group.stages], cwd=root, env=group_env,
+        process = subprocess.Popen(["dvc", "--wait-for-lock", "repro", "--single-item", *group.stages], cwd=root, env=group_env,
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
         reader = threading.Thread(target=_stream, args=(process, f"[{group.pair}] "), daemon=True)
         reader.start()
