@@ -10,7 +10,10 @@ model to use.
 No pickle is involved: the pyfunc is logged *from code* (:mod:`stitch_ops.tracking.pyfunc_model`),
 and its weights are loaded with ``torch.load(weights_only=True)`` from the export folder,
 which the model carries as an artifact (:mod:`stitch_ops.tracking.segmenter` runs it).
-Loading needs ``stitch_ops`` installed.
+Loading needs ``stitch_ops`` installed. In a local store the artifact's files are hard links
+to the export's (the weights stored once, not once more in ``mlruns/``); the pipeline never
+changes a file in place (:mod:`stitch_ops.outputs` swaps in new ones), so a later export
+leaves the logged version as it was.
 
 Input and output (the signature): images ``N C H W`` (2-D) or ``N C X Y Z`` (3-D), float32,
 in the raw intensities the model's dataset uses (what the images folder holds); output the
@@ -21,9 +24,12 @@ parameter (default 1 mm).
 
 from __future__ import annotations
 
+import filecmp
 import logging
+import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import numpy as np
 
@@ -83,11 +89,38 @@ def log_model(run_id: str, export: Path, *, pair: str, approach: str, trained_on
                                        input_example=example, registered_model_name=name,
                                        pip_requirements=_requirements())
     version = client.get_model_version(name, str(info.registered_model_version))
+    location = client.get_logged_model(info.model_id).artifact_location
+    if urlparse(location).scheme in ("", "file"):  # a local store, not a server's
+        from mlflow.utils.file_utils import local_file_uri_to_path
+
+        saved = link_copies_to_export(Path(local_file_uri_to_path(location)), export)
+        logger.info("%s: the logged model's copy of %s is hard links to it (%.1f MB saved)", name, export, saved / 1e6)
     meta = read_json(export / "model.json")
     if approach == Approach.STITCH and meta.get("selection") == CHAMPION_STRATEGY:
         client.set_registered_model_alias(name, CHAMPION, version.version)
         logger.info("%s version %s is the %s (selection strategy 1)", name, version.version, CHAMPION)
     return version
+
+
+def link_copies_to_export(model_artifacts: Path, export: Path) -> int:
+    """Replace the logged pyfunc's copy of each file of ``export`` (MLflow copies it to
+    ``<model_artifacts>/artifacts/<export name>/``) by a hard link to that file, where the
+    bytes are equal. Returns the bytes no longer stored twice; 0 where links are impossible
+    (another filesystem): the copies then stay."""
+    saved = 0
+    for source in sorted(export.rglob("*")):
+        copy = model_artifacts / "artifacts" / export.name / source.relative_to(export)
+        if not (source.is_file() and copy.is_file()) or copy.samefile(source) \
+                or not filecmp.cmp(source, copy, shallow=False):
+            continue
+        link = copy.with_name(f".{copy.name}.link")
+        try:
+            os.link(source, link)
+        except OSError:
+            return saved
+        os.replace(link, copy)  # the copy is swapped for the link whole
+        saved += source.stat().st_size
+    return saved
 
 
 def _requirements() -> list[str]:

@@ -74,6 +74,10 @@ def test_champion_stitch_ensemble_loads_from_the_registry_and_segments_like_the_
     assert logged.flavors["python_function"]["loader_module"] == "mlflow.pyfunc.loaders.code_model"  # from code
     files = {p.name for p in Path(mlflow.artifacts.download_artifacts(f"models:/{name}@{CHAMPION}")).rglob("*")}
     assert "python_model.pkl" not in files and "stitch_ensemble.pt" in files  # no pickle; weights as data
+    # the store holds the weights once: the logged model's file is the export's, hard-linked
+    location = client.get_logged_model(logged.model_id).artifact_location.removeprefix("file://")
+    (stored,) = Path(location).rglob("stitch_ensemble.pt")
+    assert stored.samefile(chosen / "stitch_ensemble.pt")
 
     pipeline = predict_folder(load_exported_ensemble(chosen), images, tmp_path / "pipeline",
                               save_probabilities=False, device="cpu", progress=False)
