@@ -8,9 +8,10 @@ The pairs are independent until the stages that read both (stitch selection stra
 the positions of both pairs; the index report), so each pair's stages run in a ``dvc repro``
 process of their own (DVC holds its repository lock only between commands, and
 ``--wait-for-lock`` makes each process wait for the other's bookkeeping instead of failing),
-in phases (each process runs exactly its stages, in dependency order): first every stage that needs only its own pair, then the pair-named stages that
-also read the other pair's finished outputs, and a final plain ``dvc repro`` for the rest,
-which also checks that everything is up to date. Each of the N side-by-side processes gives
+in phases, each process running exactly its stages in dependency order: first every stage
+that needs only its own pair, then the pair-named stages that also read the other pair's
+finished outputs, and a final plain ``dvc repro`` for the rest, which also checks that
+everything is up to date. Each of the N side-by-side processes gives
 torch cores / N threads (``OMP_NUM_THREADS``), so that they share the cores instead of
 oversubscribing them. ``--jobs 1`` is exactly ``dvc repro``.
 
@@ -111,8 +112,9 @@ def run_side_by_side(groups: Sequence[Group], root: Path, env: dict[str, str]) -
     processes = []
     for group in groups:
         group_env = {**env, "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", threads)}
-        process = subprocess.Popen(["dvc", "--wait-for-lock", "repro", "--single-item", *group.stages], cwd=root, env=group_env,
-                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        process = subprocess.Popen(["dvc", "--wait-for-lock", "repro", "--single-item", *group.stages],
+                                   cwd=root, env=group_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   text=True, bufsize=1)
         reader = threading.Thread(target=_stream, args=(process, f"[{group.pair}] "), daemon=True)
         reader.start()
         processes.append((group, process, reader))
