@@ -11,9 +11,13 @@ process of their own (DVC holds its repository lock only between commands, and
 in phases, each process running exactly its stages in dependency order: first every stage
 that needs only its own pair, then the pair-named stages that also read the other pair's
 finished outputs, and a final plain ``dvc repro`` for the rest, which also checks that
-everything is up to date. Each of the N side-by-side processes gives
-torch cores / N threads (``OMP_NUM_THREADS``), so that they share the cores instead of
-oversubscribing them. ``--jobs 1`` is exactly ``dvc repro``.
+everything is up to date. ``--jobs 1`` is exactly ``dvc repro``.
+
+The stages keep torch's own thread count, so each computes exactly what it computes under
+a plain ``dvc repro`` (results depend on the thread count in their last digits; the same seed
+gives the same ``summary.json`` either way, and a run resumed with ``dvc repro`` matches).
+Where two stages' threads meet on too few cores, OpenMP's waiting threads sleep instead of
+spinning (``OMP_WAIT_POLICY=PASSIVE``), which changes no result.
 
 Nothing here decides what runs: DVC does, stage by stage, as always; an interrupted run
 resumes with the same command.
@@ -107,11 +111,9 @@ def run_side_by_side(groups: Sequence[Group], root: Path, env: dict[str, str]) -
     the other pair, and DVC locks the outputs of a stage it checks, which the other process
     may be reading at that moment.
     """
-    cores = len(os.sched_getaffinity(0))
-    threads = str(max(1, cores // len(groups)))
+    group_env = {**env, "OMP_WAIT_POLICY": env.get("OMP_WAIT_POLICY", "PASSIVE")}
     processes = []
     for group in groups:
-        group_env = {**env, "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", threads)}
         process = subprocess.Popen(["dvc", "--wait-for-lock", "repro", "--single-item", *group.stages],
                                    cwd=root, env=group_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                    text=True, bufsize=1)
@@ -183,7 +185,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.jobs is not None and args.jobs < 1:
         build_parser().error("--jobs must be at least 1")
     return report_errors("stitch-ops repro", lambda: repro(args.root, args.jobs), debug=args.debug)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
