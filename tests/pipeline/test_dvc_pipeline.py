@@ -1,6 +1,5 @@
-"""The README's main job on the smoke profile: `stitch-ops repro` (what `make run` runs: the
-two pairs' `dvc repro` side by side, then a plain one) end to end, on real nnU-Nets, a real
-MLflow store and real DVC stages; then a second, plain `dvc repro` that does nothing."""
+"""The README's main job on the smoke profile: `dvc repro` end to end, on real nnU-Nets,
+a real MLflow store and real DVC stages; then a second `dvc repro` that does nothing."""
 
 from __future__ import annotations
 
@@ -27,9 +26,7 @@ PAIRS = ("polyp", "pelvis")
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = copy_pipeline(tmp_path_factory.mktemp("pipeline"))
     run([sys.executable, "-m", "stitch_ops.cli", "profile", "smoke"], root)
-    result = run([sys.executable, "-m", "stitch_ops.cli", "repro"], root)
-    assert "[polyp] Running stage 'train@polyp-a-0'" in result.stdout  # the pairs ran side by side
-    assert "[pelvis] Running stage 'train@pelvis-a-0'" in result.stdout
+    run(["dvc", "repro"], root)
     return root
 
 
