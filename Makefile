@@ -19,11 +19,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## make run [PROFILE=smoke|quick|paper]: the whole pipeline (dvc repro) of the active profile
+## make run [PROFILE=smoke|quick|paper]: the whole pipeline of the active profile (dvc repro, the two pairs side by side)
 run: $(STAMP)
 	test -d .dvc || $(BIN)/dvc init --quiet
 	$(if $(PROFILE),$(BIN)/stitch-ops profile $(PROFILE))
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+	$(BIN)/stitch-ops repro
 
 ## make test: the test suite (the slow end-to-end tests included, as in CI; the 25 slowest listed at the end); serial: two workers made slow tests fail under contention
 test: $(STAMP)

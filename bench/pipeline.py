@@ -3,7 +3,8 @@
 Clones the repository (its committed HEAD) into a temporary folder, runs `make install`
 there (timed; `--venv` reuses an existing environment instead and skips it), then what
 `make run` runs: `dvc init` if the clone has no `.dvc`, `stitch-ops profile NAME` when
-`--profile` is given, and `stitch-ops repro --jobs N` (default 1: plain `dvc repro`). Every line
+`--profile` is given, and `stitch-ops repro --jobs N` (default: as `make run`, the two pairs side
+by side; 1: one plain `dvc repro`). Every line
 it prints is time-stamped as it arrives; a stage's wall time runs from its ``Running stage
 '...'`` line to the next one of the same `dvc repro` process (or the end of its phase), so it
 includes DVC's own work for the stage (hashing and caching its outputs). Stages that run side
@@ -193,7 +194,8 @@ def main() -> None:
     parser.add_argument("--profile", choices=("smoke", "quick", "paper"), default=None,
                         help="profile to run (default: the one params.yaml of the clone sets, as `make run`)")
     parser.add_argument("--jobs", type=int, default=None,
-                        help="`stitch-ops repro --jobs` (default 1: one plain `dvc repro`, what `make run` runs)")
+                        help="`stitch-ops repro --jobs` (default: none given, what `make run` runs: the pairs side by "
+                             "side; 1: one plain `dvc repro`)")
     parser.add_argument("--repo", type=Path, default=ROOT, help="repository to clone (default: this checkout)")
     parser.add_argument("--venv", type=Path, default=None,
                         help="use this existing environment instead of `make install` in the clone (not timed)")

@@ -11,8 +11,12 @@ process of their own (DVC holds its repository lock only between commands, and
 in phases, each process running exactly its stages in dependency order: first every stage
 that needs only its own pair, then the pair-named stages that also read the other pair's
 finished outputs, and a final plain ``dvc repro`` for the rest, which also checks that
-everything is up to date. ``--jobs 1`` (the default) is exactly ``dvc repro``: side by side is
-opt-in (``--jobs 2``) until the one failure seen in three smoke runs is understood (README).
+everything is up to date. ``--jobs 1`` is exactly ``dvc repro``.
+
+If a side-by-side process fails, the later phases are skipped and the final ``dvc repro``
+runs every stage left, one at a time: a stage that failed only because another ran beside
+it (one of four smoke runs lost a stage that passes alone, cause not found) then finishes,
+and one that fails for a real reason fails again there, with its error last on the screen.
 
 The stages keep torch's own thread count, so each computes exactly what it computes under
 a plain ``dvc repro`` (results depend on the thread count in their last digits; the same seed
@@ -41,6 +45,12 @@ from stitch_ops.errors import UserError
 
 FINAL = ""
 """The group name of stages that belong to no single pair (run by the final ``dvc repro``)."""
+DEFAULT_JOBS = 2
+"""Processes side by side by default: one per pair of the default profile."""
+
+
+class SideBySideFailed(Exception):
+    """A side-by-side ``dvc repro`` process exited with an error (its last lines were shown)."""
 
 
 @dataclass(frozen=True)
@@ -107,7 +117,10 @@ def _stream(process: subprocess.Popen, prefix: str, last: deque[str]) -> None:
 def run_side_by_side(groups: Sequence[Group], root: Path, env: dict[str, str]) -> None:
     """One ``dvc --wait-for-lock repro --single-item <stages>`` per group at once, each line
     of output prefixed with ``[pair]``; waits for all of them (a failing group does not stop
-    the others: their finished stages are kept) and raises if any failed.
+    the others: their finished stages are kept).
+
+    Raises:
+        SideBySideFailed: if any process failed.
 
     ``--single-item`` runs exactly the group's stages, in the order given (dependency order),
     each if it changed: without it each process would also re-check the upstream stages of
@@ -129,36 +142,44 @@ def run_side_by_side(groups: Sequence[Group], root: Path, env: dict[str, str]) -
         process.wait()
         reader.join()
         if process.returncode != 0:
-            failed.append(f"{group.pair} (exit {process.returncode})")
+            failed.append(f"{group.pair}'s dvc repro (exit {process.returncode})")
             # the other process's lines may have buried the error: repeat the end of this one
             sys.stdout.write(f"--- the last lines of {group.pair}'s dvc repro ---\n{''.join(last)}")
     if failed:
-        raise UserError(f"dvc repro failed for {', '.join(failed)}: see the lines prefixed with the pair above; "
-                        f"fix the cause and run `stitch-ops repro` again (finished stages are kept)")
+        raise SideBySideFailed(", ".join(failed) + " failed")
 
 
-def repro(root: Path = Path("."), jobs: int = 1) -> None:
+def repro(root: Path = Path("."), jobs: int = DEFAULT_JOBS) -> None:
     """Run the pipeline at ``root`` to the end: the pairs side by side in up to ``jobs``
-    processes, then a plain ``dvc repro`` (``jobs=1``: only that)."""
-    from stitch_ops.config import load_params
-
+    processes, then a plain ``dvc repro`` (``jobs=1``: only that), which also runs whatever
+    a failed side-by-side process left."""
     root = root.resolve()
     if not (root / "dvc.yaml").is_file():
         raise UserError(f"no dvc.yaml in {root}: run from the repository root (or pass --root)")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     if jobs > 1:
-        pairs = load_params(root / "params.yaml").pairs
-        _create_tracking_store(root)  # before two processes would race to create its tables
-        for number, groups in enumerate(phases(pipeline_upstream(root), pairs), start=1):
-            for start in range(0, len(groups), jobs):
-                batch = groups[start:start + jobs]
-                print(f"stitch-ops repro: phase {number}: "
-                      + ", ".join(f"{g.pair} ({len(g.stages)} stages)" for g in batch), flush=True)
-                run_side_by_side(batch, root, env)
+        try:
+            run_phases(root, jobs, env)
+        except SideBySideFailed as failure:
+            print(f"stitch-ops repro: {failure}; the stages left run one at a time now (dvc repro)", flush=True)
     result = subprocess.run(["dvc", "repro"], cwd=root, env=env)
     if result.returncode != 0:
         raise UserError(f"dvc repro exited {result.returncode} (see above); fix the cause and run "
                         f"`stitch-ops repro` again (finished stages are kept)")
+
+
+def run_phases(root: Path, jobs: int, env: dict[str, str]) -> None:
+    """Every phase of :func:`phases`, its groups ``jobs`` at a time (:func:`run_side_by_side`)."""
+    from stitch_ops.config import load_params
+
+    pairs = load_params(root / "params.yaml").pairs
+    _create_tracking_store(root)  # before two processes would race to create its tables
+    for number, groups in enumerate(phases(pipeline_upstream(root), pairs), start=1):
+        for start in range(0, len(groups), jobs):
+            batch = groups[start:start + jobs]
+            print(f"stitch-ops repro: phase {number}: "
+                  + ", ".join(f"{g.pair} ({len(g.stages)} stages)" for g in batch), flush=True)
+            run_side_by_side(batch, root, env)
 
 
 def _create_tracking_store(root: Path) -> None:
@@ -177,10 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="stitch-ops repro",
         description="Run the whole pipeline like `dvc repro`, the two pairs' stages side by side in "
                     "separate `dvc repro` processes up to the stages that read both pairs, then a final "
-                    "`dvc repro`. Resumes where it stopped (`make run` runs plain `dvc repro`)."))
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="dvc repro processes side by side, e.g. 2 for the two pairs (default 1 = plain "
-                             "`dvc repro`; side by side is new: one of three smoke runs failed a stage, see README)")
+                    "`dvc repro`, which also runs whatever a failed side-by-side process left. Resumes where it "
+                    "stopped. This is what `make run` runs."))
+    parser.add_argument("--jobs", type=int, default=DEFAULT_JOBS,
+                        help=f"dvc repro processes side by side (default {DEFAULT_JOBS}: one per pair; 1 = one "
+                             "plain `dvc repro`, one stage at a time)")
     parser.add_argument("--root", type=Path, default=Path("."), help="the repository (default: here)")
     parser.add_argument("--debug", action="store_true", help="on an error, show the Python traceback")
     return parser

@@ -1,5 +1,6 @@
-"""The README's main job on the smoke profile: `dvc repro` end to end, on real nnU-Nets,
-a real MLflow store and real DVC stages; then a second `dvc repro` that does nothing."""
+"""The README's main job on the smoke profile: what `make run` runs (`stitch-ops repro`: `dvc
+repro`, the two pairs side by side) end to end, on real nnU-Nets, a real MLflow store and real
+DVC stages; then a second, plain `dvc repro` that does nothing."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ PAIRS = ("polyp", "pelvis")
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = copy_pipeline(tmp_path_factory.mktemp("pipeline"))
     run([sys.executable, "-m", "stitch_ops.cli", "profile", "smoke"], root)
-    run(["dvc", "repro"], root)
+    run([sys.executable, "-m", "stitch_ops.cli", "repro"], root)  # what `make run` runs
     return root
 
 
