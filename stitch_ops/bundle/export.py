@@ -288,7 +288,7 @@ def export_bundle(model: NnUNetModel, target: Path, info: ExportInfo = ExportInf
                                          else DEFAULT_LICENSE)
         public = NnUNetModel(model.network, model.plans, public_dataset_json(model.dataset_json),
                              model.configuration, model.mirroring_axes, model.description,
-                             _public(model.spec))
+                             _public(model.spec), model.weights_file)
         write_model_dir(public, staging / "models")
         meta = _metadata(public, info, template)
         write_json(staging / "configs" / "metadata.json", meta, indent=4)

@@ -15,6 +15,7 @@ from the plans (never from a trainer class), zips extracted only after every ent
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -161,22 +162,32 @@ def _open_model_dir(folder: Path, fold: int | str | None, device: Any, trusted: 
         raise ModelError(f"{folder / 'model.pt'} does not fit the network of network.json: missing "
                          f"{result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}")
     folds = spec.get("folds") or [None]
+    weights_file: Path | None = folder / "model.pt"
     if fold is not None and spec.get("kind") == "nnunet" and len(folds) > 1:
         if fold not in folds:
             raise ModelError(f"{folder} has folds {folds}, not {fold}")
         network = network.networks[folds.index(fold)]
         spec = {**spec, "folds": [fold]}
+        weights_file = None  # one fold of the file's weights
     axes = spec.get("mirroring_axes")
     return NnUNetModel(network.to(device).eval(), plans, dataset_json, spec["configuration"],
                        tuple(axes) if axes is not None else None, description=spec.get("description", spec["kind"]),
-                       network_spec={k: v for k, v in spec.items() if k not in ("format", "description")})
+                       network_spec={k: v for k, v in spec.items() if k not in ("format", "description")},
+                       weights_file=weights_file)
 
 
 def write_model_dir(model: NnUNetModel, target: Path) -> Path:
     """Write ``model`` as a bundle model folder (``model.pt`` state_dict, ``network.json``,
-    the plans and dataset.json that preprocess its input) into an existing folder ``target``."""
+    the plans and dataset.json that preprocess its input) into an existing folder ``target``.
+
+    ``model.pt`` is a byte-for-byte copy of the model's :attr:`~NnUNetModel.weights_file` when it
+    has one (an exported model, a bundle's ``model.pt``): the same bytes as the export, which
+    DVC's cache then stores once for both."""
     target.mkdir(parents=True, exist_ok=True)
-    torch.save({k: v.detach().cpu() for k, v in model.network.state_dict().items()}, target / "model.pt")
+    if model.weights_file is not None:
+        shutil.copyfile(model.weights_file, target / "model.pt")
+    else:
+        torch.save({k: v.detach().cpu() for k, v in model.network.state_dict().items()}, target / "model.pt")
     spec = {"format": NETWORK_FORMAT, **model.spec, "configuration": model.configuration,
             "mirroring_axes": list(model.mirroring_axes) if model.mirroring_axes is not None else None,
             "description": model.description}

@@ -49,6 +49,10 @@ class NnUNetModel:
     """How to rebuild ``network`` from plain data (``kind`` nnunet / stitch_ensemble / ensemble
     plus what that kind needs); what a bundle stores beside ``model.pt``. ``None``: an
     nnU-Net network of ``plans`` (one fold)."""
+    weights_file: Path | None = None
+    """The file ``network``'s weights were loaded from, when it holds exactly
+    ``network.state_dict()`` (a plain ``state_dict``): a bundle copies it as its ``model.pt``
+    instead of saving the same weights in other bytes, so DVC's cache stores them once."""
 
     @property
     def spec(self) -> dict[str, Any]:
@@ -211,4 +215,5 @@ def load_model(folder: Path, device: torch.device | str = "cpu") -> NnUNetModel:
     return NnUNetModel(network.to(device).eval(), plans, dataset_json, meta["configuration"],
                        tuple(axes) if axes is not None else None, description=meta.get("description", "nnU-Net"),
                        network_spec={"kind": "nnunet", "configuration": meta["configuration"],
-                                     "folds": [meta.get("fold")], "mirroring_axes": axes})
+                                     "folds": [meta.get("fold")], "mirroring_axes": axes},
+                       weights_file=folder / "weights.pth")

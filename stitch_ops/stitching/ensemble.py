@@ -11,8 +11,11 @@ predictor treats a network's output as logits and applies a softmax, and
 ``softmax(log p) = p`` when ``p`` sums to one, so an ensemble runs through the
 predictor like any nnU-Net model and yields exactly the averaged probabilities.
 
-Saved ensembles are a ``state_dict`` plus a JSON description (the parents'
-plans, the match, the stitch shapes), loadable with ``torch.load(weights_only=True)``.
+A saved ensemble is two files: ``<name>.pt``, the plain ``state_dict`` (loadable with
+``torch.load(weights_only=True)``), and ``<name>.json``, its description (the parents' plans,
+the match, the stitch shapes). The weights file is then exactly what a MONAI bundle's
+``models/model.pt`` holds, so a bundle copies it byte for byte and DVC's cache stores the
+weights once for both.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from torch import Tensor, fx, nn
 from stitch_ops.graph.matching import Match
 from stitch_ops.graph.trace import trace_network
 from stitch_ops.stitching.merge import merge_graphs, program
+from stitch_ops.outputs import write_json
 from stitch_ops.stitching.network import StitchedNetwork, atomic_save
 from stitch_ops.stitching.parents import ParentSpec
 from stitch_ops.stitching.stitch import Stitch
@@ -41,6 +45,7 @@ __all__ = [
     "StitchEnsembleDescription",
     "TwoModelEnsemble",
     "build_stitch_ensemble",
+    "description_file",
     "extract_stitch_ensemble",
     "load_stitch_ensemble",
     "log_mean_softmax",
@@ -183,35 +188,49 @@ def extract_stitch_ensemble(network: StitchedNetwork, k: int) -> StitchEnsemble:
     )
 
 
+def description_file(path: Path) -> Path:
+    """Where :func:`save_stitch_ensemble` writes the description of the weights at ``path``."""
+    return Path(path).with_suffix(".json")
+
+
 def save_stitch_ensemble(ensemble: StitchEnsemble, path: Path) -> None:
-    """Write the weights and the description (one file, ``weights_only``-loadable, atomic).
+    """Write the weights (a plain ``state_dict``) to ``path`` and the description beside it
+    (:func:`description_file`); each file atomic.
 
     Raises:
         ValueError: if the ensemble has no description (its network was built without parent specs).
     """
     if ensemble.description is None:
         raise ValueError("saving needs the parents' descriptions: build the combined network with StitchedNetwork.from_parents")
-    state = {key: value.detach().cpu() for key, value in ensemble.state_dict().items()}
-    atomic_save({"description": json.dumps(ensemble.description.to_dict()), "state_dict": state}, Path(path))
+    write_json(description_file(path), ensemble.description.to_dict())
+    atomic_save({key: value.detach().cpu() for key, value in ensemble.state_dict().items()}, Path(path))
 
 
 def load_stitch_ensemble(path: Path, trusted: bool = False) -> StitchEnsemble:
     """Rebuild a stitch-ensemble saved by :func:`save_stitch_ensemble` (on the CPU).
 
     Args:
-        path: the saved file.
+        path: the saved weights (the description is read from :func:`description_file`).
         trusted: see :meth:`ParentSpec.build`.
 
     Raises:
-        ValueError: if the file is not a stitch-ensemble or its stitches do not fit the parents.
+        ValueError: if the files are not a stitch-ensemble or its stitches do not fit the parents.
     """
     from stitch_ops.nnunet.model import load_plain
 
-    saved = load_plain(Path(path))
-    if not isinstance(saved, dict) or "description" not in saved or "state_dict" not in saved:
-        raise ValueError(f"{path} is not a saved stitch-ensemble: expected a description and a state_dict")
-    ensemble = build_stitch_ensemble(StitchEnsembleDescription.from_dict(json.loads(saved["description"])), trusted)
-    ensemble.load_state_dict(saved["state_dict"])
+    path, described = Path(path), description_file(path)
+    if not described.is_file():
+        raise ValueError(f"{path} is not a saved stitch-ensemble: its description {described.name} is missing "
+                         f"(save it again with save_stitch_ensemble)")
+    try:
+        description = StitchEnsembleDescription.from_dict(json.loads(described.read_text()))
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{described} is not a stitch-ensemble description ({err}); save it again") from None
+    weights = load_plain(path)
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise ValueError(f"{path} is not a saved stitch-ensemble: expected a state_dict of tensors")
+    ensemble = build_stitch_ensemble(description, trusted)
+    ensemble.load_state_dict(weights)
     return ensemble
 
 

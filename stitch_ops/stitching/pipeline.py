@@ -439,8 +439,9 @@ def _log_no_stitch(reference: Any, preprocessed: Any, scratch: Path, params: Par
 
 def _export(ensemble: Any, own: Any, target: Path, k: int, method: str, c: str, selection: str,
             finetuned: bool = False) -> None:
-    """The selected stitch-ensemble as a portable folder: weights + description in one
-    ``weights_only`` file, and the stitching party's plans that say how to feed it."""
+    """The selected stitch-ensemble as a portable folder: its weights (a plain ``state_dict``,
+    what a bundle's ``model.pt`` holds) and description, and the stitching party's plans that
+    say how to feed it."""
     from stitch_ops.stitching import save_stitch_ensemble
 
     meta = {"configuration": own.configuration, "mirroring_axes": None, "description": f"stitch-ensemble k={k}",
@@ -455,14 +456,18 @@ def _export(ensemble: Any, own: Any, target: Path, k: int, method: str, c: str, 
 def load_exported_ensemble(folder: Path) -> Any:
     """An exported stitch-ensemble folder as an ``NnUNetModel`` (weights loaded ``weights_only``)."""
     from stitch_ops.nnunet.model import ModelError, NnUNetModel
-    from stitch_ops.stitching import load_stitch_ensemble
+    from stitch_ops.stitching import description_file, load_stitch_ensemble
 
-    files = [folder / name for name in (ENSEMBLE_FILE, "plans.json", "dataset.json", "model.json")]
+    weights = folder / ENSEMBLE_FILE
+    files = [weights, description_file(weights), *(folder / name for name in ("plans.json", "dataset.json", "model.json"))]
     missing = [f.name for f in files if not f.is_file()]
     if missing:
         raise ModelError(f"{folder} is not an exported stitch-ensemble: missing {missing}")
     hint = "export the stitch-ensemble again (stitch_select stage)"
-    plans, dataset_json, meta = (read_json(f, hint=hint) for f in files[1:])
-    ensemble = load_stitch_ensemble(files[0])
+    plans, dataset_json, meta = (read_json(f, hint=hint) for f in files[2:])
+    try:
+        ensemble = load_stitch_ensemble(weights)
+    except ValueError as err:
+        raise ModelError(f"{err}; {hint}") from None
     return NnUNetModel(ensemble, plans, dataset_json, meta["configuration"], None, meta["description"],
-                       {"kind": "stitch_ensemble", "ensemble": ensemble.description.to_dict()})
+                       {"kind": "stitch_ensemble", "ensemble": ensemble.description.to_dict()}, weights_file=weights)

@@ -3,6 +3,7 @@ verify_net_in_out on every kind of network, and no patient-level data in any fil
 
 from __future__ import annotations
 
+import filecmp
 import json
 import shutil
 import zipfile
@@ -120,6 +121,24 @@ def test_pipeline_export_of_an_approach(institution_a: Institution, institution_
     report = verify_bundle(bundle)
     assert report.metadata["stitch_ops"]["kind"] == kind and report.output_shape == (1, 2, 8, 8)
     assert not bundle.with_name(bundle.name + ".zip").exists()
+
+
+def test_a_bundle_of_an_exported_model_holds_its_weights_file_byte_for_byte(
+        institution_a: Institution, institution_b: Institution, tmp_path: Path):
+    """The bundle's model.pt is a copy of the export's weights (an nnU-Net export's weights.pth,
+    a stitch-ensemble's stitch_ensemble.pt): the pipeline's DVC cache then stores them once."""
+    from stitch_ops.stitching import StitchedNetwork, extract_stitch_ensemble
+    from stitch_ops.stitching.pipeline import ENSEMBLE_FILE, _export
+
+    own, other = open_model(institution_a.results), open_model(institution_b.results)
+    stitch_export = tmp_path / "stitch_export"
+    _export(extract_stitch_ensemble(StitchedNetwork.from_models(own, other), 1), own, stitch_export, k=1,
+            method="direct_matching", c="a", selection="current_fold")
+    for model, weights in ((institution_a.root / "results" / "export", "weights.pth"), (stitch_export, ENSEMBLE_FILE)):
+        bundle = tmp_path / "bundles" / model.name
+        assert bundle_main(["export", "--model", str(model), "--out", str(bundle), "--no-zip"]) == 0
+        assert filecmp.cmp(bundle / "models" / "model.pt", model / weights, shallow=False), model.name
+        assert verify_bundle(bundle).output_shape == (1, 2, 8, 8)
 
 
 def test_monai_bundle_run_segments_with_an_exported_bundle(exported: dict[str, Path], institution_a: Institution,

@@ -71,8 +71,9 @@ def test_save_and_load_with_weights_only(tmp_path, two_copies_of_a):
     with torch.no_grad():
         ensemble.switch_b.stitch.layer.weight.mul_(0.5)
     save_stitch_ensemble(ensemble, tmp_path / "ensemble.pt")
-    saved = torch.load(tmp_path / "ensemble.pt", weights_only=True)
-    description = json.loads(saved["description"])
+    weights = torch.load(tmp_path / "ensemble.pt", weights_only=True)
+    assert weights.keys() == ensemble.state_dict().keys()  # a plain state_dict, what a bundle's model.pt holds
+    description = json.loads((tmp_path / "ensemble.json").read_text())
     assert description["k"] == 7 and description["match"]["node_a"] == combined.matches[7].node_a
     assert description["stitch_b"] == [ensemble.switch_b.stitch.in_channels, ensemble.switch_b.stitch.out_channels, 4]
     loaded = load_stitch_ensemble(tmp_path / "ensemble.pt")
@@ -84,14 +85,20 @@ def test_save_and_load_with_weights_only(tmp_path, two_copies_of_a):
 def test_a_foreign_description_naming_other_code_is_refused(tmp_path, two_copies_of_a):
     _, _, combined = two_copies_of_a
     save_stitch_ensemble(extract_stitch_ensemble(combined, 0), tmp_path / "ensemble.pt")
-    saved = torch.load(tmp_path / "ensemble.pt", weights_only=True)
-    description = json.loads(saved["description"])
+    description = json.loads((tmp_path / "ensemble.json").read_text())
     architecture = description["parents"][0]["plans"]["configurations"]["2d"]["architecture"]
     architecture["arch_kwargs"]["nonlin"] = "os.system"
-    saved["description"] = json.dumps(description)
-    torch.save(saved, tmp_path / "foreign.pt")
+    (tmp_path / "ensemble.json").write_text(json.dumps(description))
     with pytest.raises(ValueError, match="names nonlin='os.system'.*data, not code"):
-        load_stitch_ensemble(tmp_path / "foreign.pt")
+        load_stitch_ensemble(tmp_path / "ensemble.pt")
+
+
+def test_weights_without_their_description_are_refused(tmp_path, two_copies_of_a):
+    _, _, combined = two_copies_of_a
+    save_stitch_ensemble(extract_stitch_ensemble(combined, 0), tmp_path / "ensemble.pt")
+    (tmp_path / "ensemble.json").unlink()
+    with pytest.raises(ValueError, match="is not a saved stitch-ensemble: its description ensemble.json is missing"):
+        load_stitch_ensemble(tmp_path / "ensemble.pt")
 
 
 def _predict(spec, model, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
