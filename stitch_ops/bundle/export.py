@@ -250,7 +250,7 @@ def _zip(folder: Path, target: Path) -> Path:
 
 
 def export_bundle(model: NnUNetModel, target: Path, info: ExportInfo = ExportInfo(), *,
-                  definition: Path | None = None, make_zip: bool = True) -> Path:
+                  definition: Path | None = None, make_zip: bool = True, link_weights: bool = False) -> Path:
     """Write ``model`` as a verified MONAI bundle at ``target`` (and ``target.zip``), atomically.
 
     Args:
@@ -260,6 +260,9 @@ def export_bundle(model: NnUNetModel, target: Path, info: ExportInfo = ExportInf
         definition: a bundle definition (``bundles/<approach>``) whose name, task, description,
             licence, README and training config are carried over; optional.
         make_zip: also write ``<target>.zip`` (the bundle folder inside).
+        link_weights: hard-link ``models/model.pt`` to the model's weights file instead of
+            copying it (:func:`~stitch_ops.bundle.sources.write_model_dir`): only for files
+            nothing changes in place, like the pipeline's exports.
 
     Returns:
         ``target``.
@@ -289,7 +292,7 @@ def export_bundle(model: NnUNetModel, target: Path, info: ExportInfo = ExportInf
         public = NnUNetModel(model.network, model.plans, public_dataset_json(model.dataset_json),
                              model.configuration, model.mirroring_axes, model.description,
                              _public(model.spec), model.weights_file)
-        write_model_dir(public, staging / "models")
+        write_model_dir(public, staging / "models", link_weights=link_weights)
         meta = _metadata(public, info, template)
         write_json(staging / "configs" / "metadata.json", meta, indent=4)
         write_json(staging / "configs" / "inference.json", INFERENCE_CONFIG, indent=4)
@@ -357,5 +360,7 @@ def export_pipeline_model(pair: str, approach: str, trained_on: str, fold: int, 
                       eval_metrics=flat_metrics(paths.metrics(approach, trained_on, fold) / "summary.json"),
                       authors="stitch_ops developers", copyright="Copyright (c) stitch_ops developers",
                       notes=tuple(notes))
+    # the exports are written whole and swapped in, and DVC links them to its cache: the
+    # bundle's model.pt links to the same file, so the weights are stored once
     return export_bundle(model, paths.export(approach, trained_on, fold), info,
-                         definition=bundle_definition(approach, root), make_zip=make_zip)
+                         definition=bundle_definition(approach, root), make_zip=make_zip, link_weights=True)

@@ -15,6 +15,7 @@ from the plans (never from a trainer class), zips extracted only after every ent
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -176,16 +177,19 @@ def _open_model_dir(folder: Path, fold: int | str | None, device: Any, trusted: 
                        weights_file=weights_file)
 
 
-def write_model_dir(model: NnUNetModel, target: Path) -> Path:
+def write_model_dir(model: NnUNetModel, target: Path, *, link_weights: bool = False) -> Path:
     """Write ``model`` as a bundle model folder (``model.pt`` state_dict, ``network.json``,
     the plans and dataset.json that preprocess its input) into an existing folder ``target``.
 
     ``model.pt`` is a byte-for-byte copy of the model's :attr:`~NnUNetModel.weights_file` when it
-    has one (an exported model, a bundle's ``model.pt``): the same bytes as the export, which
-    DVC's cache then stores once for both."""
+    has one (an exported model, a bundle's ``model.pt``), or with ``link_weights`` a hard link
+    to it (a copy where links are impossible): only for a file nothing changes in place, like
+    the pipeline's exports (written whole and swapped in, linked to DVC's cache), whose
+    weights are then stored once however many bundles carry them."""
     target.mkdir(parents=True, exist_ok=True)
     if model.weights_file is not None:
-        shutil.copyfile(model.weights_file, target / "model.pt")
+        if not (link_weights and _hard_link(model.weights_file, target / "model.pt")):
+            shutil.copyfile(model.weights_file, target / "model.pt")
     else:
         torch.save({k: v.detach().cpu() for k, v in model.network.state_dict().items()}, target / "model.pt")
     spec = {"format": NETWORK_FORMAT, **model.spec, "configuration": model.configuration,
@@ -194,3 +198,12 @@ def write_model_dir(model: NnUNetModel, target: Path) -> Path:
     for name, content in (("network.json", spec), ("plans.json", model.plans), ("dataset.json", model.dataset_json)):
         write_json(target / name, content)
     return target
+
+
+def _hard_link(source: Path, link: Path) -> bool:
+    """Hard-link ``link`` to ``source``; False where the filesystem cannot (another device)."""
+    try:
+        os.link(source, link)
+    except OSError:
+        return False
+    return True

@@ -121,12 +121,15 @@ def test_pipeline_export_of_an_approach(institution_a: Institution, institution_
     report = verify_bundle(bundle)
     assert report.metadata["stitch_ops"]["kind"] == kind and report.output_shape == (1, 2, 8, 8)
     assert not bundle.with_name(bundle.name + ".zip").exists()
+    # one model's weights are the export's file itself (a hard link: stored once); an ensemble's are its own
+    export = tmp_path / "models" / "polyp" / "local" / "a" / "fold_0" / "export" / "weights.pth"
+    assert (bundle / "models" / "model.pt").samefile(export) == (approach == "local")
 
 
 def test_a_bundle_of_an_exported_model_holds_its_weights_file_byte_for_byte(
         institution_a: Institution, institution_b: Institution, tmp_path: Path):
-    """The bundle's model.pt is a copy of the export's weights (an nnU-Net export's weights.pth,
-    a stitch-ensemble's stitch_ensemble.pt): the pipeline's DVC cache then stores them once."""
+    """The bundle's model.pt is a byte copy of the export's weights (an nnU-Net export's
+    weights.pth, a stitch-ensemble's stitch_ensemble.pt)."""
     from stitch_ops.stitching import StitchedNetwork, extract_stitch_ensemble
     from stitch_ops.stitching.pipeline import ENSEMBLE_FILE, _export
 
@@ -138,6 +141,7 @@ def test_a_bundle_of_an_exported_model_holds_its_weights_file_byte_for_byte(
         bundle = tmp_path / "bundles" / model.name
         assert bundle_main(["export", "--model", str(model), "--out", str(bundle), "--no-zip"]) == 0
         assert filecmp.cmp(bundle / "models" / "model.pt", model / weights, shallow=False), model.name
+        assert not (bundle / "models" / "model.pt").samefile(model / weights)  # a copy: the user's file may change
         assert verify_bundle(bundle).output_shape == (1, 2, 8, 8)
 
 
