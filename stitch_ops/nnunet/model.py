@@ -51,8 +51,9 @@ class NnUNetModel:
     nnU-Net network of ``plans`` (one fold)."""
     weights_file: Path | None = None
     """The file ``network``'s weights were loaded from, when it holds exactly
-    ``network.state_dict()`` (a plain ``state_dict``): a bundle copies it as its ``model.pt``
-    instead of saving the same weights in other bytes, so DVC's cache stores them once."""
+    ``network.state_dict()`` (a plain ``state_dict``): a bundle carries that file as its
+    ``model.pt`` (a copy, or in the pipeline a hard link: the weights stored once) instead of
+    saving the same weights again in other bytes."""
 
     @property
     def spec(self) -> dict[str, Any]:

@@ -14,8 +14,8 @@ predictor like any nnU-Net model and yields exactly the averaged probabilities.
 A saved ensemble is two files: ``<name>.pt``, the plain ``state_dict`` (loadable with
 ``torch.load(weights_only=True)``), and ``<name>.json``, its description (the parents' plans,
 the match, the stitch shapes). The weights file is then exactly what a MONAI bundle's
-``models/model.pt`` holds, so a bundle copies it byte for byte and DVC's cache stores the
-weights once for both.
+``models/model.pt`` holds, so a bundle carries the file itself (the pipeline's bundles
+hard-link it: the weights are stored once).
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from torch import Tensor, fx, nn
 
 from stitch_ops.graph.matching import Match
 from stitch_ops.graph.trace import trace_network
-from stitch_ops.stitching.merge import merge_graphs, program
 from stitch_ops.outputs import write_json
+from stitch_ops.stitching.merge import merge_graphs, program
 from stitch_ops.stitching.network import StitchedNetwork, atomic_save
 from stitch_ops.stitching.parents import ParentSpec
 from stitch_ops.stitching.stitch import Stitch
