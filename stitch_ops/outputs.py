@@ -209,6 +209,18 @@ def write_png(path: Path | str, array: np.ndarray) -> Path:
     return Path(path)
 
 
+def hard_link(source: Path | str, link: Path | str) -> bool:
+    """Hard-link ``link`` to ``source``; False where the filesystem cannot (another device).
+
+    Only for files nothing changes in place: every writer here swaps in a new file
+    (:func:`output_file`), and DVC's cache files are read-only."""
+    try:
+        os.link(source, link)
+    except OSError:
+        return False
+    return True
+
+
 def copy_dir(source: Path | str, target: Path | str) -> Path:
     """Publish a copy of the folder ``source`` at ``target``, whole or not at all."""
     with output_dir(target) as tmp:

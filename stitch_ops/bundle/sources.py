@@ -15,7 +15,6 @@ from the plans (never from a trainer class), zips extracted only after every ent
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -26,7 +25,7 @@ import torch
 from stitch_ops.bundle.archive import check_links, safe_extract
 from stitch_ops.errors import InputFileError
 from stitch_ops.nnunet.model import FoldEnsemble, ModelError, NnUNetModel, build_network, load_plain
-from stitch_ops.outputs import read_json, write_json
+from stitch_ops.outputs import hard_link, read_json, write_json
 
 __all__ = ["MODEL_DIR_FILES", "NETWORK_FORMAT", "build_from_spec", "open_model", "write_model_dir"]
 
@@ -188,7 +187,7 @@ def write_model_dir(model: NnUNetModel, target: Path, *, link_weights: bool = Fa
     weights are then stored once however many bundles carry them."""
     target.mkdir(parents=True, exist_ok=True)
     if model.weights_file is not None:
-        if not (link_weights and _hard_link(model.weights_file, target / "model.pt")):
+        if not (link_weights and hard_link(model.weights_file, target / "model.pt")):
             shutil.copyfile(model.weights_file, target / "model.pt")
     else:
         torch.save({k: v.detach().cpu() for k, v in model.network.state_dict().items()}, target / "model.pt")
@@ -198,12 +197,3 @@ def write_model_dir(model: NnUNetModel, target: Path, *, link_weights: bool = Fa
     for name, content in (("network.json", spec), ("plans.json", model.plans), ("dataset.json", model.dataset_json)):
         write_json(target / name, content)
     return target
-
-
-def _hard_link(source: Path, link: Path) -> bool:
-    """Hard-link ``link`` to ``source``; False where the filesystem cannot (another device)."""
-    try:
-        os.link(source, link)
-    except OSError:
-        return False
-    return True

@@ -34,7 +34,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from stitch_ops.approaches import Approach
-from stitch_ops.outputs import read_json
+from stitch_ops.outputs import hard_link, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -114,9 +114,7 @@ def link_copies_to_export(model_artifacts: Path, export: Path) -> int:
                 or not filecmp.cmp(source, copy, shallow=False):
             continue
         link = copy.with_name(f".{copy.name}.link")
-        try:
-            os.link(source, link)
-        except OSError:
+        if not hard_link(source, link):
             return saved
         os.replace(link, copy)  # the copy is swapped for the link whole
         saved += source.stat().st_size
