@@ -4,13 +4,14 @@
 - ``joint-plans``: plans from both parties' combined fingerprint, each party's data
   preprocessed with them, and the pooled dataset (federated, merged);
 - ``finetune``: ``b→a`` (``--trained-on b_to_a``): b's model fine-tuned on a's data, with warm-up;
-- ``ensemble``: ``a&b``, or ``a&b→a`` with ``--finetuned-for a``;
+- ``ensemble``: ``a&b``, or ``a&b→a`` with ``--finetuned-for a``, scored right away;
 - ``federated``: ``a‖b``, FedAvg with one Ray actor per party;
 - ``merged``: ``a+b``, one model on the pooled data;
 - ``sweep``: Ray Tune + Optuna search of the fine-tuning learning rate (validation data).
 
 Training commands also predict both parties' test sets; score them with
-``python -m stitch_ops.evaluation --approach <slug> --trained-on <slug>``.
+``python -m stitch_ops.evaluation --approach <slug> --trained-on <slug>`` (``ensemble`` scores
+its own).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def ensemble(args: argparse.Namespace, params: Params) -> None:
     from stitch_ops.baselines import stages
 
     params.pair(args.pair)
-    stages.ensemble(args.pair, args.fold, finetuned_for=args.finetuned_for, progress=args.progress)
+    stages.ensemble(args.pair, args.fold, params, finetuned_for=args.finetuned_for, progress=args.progress)
 
 
 def federated(args: argparse.Namespace, params: Params) -> None:

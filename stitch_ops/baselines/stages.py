@@ -4,7 +4,8 @@ Each training stage trains (resumably), exports the portable model to
 ``models/{pair}/{approach}/{trained_on}/fold_k/export`` and predicts both parties' test
 sets into ``predictions/{pair}/{approach}/{trained_on}/fold_k/test_{a,b}`` in the same
 process (starting Python with torch and nnU-Net costs seconds on a small machine); the
-evaluation stage (``python -m stitch_ops.evaluation``) then scores them like any model.
+evaluation stage (``python -m stitch_ops.evaluation``) then scores them like any model. The
+ensembles, which train nothing, score their predictions themselves.
 """
 
 from __future__ import annotations
@@ -115,11 +116,13 @@ def finetune(pair: str, party: str, fold: int, params: Params, *, base_lr: float
     return exported
 
 
-def ensemble(pair: str, fold: int, *, finetuned_for: str | None = None, root: Path = Path("."),
+def ensemble(pair: str, fold: int, params: Params, *, finetuned_for: str | None = None, root: Path = Path("."),
              progress: bool = True) -> Path:
     """``a&b`` (``finetuned_for=None``): the two basis models' test predictions averaged;
-    ``a&b→p``: party p's basis model with the other's model fine-tuned on p's data."""
+    ``a&b→p``: party p's basis model with the other's model fine-tuned on p's data. Scored
+    like any model in the same process (a stage of its own cost more start-up than work)."""
     from stitch_ops.baselines.ensemble import ensemble_folders
+    from stitch_ops.evaluation.stages import evaluate
 
     paths = PairPaths(pair, root)
     local = approaches.Approach.LOCAL
@@ -135,6 +138,8 @@ def ensemble(pair: str, fold: int, *, finetuned_for: str | None = None, root: Pa
     out = paths.predictions(model.approach, model.trained_on, fold)
     for name in TEST_SETS:
         ensemble_folders([m / name for m in members], out / name, dataset_json, progress=progress)
+    stage = f"ensemble@{pair}-{fold}" if finetuned_for is None else f"ensemble_finetuned@{pair}-{finetuned_for}-{fold}"
+    evaluate(pair, model.approach.value, model.trained_on, fold, params, stage=stage, root=root, progress=progress)
     return out
 
 

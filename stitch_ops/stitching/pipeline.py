@@ -341,11 +341,13 @@ def _stage(name: str, finetuned: bool) -> str:
 def select(params: Params, pair: str, c: str, method: str, fold: int, progress: bool = True,
            finetuned: bool = False) -> int:
     """Score positions on c's validation cases, select k (strategy 1), export it to
-    ``<model dir>/export``, predict both test sets and c's validation cases; returns k.
+    ``<model dir>/export``, predict both test sets and c's validation cases and score those
+    predictions like any model's (``metrics/``, its MLflow run); returns k.
     ``scores/{pair}/stitch/{slug}/fold_k/positions.csv`` holds every scored k (``k,
     relative_position, matches, node_a, node_b, dice, hd95, cases, selected``)."""
     from stitch_ops import tracking
     from stitch_ops.evaluation.selection import select_position
+    from stitch_ops.evaluation.stages import evaluate
     from stitch_ops.nnunet.model import NnUNetModel, load_model
     from stitch_ops.nnunet.predict import predict_folder, preprocess_cases
     from stitch_ops.stitching import extract_stitch_ensemble
@@ -366,12 +368,13 @@ def select(params: Params, pair: str, c: str, method: str, fold: int, progress: 
     tracking.configure(Path("."))
     experiment = tracking.experiment_name(pair)
     identity = {"pair": pair, "approach": APPROACH, "trained_on": slug, "fold": str(fold)}
+    stage = f"{_stage('stitch_select', finetuned)}@{pair}-{c}-{method}-{fold}"
     parent = tracking.log_run(experiment=experiment, tags={**identity, "kind": "position_selection"},
                               params={"method": method, "c": c, "finetuned": finetuned,
                                       "selection": section.selection, "matches": len(network.matches),
                                       "search": section.search},
                               metrics={}, run_name=f"{APPROACH}:{slug}:fold{fold}:positions",
-                              dvc_stage=f"{_stage('stitch_select', finetuned)}@{pair}-{c}-{method}-{fold}")
+                              dvc_stage=stage)
     preprocessed = preprocess_cases(own, raw / "imagesTr", val_cases, progress)  # once, for all k
     rows = []
     with scratch_dir(model_dir / "positions") as scratch:
@@ -415,6 +418,8 @@ def select(params: Params, pair: str, c: str, method: str, fold: int, progress: 
     predict_folder(ensemble, raw / "imagesTr", predictions / VALIDATION_SET, cases=val_cases,
                    device=params.nnunet.device, progress=progress)
     logger.info("%s %s fold %d: selected k=%d (%s)", pair, slug, fold, k, network.matches[k].node_a)
+    # scored like any model here, not in a stage of its own (whose start-up cost more than the scoring)
+    evaluate(pair, APPROACH.value, slug, fold, params, stage=stage, progress=progress)
     return k
 
 

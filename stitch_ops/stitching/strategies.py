@@ -2,7 +2,7 @@
 
 ``reference``: the stitch-ensemble's two parents, both fed c's preprocessing through the same
 predictor and averaged with no stitch (the paper's dashed line), predicted on both test sets and
-on c's validation cases of the fold, so that the evaluation stage scores it like any model
+on c's validation cases of the fold, and scored there like any model
 (``val_c/dice_mean`` is its score "as a position"). The effect of a stitch is the difference to
 it at equal preprocessing.
 
@@ -13,9 +13,11 @@ contract in docs/ARCHITECTURE.md, ``metrics/{pair}/stitch/{slug}/fold_k/``:
 ``positions.csv`` (the scored positions with one ``selected*`` column per strategy),
 ``no_stitch.json`` (the reference's validation means) and ``selection.json``. The
 stitch-ensembles chosen by strategies 2 and 3 are predicted on both test sets (slugs
-``{slug}_all_folds`` and ``{slug}_rule_of_thumb``); a strategy that picks the k another
+``{slug}_all_folds`` and ``{slug}_rule_of_thumb``) and scored like any model, in the same
+process (their ``metrics/`` folders and MLflow runs); a strategy that picks the k another
 already predicted reuses those predictions instead of running the same network again.
-Nothing here reads a test label: selection sees only the validation means in ``scores/``.
+Selection reads no test label: it sees only the validation means in ``scores/``; the test
+labels are read afterwards, to score the stitch-ensembles it chose.
 """
 
 from __future__ import annotations
@@ -41,7 +43,9 @@ APPROACH = Approach.STITCH
 
 def reference(params: Params, pair: str, c: str, fold: int, progress: bool = True, finetuned: bool = False) -> Path:
     """Predict the no-stitch reference of the stitch networks trained on c's data: both test
-    sets and c's validation cases, into ``predictions/{pair}/stitch/no_stitch_via_c[...]/fold_k``."""
+    sets and c's validation cases, into ``predictions/{pair}/stitch/no_stitch_via_c[...]/fold_k``,
+    and score it like any model (in this process: a stage of its own cost more start-up than work)."""
+    from stitch_ops.evaluation.stages import evaluate
     from stitch_ops.nnunet.model import NnUNetModel, load_model
     from stitch_ops.stitching.ensemble import TwoModelEnsemble
     from stitch_ops.stitching.pipeline import parent_dirs
@@ -58,6 +62,8 @@ def reference(params: Params, pair: str, c: str, fold: int, progress: bool = Tru
     out = paths.predictions(model.approach, model.trained_on, fold)
     with output_dir(out) as staging:
         _predict_sets(ensemble, paths, c, fold, staging, params.nnunet.device, progress)
+    evaluate(pair, model.approach.value, model.trained_on, fold, params, progress=progress,
+             stage=f"stitch_reference{'_finetuned' if finetuned else ''}@{pair}-{c}-{fold}")
     return out
 
 
@@ -88,8 +94,26 @@ def read_scores(root: Path = Path(".")) -> pd.DataFrame:
 
 def strategies(params: Params, pair: str, c: str, method: str, fold: int, progress: bool = True,
                finetuned: bool = False, root: Path = Path(".")) -> dict[str, Any]:
-    """Apply strategies 1-3 to one stitch network at ``fold``; write the metrics files and the
-    predictions of the strategies' stitch-ensembles. Returns the ``selection.json`` record."""
+    """The ``stitch_strategies`` stage: :func:`choose_and_predict`, then score the
+    stitch-ensembles of strategies 2 and 3 like any model (``cases.csv``, ``summary.json``,
+    their MLflow runs). Scoring happens here rather than in a stage of its own because a
+    separate process per strategy spent most of its time importing MONAI, torch and MLflow.
+    Returns the ``selection.json`` record."""
+    from stitch_ops.evaluation.stages import evaluate
+
+    selection = choose_and_predict(params, pair, c, method, fold, progress, finetuned, root)
+    stage = f"stitch_strategies{'_finetuned' if finetuned else ''}@{pair}-{c}-{method}-{fold}"
+    for strategy in SELECTION_STRATEGIES[1:]:
+        model = approaches.stitch_ensemble(c, method, finetuned, strategy)
+        evaluate(pair, APPROACH.value, model.trained_on, fold, params, stage=stage, root=root, progress=progress)
+    return selection
+
+
+def choose_and_predict(params: Params, pair: str, c: str, method: str, fold: int, progress: bool = True,
+                       finetuned: bool = False, root: Path = Path(".")) -> dict[str, Any]:
+    """Apply strategies 1-3 to one stitch network at ``fold`` (reading validation means only);
+    write the metrics files and the predictions of the strategies' stitch-ensembles. Returns
+    the ``selection.json`` record."""
     from stitch_ops.evaluation.selection import select_strategies
 
     paths = PairPaths(pair, root)
@@ -105,7 +129,7 @@ def strategies(params: Params, pair: str, c: str, method: str, fold: int, progre
         positions[f"selected_{strategy}"] = positions["k"] == selection[strategy]["k"]
     reference_model = approaches.no_stitch(c, finetuned)
     summary = read_json(paths.metrics(APPROACH, reference_model.trained_on, fold) / "summary.json",
-                        hint="evaluate the no-stitch reference first (evaluate_stitch_reference stage)")
+                        hint="score the no-stitch reference first (stitch_reference stage)")
     no_stitch_means = {"dice": summary[f"{VALIDATION_SET}_{c}/dice_mean"],
                        "hd95": summary[f"{VALIDATION_SET}_{c}/hd95_mean"]}
 

@@ -6,7 +6,8 @@ per epoch (:meth:`LiveRun.log_epoch`); if the stage fails, the run is marked ``F
 The evaluation stage, a later process, finds the newest run of the same model, adds the
 test metrics and artifacts and ends it (:func:`finish_model_run`), so the run's duration
 is training plus evaluation. Models that are not trained (the ensembles) get a run from
-their evaluation alone.
+their evaluation alone, which for most of them runs inside the stage that predicts them
+(``stitch_select``, ``stitch_reference``, ``stitch_strategies``, ``ensemble``).
 
 Single writer: at any time only the stage that owns the run writes to it (training, then
 evaluation; DVC runs them one after the other). Rerunning a stage opens a new run; the

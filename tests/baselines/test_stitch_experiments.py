@@ -28,7 +28,6 @@ def experiment(tiny_pair: TinyPair, basis_models, tmp_path_factory: pytest.TempP
     from stitch_ops import approaches
     from stitch_ops.baselines.plans import prepare_transferred
     from stitch_ops.baselines.stages import train_finetuned
-    from stitch_ops.evaluation.__main__ import main as evaluate
     from stitch_ops.stitching import pipeline, rq1, strategies
 
     root = tmp_path_factory.mktemp("stitch_experiments") / "repo"
@@ -47,11 +46,8 @@ def experiment(tiny_pair: TinyPair, basis_models, tmp_path_factory: pytest.TempP
         for method, finetuned in runs:
             pipeline.train(params, PAIR, "a", method, 0, progress=False, finetuned=finetuned)
             pipeline.select(params, PAIR, "a", method, 0, progress=False, finetuned=finetuned)
-        for finetuned in (False, True):
+        for finetuned in (False, True):  # predicts and scores the reference, like the select stage
             strategies.reference(params, PAIR, "a", 0, progress=False, finetuned=finetuned)
-            slug = approaches.no_stitch("a", finetuned).trained_on
-            assert evaluate(["--pair", PAIR, "--approach", "stitch", "--trained-on", slug, "--fold", "0",
-                             "--no-progress"]) == 0
         for method, finetuned in runs:
             strategies.strategies(params, PAIR, "a", method, 0, progress=False, finetuned=finetuned)
         rq1.run(params, PAIR, "a", progress=False)
@@ -93,7 +89,7 @@ def test_no_stitch_reference_is_scored_like_a_position_with_the_same_numbers(exp
         assert "test_a/dice_mean" in summary and "test_b/dice_mean" in summary
 
 
-def test_each_strategy_has_a_selection_and_an_evaluable_prediction(experiment: Path):
+def test_each_strategy_has_a_selection_a_prediction_and_its_scores(experiment: Path):
     from stitch_ops.approaches import stitch_ensemble
 
     for method, finetuned in (("double_batched", False), ("direct_matching", False), ("double_batched", True)):
@@ -108,6 +104,10 @@ def test_each_strategy_has_a_selection_and_an_evaluable_prediction(experiment: P
             model = stitch_ensemble("a", method, finetuned, strategy)
             predicted = experiment / "predictions" / PAIR / "stitch" / model.trained_on / "fold_0"
             assert {p.name for p in predicted.iterdir()} == {"test_a", "test_b", "val"}
+            # scored in the stage that chose it: both test sets and c's validation cases
+            summary = json.loads((experiment / "metrics" / PAIR / "stitch" / model.trained_on / "fold_0"
+                                  / "summary.json").read_text())
+            assert {"test_a/dice_mean", "test_b/dice_mean", "val_a/dice_mean"} <= set(summary)
         assert selection["rule_of_thumb"]["pooled_tables"] == 3  # pooled over methods and parent variants
 
 

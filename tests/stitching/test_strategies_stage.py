@@ -1,4 +1,5 @@
-"""The stitch_strategies stage on a hand-made scores/ tree: the contract files, and no test case read."""
+"""The stitch_strategies stage on a hand-made scores/ tree: the contract files, and no test case read
+while choosing (the stage scores the chosen ensembles afterwards; the smoke pipeline tests that)."""
 
 from __future__ import annotations
 
@@ -55,8 +56,8 @@ def test_strategies_write_the_contract_files_and_reuse_predictions_without_readi
     monkeypatch.setattr(pd, "read_csv", lambda path, *a, **k: (read.append(str(path)), real_read_csv(path, *a, **k))[1])
     monkeypatch.setattr(Path, "read_text", lambda path, *a, **k: (read.append(str(path)), real_read_text(path, *a, **k))[1])
 
-    selection = stage.strategies(load_params(REPO / "params.yaml"), "polyp", "a", "double_batched", 0,
-                                 progress=False, root=tmp_path)
+    selection = stage.choose_and_predict(load_params(REPO / "params.yaml"), "polyp", "a", "double_batched", 0,
+                                         progress=False, root=tmp_path)
 
     relative = {str(Path(p).relative_to(tmp_path)) for p in read if p.startswith(str(tmp_path))}
     inputs = {p for p in relative if not p.startswith("predictions/")}  # predictions: copied, not read for selection
