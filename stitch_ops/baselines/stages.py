@@ -1,11 +1,11 @@
 """One typed function per DVC stage of the baselines; ``__main__`` is a thin shell over these.
 
 Each training stage trains (resumably), exports the portable model to
-``models/{pair}/{approach}/{trained_on}/fold_k/export`` and predicts both parties' test
-sets into ``predictions/{pair}/{approach}/{trained_on}/fold_k/test_{a,b}`` in the same
-process (starting Python with torch and nnU-Net costs seconds on a small machine); the
-evaluation stage (``python -m stitch_ops.evaluation``) then scores them like any model. The
-ensembles, which train nothing, score their predictions themselves.
+``models/{pair}/{approach}/{trained_on}/fold_k/export``, predicts both parties' test sets
+into ``predictions/{pair}/{approach}/{trained_on}/fold_k/test_{a,b}`` and scores them like
+any model (:func:`stitch_ops.evaluation.stages.evaluate`), all in the same process: starting
+Python with torch, nnU-Net and MONAI costs more than the scoring on a small machine. A
+finished training is not redone when the stage reruns (say, after a failed scoring).
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def train_finetuned(paths: PairPaths, party: str, fold: int, params: Params, *, 
 def finetune(pair: str, party: str, fold: int, params: Params, *, base_lr: float | None = None,
              root: Path = Path("."), progress: bool = True) -> Path:
     """``other→party``: the other party's basis model fine-tuned on ``party``'s data with
-    the warm-up schedule (``finetune`` params), then predicted on both test sets. The base
+    the warm-up schedule (``finetune`` params), then predicted on both test sets and scored. The base
     learning rate is ``base_lr`` if given, else ``finetune.base_lr`` (a number, or ``sweep``:
     the sweep's ``best.json``, :func:`~stitch_ops.baselines.lr.resolve_base_lr`); the rate
     and its source go to ``budget.json`` and the MLflow run."""
@@ -99,7 +99,8 @@ def finetune(pair: str, party: str, fold: int, params: Params, *, base_lr: float
     model = approaches.finetuned(party)
     lr, source = ResolvedLr(base_lr, LrSource.FIXED) if base_lr else resolve_base_lr(paths, party, fold, params)
     logger.info("fine-tuning %s fold %d with base learning rate %.3g (%s)", model.shorthand, fold, lr, source)
-    with _training_run(pair, model, fold, params, f"finetune@{pair}-{model.trained_on}-{fold}", root,
+    stage = f"finetune@{pair}-{model.trained_on}-{fold}"
+    with _training_run(pair, model, fold, params, stage, root,
                        {"finetune.base_lr": lr, "finetune.base_lr_source": source.value,
                         "finetune.epochs": settings.epochs,
                         "finetune.iterations_per_epoch": settings.iterations_per_epoch,
@@ -113,6 +114,7 @@ def finetune(pair: str, party: str, fold: int, params: Params, *, base_lr: float
                               base_lr=lr, base_lr_source=source.value, warmup_epochs=settings.warmup_epochs)
         predict_test_sets(paths, model, fold, params, progress=progress)
     _publish_curve(paths, model, fold)
+    _score(pair, model, fold, params, stage, root, progress)
     return exported
 
 
@@ -120,9 +122,8 @@ def ensemble(pair: str, fold: int, params: Params, *, finetuned_for: str | None 
              progress: bool = True) -> Path:
     """``a&b`` (``finetuned_for=None``): the two basis models' test predictions averaged;
     ``a&b→p``: party p's basis model with the other's model fine-tuned on p's data. Scored
-    like any model in the same process (a stage of its own cost more start-up than work)."""
+    like any model in the same process."""
     from stitch_ops.baselines.ensemble import ensemble_folders
-    from stitch_ops.evaluation.stages import evaluate
 
     paths = PairPaths(pair, root)
     local = approaches.Approach.LOCAL
@@ -139,12 +140,19 @@ def ensemble(pair: str, fold: int, params: Params, *, finetuned_for: str | None 
     for name in TEST_SETS:
         ensemble_folders([m / name for m in members], out / name, dataset_json, progress=progress)
     stage = f"ensemble@{pair}-{fold}" if finetuned_for is None else f"ensemble_finetuned@{pair}-{finetuned_for}-{fold}"
-    evaluate(pair, model.approach.value, model.trained_on, fold, params, stage=stage, root=root, progress=progress)
+    _score(pair, model, fold, params, stage, root, progress)
     return out
 
 
+def _score(pair: str, model: ModelId, fold: int, params: Params, stage: str, root: Path, progress: bool) -> None:
+    """Score the model's predictions and finish its MLflow run, as ``python -m stitch_ops.evaluation`` does."""
+    from stitch_ops.evaluation.stages import evaluate
+
+    evaluate(pair, model.approach.value, model.trained_on, fold, params, stage=stage, root=root, progress=progress)
+
+
 def merged(pair: str, fold: int, params: Params, *, root: Path = Path("."), progress: bool = True) -> Path:
-    """``a+b``: one nnU-Net on the pooled dataset (joint plans), then both test sets."""
+    """``a+b``: one nnU-Net on the pooled dataset (joint plans), then both test sets, scored."""
     from stitch_ops.baselines.merged import check_no_test_cases, merged_dataset_name
     from stitch_ops.config import NnUNetSchedule
     from stitch_ops.nnunet.train import TrainingRun, train_fold
@@ -160,7 +168,8 @@ def merged(pair: str, fold: int, params: Params, *, root: Path = Path("."), prog
                                  "iterations_per_epoch": settings.iterations_per_epoch})
     run = TrainingRun(name, preprocessed, paths.model_dir(model.approach, model.trained_on, fold), fold, schedule,
                       seed=params.seed)
-    with _training_run(pair, model, fold, params, f"merged@{pair}-{fold}", root,
+    stage = f"merged@{pair}-{fold}"
+    with _training_run(pair, model, fold, params, stage, root,
                        {"merged.epochs": settings.epochs,
                         "merged.iterations_per_epoch": settings.iterations_per_epoch},
                        {f"{pair}/a+b/train": preprocessed}) as live:
@@ -170,13 +179,14 @@ def merged(pair: str, fold: int, params: Params, *, root: Path = Path("."), prog
         write_training_budget(paths, model, fold, params, settings.epochs, settings.iterations_per_epoch)
         predict_test_sets(paths, model, fold, params, progress=progress)
     _publish_curve(paths, model, fold)
+    _score(pair, model, fold, params, stage, root, progress)
     return exported
 
 
 def federated(pair: str, fold: int, params: Params, *, root: Path = Path("."), progress: bool = True,
               fault: FaultInjection | None = None) -> Path:
     """``a‖b``: FedAvg with one Ray actor per party on its own data (joint plans), then
-    both test sets. Resumes after the last completed round; a changed configuration
+    both test sets, scored. Resumes after the last completed round; a changed configuration
     starts over. The live MLflow run gets one step per round (each party's curve and the
     global one); the same curve goes to ``training_log.csv`` next to the model."""
     from stitch_ops.baselines.plans import JOINT
@@ -186,7 +196,8 @@ def federated(pair: str, fold: int, params: Params, *, root: Path = Path("."), p
     model = approaches.federated()
     curve = PairPaths(pair, root).model_dir(model.approach, model.trained_on, fold) / TRAINING_LOG
     rows: dict[int, dict[str, float]] = {}
-    with _training_run(pair, model, fold, params, f"federated@{pair}-{fold}", root,
+    stage = f"federated@{pair}-{fold}"
+    with _training_run(pair, model, fold, params, stage, root,
                        {"federated.rounds": settings.rounds,
                         "federated.iterations_per_epoch": settings.iterations_per_epoch},
                        {f"{pair}/{p}/train": PairPaths(pair, root).preprocessed_root(p, plans_from=JOINT)
@@ -198,6 +209,7 @@ def federated(pair: str, fold: int, params: Params, *, root: Path = Path("."), p
 
         exported = _federated(pair, fold, params, root=root, progress=progress, fault=fault, on_round=on_round)
     _publish_curve(PairPaths(pair, root), model, fold)
+    _score(pair, model, fold, params, stage, root, progress)
     return exported
 
 

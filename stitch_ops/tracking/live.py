@@ -3,14 +3,14 @@
 A trained model (``pair``, ``approach``, ``trained_on``, ``fold``) has one MLflow run. The
 training stage opens it (:func:`model_run`) and logs its curves while it trains, one step
 per epoch (:meth:`LiveRun.log_epoch`); if the stage fails, the run is marked ``FAILED``.
-The evaluation stage, a later process, finds the newest run of the same model, adds the
-test metrics and artifacts and ends it (:func:`finish_model_run`), so the run's duration
-is training plus evaluation. Models that are not trained (the ensembles) get a run from
-their evaluation alone, which for most of them runs inside the stage that predicts them
-(``stitch_select``, ``stitch_reference``, ``stitch_strategies``, ``ensemble``).
+The evaluation (the basis models' ``evaluate`` stage; for every other model the end of the
+stage that trains or assembles it) finds the newest run of the same model, adds the test
+metrics and artifacts and ends it (:func:`finish_model_run`), so the run's duration is
+training plus evaluation. Models that are not trained (the ensembles) get a run from their
+evaluation alone.
 
 Single writer: at any time only the stage that owns the run writes to it (training, then
-evaluation; DVC runs them one after the other). Rerunning a stage opens a new run; the
+evaluation; one after the other). Rerunning a stage opens a new run; the
 earlier runs of the same model are deleted when the new one is finished, so the UI shows
 one run per model (a failed attempt stays visible until a later attempt succeeds).
 
