@@ -4,14 +4,13 @@
 - ``joint-plans``: plans from both parties' combined fingerprint, each party's data
   preprocessed with them, and the pooled dataset (federated, merged);
 - ``finetune``: ``b→a`` (``--trained-on b_to_a``): b's model fine-tuned on a's data, with warm-up;
-- ``ensemble``: ``a&b``, or ``a&b→a`` with ``--finetuned-for a``, scored right away;
+- ``ensemble``: ``a&b``, or ``a&b→a`` with ``--finetuned-for a``;
 - ``federated``: ``a‖b``, FedAvg with one Ray actor per party;
 - ``merged``: ``a+b``, one model on the pooled data;
 - ``sweep``: Ray Tune + Optuna search of the fine-tuning learning rate (validation data).
 
-Training commands also predict both parties' test sets; score them with
-``python -m stitch_ops.evaluation --approach <slug> --trained-on <slug>`` (``ensemble`` scores
-its own).
+Every command that makes a model also predicts both parties' test sets and scores them
+(``metrics/``, the model's MLflow run), as ``python -m stitch_ops.evaluation`` would.
 """
 
 from __future__ import annotations

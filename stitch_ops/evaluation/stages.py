@@ -1,4 +1,5 @@
-"""The evaluation stage of ``dvc.yaml`` as one typed function; ``__main__`` is a thin shell over it.
+"""The evaluation of one model as one typed function: the basis models' ``evaluate`` stage
+runs it through ``__main__`` (a thin shell), every other model's stage calls it at its end.
 
 :func:`evaluate` scores the predictions of (approach, trained-on, fold) on both parties'
 test sets (and the fold's validation cases when predicted), writes ``cases.csv`` +
