@@ -46,6 +46,9 @@ from _common import print_table, save_results  # noqa: E402
 # `stitch-ops repro` prefixes the lines of a pair's `dvc repro` process with "[pair] "
 STAGE_LINE = re.compile(r"^(?:\[(\w+)\] )?Running stage '([^']+)'")
 PHASE_LINE = re.compile(r"^stitch-ops repro: phase ")
+PROCESS_END = re.compile(r"^(?:\[(\w+)\] )?Use `dvc push`")
+"""DVC's last line after a `dvc repro` process ran stages: its last stage ends here, not at the
+end of the phase (when the process beside it may still be running)."""
 # top-level entries reported after the run, workspace first so that the DVC cache row
 # counts only what the cache adds (hard links are counted once, where first seen)
 DISK_ORDER = ("data", "models", "predictions", "scores", "metrics", "exports", "sweeps", "reports", "plots",
@@ -87,7 +90,7 @@ def repro_by_stage(command: list[str], cwd: Path, env: dict[str, str],
                    log: Path) -> tuple[list[StageTime], float]:
     """``command`` (`stitch-ops repro`), each output line time-stamped on arrival; returns the
     stages' wall times (from one ``Running stage`` line to the next of the same process, or
-    to the end of the phase) and the whole command's."""
+    to the end of that process or of the phase) and the whole command's."""
     start = time.monotonic()
     stages: list[StageTime] = []
     running: dict[str, tuple[str, float]] = {}  # per `dvc repro` process: the stage it runs, since when
@@ -108,6 +111,9 @@ def repro_by_stage(command: list[str], cwd: Path, env: dict[str, str],
             if PHASE_LINE.match(line) or line.startswith("Running stage"):  # every earlier process has ended
                 for name in [key for key in running if key]:
                     finish(name, now)
+            ended = PROCESS_END.match(line.strip())
+            if ended:
+                finish(ended.group(1) or "", now)
             match = STAGE_LINE.match(line.strip())
             if match:
                 finish(match.group(1) or "", now)
