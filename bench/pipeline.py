@@ -108,13 +108,14 @@ def repro_by_stage(command: list[str], cwd: Path, env: dict[str, str],
         for line in process.stdout:
             now = time.monotonic()
             out.write(f"[{now - start:9.1f}s] {line}")
+            text = line.strip()
             if PHASE_LINE.match(line) or line.startswith("Running stage"):  # every earlier process has ended
                 for name in [key for key in running if key]:
                     finish(name, now)
-            ended = PROCESS_END.match(line.strip())
-            if ended:
+            ended = PROCESS_END.match(text)
+            if ended:  # no such line (another DVC version): the stage runs to the end of the phase, as before
                 finish(ended.group(1) or "", now)
-            match = STAGE_LINE.match(line.strip())
+            match = STAGE_LINE.match(text)
             if match:
                 finish(match.group(1) or "", now)
                 running[match.group(1) or ""] = (match.group(2), now)
