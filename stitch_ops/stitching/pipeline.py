@@ -204,7 +204,7 @@ def train(params: Params, pair: str, c: str, method: str, fold: int, progress: b
 
     rows: list[dict[str, float]] = []
     with training_run(pair=pair, approach=APPROACH, trained_on=slug, fold=fold,
-                      dvc_stage=f"{_stage('stitch_train', finetuned)}@{pair}-{c}-{method}-{fold}",
+                      dvc_stage=f"{stage_name('stitch_train', finetuned)}@{pair}-{c}-{method}-{fold}",
                       profile=params.profile,
                       inputs=[DataInput(f"{pair}/{c}/train (unlabeled)", paths.preprocessed_root(c), "training")],
                       params={"method": method, "c": c, "finetuned": finetuned, "search": section.search,
@@ -333,7 +333,7 @@ def evaluated_positions(num_matches: int, max_positions: int | None) -> list[int
     return sorted({int(round(k)) for k in np.linspace(0, num_matches - 1, max_positions)})
 
 
-def _stage(name: str, finetuned: bool) -> str:
+def stage_name(name: str, finetuned: bool) -> str:
     """The DVC stage name: ``stitch_train`` or its ``a←[a]→b→a`` twin ``stitch_train_finetuned``."""
     return f"{name}_finetuned" if finetuned else name
 
@@ -368,7 +368,7 @@ def select(params: Params, pair: str, c: str, method: str, fold: int, progress: 
     tracking.configure(Path("."))
     experiment = tracking.experiment_name(pair)
     identity = {"pair": pair, "approach": APPROACH, "trained_on": slug, "fold": str(fold)}
-    stage = f"{_stage('stitch_select', finetuned)}@{pair}-{c}-{method}-{fold}"
+    stage = f"{stage_name('stitch_select', finetuned)}@{pair}-{c}-{method}-{fold}"
     parent = tracking.log_run(experiment=experiment, tags={**identity, "kind": "position_selection"},
                               params={"method": method, "c": c, "finetuned": finetuned,
                                       "selection": section.selection, "matches": len(network.matches),

@@ -48,7 +48,7 @@ def reference(params: Params, pair: str, c: str, fold: int, progress: bool = Tru
     from stitch_ops.evaluation.stages import evaluate
     from stitch_ops.nnunet.model import NnUNetModel, load_model
     from stitch_ops.stitching.ensemble import TwoModelEnsemble
-    from stitch_ops.stitching.pipeline import _stage, parent_dirs
+    from stitch_ops.stitching.pipeline import parent_dirs, stage_name
 
     paths = PairPaths(pair)
     folders = parent_dirs(paths, c, fold, finetuned)
@@ -63,7 +63,7 @@ def reference(params: Params, pair: str, c: str, fold: int, progress: bool = Tru
     with output_dir(out) as staging:
         _predict_sets(ensemble, paths, c, fold, staging, params.nnunet.device, progress)
     evaluate(pair, model.approach.value, model.trained_on, fold, params, progress=progress,
-             stage=f"{_stage('stitch_reference', finetuned)}@{pair}-{c}-{fold}")
+             stage=f"{stage_name('stitch_reference', finetuned)}@{pair}-{c}-{fold}")
     return out
 
 
@@ -100,10 +100,10 @@ def strategies(params: Params, pair: str, c: str, method: str, fold: int, progre
     separate process per strategy spent most of its time importing MONAI, torch and MLflow.
     Returns the ``selection.json`` record."""
     from stitch_ops.evaluation.stages import evaluate
-    from stitch_ops.stitching.pipeline import _stage
+    from stitch_ops.stitching.pipeline import stage_name
 
     selection = choose_and_predict(params, pair, c, method, fold, progress, finetuned, root)
-    stage = f"{_stage('stitch_strategies', finetuned)}@{pair}-{c}-{method}-{fold}"
+    stage = f"{stage_name('stitch_strategies', finetuned)}@{pair}-{c}-{method}-{fold}"
     for strategy in SELECTION_STRATEGIES[1:]:
         model = approaches.stitch_ensemble(c, method, finetuned, strategy)
         evaluate(pair, APPROACH.value, model.trained_on, fold, params, stage=stage, root=root, progress=progress)
