@@ -3,12 +3,14 @@
 Clones the repository (its committed HEAD) into a temporary folder, runs `make install`
 there (timed; `--venv` reuses an existing environment instead and skips it), then what
 `make run` runs: `dvc init` if the clone has no `.dvc`, `stitch-ops profile NAME` when
-`--profile` is given, and `stitch-ops repro --jobs N` (default: as `make run`, the two pairs side
-by side; 1: one plain `dvc repro`). Every line
-it prints is time-stamped as it arrives; a stage's wall time runs from its ``Running stage
-'...'`` line to the next one of the same `dvc repro` process (or the end of its phase), so it
-includes DVC's own work for the stage (hashing and caching its outputs). Stages that run side
-by side overlap: their shares then add up to more than the wall time.
+`--profile` is given, and `stitch-ops repro --jobs N` (default: as `make run`, two stages side
+by side; 1: one plain `dvc repro`). Every line it prints is time-stamped as it arrives. A stage
+run side by side takes what `stitch-ops repro` reports for its `dvc repro` process (its
+``[k/n] <stage> done in S s`` line): DVC's own work for the stage included (checking it,
+hashing and caching its outputs); one run by a plain `dvc repro` (``--jobs 1``, or what a
+failure left to the final one) runs from its ``Running stage '...'`` line to the next one (or
+the end). Stages that run side by side overlap: their shares then add up to more than the
+wall time.
 
 Printed: one row per stage (wall seconds, share of the total), the same summed per stage
 family (``train``, ``stitch_select``, ...), the total with the install, the CPU utilisation
@@ -43,12 +45,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from _common import print_table, save_results  # noqa: E402
 
-# `stitch-ops repro` prefixes the lines of a pair's `dvc repro` process with "[pair] "
-STAGE_LINE = re.compile(r"^(?:\[(\w+)\] )?Running stage '([^']+)'")
-PHASE_LINE = re.compile(r"^stitch-ops repro: phase ")
-PROCESS_END = re.compile(r"^(?:\[(\w+)\] )?Use `dvc push`")
-"""DVC's last line after a `dvc repro` process ran stages: its last stage ends here, not at the
-end of the phase (when the process beside it may still be running)."""
+# `stitch-ops repro` prefixes the lines of a stage's own `dvc repro` process with "[stage] "
+STAGE_LINE = re.compile(r"^(?:\[([^\]]+)\] )?Running stage '([^']+)'")
+SIDE_BY_SIDE_END = re.compile(r"^stitch-ops repro: \[\d+/\d+\] (\S+) (?:done|failed \(exit -?\d+\)) in ([\d.]+) s")
 # top-level entries reported after the run, workspace first so that the DVC cache row
 # counts only what the cache adds (hard links are counted once, where first seen)
 DISK_ORDER = ("data", "models", "predictions", "scores", "metrics", "exports", "sweeps", "reports", "plots",
@@ -89,16 +88,17 @@ def timed(command: list[str], cwd: Path, env: dict[str, str], log: Path) -> floa
 def repro_by_stage(command: list[str], cwd: Path, env: dict[str, str],
                    log: Path) -> tuple[list[StageTime], float]:
     """``command`` (`stitch-ops repro`), each output line time-stamped on arrival; returns the
-    stages' wall times (from one ``Running stage`` line to the next of the same process, or
-    to the end of that process or of the phase) and the whole command's."""
+    wall times of the stages that ran (see the module docstring) and the whole command's."""
     start = time.monotonic()
     stages: list[StageTime] = []
-    running: dict[str, tuple[str, float]] = {}  # per `dvc repro` process: the stage it runs, since when
+    side_by_side: set[str] = set()  # stages whose own `dvc repro` ran them (not just found them unchanged)
+    plain: tuple[str, float] | None = None  # the stage a plain `dvc repro` runs, since when
 
-    def finish(process: str, now: float) -> None:
-        if process in running:
-            name, since = running.pop(process)
-            stages.append(StageTime(name, now - since))
+    def finish_plain(now: float) -> None:
+        nonlocal plain
+        if plain:
+            stages.append(StageTime(plain[0], now - plain[1]))
+            plain = None
 
     with log.open("a") as out:
         out.write(f"$ {' '.join(command)}\n")
@@ -109,23 +109,21 @@ def repro_by_stage(command: list[str], cwd: Path, env: dict[str, str],
             now = time.monotonic()
             out.write(f"[{now - start:9.1f}s] {line}")
             text = line.strip()
-            if PHASE_LINE.match(line) or line.startswith("Running stage"):  # every earlier process has ended
-                for name in [key for key in running if key]:
-                    finish(name, now)
-            ended = PROCESS_END.match(text)
-            if ended:  # no such line (another DVC version): the stage runs to the end of the phase, as before
-                finish(ended.group(1) or "", now)
-            match = STAGE_LINE.match(text)
-            if match:
-                finish(match.group(1) or "", now)
-                running[match.group(1) or ""] = (match.group(2), now)
-                print(f"  {now - start:7.0f} s  {match.group(2)}", flush=True)
+            started, ended = STAGE_LINE.match(text), SIDE_BY_SIDE_END.match(text)
+            if started and started.group(1):
+                side_by_side.add(started.group(2))
+            elif started:
+                finish_plain(now)
+                plain = (started.group(2), now)
+            if started:
+                print(f"  {now - start:7.0f} s  {started.group(2)}", flush=True)
+            if ended and ended.group(1) in side_by_side:
+                stages.append(StageTime(ended.group(1), float(ended.group(2))))
         code = process.wait()
     end = time.monotonic()
     if code != 0:
         raise SystemExit(f"bench/pipeline.py: {' '.join(command)} exited {code}; see {log}")
-    for name in list(running):
-        finish(name, end)
+    finish_plain(end)
     return stages, end - start
 
 

@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Combine segmentation models trained on data that cannot be shared, by stitching "
                     "two nnU-Nets into an ensemble, and compare it with fine-tuning, ensembles, "
                     "federated learning and pooled data. The whole pipeline: `stitch-ops repro` (what `make "
-                    "run` runs: `dvc repro`, the two pairs side by side).")
+                    "run` runs: `dvc repro`, independent stages side by side).")
     parser.add_argument("--version", action="version", version=f"stitch_ops {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for task, summary in TASKS.items():  # task commands first: what people who share models run
@@ -78,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         commands.add_parser(stage, help=summary, add_help=False)
     commands.add_parser("profile", help="switch params.yaml to the smoke, quick or paper profile",
                         add_help=False)
-    commands.add_parser("repro", help="the whole pipeline: dvc repro, the two pairs side by side (what `make run` runs)",
+    commands.add_parser("repro", help="the whole pipeline: dvc repro, independent stages side by side (what `make run` runs)",
                         add_help=False)
     args, rest = one_line_usage_errors(parser).parse_known_args(argv)
     if args.command == "profile":

@@ -21,7 +21,7 @@ def test_top_level_help_lists_every_stage():
     assert result.returncode == 0
     shown = " ".join(result.stdout.split())  # argparse wraps long lines
     for stage, summary in {**STAGES, "profile": "switch params.yaml to the smoke, quick or paper profile",
-                           "repro": "the whole pipeline: dvc repro, the two pairs side by side (what `make run` runs)"}.items():
+                           "repro": "the whole pipeline: dvc repro, independent stages side by side (what `make run` runs)"}.items():
         assert f"{stage} {summary}" in shown, stage
 
 
@@ -45,7 +45,7 @@ HELP = [
     (["predict"], ["--model MODEL", "--input INPUT", "--out OUT", "--save-probabilities"]),
     (["bundle", "verify"], ["bundle", "--trust"]),
     (["profile"], ["{paper,quick,smoke}", "smoke: CI"]),
-    (["repro"], ["--jobs JOBS", "default 2: one per pair; 1 = one plain `dvc repro`", "--root ROOT"]),
+    (["repro"], ["--jobs JOBS", "default 2: one per core of a 2-core machine; 1 = one plain `dvc repro`", "--root ROOT"]),
     (["stitching", "train"], ["--pair PAIR", "--c {a,b}", "--method {double_batched,direct_matching}", "--fold {0,1,2,3,4}"]),
     (["stitching", "select"], ["--pair PAIR", "--c {a,b}", "--method {double_batched,direct_matching}", "--fold {0,1,2,3,4}"]),
     (["baselines"], ["transfer-plans", "joint-plans", "finetune", "ensemble", "federated", "merged", "sweep"]),

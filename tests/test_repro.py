@@ -1,5 +1,5 @@
-"""`stitch-ops repro`: which stages run side by side, and what a failed side-by-side process
-leaves to the final `dvc repro` (on two-stage DVC projects). The whole smoke pipeline runs
+"""`stitch-ops repro`: which stages it runs, in which order, side by side, and what a failed
+stage leaves to the final `dvc repro` (on small DVC projects). The whole smoke pipeline runs
 through it in tests/pipeline/test_dvc_pipeline.py (and a plain `dvc repro` afterwards does
 nothing)."""
 
@@ -14,47 +14,53 @@ from pathlib import Path
 
 import yaml
 
-from stitch_ops.repro import FINAL, Group, phases, pipeline_upstream, stage_pair
+from stitch_ops.repro import downstream, pipeline_upstream, ready_stages, waiting_chains
 from tests.helpers import REPO, pipeline_env
 
 PAIRS = ("polyp", "pelvis")
+UPSTREAM = {  # transitive, as pipeline_upstream gives it
+    "train@polyp-a-0": set(),
+    "score@polyp-a-0": {"train@polyp-a-0"},
+    "train@pelvis-a-0": set(),
+    "score@pelvis-a-0": {"train@pelvis-a-0"},
+    "select@pelvis-a-0": {"score@pelvis-a-0", "train@pelvis-a-0"},
+    # pools both pairs' scores
+    "report@pelvis": {"select@pelvis-a-0", "score@pelvis-a-0", "train@pelvis-a-0", "score@polyp-a-0",
+                      "train@polyp-a-0"},
+}
 
 
-def test_a_stage_belongs_to_the_pair_it_is_named_for():
-    assert stage_pair("train@polyp-a-0", PAIRS) == "polyp"
-    assert stage_pair("prepare@pelvis", PAIRS) == "pelvis"
-    assert stage_pair("report_index", PAIRS) == FINAL
-    assert stage_pair("train@other-a-0", PAIRS) == FINAL  # a pair params.yaml does not run
+def test_the_stage_with_the_longest_chain_waiting_on_it_goes_first():
+    chains = waiting_chains(UPSTREAM)
+    assert chains == {"train@pelvis-a-0": 4, "score@pelvis-a-0": 3, "select@pelvis-a-0": 2, "report@pelvis": 1,
+                      "train@polyp-a-0": 3, "score@polyp-a-0": 2}
+    assert ready_stages(set(UPSTREAM), set(), UPSTREAM, chains) == ["train@pelvis-a-0", "train@polyp-a-0"]
+    # once pelvis's chain is ahead, polyp's stage is the longest ready one
+    finished = {"train@pelvis-a-0", "train@polyp-a-0", "score@pelvis-a-0"}
+    assert ready_stages(set(UPSTREAM) - finished, finished, UPSTREAM, chains) == ["score@polyp-a-0",
+                                                                                  "select@pelvis-a-0"]
 
 
-def test_phases_run_pairs_apart_until_a_stage_reads_both():
-    upstream = {
-        "train@polyp-a-0": set(),
-        "score@polyp-a-0": {"train@polyp-a-0"},
-        "train@pelvis-a-0": set(),
-        # pools both pairs' scores: only once both pairs' first phase is done
-        "pool@polyp": {"score@polyp-a-0", "train@polyp-a-0", "train@pelvis-a-0"},
-        "report@polyp": {"pool@polyp", "score@polyp-a-0", "train@polyp-a-0", "train@pelvis-a-0"},
-        "report_index": {"report@polyp", "pool@polyp", "score@polyp-a-0", "train@polyp-a-0", "train@pelvis-a-0"},
-    }
-    assert phases(upstream, PAIRS) == [  # each group in dependency order
-        [Group("pelvis", ("train@pelvis-a-0",)), Group("polyp", ("train@polyp-a-0", "score@polyp-a-0"))],
-        [Group("polyp", ("pool@polyp", "report@polyp"))],
-    ]  # report_index is left to the final `dvc repro`
+def test_a_stage_waits_for_every_stage_it_needs_of_either_pair():
+    finished = set(UPSTREAM) - {"score@polyp-a-0", "report@pelvis"}
+    assert ready_stages({"score@polyp-a-0", "report@pelvis"}, finished, UPSTREAM,
+                        waiting_chains(UPSTREAM)) == ["score@polyp-a-0"]
+    assert downstream({"score@polyp-a-0"}, UPSTREAM) == {"report@pelvis"}
 
 
-def test_no_two_processes_of_a_phase_need_the_same_stage():
-    """On the real dvc.yaml: every stage a group needs ran in an earlier phase or comes
-    earlier in the group itself, so two side-by-side `dvc repro` never run one stage twice."""
+def test_on_the_real_pipeline_every_stage_becomes_ready_exactly_once():
+    """On the real dvc.yaml: run in ready order, two at a time, every stage starts once, after
+    every stage it needs, and the queue empties (no stage waits on one never run)."""
     upstream = pipeline_upstream(REPO)
-    done: set[str] = set()
-    for groups in phases(upstream, PAIRS):
-        for group in groups:
-            for position, stage in enumerate(group.stages):  # run one by one, in this order
-                assert upstream[stage] <= done | set(group.stages[:position]), stage
-        done |= {stage for group in groups for stage in group.stages}
-    assert set(upstream) - done == {"report_index"}
-    assert any(stage.startswith("stitch_strategies@") for stage in done)  # phase 2 takes the cross-pair stages
+    chains = waiting_chains(upstream)
+    finished: set[str] = set()
+    while len(finished) < len(upstream):
+        batch = ready_stages(set(upstream) - finished, finished, upstream, chains)[:2]
+        assert batch, set(upstream) - finished
+        for stage in batch:
+            assert upstream[stage] <= finished, stage
+        finished |= set(batch)
+    assert {"report_index", "stitch_strategies@polyp-a-direct_matching-0"} <= finished
 
 
 def test_repro_says_what_is_wrong(tmp_path: Path):
@@ -68,9 +74,12 @@ def test_repro_says_what_is_wrong(tmp_path: Path):
 
 
 def _two_pair_project(root: Path, polyp_step: str) -> Path:
-    """A DVC project of two stages, one per pair, beside this repository's params.yaml."""
+    """A DVC project beside this repository's params.yaml: one step per pair, and a stage that
+    pools both steps' outputs."""
     shutil.copy(REPO / "params.yaml", root / "params.yaml")  # pairs: polyp, pelvis
-    stages = {"step": {"foreach": list(PAIRS), "do": {"cmd": "python step.py ${item}", "outs": ["${item}.txt"]}}}
+    stages = {"step": {"foreach": list(PAIRS), "do": {"cmd": "python step.py ${item}", "outs": ["${item}.txt"]}},
+              "pool": {"cmd": "cat polyp.txt pelvis.txt > pool.txt", "deps": ["polyp.txt", "pelvis.txt"],
+                       "outs": ["pool.txt"]}}
     (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
     (root / "step.py").write_text(polyp_step)
     subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=root, check=True, env=pipeline_env())
@@ -84,7 +93,7 @@ def _repro(root: Path) -> subprocess.CompletedProcess:
 
 def test_a_stage_that_failed_beside_another_runs_again_one_at_a_time(tmp_path: Path):
     """polyp's step fails on its first try only (as a stage could if it lost a race to the
-    other pair's process): the final `dvc repro` runs it again and the run succeeds."""
+    stage beside it): the final `dvc repro` runs it again and the run succeeds."""
     root = _two_pair_project(tmp_path, textwrap.dedent("""
         import pathlib, sys
         pair = sys.argv[1]
@@ -95,12 +104,16 @@ def test_a_stage_that_failed_beside_another_runs_again_one_at_a_time(tmp_path: P
     """))
     result = _repro(root)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "[polyp] polyp: lost a race" in result.stdout  # the failed try is shown with its pair
-    assert "polyp's dvc repro (exit 255) failed; the stages left run one at a time now" in result.stdout
+    assert "[step@polyp] polyp: lost a race" in result.stdout  # the failed try is shown with its stage
+    assert "stage step@polyp failed (exit 255); the stages left run one at a time now" in result.stdout
     assert (root / "polyp.txt").read_text() == "polyp" and (root / "pelvis.txt").read_text() == "pelvis"
     status = subprocess.run(["dvc", "status", "--json"], cwd=root, capture_output=True, text=True, check=True,
                             env=pipeline_env())
-    assert json.loads(status.stdout) == {}  # both recorded in dvc.lock
+    assert json.loads(status.stdout) == {}  # all three recorded in dvc.lock
+    assert (root / "pool.txt").read_text() == "polyppelvis"
+    again = _repro(root)  # nothing changed: no stage process starts
+    assert again.returncode == 0 and "stitch-ops repro: 0 of 3 stages to run" in again.stdout
+    assert "[step@" not in again.stdout
 
 
 def test_a_stage_that_always_fails_fails_the_run_with_its_error(tmp_path: Path):
@@ -108,5 +121,6 @@ def test_a_stage_that_always_fails_fails_the_run_with_its_error(tmp_path: Path):
     result = _repro(root)
     assert result.returncode == 2
     assert "dvc repro exited 255" in result.stderr and "run `stitch-ops repro` again" in result.stderr
-    assert "[polyp] polyp: the input is broken" in result.stdout  # side by side, with its pair
+    assert "[step@polyp] polyp: the input is broken" in result.stdout  # side by side, with its stage
+    assert "[pool]" not in result.stdout  # it needs the failed steps: never started
     assert "polyp: the input is broken" in result.stderr  # again, from the final (plain) dvc repro
