@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## make run [PROFILE=smoke|quick|paper]: the whole pipeline of the active profile (dvc repro, the two pairs side by side)
+## make run [PROFILE=smoke|quick|paper]: the whole pipeline of the active profile (dvc repro, two stages side by side)
 run: $(STAMP)
 	test -d .dvc || $(BIN)/dvc init --quiet
 	$(if $(PROFILE),$(BIN)/stitch-ops profile $(PROFILE))

@@ -1,5 +1,5 @@
 """The README's main job on the smoke profile: what `make run` runs (`stitch-ops repro`: `dvc
-repro`, the two pairs side by side) end to end, on real nnU-Nets, a real MLflow store and real
+repro`, two stages side by side) end to end, on real nnU-Nets, a real MLflow store and real
 DVC stages; then a second, plain `dvc repro` that does nothing."""
 
 from __future__ import annotations
