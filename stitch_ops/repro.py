@@ -11,10 +11,10 @@ it depends on has finished (DVC holds its repository lock only between commands,
 Which stages run is asked of ``dvc status`` first: the stages it finds changed, and every
 stage downstream of one; a rerun with nothing changed starts no stage process. Of the ready
 stages, the one with the longest chain of stages waiting on it goes first, so the long pair's
-chain is never left for the end while a core idles (a queue is about 12 % shorter than one
-``dvc repro`` process per pair on ``quick``: the pelvis pair's stages took 23 minutes longer
-than polyp's). A final plain ``dvc repro`` runs whatever is left and checks that everything is
-up to date. ``--jobs 1`` is exactly ``dvc repro``.
+chain is never left for the end while a core idles (``quick`` from a fresh clone: 92.8 min with
+both cores busy to the end, against 112.2 min with one ``dvc repro`` per pair, when the pelvis
+pair's stages ran 23 minutes alone; ``bench/README.md``). A final plain ``dvc repro`` runs
+whatever is left and checks that everything is up to date. ``--jobs 1`` is exactly ``dvc repro``.
 
 If a stage fails, the stages that need it are not started, the others go on, and the final
 ``dvc repro`` runs every stage left one at a time: a stage that failed only because another
