@@ -35,7 +35,7 @@ def test_the_stage_with_the_longest_chain_waiting_on_it_goes_first():
     assert chains == {"train@pelvis-a-0": 4, "score@pelvis-a-0": 3, "select@pelvis-a-0": 2, "report@pelvis": 1,
                       "train@polyp-a-0": 3, "score@polyp-a-0": 2}
     assert ready_stages(set(UPSTREAM), set(), UPSTREAM, chains) == ["train@pelvis-a-0", "train@polyp-a-0"]
-    # once pelvis's chain is ahead, polyp's stage is the longest ready one
+    # once pelvis's chain is a stage ahead, the two ready stages tie (2 each): by name
     finished = {"train@pelvis-a-0", "train@polyp-a-0", "score@pelvis-a-0"}
     assert ready_stages(set(UPSTREAM) - finished, finished, UPSTREAM, chains) == ["score@polyp-a-0",
                                                                                   "select@pelvis-a-0"]
