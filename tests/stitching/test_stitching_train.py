@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,6 +22,7 @@ from stitch_ops.stitching import (
     sample_configuration,
     train_stitches,
 )
+from stitch_ops.config import ConfigError
 from stitch_ops.stitching.train import DEFAULT_MOMENT_FRACTION, PROBE_EPOCH, moment_sampler, plateau_reached
 
 
@@ -120,15 +122,59 @@ def test_least_squares_start_is_the_direct_matching_optimum(toy_pair):
     assert losses["least_squares"][-1] <= losses["default"][-1]
 
 
-def test_double_batched_starts_from_the_least_squares_fit(toy_pair):
+def test_init_least_squares_starts_double_batched_training_from_the_fit(toy_pair):
     network = StitchedNetwork.from_parents(toy_pair.spec_a, toy_pair.network_a, toy_pair.spec_b, toy_pair.network_b)
     fitted = copy.deepcopy(network)
     fit_stitches_least_squares(fitted, _batches(toy_pair.train_images)[:4])
     config = StitchTrainingConfig(StitchMethod.DOUBLE_BATCHED, epochs=1, iterations_per_epoch=1, batch_size=8, lr=1e-12,
-                                  weight_decay=0.0, init_batches=4)
+                                  weight_decay=0.0, init="least_squares", init_batches=4)
     train_stitches(network, _batches(toy_pair.train_images), config, progress=False)
     for trained, expected in zip(network.switches_a, fitted.switches_a):  # one step at lr ~ 0: still the fit
         assert torch.allclose(trained.stitch.layer.weight, expected.stitch.layer.weight, atol=1e-6)
+
+
+def test_default_stitches_are_the_papers_not_the_least_squares_fit(toy_pair):
+    """The paper's set-up is the default: the module's own initialisation, so training starts (and,
+    one step at lr ~ 0 later, still is) far from the least-squares optimum."""
+    assert StitchTrainingConfig().init == "default"
+    network = StitchedNetwork.from_parents(toy_pair.spec_a, toy_pair.network_a, toy_pair.spec_b, toy_pair.network_b)
+    fitted = copy.deepcopy(network)
+    fit_stitches_least_squares(fitted, _batches(toy_pair.train_images)[:4])
+    config = StitchTrainingConfig(StitchMethod.DOUBLE_BATCHED, epochs=1, iterations_per_epoch=1, batch_size=8, lr=1e-12,
+                                  weight_decay=0.0)
+    train_stitches(network, _batches(toy_pair.train_images), config, progress=False)
+    for trained, optimum in zip(network.switches_a, fitted.switches_a):
+        weight, target = trained.stitch.layer.weight, optimum.stitch.layer.weight
+        assert torch.linalg.norm(weight - target) > 0.1 * torch.linalg.norm(target)
+
+
+def test_epochs_may_be_given_per_method():
+    per_method = {"double_batched": 8, "direct_matching": 12}
+    for method, epochs in per_method.items():
+        assert StitchTrainingConfig.from_dict({"epochs": per_method, "method": method}).epochs == epochs
+    assert StitchTrainingConfig.from_dict({"epochs": per_method}).epochs == 8  # the default method's
+    assert StitchTrainingConfig.from_dict({"epochs": 5, "method": "direct_matching"}).epochs == 5
+    with pytest.raises(ConfigError, match="must give the epochs of each method"):
+        StitchTrainingConfig.from_dict({"epochs": {"double_batched": 8}})
+
+
+@pytest.mark.parametrize("profile", ["smoke", "quick", "paper"])
+def test_every_profile_trains_stitches_as_the_paper(profile):
+    """Default init, no stop on a plateau (fixed epochs), direct matching longer than double-batched,
+    every position scored."""
+    import yaml
+    from importlib import resources
+
+    from stitch_ops.stitching.pipeline import StitchingParams
+
+    overlay = yaml.safe_load(resources.files("stitch_ops.profiles").joinpath(f"{profile}.yaml").read_text())
+    params = yaml.safe_load((Path(__file__).parents[2] / "params.yaml").read_text())["stitching"]
+    section = StitchingParams(**{**params, **overlay["stitching"], "training": {**params["training"],
+                                                                             **overlay["stitching"]["training"]}})
+    configs = {method: section.training_config(method, 0) for method in StitchMethod}
+    assert all(config.init == "default" for config in configs.values())
+    assert configs[StitchMethod.DIRECT_MATCHING].epochs > configs[StitchMethod.DOUBLE_BATCHED].epochs
+    assert section.max_positions is None
 
 
 @pytest.mark.parametrize("losses, reached", [([1.0], False), ([1.0, 0.5], False), ([1.0, 0.995], True),
