@@ -30,21 +30,11 @@ class Segmenter:
     """nnU-Net's predictor around an exported model, on in-memory images."""
 
     def __init__(self, folder: Path, device: str = "cpu"):
-        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
         from stitch_ops.nnunet.env import resolve_device
+        from stitch_ops.nnunet.predict import predictor_for
 
         model = load_exported(folder)
-        torch_device = resolve_device(device)
-        plans_manager = PlansManager(model.plans)
-        configuration = plans_manager.get_configuration(model.configuration)
-        self.predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
-                                         perform_everything_on_device=torch_device.type == "cuda",
-                                         device=torch_device, verbose=False, allow_tqdm=False)
-        network = model.network.to(torch_device).eval()
-        self.predictor.manual_initialization(network, plans_manager, configuration, [network.state_dict()],
-                                             model.dataset_json, model.description, model.mirroring_axes)
+        self.predictor = predictor_for(model, resolve_device(device), mirroring=False)
         self.channels = model.num_input_channels
 
     def segment(self, images: np.ndarray, spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> np.ndarray:

@@ -185,3 +185,30 @@ def test_stitch_ensemble_at_the_first_match_by_hand(two_different_parents):
         stitched_b = ensemble.switch_b(b_0, a_0).map
         torch.testing.assert_close(stitched_a, by_hand_a, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(stitched_b, by_hand_b, atol=1e-5, rtol=1e-5)
+
+
+class _NearTie(torch.nn.Module):
+    """An ensemble's output where the two classes' averaged probabilities differ by 2e-4: the
+    pixels a stitch moves are like this."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probabilities = torch.tensor([0.5 - 1e-4, 0.5 + 1e-4]).view(1, 2, *([1] * (x.ndim - 2)))
+        return torch.log(probabilities).expand(x.shape[0], 2, *x.shape[2:]).clone()
+
+
+def test_ensembles_accumulate_in_float32_so_near_ties_keep_their_class(two_copies_of_a):
+    """The pipeline's predictor keeps class 1 everywhere; nnU-Net's own half-precision
+    accumulator rounds the two classes to a tie in many pixels and hands them to background."""
+    from stitch_ops.nnunet.model import NnUNetModel
+    from stitch_ops.nnunet.predict import predictor_for
+
+    spec = two_copies_of_a[0]
+    image = np.zeros((1, 1, 48, 40), dtype=np.float32)
+    model = NnUNetModel(_NearTie(), dict(spec.plans), dict(spec.dataset_json), spec.configuration)
+    predictor = predictor_for(model, torch.device("cpu"), mirroring=False)
+    logits = predictor.predict_logits_from_preprocessed_data(torch.from_numpy(image))
+    assert logits.dtype == torch.float32 and logits.shape == (2, 1, 48, 40)
+    assert (logits.argmax(0) == 1).all()
+    assert (predictor.predict_single_npy_array(image, {"spacing": [999.0, 1.0, 1.0]}, None, None, False) == 1).all()
+    half_precision, _ = _predict(spec, _NearTie(), image)
+    assert (half_precision == 0).mean() > 0.1, (half_precision == 0).mean()  # 0.22 here
