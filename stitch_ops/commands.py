@@ -34,7 +34,7 @@ def _with_task_options(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
 
 
 def stitch_parser() -> argparse.ArgumentParser:
-    from stitch_ops.stitching.task import RULE_OF_THUMB_POSITION, quick_schedule
+    from stitch_ops.stitching.task import quick_schedule
 
     quick = quick_schedule()
     parser = argparse.ArgumentParser(
@@ -48,7 +48,7 @@ def stitch_parser() -> argparse.ArgumentParser:
                         help="your images, nnU-Net naming {case}_0000.png|.nii.gz (labels never read)")
     parser.add_argument("--labels", type=Path,
                         help="labels {case}.png|.nii.gz for some of the images: positions are scored on them "
-                             f"(strategy 1); without, the rule-of-thumb position {RULE_OF_THUMB_POSITION} is used")
+                             "(strategy 1); without, the rule-of-thumb position is used (--rule-of-thumb)")
     parser.add_argument("--out", type=Path, required=True, help="output folder (resumable)")
     parser.add_argument("--method", choices=[m.value for m in StitchMethod], default=StitchMethod.DOUBLE_BATCHED.value)
     parser.add_argument("--epochs", type=int, default=quick.get("epochs", 2))
@@ -57,6 +57,10 @@ def stitch_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=quick.get("lr", 1e-3))
     parser.add_argument("--max-positions", type=int, default=quick.get("max_positions", 6),
                         help="positions scored with --labels, evenly spread (default: %(default)s)")
+    parser.add_argument("--rule-of-thumb", type=Path, metavar="SELECTION_JSON",
+                        help="without --labels: take strategy 3's position (matches after the last skip "
+                             "concatenation) from a pipeline run's metrics/<pair>/stitch/<slug>/fold_0/selection.json "
+                             "(default: the one this package ships, measured on the quick profile)")
     parser.add_argument("--own-fold", type=_fold, help="the fold of a multi-fold own model")
     parser.add_argument("--other-fold", type=_fold, help="the fold of a multi-fold other model")
     parser.add_argument("--seed", type=int, default=0)
@@ -71,7 +75,7 @@ def stitch_main(argv: Sequence[str] | None = None) -> int:
     task = StitchTask(own=args.own, other=args.other, images=args.images, out=args.out, labels=args.labels,
                       method=args.method, epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch,
                       batch_size=args.batch_size, lr=args.lr, max_positions=args.max_positions,
-                      own_fold=args.own_fold, other_fold=args.other_fold, seed=args.seed, device=args.device,
+                      rule_of_thumb=args.rule_of_thumb, own_fold=args.own_fold, other_fold=args.other_fold, seed=args.seed, device=args.device,
                       trust=args.trust)
     return report_errors("stitch-ops stitch", lambda: print(format_summary(run(task, progress=args.progress))),
                          debug=args.debug)

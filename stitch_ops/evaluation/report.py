@@ -208,7 +208,8 @@ def _selection_table(results: PairResults) -> pd.DataFrame:
     rows = []
     for row in results.selections.itertuples():
         rows.append({"stitch-ensemble": row.label, "fold": row.fold, "strategy": row.strategy, "k": row.k,
-                     "relative position": row.relative_position, "note": row.note})
+                     "relative position": row.relative_position,
+                     "matches after the last skip": row.from_last_merge, "note": row.note})
     positions = results.positions
     if "selected" in positions.columns:  # the stage's own selection, when no selection.json exists
         chosen = positions[positions["selected"].astype(str).str.lower() == "true"]
@@ -216,7 +217,8 @@ def _selection_table(results: PairResults) -> pd.DataFrame:
             if not ((results.selections["slug"] == row.slug) & (results.selections["fold"] == row.fold)).any():
                 rows.append({"stitch-ensemble": row.label, "fold": row.fold,
                              "strategy": "current_fold (positions.csv)", "k": row.k,
-                             "relative position": getattr(row, "relative_position", None), "note": ""})
+                             "relative position": getattr(row, "relative_position", None),
+                             "matches after the last skip": getattr(row, "from_last_merge", None), "note": ""})
     return pd.DataFrame(rows)
 
 

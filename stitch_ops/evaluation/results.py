@@ -64,7 +64,8 @@ class PairResults:
             ``base_lr`` and ``base_lr_source`` (``fixed``/``sweep``/``rule``; ``None`` elsewhere).
         positions: every ``positions.csv`` row plus ``slug, c, method, label, fold``.
         no_stitch: ``slug, c, method, label, fold, dice, hd95`` of the no-stitch reference.
-        selections: ``slug, c, method, label, fold, strategy, k, relative_position, note``.
+        selections: ``slug, c, method, label, fold, strategy, k, relative_position,
+            from_last_merge, note`` (``from_last_merge``: k minus the last skip concatenation's k).
         rq1: every ``rq1.csv`` row plus ``c, fold``.
         hd95_unit: ``"mm"`` (NIfTI volumes), ``"px"`` (2-D frames) or ``"units of the data"``.
         train_cases: number of cross-validation cases per party, when the raw datasets exist.
@@ -263,11 +264,13 @@ def _positions(root: Path, problems: list[str]) -> tuple[pd.DataFrame, pd.DataFr
                 if isinstance(chosen, dict):
                     selections.append({**identity, "strategy": strategy, "k": chosen.get("k"),
                                        "relative_position": chosen.get("relative_position"),
+                                       "from_last_merge": chosen.get("from_last_merge"),
                                        "note": chosen.get("note", "")})
     identity_columns = ["slug", "c", "method", "label", "fold"]
     return (pd.concat(positions, ignore_index=True) if positions else pd.DataFrame(columns=identity_columns),
             pd.DataFrame(references, columns=[*identity_columns, "dice", "hd95"]),
-            pd.DataFrame(selections, columns=[*identity_columns, "strategy", "k", "relative_position", "note"]))
+            pd.DataFrame(selections, columns=[*identity_columns, "strategy", "k", "relative_position",
+                                              "from_last_merge", "note"]))
 
 
 def _rq1(root: Path, problems: list[str]) -> pd.DataFrame:

@@ -1,6 +1,13 @@
 """Networks as graphs: tracing to a DAG of feature maps, and matching the layers of two networks."""
 
-from stitch_ops.graph.matching import Match, MatchingConfig, combined_graph_is_acyclic, match_networks, match_nodes
+from stitch_ops.graph.matching import (
+    Match,
+    MatchingConfig,
+    combined_graph_is_acyclic,
+    last_merge_match,
+    match_networks,
+    match_nodes,
+)
 from stitch_ops.graph.trace import GraphNode, NetworkGraph, make_out_of_place, trace_network
 
 __all__ = [
@@ -9,6 +16,7 @@ __all__ = [
     "MatchingConfig",
     "NetworkGraph",
     "combined_graph_is_acyclic",
+    "last_merge_match",
     "make_out_of_place",
     "match_networks",
     "match_nodes",

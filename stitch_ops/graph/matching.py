@@ -40,7 +40,7 @@ import numpy as np
 
 from stitch_ops.graph.trace import GraphNode, NetworkGraph
 
-__all__ = ["Match", "MatchingConfig", "combined_graph_is_acyclic", "match_networks", "match_nodes"]
+__all__ = ["Match", "MatchingConfig", "combined_graph_is_acyclic", "last_merge_match", "match_networks", "match_nodes"]
 
 
 @dataclass(frozen=True)
@@ -112,6 +112,23 @@ def match_nodes(nodes_a: Sequence[GraphNode], nodes_b: Sequence[GraphNode], conf
         )
         for i, j in pairs
     ]
+
+
+def last_merge_match(graph_a: NetworkGraph, matches: Sequence[Match]) -> int:
+    """The k of the first match at or after A's last merge of parallel branches.
+
+    A *merge* is a feature map with more than one input (a U-Net skip concatenation, a
+    residual addition). Matches before the last merge carry a stitch whose output the
+    network later combines with its own earlier features (in a U-Net, the encoder's skip
+    bypasses the stitch); from it on, every feature map lies on the one path to the output.
+    Positions measured from this landmark (``k - last_merge_match``) mean the same place in
+    networks of different depths, unlike ``k / len(matches)``. ``len(matches)`` when no
+    match follows the last merge; 0 when A has no merge.
+    """
+    merges = [node.index for node in graph_a.feature_maps() if node.in_degree > 1]
+    if not merges:
+        return 0
+    return next((k for k, match in enumerate(matches) if match.index_a >= merges[-1]), len(matches))
 
 
 def combined_graph_is_acyclic(nodes_a: Sequence[GraphNode], nodes_b: Sequence[GraphNode], matches: Sequence[Match]) -> bool:

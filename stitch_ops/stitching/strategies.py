@@ -10,7 +10,8 @@ it at equal preprocessing.
 cases (the ``scores/`` tree that ``select`` writes), apply selection strategies 1, 2 and 3
 (:mod:`stitch_ops.evaluation.selection`) to one network at one fold and write, per the
 contract in docs/ARCHITECTURE.md, ``metrics/{pair}/stitch/{slug}/fold_k/``:
-``positions.csv`` (the scored positions with one ``selected*`` column per strategy),
+``positions.csv`` (the scored positions with one ``selected*`` column per strategy; strategy 3
+pools positions by ``from_last_merge``, their place relative to the last skip concatenation),
 ``no_stitch.json`` (the reference's validation means) and ``selection.json``. The
 stitch-ensembles chosen by strategies 2 and 3 are predicted on both test sets (slugs
 ``{slug}_all_folds`` and ``{slug}_rule_of_thumb``) and scored like any model, in the same
@@ -115,14 +116,15 @@ def choose_and_predict(params: Params, pair: str, c: str, method: str, fold: int
     """Apply strategies 1-3 to one stitch network at ``fold`` (reading validation means only);
     write the metrics files and the predictions of the strategies' stitch-ensembles. Returns
     the ``selection.json`` record."""
-    from stitch_ops.evaluation.selection import select_strategies
+    from stitch_ops.evaluation.selection import STRUCTURAL, select_strategies
 
     paths = PairPaths(pair, root)
     slug = approaches.stitch_ensemble(c, method, finetuned).trained_on
-    selection = select_strategies(read_scores(root), (pair, slug), fold)
+    selection = select_strategies(read_scores(root), (pair, slug), fold, coordinate=STRUCTURAL)
     for strategy, choice in selection.items():
-        logger.info("%s %s fold %d, %s: k=%d (relative position %.3f)%s", pair, slug, fold, strategy,
-                    choice["k"], choice["relative_position"], f" - {choice['note']}" if "note" in choice else "")
+        logger.info("%s %s fold %d, %s: k=%d (relative position %.3f, %+d matches from the last skip)%s", pair,
+                    slug, fold, strategy, choice["k"], choice["relative_position"], choice[STRUCTURAL],
+                    f" - {choice['note']}" if "note" in choice else "")
 
     positions = pd.read_csv(paths.scores(APPROACH, slug, fold) / "positions.csv")
     positions["selected"] = positions["k"] == selection[SELECTION_STRATEGIES[0]]["k"]

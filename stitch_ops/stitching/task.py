@@ -11,8 +11,9 @@ images, unlabeled. Nothing but the received model crosses the institution's boun
    (labels never read; :func:`~stitch_ops.stitching.pipeline.train_stitch_network`);
 4. with ``labels``: the stitch-ensemble at evenly spread positions k, own, other and the
    plain ensemble are scored on the labeled images and k is selected by strategy 1 (lowest
-   mean rank of Dice and HD95); without: the rule-of-thumb position (strategy 3,
-   :data:`RULE_OF_THUMB_POSITION`) is used, and the summary says so;
+   mean rank of Dice and HD95); without: the rule-of-thumb position (strategy 3: a number of
+   matches after the last skip concatenation, as a pipeline measured it,
+   :func:`~stitch_ops.evaluation.selection.read_rule_of_thumb`) is used, and the summary says so;
 5. the chosen stitch-ensemble is exported as a verified MONAI bundle (folder and zip).
 
 Every step writes its output whole or not at all; a rerun with the same settings resumes
@@ -39,17 +40,9 @@ from stitch_ops.errors import InputFileError, UserError
 from stitch_ops.nnunet.model import NnUNetModel
 from stitch_ops.outputs import output_file, read_json, write_json, write_table
 
-__all__ = ["RULE_OF_THUMB_POSITION", "StitchTask", "check_compatible", "quick_schedule", "run"]
+__all__ = ["StitchTask", "check_compatible", "quick_schedule", "run"]
 
 logger = logging.getLogger(__name__)
-
-RULE_OF_THUMB_POSITION = 0.8
-"""Selection strategy 3 until the pipeline measures it: the stitch at 80 % of the matches.
-
-The paper finds positions in its first ~20 of ~65 change little, the best tend to lie at
-indices 50-65 and the last is worst, so 0.8 sits inside the good range and away from the
-end. Replaced by the measured overall best position once the pipeline's strategy-3
-results exist."""
 
 MAX_SCALE_RATIO = math.sqrt(2.0)
 """Two layers share a scale if their physical voxel sizes (spacing x downsampling) differ
@@ -75,6 +68,7 @@ class StitchTask:
     batch_size: int = 4
     lr: float = 1e-3
     max_positions: int | None = 6
+    rule_of_thumb: Path | None = None
     own_fold: int | str | None = None
     other_fold: int | str | None = None
     seed: int = 0
@@ -87,12 +81,18 @@ class StitchTask:
 
 
 def quick_schedule() -> dict[str, Any]:
-    """The stitch schedule of the quick profile (``stitch_ops/profiles/quick.yaml``)."""
+    """The stitch schedule of the quick profile (``stitch_ops/profiles/quick.yaml``), with the
+    double-batched method's epochs."""
     import yaml
+
+    from stitch_ops.stitching.train import epochs_of
 
     profile = yaml.safe_load((Path(__file__).parents[1] / "profiles" / "quick.yaml").read_text())
     section = profile.get("stitching", {})
-    return {"max_positions": section.get("max_positions", 6), **section.get("training", {})}
+    schedule = {"max_positions": section.get("max_positions", 6), **section.get("training", {})}
+    if "epochs" in schedule:
+        schedule["epochs"] = epochs_of(schedule["epochs"], StitchMethod.DOUBLE_BATCHED)
+    return schedule
 
 
 def _open(source: Path, fold: int | str | None, role: str, trust: bool) -> NnUNetModel:
@@ -319,9 +319,16 @@ def run(task: StitchTask, progress: bool = True) -> dict[str, Any]:
         summary["validation"] = {name: {"dice": d, "hd95": h} for name, (d, h) in baselines.items()}
         summary["validation"]["stitch-ensemble"] = {"dice": float(chosen["dice"]), "hd95": float(chosen["hd95"])}
     else:
-        k = min(num_matches - 1, int(round(RULE_OF_THUMB_POSITION * (num_matches - 1))))
-        summary["selection"] = (f"strategy 3 (no --labels): the rule-of-thumb position {RULE_OF_THUMB_POSITION} "
-                                f"of the matches, not validated on your data")
+        from stitch_ops.evaluation.selection import read_rule_of_thumb
+        from stitch_ops.graph.matching import last_merge_match
+
+        rule = read_rule_of_thumb(task.rule_of_thumb)
+        summary["last_merge"] = last_merge_match(network.graph_a, network.matches)
+        k = rule.position(num_matches, summary["last_merge"])
+        summary["from_last_merge"] = k - summary["last_merge"]
+        summary["selection"] = (f"strategy 3 (no --labels): the rule-of-thumb position, {rule.from_last_merge:+d} "
+                                f"matches from the last skip concatenation, not validated on your data "
+                                f"(measured on: {rule.source})")
         summary["positions_scored"] = 0
     summary["k"] = k
     summary["relative_position"] = k / num_matches

@@ -129,8 +129,22 @@ def test_stitch_scores_positions_exports_and_resumes(institution_a: Institution,
     shutil.copytree(tmp_path / "out" / "work", tmp_path / "unlabeled" / "work")
     status, out, _ = stitch(capsys, *[a if a != str(tmp_path / "out") else str(tmp_path / "unlabeled")
                                       for a in argv if a not in (str(raw / "labelsTr"), "--labels")])
-    assert status == 0 and "strategy 3 (no --labels): the rule-of-thumb position 0.8" in out
+    assert status == 0 and "strategy 3 (no --labels): the rule-of-thumb position, +4 matches from the last skip" in out
     assert "positions scored: 0" in out
+    unlabeled = json.loads((tmp_path / "unlabeled" / "summary.json").read_text())
+    assert unlabeled["from_last_merge"] == min(4, unlabeled["matches"] - 1 - unlabeled["last_merge"])
+
+    # ... or the rule of thumb a pipeline run measured (its stitch_strategies selection.json)
+    selection = tmp_path / "selection.json"
+    selection.write_text(json.dumps({"rule_of_thumb": {"k": 3, "coordinate": "from_last_merge",
+                                                       "pooled_position": -1, "pooled_tables": 6}}))
+    shutil.copytree(tmp_path / "out" / "work", tmp_path / "measured" / "work")
+    status, out, _ = stitch(capsys, *[a if a != str(tmp_path / "out") else str(tmp_path / "measured")
+                                      for a in argv if a not in (str(raw / "labelsTr"), "--labels")],
+                            "--rule-of-thumb", str(selection))
+    measured = json.loads((tmp_path / "measured" / "summary.json").read_text())
+    assert status == 0 and f"{selection} (pooled over 6 scored networks)" in out
+    assert measured["from_last_merge"] == -1 and measured["k"] == measured["last_merge"] - 1
 
     predicted = tmp_path / "seg"
     assert cli_main(["predict", "--model", str(tmp_path / "out" / "bundle.zip"), "--input",

@@ -70,7 +70,8 @@ def test_the_three_strategies_give_the_worked_out_positions():
     assert x["current_fold"] == {"k": 5, "relative_position": 0.5}
     assert x["all_folds"]["k"] == 9 and x["all_folds"]["folds"] == [0, 1]
     assert x["all_folds"]["equals_current_fold"] is False and "note" not in x["all_folds"]
-    assert x["rule_of_thumb"]["k"] == 9 and x["rule_of_thumb"]["pooled_relative_position"] == pytest.approx(0.9)
+    assert x["rule_of_thumb"]["k"] == 9 and x["rule_of_thumb"]["pooled_position"] == pytest.approx(0.9)
+    assert x["rule_of_thumb"]["coordinate"] == "relative_position"
     assert x["rule_of_thumb"]["pooled_tables"] == 4
     assert select_strategies(strategy_tables(), ("p", "x"), fold=1)["current_fold"]["k"] == 9
 
@@ -99,3 +100,45 @@ def test_rule_of_thumb_scores_every_candidate_and_picks_the_nearest_scored_posit
         rule_of_thumb(strategy_tables().drop(columns="relative_position"), ["pair", "slug", "fold"])
     with pytest.raises(ValueError, match="rule_of_thumb pools"):
         select_position(strategy_tables(), "rule_of_thumb")
+
+
+def test_structural_rule_of_thumb_finds_the_same_layer_in_networks_of_different_depth():
+    """X has 10 matches and its last skip concatenation at k=6, Y 20 and k=17: both are best two
+    matches after it (k=8, k=19). As shares of the matches these are 0.8 and 0.95: no one share
+    hits both; measured from the last merge, one value does."""
+    from stitch_ops.evaluation.selection import STRUCTURAL, select_strategies
+
+    def network(pair, slug, matches, landmark, best, scored):
+        return [(pair, slug, 0, k, matches, landmark, 0.9 if k == best else 0.5 + 0.01 * k,
+                 2.0 if k == best else 9.0 - 0.1 * k) for k in scored]
+
+    rows = network("p", "x", 10, 6, 8, (0, 3, 6, 7, 8, 9)) + network("q", "y", 20, 17, 19, (0, 8, 16, 17, 18, 19))
+    table = pd.DataFrame(rows, columns=["pair", "slug", "fold", "k", "matches", "landmark", "dice", "hd95"])
+    table["relative_position"] = table["k"] / table["matches"]
+    table[STRUCTURAL] = table["k"] - table["landmark"]
+    structural = [select_strategies(table, network, 0, coordinate=STRUCTURAL)["rule_of_thumb"]
+                  for network in (("p", "x"), ("q", "y"))]
+    assert [choice["k"] for choice in structural] == [8, 19]
+    assert all(choice["pooled_position"] == 2 and choice["from_last_merge"] == 2 for choice in structural)
+    relative = [select_strategies(table, network, 0)["rule_of_thumb"]["k"] for network in (("p", "x"), ("q", "y"))]
+    assert relative != [8, 19]
+
+
+def test_the_rule_of_thumb_comes_from_a_pipelines_selection_or_the_packaged_file(tmp_path):
+    import json
+
+    from stitch_ops.evaluation.selection import STRUCTURAL, read_rule_of_thumb, select_strategies
+
+    table = strategy_tables().assign(**{STRUCTURAL: lambda t: t["k"] - t["matches"] + 1})
+    selection = select_strategies(table, ("p", "x"), 0, coordinate=STRUCTURAL)
+    (tmp_path / "selection.json").write_text(json.dumps(selection))
+    rule = read_rule_of_thumb(tmp_path / "selection.json")
+    assert rule.from_last_merge == selection["rule_of_thumb"]["pooled_position"]
+    assert str(tmp_path) in rule.source and "4 scored networks" in rule.source
+    assert rule.position(num_matches=63, last_merge=55) == 55 + rule.from_last_merge
+    assert rule.position(num_matches=10, last_merge=20) == 9 and rule.position(10, -20) == 0  # clipped
+    packaged = read_rule_of_thumb()
+    assert isinstance(packaged.from_last_merge, int) and packaged.source
+    (tmp_path / "old.json").write_text(json.dumps(select_strategies(table, ("p", "x"), 0)))
+    with pytest.raises(ValueError, match="no rule of thumb measured from the last skip"):
+        read_rule_of_thumb(tmp_path / "old.json")

@@ -18,15 +18,18 @@ SLUG = "via_a_double_batched"
 
 
 def scores_tree(root: Path) -> None:
-    """One network of 8 matches at fold 0 (k=4 is best on both metrics) and an unrelated one."""
+    """One network of 8 matches at fold 0 (k=4 is best on both metrics), its last skip concatenation
+    at k=5, and an unrelated one (20 matches, last skip at k=14, k=10 best)."""
     folder = root / "scores" / "polyp" / "stitch" / SLUG / "fold_0"
     folder.mkdir(parents=True)
     table = pd.DataFrame({"k": [0, 4, 7], "dice": [0.6, 0.9, 0.7], "hd95": [8.0, 2.0, 5.0]})
-    table.assign(relative_position=table["k"] / 8, matches=8).to_csv(folder / "positions.csv", index=False)
+    table.assign(relative_position=table["k"] / 8, from_last_merge=table["k"] - 5, matches=8).to_csv(
+        folder / "positions.csv", index=False)
     other = root / "scores" / "pelvis" / "stitch" / SLUG / "fold_0"
     other.mkdir(parents=True)
     table = pd.DataFrame({"k": [0, 10, 19], "dice": [0.5, 0.8, 0.7], "hd95": [9.0, 3.0, 4.0]})
-    table.assign(relative_position=table["k"] / 20, matches=20).to_csv(other / "positions.csv", index=False)
+    table.assign(relative_position=table["k"] / 20, from_last_merge=table["k"] - 14, matches=20).to_csv(
+        other / "positions.csv", index=False)
     reference = root / "metrics" / "polyp" / "stitch" / "no_stitch_via_a" / "fold_0"
     reference.mkdir(parents=True)
     (reference / "summary.json").write_text(json.dumps({"val_a/dice_mean": 0.75, "val_a/hd95_mean": 4.5,
@@ -66,10 +69,12 @@ def test_strategies_write_the_contract_files_and_reuse_predictions_without_readi
     assert not [p for p in relative if "labelsTs" in p or "imagesTs" in p or "cases.csv" in p]
     out = tmp_path / "metrics" / "polyp" / "stitch" / SLUG / "fold_0"
     assert json.loads((out / "selection.json").read_text()) == selection
-    assert selection["current_fold"] == {"k": 4, "relative_position": 0.5}
+    assert selection["current_fold"] == {"k": 4, "relative_position": 0.5, "from_last_merge": -1}
     assert selection["all_folds"]["k"] == 4 and selection["all_folds"]["equals_current_fold"] is True
     assert "strategy 1" in selection["all_folds"]["note"]
     assert selection["rule_of_thumb"]["k"] == 4 and selection["rule_of_thumb"]["pooled_tables"] == 2
+    assert selection["rule_of_thumb"]["coordinate"] == "from_last_merge"
+    assert selection["rule_of_thumb"]["pooled_position"] == -1  # 1 before the last skip: both networks' best
     assert selection["rule_of_thumb"]["same_k_as"] == "current_fold"
     assert json.loads((out / "no_stitch.json").read_text()) == {"dice": 0.75, "hd95": 4.5}
     positions = pd.read_csv(out / "positions.csv")
