@@ -19,8 +19,7 @@ from typing import Any
 import torch
 
 from stitch_ops.errors import InputFileError
-from stitch_ops.nnunet.model import FoldEnsemble, ModelError, NnUNetModel, build_network, load_plain
-from stitch_ops.outputs import read_json
+from stitch_ops.nnunet.model import FoldEnsemble, ModelError, NnUNetModel, build_network, load_plain, load_weights, read_received_json
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +63,7 @@ def configuration_of(folder: Path) -> str:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return read_json(path, hint="pass a complete nnU-Net results folder")
+        return read_received_json(path, hint="pass a complete nnU-Net results folder")
     except InputFileError as err:
         raise ModelError(str(err)) from None
 
@@ -114,10 +113,7 @@ def load_results_folder(folder: Path, folds: Sequence[int | str] | None = None, 
             raise ModelError(f"{path} was trained with configuration {recorded!r}, but its folder says "
                              f"{configuration!r}: the results folder is mixed up")
         network = build_network(plans, dataset_json, configuration, trusted=trusted)
-        result = network.load_state_dict(checkpoint["network_weights"], strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            raise ModelError(f"{path} does not fit the architecture of {folder / 'plans.json'}: missing "
-                             f"{result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}")
+        load_weights(network, checkpoint["network_weights"], path, "the results folder's plans.json and dataset.json")
         networks.append(network)
         axes = checkpoint.get("inference_allowed_mirroring_axes")
         mirroring = tuple(int(a) for a in axes) if axes is not None else None

@@ -77,13 +77,12 @@ class ParentSpec:
                 (they are imported and instantiated, i.e. run as code).
 
         Raises:
-            ValueError: if the description names an untrusted class and ``trusted`` is False.
+            ModelError: if the description names a class outside the allowed ones
+                (:func:`~stitch_ops.nnunet.model.check_architecture`) and ``trusted`` is False.
         """
-        if not trusted:
-            self._check_trusted()
         from stitch_ops.nnunet.model import build_network
 
-        return build_network(dict(self.plans), dict(self.dataset_json), self.configuration, trusted=True)
+        return build_network(dict(self.plans), dict(self.dataset_json), self.configuration, trusted=trusted)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form, inverse of :meth:`from_dict`."""

@@ -106,8 +106,8 @@ def test_plans_naming_foreign_code_are_refused(institution_a: Institution, tmp_p
     plans = json.loads((results / "plans.json").read_text())
     plans["configurations"]["2d"]["architecture"]["network_class_name"] = "os.system"
     (results / "plans.json").write_text(json.dumps(plans))
-    with pytest.raises(ModelError, match="names network_class_name='os.system', expected a class under "
-                                         "'dynamic_network_architectures"):
+    with pytest.raises(ModelError, match="names network_class_name='os.system', which is not one of nnU-Net's "
+                                         "architectures .*nothing was imported"):
         open_model(results)
 
 
