@@ -24,6 +24,12 @@ def export(args: argparse.Namespace, params: Params | None) -> None:
     if args.model is not None:
         if args.out is None:
             raise UserError("--model needs --out DIR: where to write the bundle (and DIR.zip)")
+        archive = args.out.with_name(args.out.name + ".zip")
+        checked = ((args.out, "folder", Path.is_dir),) + (() if args.no_zip else ((archive, "file", Path.is_file),))
+        for path, kind, is_kind in checked:
+            if path.exists() and not is_kind(path):
+                raise UserError(f"--out {args.out}: {path} exists and is not a {kind}; choose another --out or "
+                                f"move it away (nothing was written)")
         model = open_model(args.model, args.fold, trusted=args.trust)
         info = ExportInfo(approach=args.approach or "nnunet",
                           trained_on=args.trained_on or "the exporting institution's own data",
@@ -44,12 +50,19 @@ def verify(args: argparse.Namespace, params: Params | None) -> None:
     from stitch_ops.bundle.verify import verify_bundle
 
     report = verify_bundle(args.bundle, trust=args.trust)
-    print(f"{report.path}: MONAI bundle '{report.metadata.get('name', '?')}' version "
-          f"{report.metadata['version']}: metadata matches the schema; {report.files_checked} file(s) match the "
-          f"manifest; configs {report.configs}"
-          + (f"; network loads as plain weights and maps the declared input to {report.output_shape}"
-             if report.models else "; no trained model")
-          + (f"; trusted code: {report.code}" if report.code else ""))
+    if report.kind == "MONAI bundle":
+        print(f"{report.path}: MONAI bundle '{report.metadata.get('name', '?')}' version "
+              f"{report.metadata['version']}: metadata matches the schema; {report.files_checked} file(s) match the "
+              f"manifest (a checksum list, not a signature); configs {report.configs} run only stitch_ops' workflow "
+              f"functions"
+              + (f"; network loads as plain weights and maps the declared input to {report.output_shape}"
+                 if report.models else "; no trained model")
+              + (f"; trusted code: {report.code}" if report.code else ""))
+    else:
+        print(f"{report.path}: {report.kind} ({report.description}): no code, within the size limits, an allowed "
+              f"nnU-Net architecture, weights load as plain data, the network maps a probe input to "
+              f"{report.output_shape}" + (f"; trusted code: {report.code}" if report.code else ""))
+    print(f"next: {report.next_steps()}")
 
 
 def build_parser() -> argparse.ArgumentParser:

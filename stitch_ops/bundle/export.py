@@ -19,9 +19,9 @@ Never exported: images, labels, case identifiers, split files, nnU-Net's
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
+import os
 import shutil
 import zipfile
 from collections.abc import Mapping
@@ -31,10 +31,11 @@ from typing import Any
 
 from stitch_ops import __version__
 from stitch_ops.approaches import Approach, ensemble_finetuned, finetuned
+from stitch_ops.bundle.manifest import MANIFEST, write_manifest
 from stitch_ops.nnunet.model import NnUNetModel
 from stitch_ops.config import PARTIES, Params
 from stitch_ops.errors import UserError
-from stitch_ops.outputs import output_dir, output_file, read_json, write_json
+from stitch_ops.outputs import output_dir, partial_path, read_json, remove_leftovers, write_json
 from stitch_ops.paths import PairPaths, bundle_definition
 
 __all__ = ["ExportInfo", "MANIFEST", "PUBLIC_DATASET_KEYS", "export_bundle", "network_data_format",
@@ -42,7 +43,6 @@ __all__ = ["ExportInfo", "MANIFEST", "PUBLIC_DATASET_KEYS", "export_bundle", "ne
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = "manifest.sha256"
 # dataset.json keys that describe the data format; anything else (e.g. an MSD-style
 # "training" list of file names) may identify cases and stays home
 PUBLIC_DATASET_KEYS = ("channel_names", "labels", "file_ending", "regions_class_order",
@@ -233,20 +233,11 @@ def _readme(model: NnUNetModel, info: ExportInfo, meta: Mapping[str, Any], appro
     return "\n".join(lines)
 
 
-def write_manifest(folder: Path) -> Path:
-    """``manifest.sha256`` (``sha256sum`` format) over every other file of ``folder``."""
-    entries = []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST):
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        entries.append(f"{digest}  {path.relative_to(folder).as_posix()}")
-    (folder / MANIFEST).write_text("\n".join(entries) + "\n")
-    return folder / MANIFEST
-
-
-def _zip(folder: Path, target: Path) -> Path:
-    with output_file(target) as staging, zipfile.ZipFile(staging, "w", zipfile.ZIP_DEFLATED) as handle:
+def _zip(folder: Path, target: Path, name: str) -> Path:
+    """Write ``folder``'s files into the zip ``target`` under the top-level folder ``name``."""
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as handle:
         for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-            handle.write(path, f"{folder.name}/{path.relative_to(folder).as_posix()}")
+            handle.write(path, f"{name}/{path.relative_to(folder).as_posix()}")
     return target
 
 
@@ -273,6 +264,8 @@ def export_bundle(model: NnUNetModel, target: Path, info: ExportInfo = ExportInf
 
     target = Path(target)
     definition = Path(definition) if definition is not None else None
+    archive = target.with_name(target.name + ".zip")
+    remove_leftovers(archive)
     with output_dir(target) as staging:  # verified before it is swapped in
         (staging / "configs").mkdir()
         (staging / "docs").mkdir()
@@ -300,8 +293,14 @@ def export_bundle(model: NnUNetModel, target: Path, info: ExportInfo = ExportInf
         (staging / "docs" / "README.md").write_text(_readme(public, info, meta, approach_doc))
         write_manifest(staging)
         verify_bundle(staging)
+        # folder and zip are one unit: the zip is written from the verified staging folder,
+        # and an old zip goes before the new folder comes in, so a killed export never leaves
+        # a new folder beside an old zip (at worst a new folder and no zip yet)
+        if make_zip:
+            staged_zip = _zip(staging, partial_path(archive), target.name)
+            archive.unlink(missing_ok=True)
     if make_zip:
-        _zip(target, target.with_name(target.name + ".zip"))
+        os.replace(staged_zip, archive)
     logger.info("bundle written to %s%s", target, " (+ .zip)" if make_zip else "")
     return target
 

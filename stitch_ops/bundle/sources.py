@@ -17,15 +17,19 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from stitch_ops.bundle.archive import check_links, safe_extract
-from stitch_ops.errors import InputFileError
-from stitch_ops.nnunet.model import FoldEnsemble, ModelError, NnUNetModel, build_network, load_plain
-from stitch_ops.outputs import hard_link, read_json, write_json
+from stitch_ops.bundle.manifest import MANIFEST, ManifestError, check_manifest
+from stitch_ops.errors import InputFileError, UserError
+from stitch_ops.nnunet.model import (FoldEnsemble, ModelError, NnUNetModel, build_network, check_architecture,
+                                     load_plain, load_weights, read_received_json)
+from stitch_ops.outputs import hard_link, write_json
 
 __all__ = ["MODEL_DIR_FILES", "NETWORK_FORMAT", "build_from_spec", "open_model", "write_model_dir"]
 
@@ -41,13 +45,20 @@ def open_model(source: str | Path, fold: int | str | None = None, *, device: tor
                trusted: bool = False) -> NnUNetModel:
     """Open ``source`` (see the module docstring) as a network ready for nnU-Net's predictor.
 
+    Every model any command uses is opened here, and nothing in it runs as code: a zip is
+    extracted only after every entry's name and size is checked (:func:`~stitch_ops.bundle.archive.safe_extract`),
+    a bundle's files must match its ``manifest.sha256`` (:func:`~stitch_ops.bundle.manifest.check_manifest`),
+    the plans may name only nnU-Net's architectures and torch's layers
+    (:func:`~stitch_ops.nnunet.model.check_architecture`), weights are read as plain data.
+
     Args:
         source: path of the model.
         fold: one nnU-Net fold (default: every fold present, averaged as nnU-Net does).
-        trusted: allow plans naming architectures outside ``dynamic_network_architectures``.
+        trusted: allow plans naming architectures outside the allowed ones (their code runs).
 
     Raises:
-        ModelError: in one line, naming the source and what is wrong with it.
+        ModelError: in one line, naming the source and what is wrong with it (for a zip, the
+            path inside the zip, never the temporary folder it was extracted to).
     """
     source = Path(source)
     if source.is_file():
@@ -55,7 +66,7 @@ def open_model(source: str | Path, fold: int | str | None = None, *, device: tor
 
         if not zipfile.is_zipfile(source):
             raise ModelError(f"{source} is a file but not a zip archive; expected {SOURCES}")
-        with tempfile.TemporaryDirectory(prefix="stitch_ops_model_") as scratch:
+        with tempfile.TemporaryDirectory(prefix="stitch_ops_model_") as scratch, in_archive(source, scratch):
             root = safe_extract(source, Path(scratch))
             model = open_model(_single_root(root, source), fold, device=device, trusted=trusted)
         model.description = f"{model.description} from {source.name}"
@@ -63,7 +74,59 @@ def open_model(source: str | Path, fold: int | str | None = None, *, device: tor
     if not source.is_dir():
         raise ModelError(f"no model at {source}: expected {SOURCES}")
     check_links(source)
+    bundle = enclosing_bundle(source)
+    if bundle is not None:
+        check_bundle_files(bundle, required=bundle == source)
     return _open_folder(source, fold, device, trusted)
+
+
+@contextmanager
+def in_archive(archive: Path, scratch: str | Path) -> Iterator[None]:
+    """Errors raised inside this block name ``archive/<entry>`` instead of the temporary folder
+    ``scratch`` it was extracted to (which is gone when the user reads the message)."""
+    try:
+        yield
+    except UserError as err:
+        folder = str(Path(scratch).resolve())
+        err.args = tuple(str(arg).replace(folder, str(archive)).replace(str(scratch), str(archive))
+                         if isinstance(arg, str) else arg for arg in err.args)
+        raise
+
+
+def enclosing_bundle(folder: Path) -> Path | None:
+    """The bundle ``folder`` is (``configs/metadata.json``) or lies in (its ``models/`` or
+    ``models/fold_<k>/``), or None."""
+    if (folder / "configs" / "metadata.json").is_file():
+        return folder
+    resolved = folder.resolve()
+    for bundle in (resolved.parent, resolved.parent.parent):
+        if (bundle / "configs" / "metadata.json").is_file() and resolved.is_relative_to(bundle / "models"):
+            return bundle
+    return None
+
+
+def check_bundle_files(bundle: Path, required: bool = True) -> int:
+    """A bundle's files against its manifest (the number checked). Run wherever a bundle's
+    model is opened, not only by ``verify``.
+
+    Args:
+        required: a bundle shipping ``models/`` must have a manifest (False: a model folder
+            opened inside a bundle folder, e.g. ``models/fold_0`` that ``configs/train.json``
+            trained into the bundle the user ran it in, which no manifest can list).
+
+    Raises:
+        ModelError: a file changed, added or missing, a manifest line naming a path outside the
+            bundle, or models without a manifest.
+    """
+    if not (bundle / MANIFEST).is_file():
+        if required and (bundle / "models").is_dir():
+            raise ModelError(f"{bundle} ships models/ but no {MANIFEST}: its files cannot be checked; ask the "
+                             f"sender to export it again with `stitch-ops bundle export`")
+        return 0
+    try:
+        return check_manifest(bundle)
+    except ManifestError as err:
+        raise ModelError(str(err)) from None
 
 
 def _single_root(root: Path, archive: Path) -> Path:
@@ -119,28 +182,35 @@ def build_from_spec(spec: dict[str, Any], plans: dict[str, Any], dataset_json: d
     (``members``: parent descriptions, their softmax averaged).
     """
     kind = spec.get("kind")
-    if kind == "nnunet":
-        networks = [build_network(plans, dataset_json, spec["configuration"], trusted)
-                    for _ in spec.get("folds") or [None]]
-        return networks[0] if len(networks) == 1 else FoldEnsemble(networks)
+    try:
+        if kind == "nnunet":
+            networks = [build_network(plans, dataset_json, spec["configuration"], trusted)
+                        for _ in spec.get("folds") or [None]]
+            return networks[0] if len(networks) == 1 else FoldEnsemble(networks)
+        if kind == "stitch_ensemble":
+            from stitch_ops.stitching import StitchEnsembleDescription, build_stitch_ensemble
+
+            description = StitchEnsembleDescription.from_dict(spec["ensemble"])
+            parents: list[Any] = list(description.parents)
+        elif kind == "ensemble":
+            from stitch_ops.stitching import ParentSpec, TwoModelEnsemble
+
+            parents = [ParentSpec.from_dict(m) for m in spec["members"]]
+        else:
+            raise ModelError(f"unknown network kind {kind!r}; expected nnunet, stitch_ensemble or ensemble")
+    except (KeyError, TypeError, AttributeError) as err:
+        raise ModelError(f"the {kind} description in network.json lacks or mistypes {err}; export it again") from None
+    if not trusted:  # every parent checked before any is built
+        for parent in parents:
+            check_architecture(dict(parent.plans), parent.configuration)
     if kind == "stitch_ensemble":
-        from stitch_ops.stitching import StitchEnsembleDescription, build_stitch_ensemble
-
-        return build_stitch_ensemble(StitchEnsembleDescription.from_dict(spec["ensemble"]), trusted)
-    if kind == "ensemble":
-        from stitch_ops.stitching import ParentSpec, TwoModelEnsemble
-
-        members = [ParentSpec.from_dict(m) for m in spec["members"]]
-        if not trusted:
-            for member in members:
-                member._check_trusted()
-        return TwoModelEnsemble(*(member.build(trusted=True) for member in members))
-    raise ModelError(f"unknown network kind {kind!r}; expected nnunet, stitch_ensemble or ensemble")
+        return build_stitch_ensemble(description, trusted)
+    return TwoModelEnsemble(*(parent.build(trusted=trusted) for parent in parents))
 
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return read_json(path, hint="the model folder is damaged: export it again")
+        return read_received_json(path, hint="the model folder is damaged: export it again")
     except InputFileError as err:
         raise ModelError(str(err)) from None
 
@@ -154,13 +224,8 @@ def _open_model_dir(folder: Path, fold: int | str | None, device: Any, trusted: 
         raise ModelError(f"{folder / 'network.json'} has format {spec.get('format')!r}, expected {NETWORK_FORMAT!r}")
     plans, dataset_json = _read_json(folder / "plans.json"), _read_json(folder / "dataset.json")
     network = build_from_spec(spec, plans, dataset_json, trusted)
-    weights = load_plain(folder / "model.pt")
-    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
-        raise ModelError(f"{folder / 'model.pt'} is not a state_dict of tensors")
-    result = network.load_state_dict(weights, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise ModelError(f"{folder / 'model.pt'} does not fit the network of network.json: missing "
-                         f"{result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}")
+    load_weights(network, load_plain(folder / "model.pt"), folder / "model.pt",
+                 "network.json, plans.json and dataset.json")
     folds = spec.get("folds") or [None]
     weights_file: Path | None = folder / "model.pt"
     if fold is not None and spec.get("kind") == "nnunet" and len(folds) > 1:

@@ -111,7 +111,10 @@ def test_foreign_targets_are_refused_unless_trusted(bundle: Path):
     edit_config(bundle, "train.json", "training", {"_target_": "subprocess.call", "args": ["ls"]})
     with pytest.raises(BundleError, match=r"carries code .*train.json#training#_target_: subprocess.call"):
         verify_bundle(bundle)
-    edit_config(bundle, "train.json", "training", {"_target_": "torch.nn.Identity"})
+    edit_config(bundle, "train.json", "training", {"_target_": "torch.nn.Identity"})  # torch, but not a workflow
+    with pytest.raises(BundleError, match=r"train.json#training#_target_: torch.nn.Identity"):
+        verify_bundle(bundle)
+    edit_config(bundle, "train.json", "training", {"_target_": "stitch_ops.bundle.workflows.train_on_own_data"})
     assert verify_bundle(bundle).code == []
 
 
@@ -189,7 +192,7 @@ def test_models_without_a_manifest_are_refused(bundle: Path):
 
 
 def test_not_a_bundle(tmp_path: Path):
-    with pytest.raises(BundleError, match="no bundle folder"):
+    with pytest.raises(BundleError, match="nothing at .*expected a MONAI bundle"):
         verify_bundle(tmp_path / "nothing")
     with pytest.raises(BundleError, match="missing"):
         verify_bundle(tmp_path)
