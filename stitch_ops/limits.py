@@ -69,8 +69,12 @@ class Limits:
         """The error for ``what`` of ``size`` over limit ``name``, naming the variable that raises it."""
         variable, _, unit = _VARIABLES[name]
         limit = getattr(self, name)
-        shown = (f"{size / MB:.1f} MB, more than the {limit / MB:g} MB allowed" if unit == MB
-                 else f"{size:g}, more than the {limit:g} allowed")
+        if unit == MB and limit >= MB:
+            shown = f"{size / MB:.1f} MB, more than the {limit / MB:g} MB allowed"
+        elif unit == MB:
+            shown = f"{round(size):,} bytes, more than the {limit:,} bytes allowed"
+        else:
+            shown = f"{round(size):,}, more than the {limit:,g} allowed"
         return TooLargeError(f"{what} is {shown} ({variable}); ask the sender what it holds, or raise "
                              f"{variable} if you expect it")
 

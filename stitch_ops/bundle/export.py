@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import shutil
 import zipfile
 from collections.abc import Mapping
@@ -35,7 +34,7 @@ from stitch_ops.bundle.manifest import MANIFEST, write_manifest
 from stitch_ops.nnunet.model import NnUNetModel
 from stitch_ops.config import PARTIES, Params
 from stitch_ops.errors import UserError
-from stitch_ops.outputs import output_dir, partial_path, read_json, remove_leftovers, write_json
+from stitch_ops.outputs import output_dir, partial_path, read_json, remove_leftovers, swap_in, write_json
 from stitch_ops.paths import PairPaths, bundle_definition
 
 __all__ = ["ExportInfo", "MANIFEST", "PUBLIC_DATASET_KEYS", "export_bundle", "network_data_format",
@@ -300,7 +299,7 @@ def export_bundle(model: NnUNetModel, target: Path, info: ExportInfo = ExportInf
             staged_zip = _zip(staging, partial_path(archive), target.name)
             archive.unlink(missing_ok=True)
     if make_zip:
-        os.replace(staged_zip, archive)
+        swap_in(staged_zip, archive)
     logger.info("bundle written to %s%s", target, " (+ .zip)" if make_zip else "")
     return target
 

@@ -74,10 +74,15 @@ def open_model(source: str | Path, fold: int | str | None = None, *, device: tor
     if not source.is_dir():
         raise ModelError(f"no model at {source}: expected {SOURCES}")
     check_links(source)
-    bundle = enclosing_bundle(source)
-    if bundle is not None:
-        check_bundle_files(bundle, required=bundle == source)
-    return _open_folder(source, fold, device, trusted)
+    try:
+        bundle = enclosing_bundle(source)
+        if bundle is not None:
+            check_bundle_files(bundle, required=bundle == source)
+        return _open_folder(source, fold, device, trusted)
+    except ModelError as err:
+        if str(source) not in str(err):  # e.g. the plans' names: say whose plans
+            err.args = (f"{source}: {err}",)
+        raise
 
 
 @contextmanager

@@ -286,7 +286,7 @@ def _verify_model_source(path: Path, trust: bool) -> BundleReport:
     try:
         model = open_model(path, trusted=trust)
     except ModelError as err:
-        raise BundleError(f"{path}: the model is refused: {err}") from None
+        raise BundleError(str(err)) from None
     kind = "nnU-Net results folder" if find_results_folders(path) else "exported model folder"
     from stitch_ops.stitching.parents import ParentSpec
 
