@@ -95,11 +95,6 @@ class ParentSpec:
             raise UserError(f"a parent description needs plans, dataset_json and configuration; missing {sorted(missing)}")
         return cls(plans=data["plans"], dataset_json=data["dataset_json"], configuration=data["configuration"])
 
-    def _check_trusted(self) -> None:
-        from stitch_ops.nnunet.model import check_architecture
-
-        check_architecture(dict(self.plans), self.configuration)
-
 
 def probe_shape(spec_a: ParentSpec, spec_b: ParentSpec, batch_size: int = 2) -> tuple[int, ...]:
     """Smallest probe input ``B C H W [D]`` both networks can be traced with.

@@ -24,23 +24,25 @@ PROG = "stitch-ops tracking"
 
 def ui(args: argparse.Namespace) -> int:
     from stitch_ops.tracking.runs import configure
-    from stitch_ops.tracking.ui import experiment_links, mlflow_server
+    from stitch_ops.tracking.ui import ServerError, experiment_links, mlflow_server
 
     if not (Path(args.root) / "mlflow.db").is_file():
         return fail(f"{PROG} ui", f"no MLflow store at {Path(args.root) / 'mlflow.db'}; run the pipeline "
                                   f"first (`dvc repro`) or pass --root")
     uri = configure(Path(args.root))
-    with mlflow_server(uri, port=args.port) as base_url:
-        links = experiment_links(uri, base_url)
-        print(f"MLflow UI: {base_url}/#/?workflowType=machine_learning")
-        for name, link in links.items():
-            print(f"  {name}: {link}")
-        print("Ctrl-C to stop.", flush=True)
-        try:
+    try:
+        with mlflow_server(uri, port=args.port, timeout_s=args.start_timeout) as base_url:
+            links = experiment_links(uri, base_url)
+            print(f"MLflow UI: {base_url}/#/?workflowType=machine_learning")
+            for name, link in links.items():
+                print(f"  {name}: {link}")
+            print("Ctrl-C to stop.", flush=True)
             while True:
                 time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
+    except ServerError as err:
+        return fail(f"{PROG} ui", str(err))
+    except KeyboardInterrupt:
+        pass  # the server and its workers are stopped on the way out
     return 0
 
 
@@ -50,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     ui_cmd = commands.add_parser("ui", help="serve the MLflow UI on 127.0.0.1 and print the runs-table links")
     ui_cmd.add_argument("--port", type=int, default=5000, help="port (default: %(default)s)")
+    ui_cmd.add_argument("--start-timeout", type=float, default=None, metavar="SECONDS",
+                        help="give up if the server has not started after this long (default: wait while it runs)")
     ui_cmd.add_argument("--root", type=Path, default=Path("."),
                         help="folder with mlflow.db and mlruns/ (default: the current one)")
     ui_cmd.add_argument("--debug", action="store_true", help="on an error, show the Python traceback")
