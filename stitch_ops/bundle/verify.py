@@ -21,7 +21,8 @@ with one line naming the problem (and the user's path, never a temporary folder)
 6. in ``metadata.json`` or any config: a ``_target_`` other than the project's own workflow
    functions (:data:`PROJECT_TARGETS`, exact names), any ``$`` expression or ``%`` macro, a
    ``@`` reference to anything but an entry of the same config, MONAI's other ``_..._`` keys
-   (``_mode_``, ``_requires_``, ...); unless the user passes ``trust``;
+   (``_mode_``, ``_requires_``, ...), a default path outside the working folder (``/``, ``~``,
+   ``..``: the workflows write where a config says); unless the user passes ``trust``;
 7. plans naming a class outside nnU-Net's architectures and torch's layers, weights that are
    not plain data (loaded with ``weights_only=True``, never unpickled), or a network that does
    not map an input of the declared shape (capped) to the declared output and labels.
@@ -139,7 +140,16 @@ def config_code(config: Any, name: str, *, is_metadata: bool = False) -> list[st
             reference = value[1:].replace("::", "#").split("#", 1)[0]
             if reference not in ids:
                 found.append(f"{where}: {value[:80]} (a reference outside this config)")
+        elif not is_metadata and _outside(value):
+            found.append(f"{where}: {value[:80]} (a path outside the folder MONAI runs in)")
     return found
+
+
+def _outside(text: str) -> bool:
+    """Whether a config string is a path that leaves the working folder (absolute, ``~``, ``..``):
+    a received config's defaults must not point the project's workflows at the user's files."""
+    posix = text.replace("\\", "/")
+    return posix.startswith(("/", "~")) or ".." in PurePosixPath(posix).parts or (len(text) > 1 and text[1] == ":")
 
 
 def _read_json(path: Path) -> Any:

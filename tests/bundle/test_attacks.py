@@ -273,6 +273,9 @@ def test_a_verified_bundle_can_name_only_the_projects_workflow_functions():
     ({"run": ["@_meta_#name"]}, "@_meta_#name (a reference outside this config)"),
     ({"network_def": {"_target_": "stitch_ops.bundle.workflows.segment.__globals__"}},
      "network_def#_target_: stitch_ops.bundle.workflows.segment.__globals__"),
+    ({"output_dir": "/home"}, "inference.json#output_dir: /home (a path outside the folder MONAI runs in)"),
+    ({"output_dir": "predictions/../../.ssh"}, "predictions/../../.ssh (a path outside"),
+    ({"input_dir": "~/.config"}, "input_dir: ~/.config (a path outside"),
 ])
 def test_other_ways_of_running_code_from_a_config(sources: Sources, change: dict, phrase: str, tmp_path: Path):
     bundle = sources.make("bundle folder", tmp_path, lambda folder: edit_json(
