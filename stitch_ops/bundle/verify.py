@@ -220,7 +220,7 @@ def _verify(path: Path, trust: bool) -> BundleReport:
             report = _verify_folder(root, trust)
         report.path = path
         if report.kind != "MONAI bundle":
-            report.kind = "nnU-Net export zip" if report.kind == "nnU-Net results folder" else f"zip of a {report.kind}"
+            report.kind = "nnU-Net export zip" if report.kind == "nnU-Net results folder" else f"zip of an {report.kind}"
         return report
     if not path.is_dir():
         raise BundleError(f"nothing at {path}; expected {SOURCE_KINDS}")
@@ -281,8 +281,11 @@ def _verify_bundle_folder(path: Path, trust: bool) -> BundleReport:
 def _verify_model_source(path: Path, trust: bool) -> BundleReport:
     """An nnU-Net results folder (or export) or an exported model folder: no code, sizes,
     allowed architecture, plain weights, a network that runs."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
     from stitch_ops.bundle.sources import open_model
     from stitch_ops.nnunet.results import find_results_folders
+    from stitch_ops.stitching.parents import ParentSpec
 
     code = code_files(path)
     if code and not trust:
@@ -298,13 +301,12 @@ def _verify_model_source(path: Path, trust: bool) -> BundleReport:
     except ModelError as err:
         raise BundleError(str(err)) from None
     kind = "nnU-Net results folder" if find_results_folders(path) else "exported model folder"
-    from stitch_ops.stitching.parents import ParentSpec
-
-    spatial = [2 * s for s in ParentSpec.of_model(model).total_strides]
+    spatial = [2 * s for s in ParentSpec.of_model(model).total_strides]  # every stage sees 2 voxels an axis
+    if math.prod(spatial) > cap.max_voxels:
+        raise cap.refuse(f"{path}: the smallest input its network takes, {spatial}, in voxels", math.prod(spatial),
+                         "max_voxels")
     shape = (1, model.num_input_channels, *spatial)
     output = _run(model, shape)
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
     heads = PlansManager(model.plans).get_label_manager(model.dataset_json).num_segmentation_heads
     if tuple(output.shape) != (1, heads, *spatial):
         raise BundleError(f"{path}: the network maps {shape} to {tuple(output.shape)}, but its dataset.json has "

@@ -117,11 +117,9 @@ def allowed_classes() -> dict[str, dict[str, type]]:
 
 
 def _architecture(plans: dict[str, Any], configuration: str) -> dict[str, Any]:
-    """The plans' ``architecture`` entry of ``configuration`` as nnU-Net will read it (inherited
-    configurations and pre-2.4 plans resolved by nnU-Net's ``PlansManager``, which imports nothing)."""
-    architecture = plans.get("configurations", {}).get(configuration, {}).get("architecture")
-    if isinstance(architecture, dict):
-        return architecture
+    """The plans' ``architecture`` entry of ``configuration``, exactly as :func:`build_network` will
+    hand it to nnU-Net (inherited configurations and pre-2.4 plans resolved by nnU-Net's
+    ``PlansManager``, which imports nothing from the plans)."""
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     try:
@@ -146,6 +144,7 @@ def check_architecture(plans: dict[str, Any], configuration: str) -> None:
         ModelError: in one line, naming the entry, what it names and what is allowed.
     """
     architecture = _architecture(plans, configuration)
+    architecture = architecture if isinstance(architecture, dict) else {}
     kwargs = architecture.get("arch_kwargs")
     required = architecture.get("_kw_requires_import", ())
     if not isinstance(kwargs, dict) or not isinstance(required, (list, tuple)):
