@@ -90,19 +90,21 @@ def finetune_on_own_data(model_dir: str | Path, raw_dataset: str | Path, output_
 
 def segment_ensemble(model_dirs: Sequence[str | Path], input_dir: str | Path, output_dir: str | Path,
                      device: str = "auto", save_probabilities: bool = False, progress: bool = True) -> Path:
-    """``a&b``: segment with every model, average their softmax probabilities per case."""
+    """``a&b``: segment with every model, average their softmax probabilities per case.
+
+    Each model is opened by :func:`stitch_ops.bundle.sources.open_model` (any source it accepts,
+    with its checks: a received bundle's config cannot point this at a model that runs code)."""
     from stitch_ops.baselines.ensemble import ensemble_folders
-    from stitch_ops.nnunet.model import load_model
+    from stitch_ops.bundle.sources import open_model
     from stitch_ops.nnunet.predict import predict_folder
 
     output_dir = Path(output_dir)
+    models = [open_model(Path(m)) for m in model_dirs]  # every model checked before any work
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=output_dir.parent) as scratch:
-        members = [predict_folder(load_model(Path(m)), Path(input_dir), Path(scratch) / f"member_{i}",
-                                  device=device, progress=progress) for i, m in enumerate(model_dirs)]
-        dataset_json = read_json(Path(model_dirs[0]) / "dataset.json",
-                                 hint=f"{model_dirs[0]} must be an exported model folder")
-        return ensemble_folders(members, output_dir, dataset_json, save_probabilities=save_probabilities,
+        members = [predict_folder(model, Path(input_dir), Path(scratch) / f"member_{i}", device=device,
+                                  progress=progress) for i, model in enumerate(models)]
+        return ensemble_folders(members, output_dir, models[0].dataset_json, save_probabilities=save_probabilities,
                                 progress=progress)
 
 

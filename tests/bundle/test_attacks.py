@@ -488,3 +488,18 @@ def test_an_export_killed_between_folder_and_zip_leaves_no_old_zip_beside_the_ne
     export_bundle(model, target, ExportInfo(trained_on="third"))
     assert verify_bundle(old_zip).metadata["data_source"] == "third"
     assert not list(tmp_path.glob("*.partial*"))
+
+
+def test_every_workflow_a_config_can_call_opens_models_through_the_checks(sources: Sources, institution_b: Institution,
+                                                                          tmp_path: Path):
+    from stitch_ops.baselines.workflows import segment_ensemble
+    from stitch_ops.bundle.workflows import bundle_network, segment
+
+    tampered = sources.make("bundle folder", tmp_path / "in")
+    flip_weight_byte(tampered)
+    images, out = institution_b.raw / "imagesTr", tmp_path / "out"
+    for call in (lambda: segment(tampered, images, out), lambda: bundle_network(tampered),
+                 lambda: segment_ensemble([sources.results, tampered], images, out)):
+        with pytest.raises(ModelError, match="models/model.pt does not match its SHA-256"):
+            call()
+    assert not out.exists()
