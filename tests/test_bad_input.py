@@ -112,7 +112,8 @@ def basis_models(root: Path) -> None:
                      provenance={"trained_on": party})
 
 
-def bundle(root: Path, metadata: str | None = None, config: str = '{"network": {"_target_": "monai.x"}}') -> Path:
+def bundle(root: Path, metadata: str | None = None,
+           config: str = '{"network": {"_target_": "stitch_ops.bundle.workflows.bundle_network"}}') -> Path:
     folder = root / "received_bundle"
     write(folder / "LICENSE", "MIT")
     write(folder / "docs" / "README.md", "a bundle")

@@ -223,7 +223,7 @@ def _verify(path: Path, trust: bool) -> BundleReport:
             report.kind = "nnU-Net export zip" if report.kind == "nnU-Net results folder" else f"zip of an {report.kind}"
         return report
     if not path.is_dir():
-        raise BundleError(f"nothing at {path}; expected {SOURCE_KINDS}")
+        raise BundleError(f"no bundle folder at {path}, nor any other model: expected {SOURCE_KINDS}")
     return _verify_folder(path, trust)
 
 
@@ -244,8 +244,8 @@ def _looks_like_model(path: Path) -> bool:
 def _verify_bundle_folder(path: Path, trust: bool) -> BundleReport:
     missing = [name for name in REQUIRED_FILES if not (path / name).is_file()]
     if missing:
-        raise BundleError(f"{path} is not a MONAI bundle (missing {missing}) nor an nnU-Net results folder or "
-                          f"export; expected {SOURCE_KINDS}")
+        raise BundleError(f"{path} is not a MONAI bundle: missing {missing} (nor an nnU-Net results folder or "
+                          f"export: expected {SOURCE_KINDS})")
     metadata = _read_json(path / "configs" / "metadata.json")
     check_metadata(metadata, path / "configs" / "metadata.json")
     models = path / "models"

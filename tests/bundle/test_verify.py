@@ -192,7 +192,7 @@ def test_models_without_a_manifest_are_refused(bundle: Path):
 
 
 def test_not_a_bundle(tmp_path: Path):
-    with pytest.raises(BundleError, match="nothing at .*expected a MONAI bundle"):
+    with pytest.raises(BundleError, match="no bundle folder at .*expected a MONAI bundle"):
         verify_bundle(tmp_path / "nothing")
     with pytest.raises(BundleError, match="missing"):
         verify_bundle(tmp_path)
