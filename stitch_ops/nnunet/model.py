@@ -161,12 +161,12 @@ def check_architecture(plans: dict[str, Any], configuration: str) -> None:
         if name is None and kind == "layer":
             continue  # nnU-Net leaves an unused building block (e.g. dropout_op) as null
         if not isinstance(name, str) or name not in table[kind]:
-            allowed = ("nnU-Net's architectures (dynamic_network_architectures.architectures.unet.PlainConvUNet, "
-                       "ResidualEncoderUNet, ResidualUNet)" if kind == "network"
-                       else "a torch layer (torch.nn.Conv2d, InstanceNorm2d, LeakyReLU, ...)")
+            allowed = ("one of nnU-Net's architectures (dynamic_network_architectures.architectures.unet."
+                       "PlainConvUNet, ResidualEncoderUNet, ResidualUNet)" if kind == "network"
+                       else "an allowed torch layer (torch.nn.Conv2d, InstanceNorm2d, LeakyReLU, ...)")
             raise ModelError(f"the plans' {configuration!r} configuration names {key}={str(name)[:120]!r}, which "
-                             f"is not one of {allowed}: refused, nothing was imported (a received model is data, "
-                             f"not code; pass --trust only if you trust its author)")
+                             f"is not {allowed}: refused, nothing was imported (a received model is data, not "
+                             f"code; pass --trust only if you trust its author)")
     _check_network_size(kwargs, configuration)
 
 

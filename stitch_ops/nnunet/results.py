@@ -118,7 +118,7 @@ def load_results_folder(folder: Path, folds: Sequence[int | str] | None = None, 
         axes = checkpoint.get("inference_allowed_mirroring_axes")
         mirroring = tuple(int(a) for a in axes) if axes is not None else None
     network = networks[0] if len(networks) == 1 else FoldEnsemble(networks)
-    logger.info("opened nnU-Net results folder %s, folds %s (trainer class not imported)", folder, chosen)
+    logger.debug("opened nnU-Net results folder %s, folds %s (trainer class not imported)", folder, chosen)
     return NnUNetModel(network.to(device).eval(), plans, dataset_json, configuration, mirroring,
                        description=f"nnU-Net {folder.name} folds {chosen}",
                        network_spec={"kind": "nnunet", "configuration": configuration, "folds": chosen,
