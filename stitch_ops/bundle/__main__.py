@@ -83,13 +83,15 @@ def build_parser() -> argparse.ArgumentParser:
                      type=lambda v: v if v == "all" else int(v))
     exp.add_argument("--metrics", type=Path, help="with --model: a summary.json of validation metrics")
     exp.add_argument("--no-zip", action="store_true", help="write the folder only")
-    exp.add_argument("--trust", action="store_true", help="allow plans naming architectures outside "
-                                                          "dynamic_network_architectures")
+    exp.add_argument("--trust", action="store_true", help="allow plans naming classes outside nnU-Net's "
+                                                          "architectures and torch's layers (their code runs)")
     ver = commands.add_parser("verify", parents=[common],
-                              help="check a bundle (folder or .zip) received from someone else before using it")
-    ver.add_argument("bundle", type=Path)
+                              help="check a model received from someone else before using it: a bundle (folder or "
+                                   ".zip), an nnU-Net results folder or export zip")
+    ver.add_argument("bundle", type=Path, metavar="MODEL")
     ver.add_argument("--trust", action="store_true",
-                     help="accept configs that run code outside stitch_ops/monai/torch")
+                     help="accept code: configs naming other callables or expressions, unexpected files, plans "
+                          "naming classes outside nnU-Net's architectures and torch's layers")
     return parser
 
 

@@ -398,6 +398,8 @@ def test_each_limit_can_be_set_small(sources: Sources, tmp_path: Path, monkeypat
     monkeypatch.setenv("STITCH_OPS_MAX_FILE_MB", "0.001")
     with pytest.raises(TooLargeError, match=r"is [\d,]+ bytes, more than the 1,048 bytes allowed \(STITCH_OPS_MAX_FILE_MB\)"):
         open_model(bundle)
+    with pytest.raises(TooLargeError, match=r"fold_0/checkpoint_final.pth is [\d,]+ bytes, more than the 1,048 bytes"):
+        open_model(sources.results)  # a checkpoint: refused before torch.load reads it
     monkeypatch.setenv("STITCH_OPS_MAX_FILE_MB", "many")
     with pytest.raises(ValueError, match="STITCH_OPS_MAX_FILE_MB='many' is not a number"):
         open_model(bundle)
