@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     ver = commands.add_parser("verify", parents=[common],
                               help="check a model received from someone else before using it: a bundle (folder or "
                                    ".zip), an nnU-Net results folder or export zip")
-    ver.add_argument("bundle", type=Path, metavar="MODEL")
+    ver.add_argument("bundle", type=Path, help="the bundle or model received")
     ver.add_argument("--trust", action="store_true",
                      help="accept code: configs naming other callables or expressions, unexpected files, plans "
                           "naming classes outside nnU-Net's architectures and torch's layers")
