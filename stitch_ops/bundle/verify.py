@@ -93,8 +93,11 @@ class BundleReport:
         if self.kind == "MONAI bundle" and not self.models:
             return (f"train with it: `python -m monai.bundle run --config_file {self.path}/configs/train.json "
                     f"--bundle_root {self.path} ...` (see its docs/README.md)")
-        uses = (f"`stitch-ops predict --model {self.path} --input IMAGES --out PREDICTIONS`, or "
-                f"`stitch-ops stitch --own YOUR_MODEL --other {self.path} --images YOUR_IMAGES --out DIR`")
+        uses = f"`stitch-ops predict --model {self.path} --input IMAGES --out PREDICTIONS`"
+        described = self.metadata.get("stitch_ops") if isinstance(self.metadata, dict) else None
+        network = described.get("kind", "nnunet") if isinstance(described, dict) else "nnunet"
+        if network == "nnunet":  # a stitch joins two single nnU-Nets, not ensembles
+            uses += f", or `stitch-ops stitch --own YOUR_MODEL --other {self.path} --images YOUR_IMAGES --out DIR`"
         if self.kind != "MONAI bundle":
             uses += f", or make it a bundle: `stitch-ops bundle export --model {self.path} --out DIR`"
         return f"use it with {uses}"
