@@ -57,6 +57,9 @@ CASE_COLUMNS: tuple[str, ...] = (*GROUP_COLUMNS, "case", "dice", "hd95")
 METRICS: tuple[str, ...] = ("dice", "hd95")
 STATISTICS: tuple[str, ...] = ("mean", "median", "std")
 FOREGROUND_LABEL = 1
+MASK_255 = 255
+"""The foreground value of masks saved as images (0/255): never a label value here (nnU-Net's
+labels are 0, 1, 2, ...), so a label holding it is refused rather than scored as empty."""
 
 
 REREAD_HINT = ("replace it: rerun the stage that wrote it (a prediction: the model's predict stage; "
@@ -74,8 +77,8 @@ def read_label(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
         spacing in numpy axis order (1.0 per axis for PNG).
 
     Raises:
-        InputFileError: the file is missing, unreadable (corrupt) or holds a
-            multi-component (e.g. RGB) image.
+        InputFileError: the file is missing, unreadable (corrupt), holds a
+            multi-component (e.g. RGB) image, or values other than 0 and 1 (e.g. a 0/255 mask).
     """
     import SimpleITK as sitk
 
@@ -87,6 +90,12 @@ def read_label(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
             f"got {image.GetNumberOfComponentsPerPixel()} components (RGB?); {REREAD_HINT}"
         )
     array = sitk.GetArrayFromImage(image)
+    if array.size and array.max() >= MASK_255:  # a 0/255 mask: scored as it is, every Dice would be 0
+        values = np.unique(array)
+        raise InputFileError(
+            f"{path}: a label file holds label values (0 background, {FOREGROUND_LABEL} foreground), got "
+            f"{values[:8].tolist()}{' ...' if len(values) > 8 else ''}: a mask saved as 0/255; convert it to 0/1 "
+            f"(`stitch-ops data convert` does) before scoring")
     if path.name.lower().endswith(".png"):
         spacing = (1.0,) * array.ndim
     else:

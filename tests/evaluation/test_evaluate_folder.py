@@ -152,3 +152,12 @@ def test_summary_rejects_mixed_models():
 def test_missing_columns():
     with pytest.raises(ValueError, match=r"missing \['hd95'\]"):
         summarize(_table("a", [0.5], [1.0]).drop(columns="hd95"))
+
+
+def test_a_mask_saved_as_0_255_is_refused_not_scored_as_empty(png_folders):
+    from stitch_ops.errors import InputFileError
+
+    pred_dir, ref_dir = png_folders
+    _write(ref_dir / "case_001.png", _square((8, 8), np.s_[2:6, 2:6]) * 255)
+    with pytest.raises(InputFileError, match=r"case_001.png: .* got \[0, 255\]: a mask saved as 0/255; convert it"):
+        evaluate_folder(pred_dir, ref_dir, ".png", test_party="a", progress=False, **IDS)
