@@ -67,6 +67,11 @@ class ExportInfo:
         version: the bundle's version.
         authors, copyright: as the MONAI specification asks.
         notes: extra lines for the README (e.g. the selected stitch position).
+        name, description: the bundle's name and description (default: the bundle
+            definition's, else generated from the approach and the model).
+        parents: for a model combined from others (a stitch-ensemble), what identifies each
+            parent (``role -> {dataset, trainer, plans, configuration, folds, sha256}``);
+            recorded in the metadata and the README.
     """
 
     approach: str = "nnunet"
@@ -76,6 +81,9 @@ class ExportInfo:
     authors: str = "the exporting institution"
     copyright: str = "Copyright (c) the exporting institution"
     notes: tuple[str, ...] = ()
+    name: str | None = None
+    description: str | None = None
+    parents: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 def public_dataset_json(dataset_json: Mapping[str, Any]) -> dict[str, Any]:
@@ -156,9 +164,10 @@ def _metadata(model: NnUNetModel, info: ExportInfo, template: Mapping[str, Any])
         "version": info.version,
         "changelog": {info.version: f"exported by stitch_ops {__version__}"},
         **_versions(),
-        "name": template.get("name", f"stitch_ops {info.approach} model"),
+        "name": info.name or template.get("name", f"stitch_ops {info.approach} model"),
         "task": template.get("task", f"Segmentation ({labels}) with an nnU-Net"),
-        "description": template.get("description", f"{model.description}, trained on {info.trained_on}."),
+        "description": info.description or template.get("description",
+                                                         f"{model.description}, trained on {info.trained_on}."),
         "authors": info.authors,
         "copyright": info.copyright,
         "data_source": info.trained_on,
@@ -172,6 +181,8 @@ def _metadata(model: NnUNetModel, info: ExportInfo, template: Mapping[str, Any])
         "stitch_ops": {"approach": info.approach, "trained_on": info.trained_on, "kind": model.spec["kind"],
                        "folds": model.folds, "configuration": model.configuration},
     }
+    if info.parents:
+        meta["stitch_ops"]["parents"] = {role: dict(record) for role, record in info.parents.items()}
     return meta
 
 
@@ -202,7 +213,8 @@ def _readme(model: NnUNetModel, info: ExportInfo, meta: Mapping[str, Any], appro
              "## What this model is", "",
              f"- approach: `{info.approach}` ({model.spec['kind']})",
              f"- trained on: {info.trained_on}",
-             f"- nnU-Net configuration `{model.configuration}`, folds {model.folds}",
+             *(_parent_lines(info.parents) if info.parents else
+               [f"- nnU-Net configuration `{model.configuration}`, folds {model.folds}"]),
              f"- input: {fmt['inputs']['image']['num_channels']} channel(s) "
              f"{fmt['inputs']['image']['channel_def']}, spacing {fmt['inputs']['image']['spacing']}",
              f"- output: {fmt['outputs']['pred']['channel_def']}",
@@ -230,6 +242,16 @@ def _readme(model: NnUNetModel, info: ExportInfo, meta: Mapping[str, Any], appro
     if approach_doc:
         lines += ["## The approach", "", approach_doc.split("\n", 1)[-1].strip(), ""]
     return "\n".join(lines)
+
+
+def _parent_lines(parents: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    lines = []
+    for role, record in parents.items():
+        digests = ", ".join(f"{name} `{digest}`" for name, digest in record.get("sha256", {}).items())
+        lines.append(f"- {role} parent: dataset `{record.get('dataset')}`, trainer `{record.get('trainer')}`, plans "
+                     f"`{record.get('plans')}`, configuration `{record.get('configuration')}`, folds "
+                     f"{record.get('folds')}; SHA-256 of {digests or 'its weights: not recorded'}")
+    return lines
 
 
 def _zip(folder: Path, target: Path, name: str) -> Path:
