@@ -247,3 +247,95 @@ def write_table(path: Path | str, table: Any) -> Path:
     with output_file(path) as tmp:
         table.to_csv(tmp, index=False)
     return Path(path)
+
+
+# ---------------------------------------------------------------- a user's own folders
+#
+# The task commands (``predict``, ``stitch``, ``bundle export``, ``data convert``) write into
+# folders a person chose, which may hold that person's files. Those are never replaced whole
+# (what :func:`output_dir` does to a stage's output, which DVC owns): the new files are written
+# beside the existing ones, a file of the same name is refused unless the user says
+# ``--overwrite``, and each new file still appears whole or not at all.
+
+
+class OutputExistsError(InputFileError):
+    """A command would overwrite a file it was not asked to, or write into its own input."""
+
+
+def check_out_folder(out: Path | str, inputs: dict[str, Path | str | None] | None = None,
+                     option: str = "--out") -> Path:
+    """Refuse an output folder that is an existing file, or that is (or lies inside) one of
+    ``inputs`` (``{option: path}``): a command must never write into what it reads.
+    Cheap: call it before any heavy import or work. Returns ``out``.
+
+    Raises:
+        OutputExistsError: naming the option and the fix.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"{option} {out} is an existing file; {option} names a folder: choose a new or "
+                                f"existing folder")
+    resolved = out.resolve()
+    for name, source in (inputs or {}).items():
+        if source is None:
+            continue
+        source = Path(source).resolve()
+        if source.is_dir() and (resolved == source or source in resolved.parents):
+            where = "is" if resolved == source else "lies inside"
+            raise OutputExistsError(f"{option} {out} {where} {name} {source}: write the results to a folder "
+                                    f"outside the input")
+    return out
+
+
+def existing_names(out: Path | str, names: list[str] | tuple[str, ...] | set[str]) -> list[str]:
+    """The entries of ``names`` (relative paths) that already exist in ``out``, sorted."""
+    return sorted(name for name in names if (Path(out) / name).exists())
+
+
+def refuse_existing(out: Path | str, names: list[str] | tuple[str, ...] | set[str], overwrite: bool,
+                    option: str = "--out") -> None:
+    """Refuse to write ``names`` into ``out`` where a file of the same name exists, unless ``overwrite``.
+
+    Raises:
+        OutputExistsError: listing (some of) the clashing names and the two ways out.
+    """
+    clashes = [] if overwrite else existing_names(out, names)
+    if clashes:
+        shown = ", ".join(clashes[:5]) + (f" and {len(clashes) - 5} more" if len(clashes) > 5 else "")
+        raise OutputExistsError(f"{option} {out} already holds {len(clashes)} file(s) this command would write "
+                                f"({shown}); choose another {option}, or pass --overwrite to replace them "
+                                f"(other files in it are kept)")
+
+
+def _files_under(folder: Path) -> list[Path]:
+    return sorted(p.relative_to(folder) for p in folder.rglob("*") if p.is_file() or p.is_symlink())
+
+
+@contextmanager
+def files_beside(target: Path | str, *, overwrite: bool = False, option: str = "--out") -> Iterator[Path]:
+    """Yield a path (not yet created, named like ``target``) in a scratch folder beside
+    ``target`` for a writer to create its output at; when the block ends without error, every
+    file written there is moved into ``target`` (created if needed), beside the files
+    ``target`` already holds, which are kept. A file of the same name is refused (before any
+    file moves) unless ``overwrite``. On error, nothing in ``target`` changes.
+
+    Every file appears whole (``os.replace``); nothing in ``target`` is ever deleted.
+
+    Raises:
+        OutputExistsError: ``target`` is a file, or holds a file of a written name.
+    """
+    target = Path(target)
+    check_out_folder(target, option=option)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with scratch_dir(target) as scratch:
+        staging = scratch / target.name
+        yield staging
+        written = _files_under(staging) if staging.is_dir() else []
+        refuse_existing(target, [p.as_posix() for p in written], overwrite, option)
+        for relative in written:
+            destination = target / relative
+            if destination.is_dir() and not destination.is_symlink():
+                raise OutputExistsError(f"{option} {target} holds a folder {relative}, where this command writes a "
+                                        f"file; move it away or choose another {option}")
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staging / relative, destination)

@@ -30,6 +30,7 @@ def export(args: argparse.Namespace, params: Params | None) -> None:
             if path.exists() and not is_kind(path):
                 raise UserError(f"--out {args.out}: {path} exists and is not a {kind}; choose another --out or "
                                 f"move it away (nothing was written)")
+        check_bundle_target(args.out, args.model, overwrite=args.overwrite, make_zip=not args.no_zip)
         model = open_model(args.model, args.fold, trusted=args.trust)
         info = ExportInfo(approach=args.approach or "nnunet",
                           trained_on=args.trained_on or "the exporting institution's own data",
@@ -44,6 +45,41 @@ def export(args: argparse.Namespace, params: Params | None) -> None:
     target = export_pipeline_model(args.pair, args.approach or Approach.LOCAL.value, args.trained_on, args.fold,
                                    load_params(args.params), make_zip=not args.no_zip)
     logger.info("trained bundle written to %s", target)
+
+
+def check_bundle_target(out: Path, model: Path, *, overwrite: bool, make_zip: bool) -> None:
+    """Refuse, before any work, a bundle target that would replace files the export did not write.
+
+    A bundle is written whole (its manifest covers every file), so ``--out`` must be a new or
+    empty folder; with ``--overwrite`` it may also be an earlier bundle holding nothing but the
+    files its manifest lists (it is replaced whole); ``OUT.zip`` is replaced only with ``--overwrite``.
+
+    Raises:
+        OutputExistsError: naming what is in the way and the fix.
+    """
+    from stitch_ops.bundle.export import MANIFEST
+    from stitch_ops.outputs import OutputExistsError, check_out_folder
+
+    check_out_folder(out, {"--model": model})
+    archive = out.with_name(out.name + ".zip")
+    if make_zip and (archive.is_dir() or (archive.exists() and not overwrite)):
+        raise OutputExistsError(f"{archive} exists, where the bundle's zip goes; choose another --out"
+                                + ("" if archive.is_dir() else ", or pass --overwrite to replace it"))
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if not p.is_dir())
+    listed = set()
+    if (out / MANIFEST).is_file():
+        listed = {line.split("  ", 1)[1] for line in (out / MANIFEST).read_text().splitlines() if "  " in line}
+        listed.add(MANIFEST)
+    foreign = [f for f in files if f not in listed]
+    if foreign:
+        raise OutputExistsError(f"--out {out} holds files that are not part of a bundle ({', '.join(foreign[:5])}"
+                                f"{' ...' if len(foreign) > 5 else ''}); a bundle is written whole: choose a new "
+                                f"or empty folder")
+    if not overwrite:
+        raise OutputExistsError(f"--out {out} holds a bundle already; choose another --out, or pass --overwrite to "
+                                f"replace it")
 
 
 def verify(args: argparse.Namespace, params: Params | None) -> None:
@@ -83,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
                      type=lambda v: v if v == "all" else int(v))
     exp.add_argument("--metrics", type=Path, help="with --model: a summary.json of validation metrics")
     exp.add_argument("--no-zip", action="store_true", help="write the folder only")
+    exp.add_argument("--overwrite", action="store_true", help="with --model: replace a bundle already at --out "
+                                                              "(and OUT.zip); any other file there is refused")
     exp.add_argument("--trust", action="store_true", help="allow plans naming classes outside nnU-Net's "
                                                           "architectures and torch's layers (their code runs)")
     ver = commands.add_parser("verify", parents=[common],

@@ -38,11 +38,18 @@ def split(args: argparse.Namespace, params: Params) -> None:
 
 
 def convert(args: argparse.Namespace, params: Params | None) -> None:
+    """Convert into ``target``, beside any files it holds (a same-named file is refused unless
+    ``--overwrite``); never into the source."""
+    from stitch_ops.outputs import check_out_folder, files_beside, refuse_existing
+
+    check_out_folder(args.target, {"source": args.source, "--labels": args.labels}, option="target")
+    refuse_existing(args.target, ["dataset.json"], args.overwrite, option="target")  # an earlier conversion
     from stitch_ops.data.converters import convert as run
 
-    out = run(args.layout, args.source, args.target, labels=args.labels, video_table=args.video_table,
-              label_name=args.label_name, image_size=args.image_size, progress=args.progress)
-    logger.info("wrote nnU-Net raw dataset %s; point params data.<pair>.source.<party> at it", out)
+    with files_beside(args.target, overwrite=args.overwrite, option="target") as staging:
+        run(args.layout, args.source, staging, labels=args.labels, video_table=args.video_table,
+            label_name=args.label_name, image_size=args.image_size, progress=args.progress)
+    logger.info("wrote nnU-Net raw dataset %s; point params data.<pair>.source.<party> at it", args.target)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--labels", type=Path, help="nifti: the labels folder")
     conv.add_argument("--video-table", type=Path, help="cvc-clinicdb: CSV with columns frame,video")
     conv.add_argument("--label-name", default="foreground", help="nifti: name of label 1")
+    conv.add_argument("--overwrite", action="store_true", help="replace files of the same name in target "
+                      "(other files there are kept)")
     conv.add_argument("--image-size", type=int, help="kvasir/cvc-clinicdb: resize frames to this many "
                       "pixels on a side (full-size frames make CPU planning and training slow)")
     return parser

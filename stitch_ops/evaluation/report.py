@@ -522,7 +522,10 @@ def run(pair: str, root: Path = Path("."), out: Path = REPORTS, params: Params |
         write_text(staging / f"{pair}.md", render_markdown(results, sections, findings, f"{pair}/figures"))
         write_json(staging / "metrics.json", headline(results, stats, findings), ensure_ascii=False)
         (out / "metrics").mkdir(parents=True, exist_ok=True)
-        for name in (pair, f"{pair}.md", f"{pair}.html"):
+        (out / pair).mkdir(parents=True, exist_ok=True)
+        # the report's own files and folders, one by one: anything else in ``out`` (or in
+        # ``out/<pair>``) is not the report's and is kept
+        for name in (f"{pair}/tables", f"{pair}/figures", f"{pair}.md", f"{pair}.html"):
             swap_in(staging / name, out / name)
         swap_in(staging / "metrics.json", out / "metrics" / f"{pair}.json")
     figure_paths = tuple(out / pair / "figures" / p.name for _, p in made)
@@ -580,6 +583,9 @@ def write_index(pairs: Sequence[str], out: Path = REPORTS) -> Path:
 
 
 def _report(args: argparse.Namespace, params: Params) -> None:
+    from stitch_ops.outputs import check_out_folder
+
+    check_out_folder(args.out)
     pairs = list(args.pair) if args.pair else list(params.pairs)
     unknown = [p for p in pairs if p not in params.pairs]
     if unknown:

@@ -78,3 +78,16 @@ def test_unknown_pair_is_one_line_exit_2(reported: Path):
     result = stitch_ops("report", "--pair", "knee", cwd=reported)
     assert result.returncode == 2
     assert "unknown pair(s) ['knee']" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_rerun_replaces_only_the_reports_own_files(reported: Path):
+    reports = reported / "reports"
+    mine = [reports / "notes.txt", reports / "polyp" / "notes.txt"]
+    for path in mine:
+        path.write_text("mine")
+    result = stitch_ops("report", "--pair", "polyp", "--no-progress", "--no-mlflow", cwd=reported)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert all(path.read_text() == "mine" for path in mine)
+    assert (reports / "polyp" / "tables" / "wilcoxon_holm.csv").is_file()
+    result = stitch_ops("report", "--pair", "polyp", "--out", "reports/polyp.html", cwd=reported)
+    assert result.returncode == 2 and "--out reports/polyp.html is an existing file" in result.stderr
