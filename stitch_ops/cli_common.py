@@ -41,9 +41,16 @@ def common_options() -> argparse.ArgumentParser:
     return parent
 
 
-def setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+def setup_logging(verbose: bool, default_level: int = logging.INFO) -> None:
+    """Log to stderr: DEBUG with ``verbose``, else ``default_level`` (the stage commands: INFO,
+    for the pipeline's logs; the task commands: WARNING, so a person sees results, not logs)."""
+    logging.basicConfig(level=logging.DEBUG if verbose else default_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if not verbose and default_level > logging.INFO:
+        import warnings
+
+        warnings.filterwarnings("ignore", category=UserWarning)  # libraries' notes to their developers
+        warnings.filterwarnings("ignore", category=FutureWarning)
     for noisy in ("alembic", "mlflow", "urllib3", "numexpr", "matplotlib", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

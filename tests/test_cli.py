@@ -41,8 +41,11 @@ HELP = [
     (["bundle", "export"], ["--model MODEL", "--out OUT", "--pair PAIR", "--approach APPROACH",
                             "--trained-on TRAINED_ON", "--fold FOLD"]),
     (["stitch"], ["--own OWN", "--other OTHER", "--images IMAGES", "--out OUT",
-                  "--method {double_batched,direct_matching}", "--seed SEED"]),
-    (["predict"], ["--model MODEL", "--input INPUT", "--out OUT", "--save-probabilities"]),
+                  "--method {double_batched,direct_matching} how the stitches are trained (default: double_batched)",
+                  "--seed SEED", "(default: 0)", "--holdout HOLDOUT", "(default: 0.5)", "--quick", "--overwrite",
+                  *[f"{option} {option[2:].upper().replace('-', '_')}" for option in
+                    ("--epochs", "--iterations-per-epoch", "--batch-size", "--lr", "--max-positions")]]),
+    (["predict"], ["--model MODEL", "--input INPUT", "--out OUT", "--save-probabilities", "--overwrite"]),
     (["bundle", "verify"], ["bundle", "--trust"]),
     (["profile"], ["{paper,quick,smoke}", "smoke: CI"]),
     (["repro"], ["--jobs JOBS", "default 2: one per core of a 2-core machine; 1 = one plain `dvc repro`", "--root ROOT"]),
@@ -74,3 +77,17 @@ def test_missing_params_file_is_a_clear_error(tmp_path: Path):
     result = stitch_ops("nnunet", "train", "--pair", "polyp", "--party", "a", "--fold", "0", cwd=tmp_path)
     assert result.returncode == 2
     assert "no params file" in result.stderr
+
+
+def test_stitch_help_shows_every_schedule_default_and_the_trial_run():
+    from stitch_ops.commands import SCHEDULE_OPTIONS, stitch_schedules
+
+    default, trial = stitch_schedules()
+    shown = " ".join(stitch_ops("stitch", "--help").stdout.split())
+    def value(setting: object) -> str:  # epochs may map each method to its own
+        if isinstance(setting, dict):
+            return ", ".join(f"{epochs} {method}" for method, epochs in setting.items())
+        return "every position" if setting is None else str(setting)
+
+    for key in SCHEDULE_OPTIONS:
+        assert f"(default: {value(default[key])}; with --quick: {value(trial[key])})" in shown, key

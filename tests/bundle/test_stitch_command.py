@@ -51,7 +51,10 @@ def test_incompatible_models_are_named_with_the_fix(models, change: dict, phrase
 
 
 def stitch(capsys, *argv: str) -> tuple[int, str, str]:
-    status = cli_main(["stitch", *argv])
+    try:
+        status = cli_main(["stitch", *argv])
+    except SystemExit as exit:  # argparse's own errors
+        status = exit.code
     captured = capsys.readouterr()
     return status, captured.out, captured.err
 
@@ -80,7 +83,7 @@ def test_bad_inputs_fail_in_one_line_before_any_work(institution_a: Institution,
         (["--images", str(broken)], "cannot read case"),
         (["--images", str(images), "--labels", str(empty)], f"no label in {empty} is named like an image case"),
         (["--images", str(images), "--other", str(tmp_path / "nothing")], "no model at"),
-        (["--images", str(images), "--epochs", "0"], "bad stitch schedule: StitchTrainingConfig.epochs should be"),
+        (["--images", str(images), "--epochs", "0"], "argument --epochs: expected a whole number >= 1, got '0'"),
     ]
     for extra, phrase in cases:
         argv = base + extra if extra[0] != "--own" else extra + TINY
@@ -99,7 +102,7 @@ def test_stitch_scores_positions_exports_and_resumes(institution_a: Institution,
     assert status == 0, err
     for name in ("own", "other", "plain ensemble", "stitch-ensemble"):
         assert f"  {name} " in out
-    assert "positions scored: 2" in out and "strategy 1" in out
+    assert "(2 position(s) scored)" in out and out.splitlines()[-2].startswith("recommendation: ")
     positions = pd.read_csv(tmp_path / "out" / "positions.csv")
     assert len(positions) == 2 and positions["selected"].sum() == 1
     assert positions["dice"].between(0, 1).all()
@@ -125,12 +128,11 @@ def test_stitch_scores_positions_exports_and_resumes(institution_a: Institution,
     status, _, err = stitch(capsys, *argv[:-len(TINY)], "--method", "direct_matching", *TINY)
     assert status == 2 and "holds a stitch run with other settings" in err
 
-    # without labels: the rule-of-thumb position, said so (the trained stitches are reused)
-    shutil.copytree(tmp_path / "out" / "work", tmp_path / "unlabeled" / "work")
+    # without labels: the rule-of-thumb position, said so (stitches trained on every image: none is held out)
     status, out, _ = stitch(capsys, *[a if a != str(tmp_path / "out") else str(tmp_path / "unlabeled")
                                       for a in argv if a not in (str(raw / "labelsTr"), "--labels")])
     assert status == 0 and "strategy 3 (no --labels): the rule-of-thumb position, +4 matches from the last skip" in out
-    assert "positions scored: 0" in out
+    assert "recommendation: none without labels" in out
     unlabeled = json.loads((tmp_path / "unlabeled" / "summary.json").read_text())
     assert unlabeled["from_last_merge"] == min(4, unlabeled["matches"] - 1 - unlabeled["last_merge"])
 
@@ -138,13 +140,17 @@ def test_stitch_scores_positions_exports_and_resumes(institution_a: Institution,
     selection = tmp_path / "selection.json"
     selection.write_text(json.dumps({"rule_of_thumb": {"k": 3, "coordinate": "from_last_merge",
                                                        "pooled_position": -1, "pooled_tables": 6}}))
-    shutil.copytree(tmp_path / "out" / "work", tmp_path / "measured" / "work")
     status, out, _ = stitch(capsys, *[a if a != str(tmp_path / "out") else str(tmp_path / "measured")
                                       for a in argv if a not in (str(raw / "labelsTr"), "--labels")],
                             "--rule-of-thumb", str(selection))
     measured = json.loads((tmp_path / "measured" / "summary.json").read_text())
     assert status == 0 and f"{selection} (pooled over 6 scored networks)" in out
     assert measured["from_last_merge"] == -1 and measured["k"] == measured["last_merge"] - 1
+    selection.write_text(json.dumps({"rule_of_thumb": {"k": 3}}))  # written before strategy 3 was structural
+    status, _, err = stitch(capsys, *[a if a != str(tmp_path / "out") else str(tmp_path / "old")
+                                      for a in argv if a not in (str(raw / "labelsTr"), "--labels")],
+                            "--rule-of-thumb", str(selection))
+    assert status == 2 and err.startswith(f"stitch-ops stitch: error: --rule-of-thumb: {selection} holds no rule")
 
     predicted = tmp_path / "seg"
     assert cli_main(["predict", "--model", str(tmp_path / "out" / "bundle.zip"), "--input",
