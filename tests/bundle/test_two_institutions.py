@@ -47,7 +47,8 @@ def institution_b_uses(received: Path, b_root: Path, capsys, *, labels: bool) ->
             "--out", str(out), *TINY] + (["--labels", str(b.raw / "labelsTr")] if labels else [])
     assert cli_main(argv) == 0, capsys.readouterr().err
     summary = capsys.readouterr().out
-    assert ("strategy 1" in summary) if labels else ("strategy 3 (no --labels)" in summary)
+    assert ("held-out labelled image(s)" in summary) if labels else ("strategy 3 (no --labels)" in summary)
+    assert "\nrecommendation: " in summary
 
     assert cli_main(["bundle", "verify", str(out / "bundle.zip")]) == 0
     assert "network loads as plain weights" in capsys.readouterr().out
@@ -97,8 +98,8 @@ def test_an_nnunet_export_zip_from_institution_a_stitched_at_institution_b(tmp_p
 
     b = institution_b_uses(received, b_root, capsys, labels=True)
     summary = json.loads((b_root / "stitched" / "summary.json").read_text())
-    assert set(summary["validation"]) == {"own", "other", "plain ensemble", "stitch-ensemble"}
-    assert summary["validation_cases"] == len(list((b.raw / "labelsTr").glob("*.png")))
+    assert set(summary["held_out_scores"]) == {"own", "other", "plain ensemble", "stitch-ensemble"}
+    assert summary["held_out_images"] == round(0.5 * len(list((b.raw / "labelsTr").glob("*.png"))))
     # nnU-Net's zip carries A's dataset_fingerprint.json; B's bundle must not pass it on
     with zipfile.ZipFile(b_root / "stitched" / "bundle.zip") as archive:
         assert not [n for n in archive.namelist() if "fingerprint" in n or n.endswith(".pth")]
