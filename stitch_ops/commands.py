@@ -13,7 +13,7 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -211,10 +211,14 @@ def check_images_path(path: Path, option: str) -> None:
                 raise UserError(f"{option} {path} is an nnU-Net dataset, not a folder of images: pass {path / sub}")
 
 
-def _quiet(verbose: bool) -> Any:
+@contextlib.contextmanager
+def _quiet(verbose: bool) -> Iterator[None]:
     """Library output (nnU-Net prints to stdout) sent to stderr with -v, else dropped: stdout
     holds only the command's result."""
-    return contextlib.redirect_stdout(sys.stderr if verbose else open(os.devnull, "w"))
+    with contextlib.ExitStack() as stack:
+        sink = sys.stderr if verbose else stack.enter_context(open(os.devnull, "w"))
+        stack.enter_context(contextlib.redirect_stdout(sink))
+        yield
 
 
 def stitch_main(argv: Sequence[str] | None = None) -> int:

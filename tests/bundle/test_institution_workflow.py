@@ -221,6 +221,8 @@ def test_bundle_export_never_replaces_a_users_files(institution_b: Institution, 
     verify_bundle(bundle.with_name("bundle.zip"))
     status, _, err = run(capsys, *export, model / "exported")
     assert status == 2 and "lies inside --model" in err
+    status, _, err = run(capsys, "bundle", "export", "--model", model / "fold_0", "--out", tmp_path / "b2")
+    assert status == 2 and f"pass the parent folder {model} with --fold 0" in err
 
 
 def test_data_convert_writes_beside_the_files_target_holds(tmp_path: Path, capsys):
