@@ -332,17 +332,11 @@ def convert_255(model: NnUNetModel, labels: Path, cases: list[str], target: Path
     return target
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def parent_record(source: Path, model: NnUNetModel) -> dict[str, Any]:
     """What identifies one parent in the exported bundle: dataset, trainer, plans,
     configuration, folds and the SHA-256 of the weights file(s) it was opened from."""
+    from stitch_ops.bundle.manifest import sha256 as _sha256
+
     identity = re.search(r"(\w+)__(\w+)__(\w+)", model.description)
     record: dict[str, Any] = {
         "dataset": model.plans.get("dataset_name") or model.dataset_json.get("name"),
@@ -413,12 +407,13 @@ OWN_FILES = ("task.json", "positions.csv", "summary.json", "bundle", "bundle.zip
 """Everything ``stitch-ops stitch`` writes into ``--out``; other files there are never touched."""
 
 
-def prepare_out(task: StitchTask) -> None:
+def prepare_out(task: StitchTask, check_only: bool = False) -> None:
     """Refuse an ``--out`` that would mix runs or overwrite files this run did not write.
 
     An ``--out`` with this task's ``task.json`` resumes; one with another run's, or holding
     any of :data:`OWN_FILES` without a ``task.json``, is refused unless ``--overwrite`` (then
-    those files, and only those, are replaced)."""
+    those files, and only those, are removed: not with ``check_only``, the check before any
+    work)."""
     out, marker = task.out, task.out / "task.json"
     if marker.is_file():
         if read_json(marker).get("fingerprint") == task.fingerprint():
@@ -426,10 +421,10 @@ def prepare_out(task: StitchTask) -> None:
         if not task.overwrite:
             raise OutputExistsError(f"{out} holds a stitch run with other settings ({marker}); choose another "
                                     f"--out, or pass --overwrite to replace that run's files (others are kept)")
+    else:
+        refuse_existing(out, OWN_FILES, task.overwrite)
+    if not check_only:
         _start_over(out)
-        return
-    refuse_existing(out, OWN_FILES, task.overwrite)
-    _start_over(out)
 
 
 def run(task: StitchTask, progress: bool = True) -> dict[str, Any]:
@@ -453,6 +448,7 @@ def run(task: StitchTask, progress: bool = True) -> dict[str, Any]:
         raise UserError(f"bad stitch schedule: {option_names(str(err))}") from None
     if task.max_positions is not None and task.max_positions < 1:
         raise UserError(f"--max-positions must be >= 1, got {task.max_positions}")
+    prepare_out(task, check_only=True)  # before the models are opened
     if task.threads is not None:
         import torch
 
