@@ -65,7 +65,8 @@ def _with_task_options(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                         help="replace files of the same name in --out (other files there are always kept)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
     parser.add_argument("--trust", action="store_true",
-                        help="allow plans naming architectures outside dynamic_network_architectures")
+                        help="allow plans naming classes outside nnU-Net's architectures and torch's "
+                             "layers (their code runs): only for a model from a source you trust")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO) and library messages "
                                                                       "on stderr; default: warnings only")

@@ -89,7 +89,7 @@ def load_results_folder(folder: Path, folds: Sequence[int | str] | None = None, 
         folder: ``<Trainer>__<Plans>__<configuration>``.
         folds: which folds (default: every fold with ``checkpoint_final.pth``); several are
             averaged like nnU-Net's predictor does.
-        trusted: allow plans naming architectures outside ``dynamic_network_architectures``.
+        trusted: allow plans naming classes outside nnU-Net's architectures and torch's layers.
 
     Raises:
         ModelError: a file is missing or not plain data, or the weights do not fit the plans.
