@@ -11,6 +11,8 @@ topological order of the combined graph; ``Graph.lint`` checks it.
 Each user of the merge picks its outputs (a parent's logits, the switch losses,
 the matched maps) and dead-code elimination removes whatever those outputs do
 not need, so e.g. a stitch-ensemble never runs a stitch it does not use.
+:func:`parent_maps` copies the two parents side by side without any switch (their
+own matched maps).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from torch import fx, nn
 from stitch_ops.graph.matching import Match
 from stitch_ops.stitching.stitch import PairStatistics
 
-__all__ = ["MergedGraph", "merge_graphs", "program"]
+__all__ = ["MergedGraph", "merge_graphs", "parent_maps", "program"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -40,6 +42,8 @@ class MergedGraph:
         losses_a: loss of the switch at ``a_k`` (``None`` at run time unless double-batched).
         losses_b: loss of the switch at ``b_k``.
         statistics: per match, the :class:`PairStatistics` of ``(a_k, b_k)``.
+        switches_a: the call of the switch at ``a_k``, for every match k.
+        switches_b: the call of the switch at ``b_k``.
     """
 
     graph: fx.Graph
@@ -50,6 +54,8 @@ class MergedGraph:
     losses_a: tuple[fx.Node, ...]
     losses_b: tuple[fx.Node, ...]
     statistics: tuple[fx.Node, ...]
+    switches_a: tuple[fx.Node, ...] = ()
+    switches_b: tuple[fx.Node, ...] = ()
 
 
 def merge_graphs(
@@ -61,6 +67,7 @@ def merge_graphs(
     prefix_a: str = "parent_a",
     prefix_b: str = "parent_b",
     moments: str | None = None,
+    references: bool = False,
 ) -> MergedGraph:
     """Interleave two parents' graphs with a pair of switches per match.
 
@@ -74,17 +81,29 @@ def merge_graphs(
         prefix_b: where B's modules live.
         moments: qualified name of a module computing the :class:`PairStatistics` of
             ``(a_k, b_k)`` (e.g. on a random subset of positions); ``None``: ``PairStatistics.of``.
+        references: the graph takes a second input, ``references``: per match the pair
+            ``(a_k, b_k)`` of the parents' own maps (:func:`parent_maps`), which each switch
+            gets after its two maps (own reference first): double-batched training.
     """
     merged = fx.Graph()
     x = merged.placeholder("x")
+    given = merged.placeholder("references") if references else None
     side_a = _Side(graph_a, prefix_a, merged, x)
     side_b = _Side(graph_b, prefix_b, merged, x)
-    maps_a, maps_b, losses_a, losses_b, statistics = [], [], [], [], []
+    maps_a, maps_b, losses_a, losses_b, statistics, calls_a, calls_b = [], [], [], [], [], [], []
     for k, match in enumerate(matches):
         original_a = side_a.copy_through(match.node_a)
         original_b = side_b.copy_through(match.node_b)
-        switched_a = merged.call_module(switch_a(k), (original_a, original_b))
-        switched_b = merged.call_module(switch_b(k), (original_b, original_a))
+        extra_a = extra_b = ()
+        if given is not None:
+            pair = merged.call_function(operator.getitem, (given, k))
+            reference_a = merged.call_function(operator.getitem, (pair, 0))
+            reference_b = merged.call_function(operator.getitem, (pair, 1))
+            extra_a, extra_b = (reference_a, reference_b), (reference_b, reference_a)
+        switched_a = merged.call_module(switch_a(k), (original_a, original_b, *extra_a))
+        switched_b = merged.call_module(switch_b(k), (original_b, original_a, *extra_b))
+        calls_a.append(switched_a)
+        calls_b.append(switched_b)
         side_a.redirect(match.node_a, merged.call_function(operator.getitem, (switched_a, 0)))
         side_b.redirect(match.node_b, merged.call_function(operator.getitem, (switched_b, 0)))
         maps_a.append(original_a)
@@ -102,7 +121,28 @@ def merge_graphs(
         losses_a=tuple(losses_a),
         losses_b=tuple(losses_b),
         statistics=tuple(statistics),
+        switches_a=tuple(calls_a),
+        switches_b=tuple(calls_b),
     )
+
+
+def parent_maps(
+    graph_a: fx.Graph,
+    graph_b: fx.Graph,
+    matches: Sequence[Match],
+    prefix_a: str = "parent_a",
+    prefix_b: str = "parent_b",
+) -> MergedGraph:
+    """Both parents copied side by side with no switch: ``maps_a`` / ``maps_b`` are their own
+    matched maps (the reference of double-batched training); no losses, statistics or switches."""
+    merged = fx.Graph()
+    x = merged.placeholder("x")
+    side_a = _Side(graph_a, prefix_a, merged, x)
+    side_b = _Side(graph_b, prefix_b, merged, x)
+    maps_a = tuple(side_a.copy_through(match.node_a) for match in matches)
+    maps_b = tuple(side_b.copy_through(match.node_b) for match in matches)
+    return MergedGraph(graph=merged, output_a=side_a.copy_rest(), output_b=side_b.copy_rest(), maps_a=maps_a,
+                       maps_b=maps_b, losses_a=(), losses_b=(), statistics=())
 
 
 def program(root: nn.Module, merged: MergedGraph, outputs) -> fx.GraphModule:

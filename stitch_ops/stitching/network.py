@@ -35,7 +35,7 @@ from stitch_ops.errors import InputFileError, reading
 from stitch_ops.graph.matching import Match, MatchingConfig, match_networks
 from stitch_ops.graph.trace import NetworkGraph, trace_network
 from stitch_ops.outputs import output_file
-from stitch_ops.stitching.merge import merge_graphs, program
+from stitch_ops.stitching.merge import merge_graphs, parent_maps, program
 from stitch_ops.stitching.parents import ParentSpec, probe_shape
 from stitch_ops.stitching.stitch import MomentSampler, PairStatistics, Stitch
 from stitch_ops.stitching.switch import DEFAULT_LOSS_TERMS, LossTerm, Switch, SwitchMode
@@ -170,8 +170,10 @@ class StitchedNetwork(nn.Module):
             "a": self._program(lambda merged: merged.output_a),
             "b": self._program(lambda merged: merged.output_b),
             "statistics": self._program(lambda merged: merged.statistics),
-            "double_batched": self._program(lambda merged: tuple(zip(merged.losses_a, merged.losses_b))),
+            "double_batched": self._program(lambda merged: tuple(zip(merged.losses_a, merged.losses_b)),
+                                            references=True),
             "maps": self._program(lambda merged: tuple(zip(merged.maps_a, merged.maps_b))),
+            "references": self._program(lambda merged: tuple(zip(merged.maps_a, merged.maps_b)), switches=False),
         }
         self.configuration = SwitchConfiguration.all_original(len(self.matches))
         self.training_method: StitchMethod | None = None
@@ -238,8 +240,11 @@ class StitchedNetwork(nn.Module):
         Direct matching: ``MSE(stitch(b_k), a_k)`` and ``MSE(stitch(a_k), b_k)`` with every
         switch on original; the parents run without autograd and the MSEs follow
         from each pair's exact :class:`PairStatistics` (training steps use
-        :meth:`direct_matching_gradients`). Double-batched: each switch's loss, for the
-        doubled batch ``x`` (every sample twice).
+        :meth:`direct_matching_gradients`). Double-batched: each switch's loss for images ``x``
+        put in the batch twice (:mod:`stitch_ops.stitching.switch`), ``x`` given once: the
+        reference copy is the parents' own forward pass, run here without autograd (nothing in
+        it depends on a stitch), and the switches compute their losses on the forwarded copy
+        against it.
 
         Raises:
             RuntimeError: if no training method is set.
@@ -247,7 +252,9 @@ class StitchedNetwork(nn.Module):
         if self.training_method is None:
             raise RuntimeError("switch losses need a training method: call set_training(StitchMethod...) first")
         if self.training_method is StitchMethod.DOUBLE_BATCHED:
-            return tuple(PairLosses(a, b) for a, b in self._programs["double_batched"](x))
+            with torch.no_grad():
+                references = self._programs["references"](x)
+            return tuple(PairLosses(a, b) for a, b in self._programs["double_batched"](x, references))
         return tuple(
             PairLosses(statistics.swapped().stitch_mse(switch_a.stitch), statistics.stitch_mse(switch_b.stitch))
             for statistics, switch_a, switch_b in zip(self.pair_statistics(x), self.switches_a, self.switches_b)
@@ -315,14 +322,21 @@ class StitchedNetwork(nn.Module):
                 f"(got {self.configuration.active_stitches} active) and leave double-batched training"
             )
 
-    def _program(self, outputs) -> fx.GraphModule:
+    def _program(self, outputs, references: bool = False, switches: bool = True) -> fx.GraphModule:
+        """A program of the merged parents returning ``outputs(merged)``; ``references``: switches
+        take the parents' own maps too (double-batched); ``switches=False``: the parents alone."""
+        graph_a, graph_b = self.graph_a.module.graph, self.graph_b.module.graph
+        if not switches:
+            merged = parent_maps(graph_a, graph_b, self.matches)
+            return program(self, merged, outputs(merged))
         merged = merge_graphs(
-            self.graph_a.module.graph,
-            self.graph_b.module.graph,
+            graph_a,
+            graph_b,
             self.matches,
             switch_a=lambda k: f"switches_a.{k}",
             switch_b=lambda k: f"switches_b.{k}",
             moments="moments",
+            references=references,
         )
         return program(self, merged, outputs(merged))
 

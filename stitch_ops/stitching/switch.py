@@ -7,16 +7,27 @@ random choice per sample.
 
 In double-batched training (DESIGN.md, "The method in one page", step 4) the
 switch also computes its loss, because it is the one place where all the maps
-involved meet. The batch holds every sample twice. The first half is the
-reference and is passed on unchanged; the second half gets the mode's choice.
-With (1) the reference ``a_k``, (2) the forwarded ``a_k`` (second half), (3) the
-stitched reference ``stitch(b_k)`` (first half) and (4) the stitched forwarded
-``stitch(b_k)`` (second half), the loss is a sum of :class:`LossTerm` s, each
-anchored to (1): by default ``MSE(1, 2) + MSE(1, 3) + MSE(1, 4)``. The paper's
-text reads "between (1) and (2), (3) and (4)"; taken literally ``MSE(3, 4)``
-lets a stitch shrink towards zero, so every term here is anchored to the
-reference. Direct matching needs no switch: the combined network computes it
-from the matched maps' :class:`~stitch_ops.stitching.stitch.PairStatistics`.
+involved meet. The batch holds every sample twice: the first copy carries the
+parents' unstitched reference maps, the second copy whatever the switches pass
+on. With (1) the reference ``a_k``, (2) the forwarded ``a_k`` (second copy), (3) the
+stitched reference ``stitch(b_k)`` and (4) the stitched forwarded ``stitch(b_k)``,
+the loss is a sum of :class:`LossTerm` s, each anchored to (1): by default
+``MSE(1, 2) + MSE(1, 3) + MSE(1, 4)``. The paper's text reads "between (1) and
+(2), (3) and (4)"; taken literally ``MSE(3, 4)`` lets a stitch shrink towards
+zero, so every term here is anchored to the reference. Direct matching needs no
+switch: the combined network computes it from the matched maps'
+:class:`~stitch_ops.stitching.stitch.PairStatistics`.
+
+The reference copy is the parents' own forward pass (every earlier switch passes the
+reference on, and no layer of a frozen nnU-Net mixes the samples of a batch), and nothing
+in it depends on a stitch. So it is not put through the combined network at all: the
+combined network computes the reference maps once per step without autograd
+(:meth:`~stitch_ops.stitching.network.StitchedNetwork.switch_losses`) and hands each
+switch its pair, ``reference`` and ``other_reference``; the switches then see only the
+forwarded copy. Same losses and gradients as concatenating the two copies into one batch
+(to float rounding; ``tests/stitching/test_double_batched.py`` compares both), without
+the reference copy's share of the later layers, its backward pass and the
+concatenation at every switch (``bench/training_step.py``).
 
 Random choices use an explicit :class:`torch.Generator`, never the global RNG.
 """
@@ -89,10 +100,16 @@ class Switch(nn.Module):
             raise ValueError(f"loss_terms should name at least one of {[t.value for t in LossTerm]}, got none")
         self.loss_terms = None if loss_terms is None else tuple(LossTerm(term) for term in loss_terms)
 
-    def forward(self, original: Tensor, other: Tensor) -> SwitchOutput:
-        """``original``: this network's map ``B C_b ...``; ``other``: the other network's map ``B C_a ...``."""
+    def forward(self, original: Tensor, other: Tensor, reference: Tensor | None = None,
+                other_reference: Tensor | None = None) -> SwitchOutput:
+        """``original``: this network's map ``B C_b ...``; ``other``: the other network's map ``B C_a ...``.
+
+        Double-batched training also takes ``reference`` and ``other_reference``: the two
+        parents' own (unstitched) maps at this match for the same images, computed without
+        autograd; ``original`` and ``other`` are then the forwarded copy's maps.
+        """
         if self.loss_terms is not None:
-            return self._double_batched(original, other)
+            return self._double_batched(original, other, reference, other_reference)
         if self.mode is SwitchMode.ORIGINAL:
             return SwitchOutput(original, None)
         return SwitchOutput(self._choose(original, self.stitch(other)), None)
@@ -111,25 +128,24 @@ class Switch(nn.Module):
         take_stitched = take_stitched.to(original.device).view(-1, *([1] * (original.dim() - 1)))
         return torch.where(take_stitched, stitched, original)
 
-    def _double_batched(self, original: Tensor, other: Tensor) -> SwitchOutput:
-        """First half: the reference, passed on (detached: it never depends on a stitch). Second half: the mode's choice.
-
-        The halves are taken with ``chunk`` and stitched separately, so the
-        backward pass does not zero-fill a full-size gradient per slice.
-        """
-        if len(original) % 2:
-            raise ValueError(f"a double batch needs an even batch size (reference + copy), got {len(original)}")
-        reference, forwarded = original.chunk(2)
-        other_reference, other_forwarded = other.chunk(2)
-        reference = reference.detach()
+    def _double_batched(self, forwarded: Tensor, other_forwarded: Tensor, reference: Tensor | None,
+                        other_reference: Tensor | None) -> SwitchOutput:
+        """The loss against the reference (1), and the mode's choice for the forwarded copy."""
+        if reference is None or other_reference is None:
+            raise ValueError("a double-batched switch needs the reference maps of both parents "
+                             "(StitchedNetwork.switch_losses computes them); got none")
+        if reference.shape != forwarded.shape or other_reference.shape != other_forwarded.shape:
+            raise ValueError(f"the reference maps should have the forwarded maps' shapes {tuple(forwarded.shape)} and "
+                             f"{tuple(other_forwarded.shape)}, got {tuple(reference.shape)} and "
+                             f"{tuple(other_reference.shape)}")
         stitched_forwarded = self.stitch(other_forwarded)
 
         def compared(term: LossTerm) -> Tensor:
             if term is LossTerm.FORWARDED:
                 return forwarded
             if term is LossTerm.STITCHED_ORIGINAL:
-                return self.stitch(other_reference.detach())
+                return self.stitch(other_reference)
             return stitched_forwarded
 
         loss = sum(F.mse_loss(compared(term), reference) for term in self.loss_terms)
-        return SwitchOutput(torch.cat([reference, self._choose(forwarded, stitched_forwarded)]), loss)
+        return SwitchOutput(self._choose(forwarded, stitched_forwarded), loss)

@@ -16,10 +16,11 @@ annealed learning rate, on *unlabeled* images.
   (:class:`~stitch_ops.stitching.stitch.MomentSampler`: uniform, without
   replacement, unbiased), which makes a 2-D step cheaper by about the parents'
   forward cost; the least-squares start and the probe loss use every position.
-- *Double-batched*: every batch is doubled; switches pass the reference half on
-  and a random per-sample choice in the second half, and return their loss
-  anchored to the reference (see :mod:`stitch_ops.stitching.switch`). Gradients
-  flow back through the parents' later layers into earlier stitches.
+- *Double-batched*: every sample is in the batch twice; the reference copy is the
+  parents' own forward pass (computed once per step without autograd), the
+  switches pass a random per-sample choice on in the forwarded copy and return
+  their loss anchored to the reference (see :mod:`stitch_ops.stitching.switch`).
+  Gradients flow back through the parents' later layers into earlier stitches.
 
 **Initialisation and schedule: the paper's set-up by default.** Stitches start from the
 modules' own (default) initialisation and train for a *fixed* number of epochs per method
@@ -306,10 +307,7 @@ def probe_loss(network: StitchedNetwork, probe: list[Tensor], config: StitchTrai
     _configure_switches(network, config, PROBE_EPOCH)
     total = 0.0
     for images in probe:
-        images = images.to(device)
-        if network.training_method is StitchMethod.DOUBLE_BATCHED:
-            images = torch.cat([images, images])
-        total += float(sum(pair.a + pair.b for pair in network.switch_losses(images)))
+        total += float(sum(pair.a + pair.b for pair in network.switch_losses(images.to(device))))
     return total / len(probe)
 
 
@@ -345,7 +343,8 @@ def stitch_optimizer(network: StitchedNetwork, config: StitchTrainingConfig) -> 
 
 def training_step(network: StitchedNetwork, optimizer: torch.optim.Optimizer, images: Tensor,
                   sampler: MomentSampler | None = None) -> float:
-    """One optimiser step on images ``B C H W [D]``; for double-batched training the batch is doubled here.
+    """One optimiser step on images ``B C H W [D]``; double-batched training puts every image in the
+    batch twice (:meth:`StitchedNetwork.switch_losses`: the reference copy without autograd).
 
     The network must be prepared with ``set_training(method)`` (and, for
     double-batched training, its switches configured); ``sampler``: direct matching
@@ -356,8 +355,8 @@ def training_step(network: StitchedNetwork, optimizer: torch.optim.Optimizer, im
     optimizer.zero_grad(set_to_none=True)
     if network.training_method is StitchMethod.DIRECT_MATCHING:
         loss = network.direct_matching_gradients(images, sampler)  # closed form: no backward pass
-    else:  # double-batched: the doubled batch through the switches, autograd
-        loss = sum(pair.a + pair.b for pair in network.switch_losses(torch.cat([images, images])))
+    else:  # double-batched: the reference copy without autograd, the forwarded copy through the switches
+        loss = sum(pair.a + pair.b for pair in network.switch_losses(images))
         loss.backward()
     optimizer.step()
     return float(loss.detach())

@@ -215,8 +215,7 @@ def _gradients_from_one_late_switch(network: StitchedNetwork, images: torch.Tens
     mode = SwitchMode.AVERAGE if double_batched else SwitchMode.ORIGINAL
     network.configure(SwitchConfiguration((mode,) * n, (mode,) * n))
     network.set_training(method, (LossTerm.FORWARDED,))
-    doubled = torch.cat([images, images]) if double_batched else images
-    network.switch_losses(doubled)[-1].a.backward()
+    network.switch_losses(images)[-1].a.backward()
     reached = [switch.stitch.layer.weight.grad is not None and bool(switch.stitch.layer.weight.grad.abs().sum() > 0) for switch in network.switches_a]
     network.zero_grad(set_to_none=True)
     network.set_training(None)
