@@ -10,23 +10,24 @@ topological order of the combined graph; ``Graph.lint`` checks it.
 
 Each user of the merge picks its outputs (a parent's logits, the switch losses,
 the matched maps) and dead-code elimination removes whatever those outputs do
-not need, so e.g. a stitch-ensemble never runs a stitch it does not use.
-:func:`parent_maps` copies the two parents side by side without any switch (their
-own matched maps).
+not need, so e.g. a stitch-ensemble never runs a stitch it does not use. A switch
+that passes its own map on may be made a plain wire (:func:`bypass_switches`), so
+that the layers only it read drop out too. :func:`parent_maps` copies the two
+parents side by side without any switch (their own matched maps).
 """
 
 from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from torch import fx, nn
 
 from stitch_ops.graph.matching import Match
 from stitch_ops.stitching.stitch import PairStatistics
 
-__all__ = ["MergedGraph", "merge_graphs", "parent_maps", "program"]
+__all__ = ["MergedGraph", "bypass_switches", "merge_graphs", "parent_maps", "program"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -143,6 +144,22 @@ def parent_maps(
     maps_b = tuple(side_b.copy_through(match.node_b) for match in matches)
     return MergedGraph(graph=merged, output_a=side_a.copy_rest(), output_b=side_b.copy_rest(), maps_a=maps_a,
                        maps_b=maps_b, losses_a=(), losses_b=(), statistics=())
+
+
+def bypass_switches(merged: MergedGraph, switches: Sequence[fx.Node]) -> MergedGraph:
+    """Make each of ``switches`` (switch calls of ``merged``) a wire: whatever read the map it
+    passes on (a parent's output included) reads the switch's own input instead. Only for
+    switches that pass their own map on (on ``original``, outside double-batched training): the
+    values are the same, and dead-code elimination (:func:`program`) then drops the switch and
+    every layer only it read. Returns ``merged`` with its outputs updated (same graph)."""
+    wired: dict[fx.Node, fx.Node] = {}
+    for switch in switches:
+        for user in list(switch.users):
+            if user.target is operator.getitem and user.args[1] == 0:
+                user.replace_all_uses_with(switch.args[0])
+                wired[user] = switch.args[0]
+    return replace(merged, output_a=wired.get(merged.output_a, merged.output_a),
+                   output_b=wired.get(merged.output_b, merged.output_b))
 
 
 def program(root: nn.Module, merged: MergedGraph, outputs) -> fx.GraphModule:

@@ -5,9 +5,11 @@ both parents (frozen: ``requires_grad=False``, normalisation always in eval
 mode), and for every match ``k`` a switch at ``a_k`` (owning the stitch
 ``b_k -> a_k``) and a switch at ``b_k`` (owning ``a_k -> b_k``). What each switch
 passes on and whose output is returned is a :class:`SwitchConfiguration`, set
-at run time with :meth:`StitchedNetwork.configure`; nothing is rebuilt. With
+at run time with :meth:`StitchedNetwork.configure`; the parents are not rebuilt. With
 every switch on ``original`` the network returns exactly the chosen parent's
-output.
+output. The forward pass runs only what the configured output needs: a switch on
+``original`` is a wire, so the other parent runs only as far as the last active
+stitch into the output parent's side reads it (none: not at all).
 
 Example::
 
@@ -35,7 +37,7 @@ from stitch_ops.errors import InputFileError, reading
 from stitch_ops.graph.matching import Match, MatchingConfig, match_networks
 from stitch_ops.graph.trace import NetworkGraph, trace_network
 from stitch_ops.outputs import output_file
-from stitch_ops.stitching.merge import merge_graphs, parent_maps, program
+from stitch_ops.stitching.merge import bypass_switches, merge_graphs, parent_maps, program
 from stitch_ops.stitching.parents import ParentSpec, probe_shape
 from stitch_ops.stitching.stitch import MomentSampler, PairStatistics, Stitch
 from stitch_ops.stitching.switch import DEFAULT_LOSS_TERMS, LossTerm, Switch, SwitchMode
@@ -167,8 +169,6 @@ class StitchedNetwork(nn.Module):
         self.switches_a.to(_device(graph_a.module))
         self.switches_b.to(_device(graph_a.module))
         self._programs = {
-            "a": self._program(lambda merged: merged.output_a),
-            "b": self._program(lambda merged: merged.output_b),
             "statistics": self._program(lambda merged: merged.statistics),
             "double_batched": self._program(lambda merged: tuple(zip(merged.losses_a, merged.losses_b)),
                                             references=True),
@@ -176,6 +176,7 @@ class StitchedNetwork(nn.Module):
             "references": self._program(lambda merged: tuple(zip(merged.maps_a, merged.maps_b)), switches=False),
         }
         self.configuration = SwitchConfiguration.all_original(len(self.matches))
+        self._forward: tuple[SwitchConfiguration, fx.GraphModule] | None = None
         self.training_method: StitchMethod | None = None
 
     @classmethod
@@ -231,8 +232,16 @@ class StitchedNetwork(nn.Module):
             switch.set_double_batched(loss_terms if double_batched else None)
 
     def forward(self, x: Tensor) -> Tensor:
-        """Logits ``B K H W [D]`` of the configured output parent for images ``B C H W [D]``."""
-        return self._programs[self.configuration.output.value](x)
+        """Logits ``B K H W [D]`` of the configured output parent for images ``B C H W [D]``.
+
+        Runs the configuration's own program (built at the first call after :meth:`configure`):
+        switches on ``original`` are wires, so layers whose maps only they would read (the other
+        parent past the last stitch into the output parent's side) are not computed; the output
+        is the same as running every switch.
+        """
+        if self._forward is None or self._forward[0] is not self.configuration:
+            self._forward = (self.configuration, self._configured_program(self.configuration))
+        return self._forward[1](x)
 
     def switch_losses(self, x: Tensor) -> tuple[PairLosses, ...]:
         """Per match, the losses of the stitches into A and into B, for the method set by :meth:`set_training`.
@@ -315,6 +324,10 @@ class StitchedNetwork(nn.Module):
         self.parent_b.eval()
         return self
 
+    def _configured_program(self, configuration: SwitchConfiguration) -> fx.GraphModule:
+        output = {Parent.A: lambda merged: merged.output_a, Parent.B: lambda merged: merged.output_b}
+        return self._program(output[configuration.output], wires=configuration)
+
     def _check_parents_unstitched(self, caller: str) -> None:
         if self.configuration.active_stitches or self.training_method is StitchMethod.DOUBLE_BATCHED:
             raise RuntimeError(
@@ -322,9 +335,11 @@ class StitchedNetwork(nn.Module):
                 f"(got {self.configuration.active_stitches} active) and leave double-batched training"
             )
 
-    def _program(self, outputs, references: bool = False, switches: bool = True) -> fx.GraphModule:
+    def _program(self, outputs, references: bool = False, switches: bool = True,
+                 wires: SwitchConfiguration | None = None) -> fx.GraphModule:
         """A program of the merged parents returning ``outputs(merged)``; ``references``: switches
-        take the parents' own maps too (double-batched); ``switches=False``: the parents alone."""
+        take the parents' own maps too (double-batched); ``switches=False``: the parents alone;
+        ``wires``: the switches this configuration sets to ``original`` become wires."""
         graph_a, graph_b = self.graph_a.module.graph, self.graph_b.module.graph
         if not switches:
             merged = parent_maps(graph_a, graph_b, self.matches)
@@ -338,6 +353,10 @@ class StitchedNetwork(nn.Module):
             moments="moments",
             references=references,
         )
+        if wires is not None:
+            merged = bypass_switches(merged, [call for call, mode in zip(merged.switches_a + merged.switches_b,
+                                                                  wires.switches_a + wires.switches_b)
+                                     if mode is SwitchMode.ORIGINAL])
         return program(self, merged, outputs(merged))
 
 

@@ -9,6 +9,13 @@ output taken from a random parent, duplicates removed; both methods get the same
 seed each), so they are compared on the same configurations. Each network segments c's validation
 cases of the fold; Dice and HD95 means go to ``metrics/{pair}/rq1/{c}/fold_0/rq1.csv``
 (columns ``method, n_stitches, sample, dice, hd95``) with a simple plot ``rq1.png`` beside it.
+
+A sampled network computes only what its output needs (:meth:`StitchedNetwork.forward
+<stitch_ops.stitching.network.StitchedNetwork.forward>`): a switch on original is a wire, so the
+parent that is not the output runs only as far as the last active stitch into the output
+parent's side reads it, and not at all with no stitch active. The same for every sampled network
+and both methods; the outputs are those of running every switch
+(``tests/stitching/test_stitching_network.py``).
 """
 
 from __future__ import annotations

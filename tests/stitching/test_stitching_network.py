@@ -288,3 +288,37 @@ def test_combining_two_exported_nnunet_models(tmp_path):
         network.configure(SwitchConfiguration.all_original(len(network.matches), parent))
         assert torch.equal(network(x), model.network(x))
     assert network.parent_specs[1].patch_size == (32, 32)
+
+
+def test_switches_on_original_are_wires_and_the_other_parent_runs_only_as_far_as_needed(pair_network):
+    """RQ1's networks: the configured program gives what running every switch gives, and past
+    the last active stitch into the output parent's side the other parent is not computed."""
+    network, net_a, _ = pair_network
+    n = len(network.matches)
+    x = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(6))
+    generator = torch.Generator().manual_seed(4)
+    for active in (0, 1, 2, 5, n, 2 * n):
+        for _ in range(3):
+            configuration = sample_configuration(n, active, generator)
+            network.configure(configuration)
+            every_switch = network._program(lambda m: m.output_a if configuration.output is Parent.A else m.output_b)
+            assert torch.equal(network(x), every_switch(x)), (active, configuration)
+
+    def layers(side: str, up_to: str | None = None) -> int:
+        module = network.parent_a if side == "a" else network.parent_b
+        names = [node.name for node in module.graph.nodes if node.op == "call_module"]
+        return len(names) if up_to is None else names.index(up_to) + 1
+
+    k = n // 3  # one stitch into A, at a_k: B runs up to b_k and no further
+    switches = [SwitchMode.ORIGINAL] * n
+    network.configure(SwitchConfiguration(tuple(switches[:k] + [SwitchMode.STITCHED] + switches[k + 1:]),
+                                          tuple(switches), Parent.A))
+    assert not torch.equal(network(x), net_a(x))
+    called = [node.target for node in network._forward[1].graph.nodes if node.op == "call_module"]
+    assert [t for t in called if t.startswith("switches")] == [f"switches_a.{k}"]
+    assert sum(t.startswith("parent_a.") for t in called) == layers("a")
+    assert sum(t.startswith("parent_b.") for t in called) == layers("b", network.matches[k].node_b)
+    network.configure(SwitchConfiguration.all_original(n, Parent.B))
+    network(x)
+    called = [node.target for node in network._forward[1].graph.nodes if node.op == "call_module"]
+    assert called and all(t.startswith("parent_b.") for t in called)  # no stitch: B alone
