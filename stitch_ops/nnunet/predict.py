@@ -14,7 +14,7 @@ import logging
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -184,20 +184,28 @@ class _StackedHeads:
 
 def predict_preprocessed(model: NnUNetModel, cases: Sequence[PreprocessedCase], output: Path, *,
                          save_probabilities: bool = True, device: str = "auto", mirroring: bool = False,
-                         progress: bool = True) -> Path:
-    """Sliding-window prediction of preprocessed ``cases``, exported into ``output`` atomically."""
+                         progress: bool = True, logits: Mapping[str, torch.Tensor] | None = None) -> Path:
+    """Sliding-window prediction of preprocessed ``cases``, exported into ``output`` atomically.
+    ``logits``: see :func:`predict_preprocessed_stacked`."""
     return predict_preprocessed_stacked(model, cases, [output], save_probabilities=save_probabilities,
-                                        device=device, mirroring=mirroring, progress=progress)[0]
+                                        device=device, mirroring=mirroring, progress=progress, logits=logits)[0]
 
 
 def predict_preprocessed_stacked(model: NnUNetModel, cases: Sequence[PreprocessedCase], outputs: Sequence[Path], *,
                                  save_probabilities: bool = True, device: str = "auto", mirroring: bool = False,
-                                 progress: bool = True) -> list[Path]:
+                                 progress: bool = True, logits: Mapping[str, torch.Tensor] | None = None,
+                                 keep: Callable[[PreprocessedCase, torch.Tensor], None] | None = None) -> list[Path]:
     """Predict ``cases`` with a network that stacks ``len(outputs)`` models' predictions along
     the channel axis (each with the plans' classes, e.g.
     :class:`~stitch_ops.stitching.positions.PositionEnsembles`): one sliding window per case,
     one logits accumulator per model, each model's segmentations exported into its own output
     folder (atomically) as :func:`predict_preprocessed` would export them.
+
+    Args:
+        logits: case id -> the logits (``(N K) X Y Z``, on the CPU) this sliding window gives
+            for that case with these settings, already computed (e.g. the case's slice of a
+            stacked prediction); they are exported as they are, without predicting the case again.
+        keep: called with every case and its logits (on the CPU) before they are exported.
 
     Raises:
         ValueError: if no output is given or two outputs are the same folder.
@@ -206,12 +214,18 @@ def predict_preprocessed_stacked(model: NnUNetModel, cases: Sequence[Preprocesse
 
     if not outputs or len(set(outputs)) != len(outputs):
         raise ValueError(f"expected distinct output folders, one per stacked model, got {list(outputs)}")
+    known = logits or {}
     predictor = predictor_for(model, resolve_device(device), mirroring, len(outputs))
     with ExitStack() as stack:
         stagings = [stack.enter_context(output_dir(output)) for output in outputs]
         for item in tqdm(cases, desc=f"predict {outputs[0].name}", unit="case", disable=not progress):
-            with torch.no_grad():
-                logits = predictor.predict_logits_from_preprocessed_data(torch.from_numpy(item.data)).cpu()
+            if item.case in known:
+                logits = known[item.case]
+            else:
+                with torch.no_grad():
+                    logits = predictor.predict_logits_from_preprocessed_data(torch.from_numpy(item.data)).cpu()
+            if keep is not None:
+                keep(item, logits)
             for part, staging in zip(logits.chunk(len(outputs)), stagings):
                 export_prediction_from_logits(part, copy.deepcopy(item.properties), predictor.configuration_manager,
                                               predictor.plans_manager, model.dataset_json, str(staging / item.case),

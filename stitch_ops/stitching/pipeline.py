@@ -11,6 +11,17 @@ one for the no-stitch reference, pick k by selection strategy 1, export that sti
 and predict both parties' test sets with it, like any other model. Strategies 2 and 3 and the
 no-stitch reference's own stage are in :mod:`stitch_ops.stitching.strategies`.
 
+Work ``select`` does once for every candidate, not once per candidate (the same for every
+position; test cases are never part of it): the validation cases are preprocessed once; the
+no-stitch reference is scored in the positions' run (stacked after them: the parents run there
+anyway); and the selected position's validation predictions are exported from the logits that
+run computed (kept up to :data:`KEPT_LOGITS_MEMORY`; a case beyond it is predicted again by the
+selected stitch-ensemble). The exported files and every score are those of predicting each model
+on its own (``tests/stitching/test_positions.py``). The selected model's validation cases are
+still scored by :func:`~stitch_ops.evaluation.stages.evaluate` from its exported predictions, as
+every model's: the scoring run exports segmentations without probabilities (the argmax of the
+logits), the model's folder with them (the argmax of the softmax), which nnU-Net computes apart.
+
 The stitch-ensemble is fed with c's preprocessing (c's ``plans.json``): the party that
 runs it only has its own pipeline. Both parents see that input; for the embedded data
 the parties' plans differ only slightly (per-image z-scoring; in-plane spacing).
@@ -291,8 +302,30 @@ def score_on_validation(model: Any, preprocessed: Any, labels: Path, scratch: Pa
 
 
 POSITIONS_MEMORY = 2**30
-"""Bytes the stacked logits of one case may take when positions are scored together (nnU-Net
-accumulates them in half precision); more positions are scored in several passes."""
+"""Bytes the stacked logits of one case may take when positions are scored together (the
+predictor accumulates them in float32); more positions are scored in several passes."""
+
+KEPT_LOGITS_MEMORY = 2**31
+"""Bytes of validation logits :func:`select` keeps from its scoring run, so that the selected
+position's validation predictions are exported from them instead of predicted again. Cases
+whose logits do not fit are predicted again with the selected stitch-ensemble: the same
+computation, so the same files either way."""
+
+
+@dataclass
+class ScoringRun:
+    """What :func:`score_positions_and_reference` gives.
+
+    Attributes:
+        positions: each k's per-case table (as :func:`score_positions` returns them).
+        no_stitch: the no-stitch reference's per-case table (``None`` unless asked for).
+        logits: per k, case id -> the sliding window's logits of that stitch-ensemble for the
+            case (``K X Y [Z]``, CPU), for the cases kept within the memory given.
+    """
+
+    positions: dict[int, pd.DataFrame]
+    no_stitch: pd.DataFrame | None = None
+    logits: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
 def score_positions(network: Any, positions: Sequence[int], own: Any, preprocessed: Sequence[Any], labels: Path,
@@ -303,6 +336,19 @@ def score_positions(network: Any, positions: Sequence[int], own: Any, preprocess
     :class:`~stitch_ops.stitching.positions.PositionEnsembles` once for all positions of a
     pass, one logits accumulator per position. Returns each k's per-case table; ``scratch/k{k}``
     holds its predictions."""
+    return score_positions_and_reference(network, positions, own, preprocessed, labels, scratch, device,
+                                         identity=identity).positions
+
+
+def score_positions_and_reference(network: Any, positions: Sequence[int], own: Any, preprocessed: Sequence[Any],
+                                  labels: Path, scratch: Path, device: str, *, identity: Mapping[str, Any],
+                                  no_stitch: bool = False, keep_logits: int = 0) -> ScoringRun:
+    """:func:`score_positions`, and with ``no_stitch`` the no-stitch reference in the same run
+    (stacked after the positions of the first pass: :class:`PositionEnsembles` runs both parents
+    anyway; its predictions in ``scratch/no_stitch``), scored as :func:`score_on_validation`
+    scores ``TwoModelEnsemble(network.parent_a, network.parent_b)``: the same layers on the same
+    tiles, so the same segmentations. ``keep_logits``: bytes of the positions' logits to keep
+    for the caller (:attr:`ScoringRun.logits`), case by case while they fit."""
     from stitch_ops.evaluation.evaluate import evaluate_folder
     from stitch_ops.nnunet.model import NnUNetModel
     from stitch_ops.nnunet.predict import predict_preprocessed_stacked
@@ -311,18 +357,38 @@ def score_positions(network: Any, positions: Sequence[int], own: Any, preprocess
     positions = list(positions)
     classes = len(own.dataset_json["labels"])  # an upper bound of nnU-Net's segmentation heads
     voxels = max((int(np.prod(case.data.shape[1:])) for case in preprocessed), default=1)
-    per_pass = max(1, POSITIONS_MEMORY // (2 * classes * voxels))
-    scores = {}
+    per_pass = max(1, POSITIONS_MEMORY // (4 * classes * voxels) - no_stitch)
+    run = ScoringRun({}, logits={k: {} for k in positions} if keep_logits else {})
+    kept, room = set(), keep_logits  # the first cases whose logits (every pass) fit in keep_logits
+    for case in preprocessed:
+        room -= 4 * classes * int(np.prod(case.data.shape[1:])) * (len(positions) + no_stitch)
+        if room < 0:
+            break
+        kept.add(case.case)
+
+    def keep(group: list[int], reference: bool):
+        def keep_case(case: Any, logits: Any) -> None:
+            if case.case in kept:
+                for k, part in zip(group, logits.chunk(len(group) + reference)):
+                    run.logits[k][case.case] = part
+        return keep_case
+
     for start in range(0, len(positions), per_pass):
         group = positions[start:start + per_pass]
-        model = NnUNetModel(PositionEnsembles(network, group), own.plans, own.dataset_json, own.configuration, None,
-                            f"stitch-ensembles k={group}")
-        folders = [scratch / f"k{k}" for k in group]
+        reference = no_stitch and start == 0
+        ensembles = PositionEnsembles(network, group, reference=reference)
+        model = NnUNetModel(ensembles, own.plans, own.dataset_json, own.configuration, None,
+                            f"stitch-ensembles k={group}" + (" and the no-stitch reference" if reference else ""))
+        folders = [scratch / f"k{k}" for k in group] + [scratch / "no_stitch"] * reference
         predict_preprocessed_stacked(model, preprocessed, folders, save_probabilities=False, device=device,
-                                     progress=False)
+                                     progress=False, keep=keep(group, reference) if keep_logits else None)
         for k, folder in zip(group, folders):
-            scores[k] = evaluate_folder(folder, labels, own.dataset_json["file_ending"], progress=False, **identity)
-    return scores
+            run.positions[k] = evaluate_folder(folder, labels, own.dataset_json["file_ending"], progress=False,
+                                               **identity)
+        if reference:
+            run.no_stitch = evaluate_folder(folders[-1], labels, own.dataset_json["file_ending"], progress=False,
+                                            **identity)
+    return run
 
 
 def evaluated_positions(num_matches: int, max_positions: int | None) -> list[int]:
@@ -350,9 +416,8 @@ def select(params: Params, pair: str, c: str, method: str, fold: int, progress: 
     from stitch_ops.evaluation.stages import evaluate
     from stitch_ops.graph.matching import last_merge_match
     from stitch_ops.nnunet.model import NnUNetModel, load_model
-    from stitch_ops.nnunet.predict import predict_folder, preprocess_cases
+    from stitch_ops.nnunet.predict import predict_folder, predict_preprocessed, preprocess_cases
     from stitch_ops.stitching import extract_stitch_ensemble
-    from stitch_ops.stitching.ensemble import TwoModelEnsemble
 
     section = load_section(params, "stitching", StitchingParams)
     paths = PairPaths(pair)
@@ -384,9 +449,14 @@ def select(params: Params, pair: str, c: str, method: str, fold: int, progress: 
             record = read_json(model_dir / "network" / SEARCH_FILE,
                                hint="rerun the stitch_train stage with stitching.search: optuna")
             evaluated = sorted({*evaluated, int(record["best_k"])})
-        scored = score_positions(network, evaluated, own, preprocessed, raw / "labelsTr", scratch, params.nnunet.device,
-                                 pair=pair, test_party=f"{VALIDATION_SET}_{c}", approach=APPROACH, trained_on=slug,
-                                 fold=fold, cases=val_cases)
+        # one run scores every position and the no-stitch reference, and keeps the logits the selected
+        # position's validation predictions are exported from
+        run = score_positions_and_reference(network, evaluated, own, preprocessed, raw / "labelsTr", scratch,
+                                            params.nnunet.device, no_stitch=True, keep_logits=KEPT_LOGITS_MEMORY,
+                                            identity=dict(pair=pair, test_party=f"{VALIDATION_SET}_{c}",
+                                                          approach=APPROACH, trained_on=slug, fold=fold,
+                                                          cases=val_cases))
+        scored = run.positions
         landmark = last_merge_match(network.graph_a, network.matches)
         for k in evaluated:
             match, scores = network.matches[k], scored[k]
@@ -402,9 +472,7 @@ def select(params: Params, pair: str, c: str, method: str, fold: int, progress: 
                              run_name=f"k={k} {match.node_a}", parent_run_id=parent)
             logger.info("k=%d (%s / %s): val Dice %.4f, HD95 %.2f", k, match.node_a, match.node_b,
                         row["dice"], row["hd95"])
-        reference = as_model(TwoModelEnsemble(network.parent_a, network.parent_b), "no-stitch reference")
-        _log_no_stitch(reference, preprocessed, scratch / "no_stitch", params, c, val_cases, experiment, identity,
-                       parent)
+        _log_no_stitch(run.no_stitch, c, experiment, identity, parent)
     positions = pd.DataFrame(rows)
     k = select_position(positions, section.selection)
     positions["selected"] = positions["k"] == k
@@ -414,29 +482,27 @@ def select(params: Params, pair: str, c: str, method: str, fold: int, progress: 
             finetuned)
     ensemble = as_model(extract_stitch_ensemble(network, k), f"stitch-ensemble k={k}")
     predictions = paths.predictions(APPROACH, slug, fold)
+    # the validation cases as the scoring run predicted them: exported from its logits (those kept)
+    predict_preprocessed(ensemble, preprocessed, predictions / VALIDATION_SET, device=params.nnunet.device,
+                         progress=progress, logits=run.logits[k])
+    run.logits.clear()  # up to KEPT_LOGITS_MEMORY, not needed for the test sets
     for party in PARTIES:
         predict_folder(ensemble, paths.raw_dataset(party) / "imagesTs", predictions / test_set(party),
                        device=params.nnunet.device, progress=progress)
-    predict_folder(ensemble, raw / "imagesTr", predictions / VALIDATION_SET, cases=val_cases,
-                   device=params.nnunet.device, progress=progress)
     logger.info("%s %s fold %d: selected k=%d (%s)", pair, slug, fold, k, network.matches[k].node_a)
     # scored like any model here, not in a stage of its own (whose start-up cost more than the scoring)
     evaluate(pair, APPROACH.value, slug, fold, params, stage=stage, progress=progress)
     return k
 
 
-def _log_no_stitch(reference: Any, preprocessed: Any, scratch: Path, params: Params, c: str, val_cases: list[str],
-                   experiment: str, identity: dict[str, str], parent: str) -> None:
-    """The no-stitch reference (both parents, c's preprocessing, softmax averaged) scored on the
-    same validation cases and logged beside the positions (tag ``position=no_stitch``), so the
-    MLflow UI shows a stitch's effect at equal preprocessing. ``stitch_reference`` evaluates the
-    same network on the test sets; its validation means are ``no_stitch.json``."""
+def _log_no_stitch(scores: pd.DataFrame, c: str, experiment: str, identity: dict[str, str], parent: str) -> None:
+    """The no-stitch reference (both parents, c's preprocessing, softmax averaged), scored on the
+    same validation cases in the positions' run, logged beside the positions (tag
+    ``position=no_stitch``), so the MLflow UI shows a stitch's effect at equal preprocessing.
+    ``stitch_reference`` evaluates the same parents on the test sets; its validation means are
+    ``no_stitch.json``."""
     from stitch_ops import tracking
 
-    raw = PairPaths(identity["pair"]).raw_dataset(c)
-    scores = score_on_validation(reference, preprocessed, raw / "labelsTr", scratch, params.nnunet.device,
-                                 pair=identity["pair"], test_party=f"{VALIDATION_SET}_{c}", approach=APPROACH,
-                                 trained_on=identity["trained_on"], fold=int(identity["fold"]), cases=val_cases)
     metrics = {f"{VALIDATION_SET}_{c}/dice_mean": float(scores["dice"].mean()),
                f"{VALIDATION_SET}_{c}/hd95_mean": float(scores["hd95"].mean())}
     tracking.log_run(experiment=experiment, tags={**identity, "position": "no_stitch"}, params={"position": "no_stitch"},

@@ -16,6 +16,10 @@ network once (:func:`~stitch_ops.nnunet.predict.predict_preprocessed_stacked`) g
 position the logits its own stitch-ensemble would get, for every patch, with one logits
 accumulator per position.
 
+With ``reference=True`` the no-stitch reference (both parents' own outputs, softmax averaged:
+what :class:`~stitch_ops.stitching.ensemble.TwoModelEnsemble` gives on the same parents) is
+stacked last: the parents' own run is there already, so it costs their last layers at most.
+
 Example::
 
     >>> ensembles = PositionEnsembles(network, positions=[0, 10, 20])
@@ -47,14 +51,16 @@ class PositionEnsembles(nn.Module):
         network: the combined network whose trained stitches are used (copied: the
             module is standalone, like an extracted stitch-ensemble).
         positions: the matches k to evaluate, distinct; the output stacks them in this order.
+        reference: stack the no-stitch reference after the positions.
 
     Raises:
         ValueError: if ``positions`` is empty, repeats a k or names a k outside the matches.
     """
 
-    def __init__(self, network: StitchedNetwork, positions: Sequence[int]):
+    def __init__(self, network: StitchedNetwork, positions: Sequence[int], reference: bool = False):
         super().__init__()
         self.positions = tuple(int(k) for k in positions)
+        self.reference = reference
         n = len(network.matches)
         if not self.positions or len(set(self.positions)) != len(self.positions):
             raise ValueError(f"positions should be distinct matches k, at least one, got {list(positions)}")
@@ -68,14 +74,21 @@ class PositionEnsembles(nn.Module):
         self.matches = tuple(network.matches[k] for k in self.positions)
         self._program = self._build()
 
+    @property
+    def stacked(self) -> int:
+        """How many predictions the output stacks: one per position, plus the reference if asked for."""
+        return len(self.positions) + self.reference
+
     def forward(self, x: Tensor) -> Tensor:
-        """Images ``B C H W [D]`` -> each position's log averaged probabilities, stacked: ``B (N K) H W [D]``."""
+        """Images ``B C H W [D]`` -> each position's log averaged probabilities (then the
+        reference's), stacked: ``B (N K) H W [D]``."""
         return self._program(x)
 
     def split(self, stacked: Tensor, dim: int = 1) -> tuple[Tensor, ...]:
         """The output (or an accumulation of it, e.g. nnU-Net's ``(N K) H W [D]`` logits with
-        ``dim=0``) cut into one tensor per position, in the order of ``positions``."""
-        return stacked.chunk(len(self.positions), dim=dim)
+        ``dim=0``) cut into one tensor per position, in the order of ``positions`` (the
+        reference last)."""
+        return stacked.chunk(self.stacked, dim=dim)
 
     def train(self, mode: bool = True) -> PositionEnsembles:
         """Like ``nn.Module.train``, but the parents' normalisation stays in eval mode."""
@@ -102,6 +115,8 @@ class PositionEnsembles(nn.Module):
             _, stitched_a = _copy(source_a, "parent_a", graph, x, {**own_a, node_a: switched_a}, node_a)
             _, stitched_b = _copy(source_b, "parent_b", graph, x, {**own_b, node_b: switched_b}, node_b)
             outputs.append(graph.call_function(log_mean_softmax, (stitched_a, stitched_b)))
+        if self.reference:
+            outputs.append(graph.call_function(log_mean_softmax, (output_a, output_b)))
         graph.output(graph.call_function(torch.cat, (tuple(outputs),), {"dim": 1}))
         graph.eliminate_dead_code(is_impure_node=lambda node: node.op != "call_module" and node.is_impure())
         graph.lint()

@@ -114,7 +114,7 @@ def test_shared_scoring_through_nnunet_matches_scoring_each_position_alone(combi
     stacked = _model(PositionEnsembles(combined, positions), toy_pair, "positions")
     folders = [tmp_path / "shared" / f"k{k}" for k in positions]
     predict_preprocessed_stacked(stacked, cases, folders, device="cpu", progress=False)
-    per_pass = (40 * 36 * 2 * 2) * 2  # two positions' stacked logits per pass
+    per_pass = (40 * 36 * 2 * 4) * 2  # two positions' stacked logits (float32) per pass
     monkeypatch.setattr(pipeline, "POSITIONS_MEMORY", per_pass)
     shared = pipeline.score_positions(combined, positions, own, cases, labels, tmp_path / "scored", "cpu", **IDENTITY)
     assert sorted(shared) == positions
@@ -143,3 +143,53 @@ def test_stacked_prediction_needs_distinct_outputs(toy_pair, tmp_path):
 
     with pytest.raises(ValueError, match="distinct output folders"):
         predict_preprocessed_stacked(_model(toy_pair.network_a, toy_pair, "a"), [], [tmp_path / "x", tmp_path / "x"])
+
+
+def test_select_takes_the_reference_and_the_selected_validation_predictions_from_the_scoring_run(
+        combined, toy_pair, validation_folder, tmp_path, monkeypatch):
+    """What ``select`` no longer computes apart gives the files and scores it gave: the no-stitch
+    reference scored in the positions' run (two passes here) as ``score_on_validation`` scored
+    ``TwoModelEnsemble`` on its own, and every position's validation predictions exported from
+    the run's logits (three cases kept, the others predicted again) as ``predict_folder`` wrote them."""
+    import pickle
+
+    import pandas as pd
+
+    from stitch_ops.nnunet.predict import predict_folder, predict_preprocessed, preprocess_cases
+    from stitch_ops.stitching import TwoModelEnsemble, pipeline
+
+    n = len(combined.matches)
+    positions = pipeline.evaluated_positions(n, 5)
+    own = _model(toy_pair.network_a, toy_pair, "own")
+    images, labels = validation_folder / "imagesTr", validation_folder / "labelsTr"
+    cases = preprocess_cases(own, images, progress=False)
+    monkeypatch.setattr(pipeline, "POSITIONS_MEMORY", (40 * 36 * 2 * 4) * 3)  # 3 stacked logits per pass
+    per_case = 40 * 36 * 2 * 4 * (len(positions) + 1)  # every position's logits and the reference's
+    run = pipeline.score_positions_and_reference(combined, positions, own, cases, labels, tmp_path / "scored", "cpu",
+                                                 identity=IDENTITY, no_stitch=True, keep_logits=3 * per_case + 1)
+    assert sorted(run.positions) == positions
+
+    reference = _model(TwoModelEnsemble(combined.parent_a, combined.parent_b), toy_pair, "no-stitch reference")
+    alone = pipeline.score_on_validation(reference, cases, labels, tmp_path / "reference_alone", "cpu", **IDENTITY)
+    pd.testing.assert_frame_equal(run.no_stitch, alone)
+    without = pipeline.score_positions(combined, positions, own, cases, labels, tmp_path / "without", "cpu", **IDENTITY)
+    for k in positions:
+        pd.testing.assert_frame_equal(run.positions[k], without[k])
+
+    for k in positions:
+        assert len(run.logits[k]) == 3, f"k={k}: three cases kept, three predicted again"
+        ensemble = _model(extract_stitch_ensemble(combined, k), toy_pair, f"k={k}")
+        before = predict_folder(ensemble, images, tmp_path / "before" / f"k{k}", device="cpu", progress=False)
+        after = predict_preprocessed(ensemble, cases, tmp_path / "after" / f"k{k}", device="cpu", progress=False,
+                                     logits=run.logits[k])
+        names = sorted(p.name for p in before.iterdir())
+        assert names == sorted(p.name for p in after.iterdir()) and len(names) == 3 * len(cases)
+        for name in names:
+            old, new = before / name, after / name
+            if name.endswith(".npz"):  # the zip's time stamps differ; the arrays may not
+                assert np.array_equal(np.load(old)["probabilities"], np.load(new)["probabilities"]), (k, name)
+            elif name.endswith(".pkl"):
+                assert pickle.loads(old.read_bytes()).keys() == pickle.loads(new.read_bytes()).keys()
+                assert repr(pickle.loads(old.read_bytes())) == repr(pickle.loads(new.read_bytes())), (k, name)
+            else:
+                assert old.read_bytes() == new.read_bytes(), (k, name)
