@@ -11,7 +11,6 @@ import argparse
 import contextlib
 import logging
 import os
-import re
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -19,10 +18,14 @@ from typing import Any
 
 from stitch_ops.approaches import StitchMethod
 from stitch_ops.errors import UserError
-from stitch_ops.cli_common import one_line_usage_errors, report_errors, setup_logging
-
-MODEL_HELP = ("a bundle exported by stitch-ops (folder or .zip), an nnU-Net results folder "
-              "<Trainer>__<Plans>__<configuration>, or a zip from nnUNetv2_export_model_to_zip")
+from stitch_ops.cli_common import (
+    MODEL_HELP,
+    check_images_path,
+    check_model_path,
+    one_line_usage_errors,
+    report_errors,
+    setup_logging,
+)
 
 
 def _fold(value: str) -> int | str:
@@ -179,37 +182,6 @@ def _cores() -> int:
     except (OSError, ValueError):
         pass
     return cores
-
-
-def check_model_path(path: Path, option: str) -> None:
-    """Cheap checks of a model path before anything heavy is imported, with the fix for the
-    usual slips (a ``fold_k`` folder instead of its results folder)."""
-    if not path.exists():
-        raise UserError(f"no model at {path}: expected {MODEL_HELP}")
-    if path.is_dir() and not any(path.iterdir()):
-        raise UserError(f"{path} is not a model: expected {MODEL_HELP} (it is an empty folder)")
-    if path.is_file():
-        import zipfile
-
-        if not zipfile.is_zipfile(path):
-            raise UserError(f"{path} is a file but not a zip archive; expected {MODEL_HELP}")
-    if path.is_dir() and re.fullmatch(r"fold_(\d+|all)", path.name) and (path.parent / "plans.json").is_file():
-        fold = path.name[len("fold_"):]
-        raise UserError(f"{option} {path} is one fold of an nnU-Net results folder: pass the parent folder "
-                        f"{path.parent}" + (f" with {option}-fold {fold}" if option in ("--own", "--other")
-                                            else f" with --fold {fold}"))
-
-
-def check_images_path(path: Path, option: str) -> None:
-    """An images folder that exists; a dataset root is answered with its ``imagesTr``."""
-    if not path.exists():
-        raise FileNotFoundError(f"no images folder at {path} ({option})")
-    if not path.is_dir():
-        raise UserError(f"{option} {path} is a file; pass the folder of images named {{case}}_0000.png|.nii.gz")
-    if not any(path.glob("*_0000.*")):
-        for sub in ("imagesTr", "imagesTs"):
-            if (path / sub).is_dir():
-                raise UserError(f"{option} {path} is an nnU-Net dataset, not a folder of images: pass {path / sub}")
 
 
 @contextlib.contextmanager

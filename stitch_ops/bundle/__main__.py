@@ -58,7 +58,7 @@ def check_bundle_target(out: Path, model: Path, *, overwrite: bool, make_zip: bo
         OutputExistsError: naming what is in the way and the fix.
     """
     from stitch_ops.bundle.export import MANIFEST
-    from stitch_ops.commands import check_model_path
+    from stitch_ops.cli_common import check_model_path
     from stitch_ops.outputs import OutputExistsError, check_out_folder
 
     check_model_path(model, "--model")
