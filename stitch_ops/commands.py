@@ -12,7 +12,7 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,34 +32,24 @@ def _fold(value: str) -> int | str:
     return value if value == "all" else int(value)
 
 
-def _positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value!r}")
-    return number
+def _checked(convert: Callable[[str], Any], accept: Callable[[Any], bool], expected: str) -> Callable[[str], Any]:
+    """An argparse ``type`` that converts a value and refuses it, naming what was expected, when
+    it does not convert or ``accept`` says no."""
+    def parse(value: str) -> Any:
+        try:
+            number = convert(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {value!r}") from None
+        if not accept(number):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {value!r}")
+        return number
+
+    return parse
 
 
-def _positive_float(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        number = 0.0
-    if not number > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value!r}")
-    return number
-
-
-def _share(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        number = -1.0
-    if not 0 < number < 1:
-        raise argparse.ArgumentTypeError(f"expected a share between 0 and 1 (exclusive), got {value!r}")
-    return number
+_positive_int = _checked(int, lambda n: n >= 1, "a whole number >= 1")
+_positive_float = _checked(float, lambda n: n > 0, "a number > 0")
+_share = _checked(float, lambda n: 0 < n < 1, "a share between 0 and 1 (exclusive)")
 
 
 def _with_task_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
