@@ -79,6 +79,9 @@ class StitchingParams:
         search_concurrent: trials run at once (one CPU each).
         search_address: where the trials run: ``None`` starts Ray on this machine,
             ``"head:6379"`` / ``"auto"`` joins an existing cluster (:mod:`stitch_ops.ray_session`).
+        ablation: the ``stitch_ablation`` stage's settings, kept as plain data here and validated
+            by that stage (:class:`stitch_ops.stitching.ablation.AblationParams`), so that the
+            stitching stages do not depend on the ablation's code.
     """
 
     c_parties: tuple[str, ...]
@@ -94,6 +97,7 @@ class StitchingParams:
     search_training: Mapping[str, Any] = field(default_factory=lambda: {"epochs": 1})
     search_concurrent: int = 1
     search_address: str | None = None
+    ablation: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         from stitch_ops.evaluation.selection import SelectionStrategy
