@@ -9,7 +9,9 @@
   stitch training method (mean of the sampled networks, samples as dots);
 - :func:`training_curves`: the stitch training and probe losses per epoch (how far they got to a plateau);
 - :func:`own_data`: violin + box plots of the per-case Dice/HD95 on one party's test set,
-  one per approach feasible from that party.
+  one per approach feasible from that party;
+- :func:`ablation`: the gap a stitch-ensemble closes on c's test set against its stitches' distance
+  from their least-squares optimum, one point per variant of the stitch training and position choice.
 
 Each function takes tidy tables, writes one PNG and returns its path; models are labelled
 with the paper's shorthands, HD95 axes carry the pair's unit (mm or px).
@@ -28,7 +30,7 @@ from stitch_ops.approaches import StitchMethod
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["biobjective", "hd95_unit", "own_data", "position_trend", "rq1", "training_curves"]
+__all__ = ["ablation", "biobjective", "hd95_unit", "own_data", "position_trend", "rq1", "training_curves"]
 
 DPI = 110
 METHOD_NAMES = {m.value: m.label for m in StitchMethod}
@@ -226,3 +228,35 @@ def training_curves(budgets: pd.DataFrame, path: Path, title: str) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path, title)
+
+
+def ablation(table: pd.DataFrame, path: Path, title: str) -> Path:
+    """Gap closed on c's test set against the distance of the stitches from their least-squares
+    optimum, one point per (stitch-ensemble, fold, variant, position choice): filled at the selected
+    position, open at the best one; a line joins each variant's two points.
+
+    Args:
+        table: rows ``c, fold, variant, position, distance, gap_closed`` (an ablation table; rows
+            without a gap closed are left out).
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    table = table.dropna(subset=["distance", "gap_closed"])
+    variants = list(dict.fromkeys(table["variant"]))
+    colours = _colours(variants)
+    for (c, fold, variant), rows in table.groupby(["c", "fold", "variant"], sort=False):
+        rows = rows.set_index("position")
+        ax.plot(rows["distance"], rows["gap_closed"], color=colours[variant], linewidth=0.8, alpha=0.6)
+        for position, filled in (("selected", True), ("best", False)):
+            if position in rows.index:
+                point = rows.loc[position]
+                ax.scatter(point["distance"], point["gap_closed"], s=60, zorder=3, color=colours[variant],
+                           facecolors=colours[variant] if filled else "none", linewidths=1.5)
+        ax.annotate(f"{variant} (c = {c}, fold {fold})", (rows["distance"].iloc[0], rows["gap_closed"].iloc[0]),
+                    textcoords="offset points", xytext=(5, 4), fontsize=7)
+    ax.axhline(0.0, color="grey", linewidth=0.8, linestyle=":")
+    ax.axhline(1.0, color="grey", linewidth=0.8, linestyle=":")
+    ax.set_xlabel("relative distance of the stitches from their least-squares optimum ||M - M_ls|| / ||M_ls||")
+    ax.set_ylabel("gap closed on c's test set\n(0: a&b, 1: c's own model)")
+    ax.grid(alpha=0.3)
+    return _save(fig, path, f"{title}\n(filled: selected position; open: best validation position)")

@@ -40,8 +40,8 @@ from stitch_ops.cli_common import common_options, run_command
 from stitch_ops.config import PARTIES, Params
 from stitch_ops.errors import InputFileError, UnknownNameError
 from stitch_ops.evaluation import figures
-from stitch_ops.evaluation.findings import NEAR, NOTABLE, Finding, Verdict, judge, mean_table
-from stitch_ops.evaluation.results import PairResults, load_pair
+from stitch_ops.evaluation.findings import NEAR, NOTABLE, Finding, Verdict, ablation_statement, judge, mean_table
+from stitch_ops.evaluation.results import PairResults, load_pair, model_label
 from stitch_ops.evaluation.stats import ALPHA, feasible_from, perspective_tests
 from stitch_ops.outputs import read_json, scratch_dir, swap_in, write_json, write_table, write_text
 from stitch_ops.paths import REPORTS, PairPaths
@@ -222,6 +222,33 @@ def _selection_table(results: PairResults) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _ablation_table(results: PairResults) -> pd.DataFrame:
+    """One row per ablated stitch-ensemble, fold and variant: the selected and the best position, the
+    Dice on both test sets at each, the gap closed on c's test set and the stitches' distance from
+    their least-squares optimum at each."""
+    ablation = results.ablation
+    if ablation.empty:
+        return pd.DataFrame()
+    rows = []
+    for (c, method, fold, variant), table in ablation.groupby(["c", "method", "fold", "variant"], sort=False):
+        at = {row.position: row for row in table.itertuples()}
+        first = table.iloc[0]
+        row = {"stitch-ensemble": model_label("stitch", f"via_{c}_{method}"), "fold": fold, "variant": variant,
+               "selected k": first["selected_k"], "best k": first["best_k"]}
+        for position in ("selected", "best"):
+            chosen = at.get(position)
+            row[f"Dice on a's test ({position})"] = chosen.dice_a if chosen else None
+            row[f"Dice on b's test ({position})"] = chosen.dice_b if chosen else None
+        for position in ("selected", "best"):
+            chosen = at.get(position)
+            row[f"gap closed ({position})"] = chosen.gap_closed if chosen else None
+        for position in ("selected", "best"):
+            chosen = at.get(position)
+            row[f"distance from LS optimum ({position})"] = chosen.distance if chosen else None
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 # ---------------------------------------------------------------- figures
 
 
@@ -254,6 +281,12 @@ def _figures(results: PairResults, stats_families: dict[str, list[str]], out: Pa
     if curves is not None and not curves.empty:
         made.append(("Stitch training and probe loss per epoch",
                      figures.training_curves(curves, out / "stitch_training.png", f"{pair}: stitch training")))
+    plottable = results.ablation.dropna(subset=["gap_closed", "distance"]) if not results.ablation.empty else None
+    if plottable is not None and not plottable.empty:
+        made.append(("Ablation: gap closed vs distance of the stitch from its least-squares optimum",
+                     figures.ablation(plottable, out / "ablation.png",
+                                      f"{pair}: gap closed on c's test set vs the stitches' distance from their "
+                                      f"least-squares optimum")))
     if not results.rq1.empty:
         for (c, fold), table in results.rq1.groupby(["c", "fold"]):
             made.append((f"RQ1, stitches trained on {c}'s images, fold {fold}",
@@ -313,6 +346,8 @@ class _Section:
     intro: str
     tables: list[tuple[str, pd.DataFrame]]
     figures: list[tuple[str, Path]]
+    outro: str = ""
+    """Plain text after the tables (escaped when rendered)."""
 
 
 def _sections(results: PairResults, stats: pd.DataFrame, notes: dict[str, str], findings: list[Finding],
@@ -328,7 +363,7 @@ def _sections(results: PairResults, stats: pd.DataFrame, notes: dict[str, str], 
             "(<code>stitch_ops/evaluation/findings.py</code>): D(m, t) is model m's mean Dice on party t's test set "
             f"over all folds; 'about as well' = within {NEAR}, 'notably' = by more than {NOTABLE} Dice. "
             "Small test sets and short schedules make many findings fragile; read the numbers."),
-            [("", _findings_table(findings))], []),
+            [("", _findings_table(findings))], [], outro=ablation_statement(results.ablation)),
         _Section("Approaches and operating conditions", (
             f"Every evaluated model of this run, with the paper's shorthand. {stitch_note}"
             "Online: the parties must train together."), [("", _approach_table(results))], []),
@@ -371,6 +406,19 @@ def _sections(results: PairResults, stats: pd.DataFrame, notes: dict[str, str], 
         sections[-1].tables.append(("", pd.DataFrame()))
     if not by_caption("Position trend"):
         sections[-2].figures = []
+    sections.append(_Section("Ablation: how the stitches are trained", (
+        "Ours, not the paper's (<code>stitching.ablation</code>, stage <code>stitch_ablation</code>): the "
+        "stitch-ensemble a←[c]→b as the pipeline trains it (<code>default</code>: "
+        "<code>stitching.training</code>) against its stitches trained again on the same images from their "
+        "least-squares fit on the same schedule (<code>least_squares</code>) and from the default initialisation "
+        "for 2× / 4× the epochs (<code>schedule_x2</code>, <code>schedule_x4</code>). Each is scored at every "
+        "position the pipeline scored on c's validation cases; <em>selected</em>: strategy 1's position, "
+        "<em>best</em>: the best validation Dice. Gap closed = (Dice − Dice of a&amp;b) / (Dice of c's own model − "
+        "Dice of a&amp;b) on c's test set (0: no better than the plain ensemble, 1: as good as the own model). "
+        "Distance = ||M − M<sub>ls</sub>|| / ||M<sub>ls</sub>|| of the stitches' affine maps M = [W | b] at that "
+        "position (the stitch into A and the one into B, averaged), M<sub>ls</sub> the least-squares fit on the "
+        "batches the least_squares variant starts from."),
+        [("", _ablation_table(results))], by_caption("Ablation"), outro=ablation_statement(results.ablation)))
     if results.problems:
         sections.append(_Section("Unreadable inputs", "Files that exist but could not be read:",
                                  [("", pd.DataFrame({"problem": results.problems}))], []))
@@ -404,6 +452,8 @@ def render_html(results: PairResults, sections: list[_Section], findings: list[F
             if caption:
                 parts.append(f"<h3>{html.escape(caption)}</h3>")
             parts.append(_html_table(table))
+        if section.outro:
+            parts.append(f"<p>{html.escape(section.outro)}</p>")
         for caption, path in section.figures:
             parts.append(f"<figure><img src='{_data_uri(path)}' alt='{html.escape(caption)}'>"
                          f"<figcaption>{html.escape(caption)}</figcaption></figure>")
@@ -418,12 +468,17 @@ def render_markdown(results: PairResults, sections: list[_Section], findings: li
              f"HD95 in {results.hd95_unit}.", ""]
     lines += [f"- **{f.verdict}**: {f.number}. {f.claim}" for f in findings] + [""]
     for section in sections:
-        intro = section.intro.replace("<code>", "`").replace("</code>", "`").replace("&lt;", "<")
+        intro = section.intro
+        for tag, text in (("<code>", "`"), ("</code>", "`"), ("<em>", "*"), ("</em>", "*"), ("<sub>", "_"),
+                          ("</sub>", ""), ("&lt;", "<"), ("&amp;", "&")):
+            intro = intro.replace(tag, text)
         lines += [f"## {section.title}", "", intro, ""]
         for caption, table in section.tables:
             if caption:
                 lines += [f"### {caption}", ""]
             lines += [_md_table(table)]
+        if section.outro:
+            lines += [section.outro, ""]
         for caption, path in section.figures:
             lines += [f"![{caption}]({figure_dir}/{path.name})", ""]
     return "\n".join(lines)
@@ -515,7 +570,7 @@ def run(pair: str, root: Path = Path("."), out: Path = REPORTS, params: Params |
         tables = {"findings": _findings_table(findings), "approaches": _approach_table(results),
                   "budgets": _budget_table(results), "biobjective": _biobjective_table(results, by_fold=False),
                   "biobjective_per_fold": _biobjective_table(results, by_fold=True), "wilcoxon_holm": stats,
-                  "selected_positions": _selection_table(results)}
+                  "selected_positions": _selection_table(results), "ablation": _ablation_table(results)}
         for name, table in tables.items():
             write_table(staging / pair / "tables" / f"{name}.csv", table)
         write_text(staging / f"{pair}.html", render_html(results, sections, findings, params))

@@ -9,7 +9,9 @@ this run"):
 - ``{approach}/{trained_on}/fold_{k}/budget.json``: the training budget of a trained model;
 - ``stitch/{slug}/fold_{k}/positions.csv``, ``no_stitch.json``, ``selection.json``: scored
   stitch positions, the no-stitch reference, the positions each selection strategy chose;
-- ``rq1/{c}/fold_{k}/rq1.csv``: RQ1's sampled networks.
+- ``rq1/{c}/fold_{k}/rq1.csv``: RQ1's sampled networks;
+- ``ablation/{slug}/fold_{k}/ablation.csv``: the ablation of how the stitches are trained
+  (:mod:`stitch_ops.stitching.ablation`).
 
 Each model is labelled by the paper's shorthand from the approach table; where two
 models share one (the stitch-ensembles of both training methods), the label gets the
@@ -44,6 +46,9 @@ METHOD_INITIALS = {approaches.StitchMethod.DOUBLE_BATCHED.value: "DB",
 _FOLD = re.compile(r"fold_(\d+)$")
 CASE_COLUMNS = ("pair", "test_party", "approach", "trained_on", "fold", "case", "dice", "hd95")
 BUDGET_COLUMNS = ("epochs", "iterations", "samples_seen", "wall_time_s")
+ABLATION_COLUMNS = ("c", "method", "fold", "variant", "position", "k", "selected_k", "best_k", "val_dice", "dice_a",
+                    "dice_b", "own_dice", "ensemble_dice", "gap_closed", "distance")
+"""The columns of an ablation table the report needs (``stitch_ops.stitching.ablation.COLUMNS`` has more)."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,9 @@ class PairResults:
         hd95_unit: ``"mm"`` (NIfTI volumes), ``"px"`` (2-D frames) or ``"units of the data"``.
         train_cases: number of cross-validation cases per party, when the raw datasets exist.
         problems: files that exist but could not be read (shown in the report).
+        ablation: every ``ablation.csv`` row (columns :data:`ABLATION_COLUMNS`): per stitch-ensemble,
+            fold, variant and position choice (``selected`` / ``best``), k, the test sets' Dice, the gap
+            closed on c's test set and the stitches' distance from their least-squares optimum.
     """
 
     pair: str
@@ -83,6 +91,7 @@ class PairResults:
     hd95_unit: str = "units of the data"
     train_cases: dict[str, int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    ablation: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(ABLATION_COLUMNS)))
 
 
 SELECTION_VARIANTS = ("all_folds", "rule_of_thumb")
@@ -284,6 +293,13 @@ def _rq1(root: Path, problems: list[str]) -> pd.DataFrame:
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=columns)
 
 
+def _ablation(root: Path, problems: list[str]) -> pd.DataFrame:
+    tables = [table.loc[:, list(ABLATION_COLUMNS)]
+              for _, table in _complete_files(root / "ablation", "*/fold_*/ablation.csv", ABLATION_COLUMNS, problems)]
+    tables = [table for table in tables if not table.empty]
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=list(ABLATION_COLUMNS))
+
+
 def _raw_facts(root: Path, pair: str) -> tuple[str, dict[str, int]]:
     """HD95's unit (from the datasets' file ending) and each party's number of CV cases."""
     unit, sizes = "units of the data", {}
@@ -311,8 +327,10 @@ def load_pair(pair: str, root: Path = Path(".")) -> PairResults:
     unit, sizes = _raw_facts(Path(root), pair)
     results = PairResults(pair=pair, cases=cases, models=_models(cases), budgets=_budgets(metrics_root, problems),
                           positions=positions, no_stitch=no_stitch, selections=selections,
-                          rq1=_rq1(metrics_root, problems), hd95_unit=unit, train_cases=sizes, problems=problems)
-    logger.info("%s: %d per-case rows of %d models, %d budgets, %d scored positions, %d RQ1 rows%s",
+                          rq1=_rq1(metrics_root, problems), hd95_unit=unit, train_cases=sizes, problems=problems,
+                          ablation=_ablation(metrics_root, problems))
+    logger.info("%s: %d per-case rows of %d models, %d budgets, %d scored positions, %d RQ1 rows, %d ablation rows%s",
                 pair, len(cases), len(results.models), len(results.budgets), len(positions), len(results.rq1),
+                len(results.ablation),
                 f"; {len(problems)} unreadable files" if problems else "")
     return results

@@ -14,7 +14,7 @@ import pytest
 from stitch_ops.evaluation.findings import Verdict, judge
 from stitch_ops.evaluation.report import _stats, mlflow_metrics, run, write_index
 from stitch_ops.evaluation.results import StitchSlug, load_pair, model_label, role
-from tests.evaluation.report_tree import EXPECTED, MEANS, PAIR, write_tree
+from tests.evaluation.report_tree import ABLATION, EXPECTED, MEANS, PAIR, write_tree
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -122,8 +122,8 @@ def test_run_writes_self_contained_html_markdown_metrics_and_figures(reported):
     tree, report = reported
     page = report.html.read_text(encoding="utf-8")
     images = re.findall(r"<img src='([^']+)'", page)
-    # bi-objective mean + fold 0, own data a and b, positions of c = a, stitch training, RQ1 of c = a
-    assert len(images) == 7 == len(report.figures)
+    # bi-objective mean + fold 0, own data a and b, positions of c = a, stitch training, ablation, RQ1 of c = a
+    assert len(images) == 8 == len(report.figures)
     for uri in images:
         assert uri.startswith("data:image/png;base64,")
         assert base64.b64decode(uri.split(",", 1)[1]).startswith(PNG_MAGIC)
@@ -168,7 +168,7 @@ def test_rerun_replaces_outputs_and_index_links_pairs(reported):
     shutil.rmtree(tree / "metrics" / PAIR / "rq1")
     report = run(PAIR, tree, Path("reports"), log_mlflow=False)
     assert not (tree / "reports" / PAIR / "figures" / "rq1_a_fold0.png").exists()
-    assert len(report.figures) == 6
+    assert len(report.figures) == 7
     index = write_index([PAIR, "absent"], tree / "reports").read_text(encoding="utf-8")
     assert f"href='{PAIR}.html'" in index
     assert "not available in this run" in index  # the pair without a report
@@ -180,3 +180,45 @@ def test_two_folds_pair_by_case_and_fold(tmp_path: Path):
     assert (stats["n_pairs"] == 24).all()  # 12 test cases x 2 folds
     assert "folds [0, 1]" in notes["a"]
     assert {f.number: str(f.verdict) for f in judge(results, stats)} == EXPECTED
+
+
+def test_ablation_table_figure_and_statement(reported):
+    """The ablation section from a hand-made table (report_tree.ABLATION): one row per variant, the
+    numbers of both positions, the figure, and the findings' statement with the share that depends on
+    imperfect stitches ((0.5 - 0.1) / 0.5 = 80 %)."""
+    tree, report = reported
+    table = pd.read_csv(tree / "reports" / PAIR / "tables" / "ablation.csv").set_index("variant")
+    assert list(table.index) == list(ABLATION)
+    assert table.loc["default", "selected k"] == 8 and table.loc["default", "best k"] == 7
+    assert table.loc["default", "gap closed (selected)"] == pytest.approx(0.5)
+    assert table.loc["default", "gap closed (best)"] == pytest.approx(0.75)
+    assert table.loc["least_squares", "gap closed (selected)"] == pytest.approx(0.1)
+    assert table.loc["schedule_x2", "distance from LS optimum (best)"] == pytest.approx(0.45)
+    assert table.loc["schedule_x2", "Dice on b's test (best)"] == pytest.approx(0.88)
+    assert (table["stitch-ensemble"] == "a←[a]→b DM").all()
+    assert any(p.name == "ablation.png" for p in report.figures)
+    page = report.html.read_text(encoding="utf-8")
+    assert "Ablation: how the stitches are trained" in page
+    statement = ("Our ablation, not the paper&#x27;s", "80% of the default stitches&#x27; benefit")
+    assert all(part in page for part in statement)
+    assert page.index(statement[0]) < page.index("Approaches and operating conditions")  # in the findings section
+    markdown = report.markdown.read_text(encoding="utf-8")
+    assert "default: gap closed 50% at the selected position (75% at the best)" in markdown
+    assert "least_squares: gap closed 10%" in markdown and "distance from the least-squares optimum 0.05" in markdown
+
+
+def test_the_report_renders_without_ablation_rows(tmp_path: Path):
+    """Smoke with few positions, or a profile whose ablation has not run: the section says so."""
+    root = write_tree(tmp_path)
+    shutil.rmtree(root / "metrics" / PAIR / "ablation")
+    empty = root / "metrics" / PAIR / "ablation" / "via_a_direct_matching" / "fold_0"
+    empty.mkdir(parents=True)
+    (empty / "ablation.csv").write_text(",".join(["pair", "c", "method", "fold", "variant", "position", "k",
+                                                  "selected_k", "best_k", "val_dice", "dice_a", "dice_b",
+                                                  "own_dice", "ensemble_dice", "gap_closed", "distance"]) + "\n")
+    report = run(PAIR, root, Path("reports"), log_mlflow=False)
+    page = report.html.read_text(encoding="utf-8")
+    assert "Ablation: how the stitches are trained" in page
+    assert "not available (no ablation rows in this run)" in page
+    assert not any(p.name == "ablation.png" for p in report.figures)
+    assert load_pair(PAIR, root).problems == []
