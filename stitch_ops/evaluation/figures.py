@@ -250,8 +250,8 @@ def ablation(table: pd.DataFrame, path: Path, title: str) -> Path:
         for position, filled in (("selected", True), ("best", False)):
             if position in rows.index:
                 point = rows.loc[position]
-                ax.scatter(point["distance"], point["gap_closed"], s=60, zorder=3, color=colours[variant],
-                           facecolors=colours[variant] if filled else "none", linewidths=1.5)
+                ax.scatter(point["distance"], point["gap_closed"], s=60, zorder=3, edgecolors=[colours[variant]],
+                           facecolors=[colours[variant]] if filled else "none", linewidths=1.5)
         ax.annotate(f"{variant} (c = {c}, fold {fold})", (rows["distance"].iloc[0], rows["gap_closed"].iloc[0]),
                     textcoords="offset points", xytext=(5, 4), fontsize=7)
     ax.axhline(0.0, color="grey", linewidth=0.8, linestyle=":")

@@ -326,3 +326,37 @@ def test_the_same_seed_from_scratch_gives_the_same_metrics(pipeline: Path, tmp_p
     first, second = (torch.load(root / weights, weights_only=True) for root in (pipeline, again))
     assert first.keys() == second.keys()
     assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_the_ablation_compares_how_the_stitches_are_trained(pipeline: Path):
+    """smoke: polyp, c = a, direct matching, least_squares and schedule_x2 (params 'stitching.ablation');
+    the default variant is the pipeline's own stitch-ensemble, read, not trained again."""
+    from stitch_ops.stitching.ablation import COLUMNS
+
+    slug = "via_a_direct_matching"
+    folder = pipeline / "metrics" / "polyp" / "ablation" / slug / "fold_0"
+    table = pd.read_csv(folder / "ablation.csv")
+    assert list(table.columns) == list(COLUMNS)
+    assert list(dict.fromkeys(table["variant"])) == ["default", "least_squares", "schedule_x2"]
+    assert all(v == ["selected", "best"] for v in table.groupby("variant", sort=False)["position"].apply(list))
+    first = table.drop_duplicates("variant").set_index("variant")
+    assert first.loc["least_squares", "steps"] == first.loc["default", "steps"]
+    assert first.loc["schedule_x2", "steps"] == 2 * first.loc["default", "steps"]
+    assert first.loc["least_squares", "init"] == "least_squares" and first.loc["schedule_x2", "init"] == "default"
+    main = pd.read_csv(pipeline / "scores" / "polyp" / "stitch" / slug / "fold_0" / "positions.csv")
+    summary = json.loads((pipeline / "metrics" / "polyp" / "stitch" / slug / "fold_0" / "summary.json").read_text())
+    default = table[(table["variant"] == "default") & (table["position"] == "selected")].iloc[0]
+    assert default["k"] == main.loc[main["selected"], "k"].item()
+    assert default["dice_a"] == pytest.approx(summary["test_a/dice_mean"])
+    own = json.loads((pipeline / "metrics" / "polyp" / "local" / "a" / "fold_0" / "summary.json").read_text())
+    assert (table["own_dice"] == pytest.approx(own["test_a/dice_mean"])).all()
+    assert table[["val_dice", "dice_a", "dice_b"]].stack().between(0, 1).all()
+    assert (table["distance"] >= 0).all() and table["training_s"].iloc[2:].gt(0).all()
+    positions = pd.read_csv(folder / "positions.csv")
+    for variant, scored in positions.groupby("variant"):  # every variant at the positions the pipeline scored
+        assert sorted(scored["k"]) == sorted(main["k"]), variant
+    assert set(json.loads((folder / "ablation.json").read_text())) == {
+        f"{v}/{p}" for v in first.index for p in ("selected", "best")}
+    assert not (pipeline / "metrics" / "pelvis" / "ablation").exists()
+    assert "Ablation: how the stitches are trained" in (pipeline / "reports" / "polyp.html").read_text()
+    assert "not available (no ablation rows in this run)" in (pipeline / "reports" / "pelvis.html").read_text()
