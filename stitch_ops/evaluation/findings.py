@@ -426,17 +426,22 @@ def ablation_statement(ablation: pd.DataFrame) -> str:
         return float(means.loc[(variant, position), column]) if (variant, position) in means.index else math.nan
 
     parts = []
-    for variant in dict.fromkeys(rows["variant"]):
-        parts.append(f"{variant}: gap closed {_share(mean(variant, 'selected', 'gap_closed'))} at the selected "
-                     f"position ({_share(mean(variant, 'best', 'gap_closed'))} at the best), distance from the "
-                     f"least-squares optimum {mean(variant, 'selected', 'distance'):.2f} "
-                     f"({mean(variant, 'best', 'distance'):.2f})")
+    for variant, table in rows.groupby("variant", sort=False):
+        setup = f"{table['init'].iloc[0]} init, {int(table['steps'].iloc[0])} steps"
+        parts.append(f"{variant} ({setup}): gap closed {_share(mean(variant, 'selected', 'gap_closed'))} at the "
+                     f"selected position ({_share(mean(variant, 'best', 'gap_closed'))} at the best), distance from "
+                     f"the least-squares optimum {mean(variant, 'selected', 'distance'):.3f} "
+                     f"({mean(variant, 'best', 'distance'):.3f})")
     default, start = mean("default", "selected", "gap_closed"), mean("least_squares", "selected", "gap_closed")
     if math.isnan(default) or math.isnan(start):
         verdict = "the default or the least-squares variant is missing, so the share cannot be computed"
     elif default <= 0:
         verdict = (f"the default stitches close no part of the gap ({_share(default)}), so no benefit is there "
                    f"to depend on them")
+    elif start >= default:
+        verdict = (f"stitches started at their least-squares optimum close as much of the gap or more "
+                   f"({_share(start)} against the default's {_share(default)}): here none of the benefit depends "
+                   f"on the stitches being imperfect")
     else:
         lost = (default - start) / default
         verdict = (f"{_share(lost)} of the default stitches' benefit (gap closed at the selected position) is "

@@ -234,7 +234,8 @@ def _ablation_table(results: PairResults) -> pd.DataFrame:
         at = {row.position: row for row in table.itertuples()}
         first = table.iloc[0]
         row = {"stitch-ensemble": model_label("stitch", f"via_{c}_{method}"), "fold": fold, "variant": variant,
-               "selected k": first["selected_k"], "best k": first["best_k"]}
+               "init": first["init"], "steps": first["steps"], "selected k": first["selected_k"],
+               "best k": first["best_k"]}
         for position in ("selected", "best"):
             chosen = at.get(position)
             row[f"Dice on a's test ({position})"] = chosen.dice_a if chosen else None

@@ -46,8 +46,8 @@ METHOD_INITIALS = {approaches.StitchMethod.DOUBLE_BATCHED.value: "DB",
 _FOLD = re.compile(r"fold_(\d+)$")
 CASE_COLUMNS = ("pair", "test_party", "approach", "trained_on", "fold", "case", "dice", "hd95")
 BUDGET_COLUMNS = ("epochs", "iterations", "samples_seen", "wall_time_s")
-ABLATION_COLUMNS = ("c", "method", "fold", "variant", "position", "k", "selected_k", "best_k", "val_dice", "dice_a",
-                    "dice_b", "own_dice", "ensemble_dice", "gap_closed", "distance")
+ABLATION_COLUMNS = ("c", "method", "fold", "variant", "init", "steps", "position", "k", "selected_k", "best_k",
+                    "val_dice", "dice_a", "dice_b", "own_dice", "ensemble_dice", "gap_closed", "distance")
 """The columns of an ablation table the report needs (``stitch_ops.stitching.ablation.COLUMNS`` has more)."""
 
 

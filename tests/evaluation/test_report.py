@@ -203,8 +203,10 @@ def test_ablation_table_figure_and_statement(reported):
     assert all(part in page for part in statement)
     assert page.index(statement[0]) < page.index("Approaches and operating conditions")  # in the findings section
     markdown = report.markdown.read_text(encoding="utf-8")
-    assert "default: gap closed 50% at the selected position (75% at the best)" in markdown
-    assert "least_squares: gap closed 10%" in markdown and "distance from the least-squares optimum 0.05" in markdown
+    assert "default (default init, 50 steps): gap closed 50% at the selected position (75% at the best)" in markdown
+    assert "least_squares (least_squares init, 50 steps): gap closed 10%" in markdown
+    assert "distance from the least-squares optimum 0.050 (0.050)" in markdown
+    assert table.loc["least_squares", "init"] == "least_squares" and table.loc["default", "steps"] == 50
 
 
 def test_the_report_renders_without_ablation_rows(tmp_path: Path):
@@ -213,7 +215,7 @@ def test_the_report_renders_without_ablation_rows(tmp_path: Path):
     shutil.rmtree(root / "metrics" / PAIR / "ablation")
     empty = root / "metrics" / PAIR / "ablation" / "via_a_direct_matching" / "fold_0"
     empty.mkdir(parents=True)
-    (empty / "ablation.csv").write_text(",".join(["pair", "c", "method", "fold", "variant", "position", "k",
+    (empty / "ablation.csv").write_text(",".join(["pair", "c", "method", "fold", "variant", "init", "steps", "position", "k",
                                                   "selected_k", "best_k", "val_dice", "dice_a", "dice_b",
                                                   "own_dice", "ensemble_dice", "gap_closed", "distance"]) + "\n")
     report = run(PAIR, root, Path("reports"), log_mlflow=False)
@@ -222,3 +224,20 @@ def test_the_report_renders_without_ablation_rows(tmp_path: Path):
     assert "not available (no ablation rows in this run)" in page
     assert not any(p.name == "ablation.png" for p in report.figures)
     assert load_pair(PAIR, root).problems == []
+
+
+@pytest.mark.parametrize(("default", "start", "says"), [
+    (0.5, 0.1, "80% of the default stitches' benefit"),
+    (0.2, 0.3, "here none of the benefit depends on the stitches being imperfect"),
+    (-0.1, -0.2, "the default stitches close no part of the gap (-10%)"),
+    (None, None, "not available (no stitch-ensemble with a gap to close)"),
+])
+def test_ablation_statement_says_what_the_numbers_allow(default, start, says):
+    from stitch_ops.evaluation.findings import ablation_statement
+
+    rows = [{"c": "a", "method": "direct_matching", "fold": 0, "variant": variant, "init": init, "steps": 50,
+             "position": position, "gap_closed": gap, "distance": 0.5}
+            for variant, init, gap in (("default", "default", default), ("least_squares", "least_squares", start))
+            for position in ("selected", "best")]
+    statement = ablation_statement(pd.DataFrame(rows))
+    assert statement.startswith("Our ablation, not the paper's") and says in statement
