@@ -134,3 +134,43 @@ def test_every_profile_has_a_valid_ablation(tmp_path, profile):
     if profile != "paper":  # CI and laptops: one pair, one c, the cheap method (params.yaml says why)
         assert section.pairs == ("polyp",) and section.c_parties == ("a",)
         assert section.method is StitchMethod.DIRECT_MATCHING
+
+
+def test_a_finished_variant_is_reused_only_for_the_same_schedule_and_parents(toy_pair, tmp_path, monkeypatch):
+    """The stage's variant folders persist between runs: a variant trained with this schedule between
+    these parents is read back; another schedule, other parents (by their weights' hash, or refused by
+    the saved network's own fingerprint check) train it again from scratch."""
+    from types import SimpleNamespace
+
+    from stitch_ops.stitching import ablation, pipeline
+    from stitch_ops.stitching.network import save_stitched_network
+
+    trained = []
+
+    def fake_training(model_a, model_b, images, patch, config, out, progress=True):
+        network = StitchedNetwork.from_parents(toy_pair.spec_a, model_a.network, toy_pair.spec_b, model_b.network)
+        assert not (out / pipeline.NETWORK_FILE).exists()  # nothing of an earlier training is continued
+        save_stitched_network(network, out / pipeline.NETWORK_FILE)
+        trained.append(config.epochs)
+        return network, ()
+
+    monkeypatch.setattr(pipeline, "train_stitch_network", fake_training)
+    model_a, model_b = SimpleNamespace(network=toy_pair.network_a), SimpleNamespace(network=toy_pair.network_b)
+    config = StitchTrainingConfig(StitchMethod.DIRECT_MATCHING, epochs=2, init="least_squares")
+    out = tmp_path / "least_squares"
+
+    def variant(config, parents=("a1", "b1"), b=model_b):
+        return ablation._trained_variant(model_a, b, list(parents), None, None, config, out, progress=False)
+
+    variant(config)
+    network, _ = variant(config)
+    assert trained == [2] and len(network.matches) > 0  # read back, not trained again
+    variant(variant_config(config, "schedule_x2"))
+    assert trained == [2, 4]
+    variant(variant_config(config, "schedule_x2"), parents=("a1", "b2"))
+    assert trained == [2, 4, 4]
+    other_b = copy.deepcopy(toy_pair.network_b)
+    with torch.no_grad():
+        next(other_b.parameters()).add_(1.0)
+    variant(variant_config(config, "schedule_x2"), parents=("a1", "b2"), b=SimpleNamespace(network=other_b))
+    assert trained == [2, 4, 4, 4]
