@@ -493,9 +493,21 @@ def _slug_of(results: PairResults) -> dict[str, str]:
                                               results.models["trained_on"])}
 
 
+def _ablation_means(results: PairResults) -> dict[str, dict[str, float]]:
+    """``{variant}/{position}`` -> the ablation's mean gap closed and distance over its rows (where defined)."""
+    ablation = results.ablation.dropna(subset=["gap_closed", "distance"])
+    if ablation.empty:
+        return {}
+    means = ablation.groupby(["variant", "position"], sort=False)[["gap_closed", "distance"]].mean()
+    return {f"{variant}/{position}": {"gap_closed": round(float(row.gap_closed), 4),
+                                      "distance": round(float(row.distance), 4)}
+            for (variant, position), row in zip(means.index, means.itertuples())}
+
+
 def headline(results: PairResults, stats: pd.DataFrame, findings: Sequence[Finding]) -> dict:
     """Numbers for ``dvc metrics show``: findings counts and verdicts, mean Dice/HD95 per
-    model and test set, the number of significant own-data tests."""
+    model and test set, the number of significant own-data tests, the ablation's mean gap closed
+    and distance per variant and position (where it ran)."""
     slug = _slug_of(results)
     means = mean_table(results.cases)
     models: dict[str, dict[str, float]] = {}
@@ -511,6 +523,7 @@ def headline(results: PairResults, stats: pd.DataFrame, findings: Sequence[Findi
         "wilcoxon": {"tests": int(len(stats)), "significant": int((stats["p_holm"] < ALPHA).sum())
                      if not stats.empty else 0},
         "models": models,
+        "ablation": _ablation_means(results),
     }
 
 
@@ -528,6 +541,9 @@ def mlflow_metrics(results: PairResults, stats: pd.DataFrame, findings: Sequence
     for finding in findings:
         if finding.verdict is not Verdict.NOT_TESTABLE:
             metrics[f"findings/{finding.number}"] = 1.0 if finding.verdict is Verdict.HELD else 0.0
+    for key, values in _ablation_means(results).items():
+        for name, value in values.items():
+            metrics[f"ablation/{key}/{name}_mean"] = value
     for row in mean_table(results.cases).itertuples():
         metrics[f"test_{row.test_party}/{slug.get(row.model, row.model)}/dice_mean"] = float(row.dice)
         metrics[f"test_{row.test_party}/{slug.get(row.model, row.model)}/hd95_mean"] = float(row.hd95)

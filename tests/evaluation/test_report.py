@@ -197,6 +197,11 @@ def test_ablation_table_figure_and_statement(reported):
     assert table.loc["schedule_x2", "Dice on b's test (best)"] == pytest.approx(0.88)
     assert (table["stitch-ensemble"] == "a←[a]→b DM").all()
     assert any(p.name == "ablation.png" for p in report.figures)
+    headline = json.loads(report.metrics.read_text(encoding="utf-8"))["ablation"]
+    assert headline["default/selected"] == {"gap_closed": 0.5, "distance": 0.9}
+    assert headline["least_squares/best"] == {"gap_closed": 0.1, "distance": 0.05}
+    logged = mlflow_metrics(load_pair(PAIR, tree), pd.DataFrame(columns=["perspective"]), [])
+    assert logged["ablation/default/best/gap_closed_mean"] == pytest.approx(0.75)
     page = report.html.read_text(encoding="utf-8")
     assert "Ablation: how the stitches are trained" in page
     statement = ("Our ablation, not the paper&#x27;s", "80% of the default stitches&#x27; benefit")
