@@ -44,6 +44,13 @@ def test_variants_change_only_the_start_or_the_epochs_of_the_pipelines_schedule(
     assert variant_config(variant_config(base, "least_squares"), "schedule_x4").init == "default"
     with pytest.raises(ValueError):
         variant_config(base, "schedule_x3")
+    # the pipeline's schedule per method (stitching.training.epochs as a mapping): the method's epochs, scaled
+    per_method = {**STITCHING, "training": {**STITCHING["training"],
+                                            "epochs": {"double_batched": 8, "direct_matching": 12}}}
+    section = load_section({"stitching": per_method}, "stitching", StitchingParams)
+    for method, epochs in (("direct_matching", 12), ("double_batched", 8)):
+        base = section.training_config(method, 0)
+        assert [variant_config(base, v).epochs for v in Variant] == [epochs, 2 * epochs, 4 * epochs]
 
 
 def test_the_least_squares_variant_starts_at_the_least_squares_optimum(toy_pair, toy_network):
