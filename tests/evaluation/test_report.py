@@ -244,5 +244,9 @@ def test_ablation_statement_says_what_the_numbers_allow(default, start, says):
              "position": position, "gap_closed": gap, "distance": 0.5}
             for variant, init, gap in (("default", "default", default), ("least_squares", "least_squares", start))
             for position in ("selected", "best")]
-    statement = ablation_statement(pd.DataFrame(rows))
+    statement = ablation_statement(pd.DataFrame(rows).assign(own_dice=0.9, ensemble_dice=0.8))
     assert statement.startswith("Our ablation, not the paper's") and says in statement
+    assert "unreliable" not in statement
+    small_gap = ablation_statement(pd.DataFrame(rows).assign(own_dice=0.81, ensemble_dice=0.8))
+    if default is not None:  # with a gap to close, a tiny one makes the shares unreliable: said so
+        assert "only 0.010 Dice" in small_gap and "these shares are unreliable" in small_gap
