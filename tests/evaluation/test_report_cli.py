@@ -60,8 +60,9 @@ def test_every_figure_renders_in_headless_chromium_without_errors(reported: Path
     for page in ("polyp.html", "index.html"):
         check = check_page(reported / "reports" / page)
         assert check.errors == [], (page, check.errors)
-        if page == "polyp.html":
-            assert len(check.images) == 7
+        if page == "polyp.html":  # the seven of the experiment and the ablation's
+            assert len(check.images) == 8
+            assert any(alt.startswith("Ablation: gap closed vs distance") for alt, _ in check.images)
         assert all(width > 0 for _, width in check.images), check.images
 
 
