@@ -32,8 +32,9 @@ STAGES = {
     "bundle": "export trained MONAI bundles; verify a bundle received from another party",
     "tracking": "the MLflow UI on the project's store, opened on the runs table",
     "report": "the HTML/Markdown report per pair (tables, Wilcoxon/Holm, figures, the paper's findings)",
+    "ablation": "how the stitches are trained, varied (least-squares start, longer schedules): ours, not the paper's",
 }
-MODULES = {"report": "stitch_ops.evaluation.report"}
+MODULES = {"report": "stitch_ops.evaluation.report", "ablation": "stitch_ops.stitching.ablation"}
 """Commands whose module is not ``stitch_ops.<command>.__main__``."""
 
 

@@ -295,6 +295,8 @@ CASES: dict[str, Case] = {
     "ensemble before split": Case(["baselines", "ensemble", "--pair", "polyp", "--fold", "0"],
                                   "dataset.json is missing; run the stage that makes it first"),
     "transfer plans before plan": Case(["baselines", "transfer-plans", "--pair", "polyp"], "is missing"),
+    "ablation outside its pairs": Case(["ablation", "--pair", "pelvis", "--c", "b", "--fold", "0"],
+                                       "the ablation runs on pairs"),
     "report of an unknown pair": Case(["report", "--pair", "knee", "--no-mlflow"], "unknown pair(s) ['knee']"),
     "report before any results": Case(["report", "--pair", "polyp", "--no-mlflow"],
                                       "pair 'polyp' has no results yet (no cases.csv under metrics/polyp/)"),

@@ -31,7 +31,7 @@ pair into its "Ablation" section.
 
 Usage::
 
-    python -m stitch_ops.stitching.ablation --pair polyp --c a --fold 0
+    python -m stitch_ops.stitching.ablation --pair polyp --c a --fold 0   # or: stitch-ops ablation ...
 """
 
 from __future__ import annotations
@@ -413,7 +413,7 @@ def _run(args: argparse.Namespace, params: Params) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m stitch_ops.stitching.ablation", description=__doc__,
+    parser = argparse.ArgumentParser(prog="stitch-ops ablation", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      parents=[common_options()])
     parser.add_argument("--pair", required=True, help="dataset pair, one of params 'stitching.ablation.pairs'")
