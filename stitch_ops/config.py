@@ -185,26 +185,43 @@ class NnUNetSchedule:
     val_iterations_per_epoch: int = 50
     initial_lr: float = 1e-2
     batch_size: int | None = None
+    base_features: int | None = None
+    max_features: int | None = None
     device: str = "auto"
     mirroring: bool = False
 
     def __post_init__(self) -> None:
         for key in ("epochs", "iterations_per_epoch", "val_iterations_per_epoch"):
             _positive_int("nnunet", key, getattr(self, key))
-        if self.batch_size is not None:
-            _positive_int("nnunet", "batch_size", self.batch_size)
+        for key in ("batch_size", "base_features", "max_features"):
+            if getattr(self, key) is not None:
+                _positive_int("nnunet", key, getattr(self, key))
         if not 0 < float(self.initial_lr) < 1:
             raise ConfigError(f"'nnunet.initial_lr' must be in (0, 1), got {self.initial_lr!r}")
         if self.device not in {"auto", "cpu", "cuda"}:
             raise ConfigError(f"'nnunet.device' must be auto, cpu or cuda, got {self.device!r}")
 
     def training_plans(self, plans: Mapping[str, Any]) -> dict[str, Any]:
-        """``plans`` as this schedule trains with them: the batch size overridden where the
-        schedule sets one. Export these, not the planner's, so that the model's plans and its
-        ``budget.json`` state the batch size it really trained with."""
+        """``plans`` as this schedule trains with them: the batch size and the network's width
+        overridden where the schedule sets them. Export these, not the planner's, so that the
+        model's plans and its ``budget.json`` state what it really trained with.
+
+        The width follows nnU-Net's own rule, ``min(max_features, base_features * 2**stage)``
+        per stage, written into the plans' ``features_per_stage`` (the planner's
+        ``UNet_base_num_features`` / ``UNet_max_features_2d``, 32 / 512): nnU-Net builds the
+        narrower network from its plans, nothing of its network is forked. A convolution's
+        cost grows with the square of the width, so halving it makes every approach about
+        four times cheaper alike."""
         trained = copy.deepcopy(dict(plans))
+        configuration = trained["configurations"][self.configuration]
         if self.batch_size is not None:
-            trained["configurations"][self.configuration]["batch_size"] = self.batch_size
+            configuration["batch_size"] = self.batch_size
+        if self.base_features is not None or self.max_features is not None:
+            arch = configuration["architecture"]["arch_kwargs"]
+            planned = [int(f) for f in arch["features_per_stage"]]
+            base = planned[0] if self.base_features is None else self.base_features
+            most = max(planned) if self.max_features is None else self.max_features
+            arch["features_per_stage"] = [min(most, base * 2 ** stage) for stage in range(len(planned))]
         return trained
 
 

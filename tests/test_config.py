@@ -138,3 +138,37 @@ def test_training_plans_state_the_batch_size_the_schedule_trains_with():
     assert NnUNetSchedule(batch_size=4).training_plans(planned)["configurations"]["2d"]["batch_size"] == 4
     assert NnUNetSchedule(batch_size=None).training_plans(planned) == planned
     assert planned["configurations"]["2d"]["batch_size"] == 68  # the planner's plans are left as they are
+
+
+def test_training_plans_narrow_the_network_by_nnunets_own_rule():
+    """base_features / max_features rewrite features_per_stage as the planner would have
+    (min(max, base * 2**stage)), and nnU-Net builds that network from the plans."""
+    from stitch_ops.config import ConfigError, NnUNetSchedule
+    from stitch_ops.nnunet.model import build_network
+
+    arch = {"network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+            "arch_kwargs": {"n_stages": 4, "features_per_stage": [32, 64, 128, 256], "conv_op": "torch.nn.modules.conv.Conv2d",
+                            "kernel_sizes": [[3, 3]] * 4, "strides": [[1, 1]] + [[2, 2]] * 3,
+                            "n_conv_per_stage": [2] * 4, "n_conv_per_stage_decoder": [2] * 3, "conv_bias": True,
+                            "norm_op": "torch.nn.modules.instancenorm.InstanceNorm2d",
+                            "norm_op_kwargs": {"eps": 1e-05, "affine": True}, "dropout_op": None,
+                            "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU",
+                            "nonlin_kwargs": {"inplace": True}},
+            "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}
+    planned = {"plans_name": "nnUNetPlans", "configurations": {"2d": {"batch_size": 12, "patch_size": [64, 64],
+                                                                       "architecture": arch}}}
+
+    def widths(**knobs):
+        plans = NnUNetSchedule(**knobs).training_plans(planned)
+        return plans["configurations"]["2d"]["architecture"]["arch_kwargs"]["features_per_stage"], plans
+
+    assert widths()[0] == [32, 64, 128, 256]
+    assert widths(base_features=16)[0] == [16, 32, 64, 128]
+    assert widths(base_features=16, max_features=48)[0] == [16, 32, 48, 48]
+    assert arch["arch_kwargs"]["features_per_stage"] == [32, 64, 128, 256]  # the planner's plans are left as they are
+    network = build_network(widths(base_features=8)[1], {"channel_names": {"0": "x"}, "labels": {"background": 0, "fg": 1}},
+                            "2d")
+    assert network.encoder.stages[0][0].convs[0].conv.out_channels == 8
+    assert network.encoder.stages[-1][0].convs[0].conv.out_channels == 64
+    with pytest.raises(ConfigError, match="base_features"):
+        NnUNetSchedule(base_features=0)
