@@ -138,9 +138,12 @@ def test_every_profile_has_a_valid_ablation(tmp_path, profile):
     params_file = tmp_path / "params.yaml"
     params_file.write_text((Path(__file__).resolve().parents[2] / "params.yaml").read_text())
     section = AblationParams.load(apply_profile(profile, params_file))
-    if profile != "paper":  # CI and laptops: one pair, one c, the cheap method (params.yaml says why)
+    if profile == "smoke":  # CI: one pair, one c, the cheap method (params.yaml says why)
         assert section.pairs == ("polyp",) and section.c_parties == ("a",)
+    if profile != "paper":  # laptops too: the cheap method, both pairs and both c in quick (issue 22)
         assert section.method is StitchMethod.DIRECT_MATCHING
+    if profile == "quick":
+        assert section.pairs == ("polyp", "pelvis") and section.c_parties == ("a", "b")
 
 
 def test_a_finished_variant_is_reused_only_for_the_same_schedule_and_parents(toy_pair, tmp_path, monkeypatch):
