@@ -255,8 +255,10 @@ def parse_params(raw: Mapping[str, Any]) -> Params:
     for key in ("profile", "seed", "pairs", "folds", "data", "nnunet"):
         if key not in raw:
             raise ConfigError(f"params.yaml is missing the top-level key {key!r}")
-    if list(raw.get("parties", PARTIES)) != list(PARTIES):
-        raise ConfigError(f"'parties' must be {list(PARTIES)}: the method compares exactly two parties")
+    if "parties" in raw:
+        raise ConfigError(f"params.yaml sets 'parties', which is not a setting: the method is pairwise, every pair "
+                          f"has exactly the parties {list(PARTIES)}; remove the key (several parties are not "
+                          f"supported)")
     folds = tuple(raw["folds"])
     if not folds or any(not isinstance(k, int) or not 0 <= k < 5 for k in folds):
         raise ConfigError(f"'folds' must be a non-empty list of fold indices in 0..4, got {raw['folds']!r}")

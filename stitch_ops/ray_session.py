@@ -3,7 +3,9 @@
 One module for every stage that runs Ray work (federated learning, the fine-tuning sweep,
 the stitch search), free of trainer imports, so that a stage's ``dvc.yaml`` deps stay its own.
 
-``address=None`` starts Ray here with the CPUs the caller asks for and stops it afterwards.
+``address=None`` starts Ray here with the CPUs the caller asks for and stops it afterwards: a
+Ray of its own (``ray.init(address="local")``), never one that ``RAY_ADDRESS`` or an earlier
+``ray start`` on this machine names, which a bare ``ray.init()`` would join.
 ``address="head:6379"`` (what ``ray start --head`` prints, or ``"auto"`` on a node of the
 cluster) joins the cluster unchanged: nothing about its resources is passed, and afterwards
 the driver only disconnects, the cluster keeps running. Paths handed to Ray work must be
@@ -56,7 +58,7 @@ def init_ray(options: RayOptions, n_workers: int) -> bool:
                             "RAY_AUTH_MODE=token and its token here") from err
         logger.info("joined the Ray cluster at %s: %s", options.address, ray.cluster_resources())
     else:
-        ray.init(num_cpus=n_workers * options.cpus_per_party, include_dashboard=False,
+        ray.init(address="local", num_cpus=n_workers * options.cpus_per_party, include_dashboard=False,
                  object_store_memory=256 * 1024 ** 2, logging_level=logging.WARNING)
     return True
 

@@ -74,6 +74,7 @@ def test_unknown_profile_suggests_the_nearest(params_file: Path):
     (lambda p: p["data"]["polyp"].update(source={"a": "x"}), "one raw dataset per party"),
     (lambda p: p["data"].update(knee={"source": "synthetic"}), "generator only knows"),
     (lambda p: p["nnunet"].update(device="tpu"), "auto, cpu or cuda"),
+    (lambda p: p.update(parties=["a", "b", "c"]), "the method is pairwise.*remove the key"),
 ])
 def test_invalid_params_are_refused_with_the_key_named(edit, message):
     raw = raw_params()

@@ -122,6 +122,22 @@ def test_an_address_where_no_cluster_answers_fails_at_once_with_one_line():
     assert not ray.is_initialized()
 
 
+def test_address_null_starts_a_ray_of_its_own_whatever_ray_address_names(monkeypatch):
+    """``address: null`` means this machine's CPUs, as asked: a bare ``ray.init()`` would instead
+    join whatever ``RAY_ADDRESS`` (or the last ``ray start`` here) names, with its resources."""
+    import ray
+
+    from stitch_ops.ray_session import RayOptions, init_ray
+
+    (port,) = _free_ports(1)  # nothing listens there: joining it would fail
+    monkeypatch.setenv("RAY_ADDRESS", f"{LOCALHOST}:{port}")
+    assert init_ray(RayOptions(cpus_per_party=1), n_workers=2)
+    try:
+        assert ray.cluster_resources()["CPU"] == 2
+    finally:
+        ray.shutdown()
+
+
 def _drive(root: str, address: str, work: str) -> None:
     """The driver: a pinned federated round, then the fine-tuning sweep and the stitch search,
     each joining the cluster at ``address``; what the test checks goes to ``work/result.json``. It runs in a fresh
