@@ -66,8 +66,9 @@ def train_finetuned(paths: PairPaths, party: str, fold: int, params: Params, *, 
                                  epochs=epochs, iterations_per_epoch=iterations_per_epoch,
                                  source_epochs=_read(pretrained / "model.json").get("epochs"))
     preprocessed = paths.preprocessed_root(party, plans_from=source)
+    # the plans fine-tuning builds its network from: the transferred plans with the profile's width
     check_same_architecture(_read(pretrained / "plans.json"),
-                            _read(preprocessed / dataset_name(paths.pair, party) / f"{PLANS}.json"),
+                            schedule.training_plans(_read(preprocessed / dataset_name(paths.pair, party) / f"{PLANS}.json")),
                             schedule.configuration, pretrained)
     configure(NnUNetRoots(preprocessed=preprocessed), training=True)
     from stitch_ops.baselines.trainers import FinetuneTrainer
