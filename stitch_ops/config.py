@@ -210,8 +210,9 @@ class NnUNetSchedule:
         per stage, written into the plans' ``features_per_stage`` (the planner's
         ``UNet_base_num_features`` / ``UNet_max_features_2d``, 32 / 512): nnU-Net builds the
         narrower network from its plans, nothing of its network is forked. A convolution's
-        cost grows with the square of the width, so halving it makes every approach about
-        four times cheaper alike."""
+        FLOPs grow with the square of the width (a stitch-training step costs 0.37 x at half
+        width); nnU-Net training on a CPU gains far less, its in-process augmentation costs the
+        same (bench/README.md). Every approach trains at the same width."""
         trained = copy.deepcopy(dict(plans))
         configuration = trained["configurations"][self.configuration]
         if self.batch_size is not None:
