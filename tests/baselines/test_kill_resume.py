@@ -46,8 +46,9 @@ def _tiny_params(path: Path) -> None:
     params = yaml.safe_load(path.read_text())
     params["pairs"] = [PAIR]
     params["data"] = {PAIR: {**params["data"][PAIR], "cases": {"a": 12, "b": 14}, "image_size": 64}}
+    # narrow networks (4, 8, 16, 32, 32 features per stage): nnU-Net's 32 ... 512 costs seconds per epoch
     params["nnunet"].update(epochs=2, iterations_per_epoch=1, val_iterations_per_epoch=1, batch_size=2,
-                            device="cpu")
+                            device="cpu", base_features=4, max_features=32)
     params["stitching"].update(max_positions=2)
     params["stitching"]["training"].update(epochs=2, iterations_per_epoch=2, batch_size=2)
     params["finetune"].update(epochs=2, warmup_epochs=1, iterations_per_epoch=1)
@@ -55,27 +56,12 @@ def _tiny_params(path: Path) -> None:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-SMALL_NETWORK = [4, 8, 16, 32, 32]  # features per stage: nnU-Net's (32 ... 512) costs seconds per epoch
-
-
-def shrink_networks(preprocessed: Path) -> None:
-    """Narrow the U-Net of every plans file under ``preprocessed`` (the architecture is read
-    only when a network is built, never by preprocessing)."""
-    for plans_file in preprocessed.rglob("nnUNetPlans.json"):
-        plans = json.loads(plans_file.read_text())
-        for configuration in plans["configurations"].values():
-            if "architecture" in configuration:
-                configuration["architecture"]["arch_kwargs"]["features_per_stage"] = SMALL_NETWORK
-        plans_file.write_text(json.dumps(plans, indent=2))
-
-
 @pytest.fixture(scope="module")
 def workspace(tiny_pair: TinyPair, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A pipeline checkout of its own: the tiny pair's data (copied: the session fixture
-    stays untouched) with narrow networks, params.yaml and the bundle definitions."""
+    stays untouched), params.yaml (narrow networks) and the bundle definitions."""
     root = tmp_path_factory.mktemp("kill_resume")
     shutil.copytree(tiny_pair.root / "data", root / "data")
-    shrink_networks(root / "data")
     shutil.copytree(REPO / "bundles", root / "bundles")
     _tiny_params(root / "params.yaml")
     return root
@@ -262,7 +248,6 @@ def test_federated_training_resumes_after_the_last_round_to_the_same_model(works
     from stitch_ops.baselines.plans import JOINT
 
     run_stage(workspace, "stitch_ops.baselines", "joint-plans", "--pair", PAIR, "--no-progress")
-    shrink_networks(paths.preprocessed_root("a").parent)
     # the joint planner's batch differs from params' 2, as quick's 4 differs from the planner's 10 (polyp) or 68 (pelvis)
     for plans_file in paths.preprocessed_root("a", plans_from=JOINT).rglob("nnUNetPlans.json"):
         plans = json.loads(plans_file.read_text())
