@@ -21,7 +21,8 @@ judged); it is *feasible from p* when its perspective is p or both. Thresholds (
    (``D(o→p, o) ≤ D(o, o) − NOTABLE`` on the original party's test set) and at least one
    matches pooled data on the fine-tuning party's (``D(o→p, p) ≥ D(a+b, p) − NEAR``).
 5. ``D(a&b, l) < D(l, l)`` and ``D(a&b, s) > D(s, s)``.
-6. For every stitch-ensemble ``a←[c]→b`` of the basis models with ``gap = D(c, c) − D(a&b, c) > 0``: it closes at
+6. For every stitch-ensemble ``a←[c]→b`` of the basis models with ``gap = D(c, c) − D(a&b, c) ≥ NEAR`` (a smaller
+   gap is "about as well" already: nothing a stitch could measurably close, so it is listed, not judged): it closes at
    least half the gap (``D(S, c) − D(a&b, c) ≥ gap / 2``), keeps the ensemble's robustness
    (``D(S, o) ≥ D(a&b, o) − NEAR``), and, where positions and the no-stitch reference were
    scored, the worst position's validation Dice is below the reference by more than NEAR.
@@ -302,8 +303,9 @@ def _finding_6(results: PairResults, D: _Means) -> Finding:
             continue
         o = _other(c)
         gap = D(c, c) - D(both, c)
-        if gap <= 0:
-            parts.append(f"{model}: no gap to close ({both} {_f(D(both, c))} ≥ {c} {_f(D(c, c))} on {c}'s test)")
+        if gap < NEAR:
+            parts.append(f"{model}: no gap to close ({both} {_f(D(both, c))} vs {c} {_f(D(c, c))} on {c}'s test, "
+                         f"within {NEAR}; not judged)")
             continue
         closed = (D(model, c) - D(both, c)) / gap
         robust = D(model, o) >= D(both, o) - NEAR

@@ -93,6 +93,18 @@ def test_findings_flip_with_the_data(tmp_path: Path):
     assert "0.950" in findings[5].numbers
 
 
+def test_a_gap_within_near_is_listed_not_judged(tmp_path: Path):
+    # c = b: b's own model is only 0.02 above a&b on b's test, a gap no stitch could measurably close; its
+    # stitch-ensemble (which even loses on a's test) must not decide finding 6, and the report says why
+    models = dict(MEANS)
+    models[("local", "b")] = (0.60, 0.91)
+    models[("stitch", "via_b_direct_matching")] = (0.70, 0.90)
+    results = load_pair(PAIR, write_tree(tmp_path, models=models))
+    finding = {f.number: f for f in judge(results, _stats(results)[0])}[6]
+    assert "held for 1 of 2" in finding.numbers
+    assert "no gap to close" in finding.numbers and "not judged" in finding.numbers
+
+
 def test_missing_inputs_are_not_testable_not_guessed(tmp_path: Path):
     models = {k: v for k, v in MEANS.items() if k[0] not in ("merged", "stitch")}
     results = load_pair(PAIR, write_tree(tmp_path, models=models, extras=False))
