@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -20,12 +21,14 @@ pytestmark = [pytest.mark.slow,
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 
 
-def browser(*args: str, url: str) -> str:
-    """Headless Chromium on ``url``, after the page's scripts had 20 s (virtual time)."""
+def browser(*args: str, url: str, profile: Path) -> str:
+    """Headless Chromium on ``url``, after the page's scripts had 20 s (virtual time). A profile of
+    its own: a browser another test (or worker) started on the default profile would take the call."""
     binary = next((shutil.which(b) for b in BROWSERS if shutil.which(b)), None)
     assert binary is not None, "this test needs Chromium: apt-get install -y chromium"
     result = subprocess.run([binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                             "--window-size=1400,900", "--virtual-time-budget=20000", *args, url],
+                             f"--user-data-dir={profile}", "--window-size=1400,900", "--virtual-time-budget=20000",
+                             *args, url],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout
@@ -55,8 +58,8 @@ def test_experiment_opens_on_the_runs_table_with_duration_and_dataset(tmp_path, 
     with mlflow_server(uri, log_file=tmp_path / "server.log") as base_url:
         url = experiment_links(uri, base_url)["stitch_ops/toy"]
         assert url.endswith("/runs?workflowType=machine_learning")
-        text = visible_text(browser("--dump-dom", url=url))
-        browser(f"--screenshot={tmp_path / 'runs_table.png'}", url=url)
+        text = visible_text(browser("--dump-dom", url=url, profile=tmp_path / "chromium"))
+        browser(f"--screenshot={tmp_path / 'runs_table.png'}", url=url, profile=tmp_path / "chromium")
 
     assert "Run Name" in text and "Duration" in text, text[:2000]  # the runs table ...
     assert "local:a:fold0" in text and "toy/a/train" in text  # ... with our run and its dataset
