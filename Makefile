@@ -25,9 +25,10 @@ run: $(STAMP)
 	$(if $(PROFILE),$(BIN)/stitch-ops profile $(PROFILE))
 	$(BIN)/stitch-ops repro
 
-## make test: the test suite (the slow end-to-end tests included, as in CI; the 25 slowest listed at the end); serial: two workers made slow tests fail under contention
+## make test: the test suite (the slow end-to-end tests included, as in CI; the 25 slowest listed at the end),
+## on two workers (pytest-xdist), one test file per worker at a time, the longest files first (tests/conftest.py)
 test: $(STAMP)
-	$(BIN)/python -m pytest -q --durations=25
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=25
 
 ## remove everything the pipeline produced (data, models, predictions, metrics, MLflow store)
 clean-outputs:
