@@ -159,3 +159,48 @@ def test_docstring_example_runs():
     from stitch_ops.evaluation import metrics
 
     assert doctest.testmod(metrics).failed == 0
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_hd95_is_monais_to_the_bit(ndim):
+    """hd95 runs MONAI's CPU steps itself (so that no stage imports MONAI for one function):
+    on random masks, blobs cut by the image's edge and anisotropic spacings it must give
+    exactly the float that ``monai.metrics.compute_hausdorff_distance`` gives."""
+    import warnings
+
+    import torch
+    from monai.metrics import compute_hausdorff_distance
+
+    rng = np.random.default_rng(ndim)
+    for trial in range(40):
+        shape = tuple(int(n) for n in rng.integers(3, 40 if ndim == 2 else 14, ndim))
+        if trial % 4 == 0:  # two overlapping blocks, each touching the image's edge
+            pred = _mask(shape, tuple(slice(0, n // 2 + 1) for n in shape))
+            ref = _mask(shape, tuple(slice(n // 3, n) for n in shape))
+        else:
+            pred, ref = (rng.random(shape) < rng.uniform(0.05, 0.9) for _ in range(2))
+        if not pred.any() or not ref.any():
+            continue  # the empty-mask policy decides those (tests above)
+        spacing = tuple(float(s) for s in rng.uniform(0.3, 3.0, ndim).round(3))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            expected = compute_hausdorff_distance(
+                torch.from_numpy(pred.astype(np.float32))[None, None], torch.from_numpy(ref.astype(np.float32))[None, None],
+                include_background=True, percentile=95, spacing=list(spacing))
+        assert hd95(pred, ref, spacing) == float(expected[0, 0]), (shape, spacing)
+
+
+def test_scoring_does_not_import_monai():
+    """``import monai`` loads every MONAI submodule (about 5 s of CPU per process): a pipeline
+    stage that scores its model must not pay it for HD95."""
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np\n"
+            "from stitch_ops.evaluation.metrics import dice, hd95\n"
+            "ref = np.zeros((8, 8), bool); ref[2:6, 2:6] = True\n"
+            "pred = np.zeros((8, 8), bool); pred[2:6, 2:7] = True\n"
+            "assert hd95(pred, ref, (1.0, 1.0)) == 1.0 and dice(pred, ref) > 0.8\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'monai'))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
