@@ -16,16 +16,21 @@ PIPELINE_FILES = ("dvc.yaml", "params.yaml", ".dvcignore", "bundles", "stitch_op
 # what stitch_ops.nnunet.env.configure sets for the whole process
 NNUNET_VARIABLES = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_n_proc_DA",
                     "nnUNet_def_n_proc", "nnUNet_compile")
+# what mlflow.set_tracking_uri exports: left set, every later subprocess of the test process (a
+# CLI call, a DVC stage) would record its runs in that store instead of its own checkout's
+PROCESS_VARIABLES = (*NNUNET_VARIABLES, "MLFLOW_TRACKING_URI")
 
 
 @contextmanager
 def kept_global_state() -> Iterator[None]:
-    """Restore nnU-Net's environment variables and the global random generators (Python,
-    NumPy, torch) on exit: for tests and session fixtures that call code which sets them."""
+    """Restore the environment variables libraries set for the whole process (nnU-Net's,
+    MLflow's tracking URI) and the global random generators (Python, NumPy, torch) on exit: for
+    tests and session fixtures that call code which sets them. Under ``make test`` a worker
+    runs many test files one after another, so what one test sets must not reach the next."""
     import numpy as np
     import torch
 
-    environment = {key: os.environ.get(key) for key in NNUNET_VARIABLES}
+    environment = {key: os.environ.get(key) for key in PROCESS_VARIABLES}
     generators = random.getstate(), np.random.get_state(), torch.get_rng_state()
     try:
         yield
