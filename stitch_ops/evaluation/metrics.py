@@ -20,9 +20,9 @@ Definitions:
   *not* the 95th percentile of the pooled distances. The values are MONAI's to the bit
   (float32, so about 1e-6 relative rounding): :func:`hd95` runs MONAI's CPU steps (crop,
   erosion, a k-d tree of the surface voxels, ``torch.quantile``) with scipy and torch
-  directly, because ``import monai`` loads every MONAI submodule (about 5 s of CPU time in
-  each pipeline stage that scores a model, for one function); a test compares the two on
-  random masks.
+  directly, because ``import monai`` loads every MONAI submodule (about 3 s of CPU time in
+  each pipeline stage that scores a model, for one function: ``bench/stage_startup.py``); a
+  test compares the two on random masks.
 
 Empty-mask policy (applied by both functions, hence everywhere downstream, including
 before the statistical tests):
@@ -192,7 +192,7 @@ def hd95(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -> float:
 
 def _percentile_hausdorff(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...], percentile: float) -> float:
     """MONAI's ``compute_hausdorff_distance(pred, ref, percentile=percentile, spacing=spacing)``
-    for two non-empty masks, computed as MONAI computes it on a CPU, step for step, so that
+    for two non-empty masks, computed as MONAI (1.6) computes it on a CPU, step for step, so that
     every float is the same: both masks cropped to the bounding box of their union with a
     margin of one voxel (zero-padded past the image's edge: ``CropForeground(margin=1,
     allow_smaller=False)``), surfaces by erosion and XOR, distances from a k-d tree over the
