@@ -184,15 +184,15 @@ def test_hd95_is_monais_to_the_bit(ndim):
         spacing = tuple(float(s) for s in rng.uniform(0.3, 3.0, ndim).round(3))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            expected = compute_hausdorff_distance(
-                torch.from_numpy(pred.astype(np.float32))[None, None], torch.from_numpy(ref.astype(np.float32))[None, None],
-                include_background=True, percentile=95, spacing=list(spacing))
+            batches = (torch.from_numpy(mask.astype(np.float32))[None, None] for mask in (pred, ref))
+            expected = compute_hausdorff_distance(*batches, include_background=True, percentile=95,
+                                                  spacing=list(spacing))
         assert hd95(pred, ref, spacing) == float(expected[0, 0]), (shape, spacing)
 
 
 def test_scoring_does_not_import_monai():
-    """``import monai`` loads every MONAI submodule (about 5 s of CPU per process): a pipeline
-    stage that scores its model must not pay it for HD95."""
+    """``import monai`` loads every MONAI submodule (about 3 s of CPU per process,
+    ``bench/stage_startup.py``): a pipeline stage that scores its model must not pay it for HD95."""
     import subprocess
     import sys
 
