@@ -52,7 +52,7 @@ from torch import fx  # noqa: E402
 from stitch_ops.nnunet.model import NnUNetModel  # noqa: E402
 from stitch_ops.nnunet.predict import predictor_for  # noqa: E402
 from stitch_ops.stitching import StitchedNetwork, SwitchConfiguration, extract_stitch_ensemble  # noqa: E402
-from stitch_ops.stitching.pipeline import evaluated_positions  # noqa: E402
+from stitch_ops.stitching.scoring import evaluated_positions  # noqa: E402
 from stitch_ops.stitching.positions import PositionEnsembles  # noqa: E402
 
 
@@ -183,7 +183,7 @@ def _select(network: StitchedNetwork, spec, args) -> None:
     """A stitch_select stage's validation work, every position, before / after (per position)."""
     from stitch_ops.nnunet.predict import predict_folder, predict_preprocessed, preprocess_cases
     from stitch_ops.stitching import TwoModelEnsemble
-    from stitch_ops.stitching import pipeline
+    from stitch_ops.stitching import scoring
 
     n = len(network.matches)
     positions = list(range(n))
@@ -203,9 +203,9 @@ def _select(network: StitchedNetwork, spec, args) -> None:
 
         def before():
             cases = preprocess_cases(own, raw / "imagesTr", progress=False)
-            scored = pipeline.score_positions(network, positions, own, cases, labels, work / "before", "cpu",
+            scored = scoring.score_positions(network, positions, own, cases, labels, work / "before", "cpu",
                                               **identity)
-            pipeline.score_on_validation(as_model(TwoModelEnsemble(network.parent_a, network.parent_b), "reference"),
+            scoring.score_on_validation(as_model(TwoModelEnsemble(network.parent_a, network.parent_b), "reference"),
                                          cases, labels, work / "before_no_stitch", "cpu", **identity)
             k = best(scored)
             predict_folder(as_model(extract_stitch_ensemble(network, k), f"k={k}"), raw / "imagesTr",
@@ -213,9 +213,9 @@ def _select(network: StitchedNetwork, spec, args) -> None:
 
         def after():
             cases = preprocess_cases(own, raw / "imagesTr", progress=False)
-            run = pipeline.score_positions_and_reference(network, positions, own, cases, labels, work / "after", "cpu",
+            run = scoring.score_positions_and_reference(network, positions, own, cases, labels, work / "after", "cpu",
                                                          identity=identity, no_stitch=True,
-                                                         keep_logits=pipeline.KEPT_LOGITS_MEMORY)
+                                                         keep_logits=scoring.KEPT_LOGITS_MEMORY)
             k = best(run.positions)
             predict_preprocessed(as_model(extract_stitch_ensemble(network, k), f"k={k}"), cases, work / "after_val",
                                  device="cpu", progress=False, logits=run.logits[k])

@@ -5,7 +5,7 @@ and preprocess it in this process, train both basis models (fold 0, a short sche
 
 - *exhaustive*: train the stitches of ``a←[a]→b`` once at ``stitching.training.lr`` on the
   search's short schedule and score **every** position k on a's validation cases, as the grid
-  does (one shared-prefix pass, :func:`~stitch_ops.stitching.pipeline.score_positions`);
+  does (one shared-prefix pass, :func:`~stitch_ops.stitching.scoring.score_positions`);
 - *Optuna*: :func:`~stitch_ops.stitching.search.run_search` (Ray Tune + Optuna TPE over
   (k, lr), the same short schedule, the same validation cases) with ``--trials`` trials.
 
@@ -89,8 +89,10 @@ def exhaustive(params, pair: str, root: Path) -> dict[int, float]:
     from stitch_ops.nnunet.predict import preprocess_cases
     from stitch_ops.outputs import scratch_dir
     from stitch_ops.paths import VALIDATION_SET, PairPaths
-    from stitch_ops.stitching.pipeline import (StitchingParams, parent_dirs, patch_size, score_positions,
-                                               train_stitch_network, training_images)
+    from stitch_ops.stitching.artifacts import parent_dirs, training_images
+    from stitch_ops.stitching.scoring import score_positions
+    from stitch_ops.stitching.settings import StitchingParams
+    from stitch_ops.stitching.train import patch_size, train_stitch_network
 
     section = load_section(params, "stitching", StitchingParams)
     paths = PairPaths(pair, root)

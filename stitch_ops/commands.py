@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from stitch_ops.approaches import StitchMethod
-from stitch_ops.errors import UserError
 from stitch_ops.cli_common import (
     MODEL_HELP,
     check_images_path,
@@ -206,7 +205,7 @@ def stitch_main(argv: Sequence[str] | None = None) -> int:
             raise FileNotFoundError(f"no selection.json at {args.rule_of_thumb} (--rule-of-thumb)")
         check_out_folder(args.out, {"--images": args.images, "--labels": args.labels, "--own": args.own,
                                     "--other": args.other})
-        from stitch_ops.stitching.task import StitchTask, format_summary, run
+        from stitch_ops.stitch_task import StitchTask, format_summary, run
 
         task = StitchTask(own=args.own, other=args.other, images=args.images, out=args.out, labels=args.labels,
                           method=args.method, **schedule, rule_of_thumb=args.rule_of_thumb, own_fold=args.own_fold, other_fold=args.other_fold,

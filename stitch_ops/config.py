@@ -129,7 +129,8 @@ def load_section(params: Params | Mapping[str, Any], section: str, cls: type[T],
     return section_from_mapping(node, section, cls, **fixed)
 
 
-def _positive_int(section: str, key: str, value: Any) -> int:
+def positive_int(section: str, key: str, value: Any) -> int:
+    """``value`` if it is an integer >= 1 (a bool is not), else a ConfigError naming ``section.key``."""
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ConfigError(f"params '{section}.{key}' must be a positive integer, got {value!r}")
     return value
@@ -160,7 +161,7 @@ class PairData:
                 raise ConfigError(f"'{section}.cases' needs a count for each party {PARTIES}, "
                                   f"got {dict(self.cases)}")
             for party, n in self.cases.items():
-                _positive_int(section, f"cases.{party}", n)
+                positive_int(section, f"cases.{party}", n)
         elif isinstance(self.source, Mapping):
             if set(self.source) != set(PARTIES):
                 raise ConfigError(f"'{section}.source' must name one raw dataset per party "
@@ -168,7 +169,7 @@ class PairData:
         else:
             raise ConfigError(f"'{section}.source' must be 'synthetic' or {{a: path, b: path}}, "
                               f"got {self.source!r}")
-        _positive_int(section, "image_size", self.image_size)
+        positive_int(section, "image_size", self.image_size)
 
     @property
     def is_synthetic(self) -> bool:
@@ -192,10 +193,10 @@ class NnUNetSchedule:
 
     def __post_init__(self) -> None:
         for key in ("epochs", "iterations_per_epoch", "val_iterations_per_epoch"):
-            _positive_int("nnunet", key, getattr(self, key))
+            positive_int("nnunet", key, getattr(self, key))
         for key in ("batch_size", "base_features", "max_features"):
             if getattr(self, key) is not None:
-                _positive_int("nnunet", key, getattr(self, key))
+                positive_int("nnunet", key, getattr(self, key))
         if not 0 < float(self.initial_lr) < 1:
             raise ConfigError(f"'nnunet.initial_lr' must be in (0, 1), got {self.initial_lr!r}")
         if self.device not in {"auto", "cpu", "cuda"}:

@@ -8,7 +8,7 @@ import yaml
 
 from stitch_ops.baselines.config import FinetuneParams, MergedParams
 from stitch_ops.config import ConfigError, apply_profile, load_params, load_section, parse_params, profile_names
-from stitch_ops.stitching.pipeline import StitchingParams
+from stitch_ops.stitching.settings import StitchingParams
 
 REPO = Path(__file__).resolve().parents[1]
 

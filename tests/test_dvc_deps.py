@@ -175,7 +175,7 @@ def test_closure_follows_imports_inside_functions_and_package_inits():
     package ``__init__``."""
     closure = import_closure(entry_points("python -m stitch_ops.stitching select --pair polyp"))
     for module in ("stitch_ops", "stitch_ops.stitching", "stitch_ops.stitching.__main__",
-                   "stitch_ops.stitching.pipeline", "stitch_ops.stitching.merge", "stitch_ops.cli_common"):
+                   "stitch_ops.stitching.stages", "stitch_ops.stitching.merge", "stitch_ops.cli_common"):
         assert module in closure
     assert not any(m.startswith("stitch_ops.bundle") for m in closure)
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Self
 
 from stitch_ops.approaches import FINETUNE_SLUGS, Approach
-from stitch_ops.config import ConfigError, NnUNetSchedule, Params, _positive_int, load_section
+from stitch_ops.config import ConfigError, NnUNetSchedule, Params, positive_int, load_section
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class _BasisSchedule:
     def __post_init__(self) -> None:
         for key in self.BASIS_KEYS:
             if getattr(self, key) is not None:
-                _positive_int(self.SECTION, key, getattr(self, key))
+                positive_int(self.SECTION, key, getattr(self, key))
 
     @classmethod
     def from_params(cls, params: Params) -> Self:
@@ -137,7 +137,7 @@ class FederatedParams(_BasisSchedule):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _positive_int("federated", "cpus_per_party", self.cpus_per_party)
+        positive_int("federated", "cpus_per_party", self.cpus_per_party)
         if self.address is not None and not isinstance(self.address, str):
             raise ConfigError(f"'federated.address' must be null, 'auto' or a Ray address, got {self.address!r}")
 
@@ -193,7 +193,7 @@ class SweepParams:
         if not low < high:
             raise ConfigError(f"'sweep.lr_min' ({low}) must be below 'sweep.lr_max' ({high})")
         for key in ("trials", "epochs", "iterations_per_epoch", "max_concurrent"):
-            _positive_int("sweep", key, getattr(self, key))
+            positive_int("sweep", key, getattr(self, key))
 
     @property
     def decades(self) -> float:

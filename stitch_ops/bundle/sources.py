@@ -68,7 +68,7 @@ def open_model(source: str | Path, fold: int | str | None = None, *, device: tor
             raise ModelError(f"{source} is a file but not a zip archive; expected {SOURCES}")
         with tempfile.TemporaryDirectory(prefix="stitch_ops_model_") as scratch, in_archive(source, scratch):
             root = safe_extract(source, Path(scratch))
-            model = open_model(_single_root(root, source), fold, device=device, trusted=trusted)
+            model = open_model(extracted_bundle_root(root, source), fold, device=device, trusted=trusted)
         model.description = f"{model.description} from {source.name}"
         return model
     if not source.is_dir():
@@ -134,7 +134,7 @@ def check_bundle_files(bundle: Path, required: bool = True) -> int:
         raise ModelError(str(err)) from None
 
 
-def _single_root(root: Path, archive: Path) -> Path:
+def extracted_bundle_root(root: Path, archive: Path) -> Path:
     """The bundle folder inside an extracted archive (itself, or its only top-level folder)."""
     if (root / "configs" / "metadata.json").is_file():
         return root
@@ -164,7 +164,7 @@ def _open_folder(folder: Path, fold: int | str | None, device: Any, trusted: boo
     if (folder / "weights.pth").is_file():
         return load_model(folder, device)
     if (folder / "stitch_ensemble.pt").is_file():
-        from stitch_ops.stitching.pipeline import load_exported_ensemble
+        from stitch_ops.stitching.artifacts import load_exported_ensemble
 
         return load_exported_ensemble(folder)
     if is_results_folder(folder):

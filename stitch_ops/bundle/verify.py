@@ -216,10 +216,10 @@ def _verify(path: Path, trust: bool) -> BundleReport:
     if path.is_file():
         if not zipfile.is_zipfile(path):
             raise BundleError(f"{path} is a file but not a zip archive; expected {SOURCE_KINDS}")
-        from stitch_ops.bundle.sources import _single_root, in_archive
+        from stitch_ops.bundle.sources import extracted_bundle_root, in_archive
 
         with tempfile.TemporaryDirectory(prefix="stitch_ops_verify_") as scratch, in_archive(path, scratch):
-            root = _single_root(safe_extract(path, Path(scratch)), path)
+            root = extracted_bundle_root(safe_extract(path, Path(scratch)), path)
             report = _verify_folder(root, trust)
         report.path = path
         if report.kind != "MONAI bundle":

@@ -12,14 +12,14 @@ from stitch_ops.config import PARTIES, Params
 
 
 def _train(args: argparse.Namespace, params: Params) -> None:
-    from stitch_ops.stitching.pipeline import train
+    from stitch_ops.stitching.stages import train
 
     params.pair(args.pair)
     train(params, args.pair, args.c, args.method, args.fold, args.progress, finetuned=args.finetuned)
 
 
 def _select(args: argparse.Namespace, params: Params) -> None:
-    from stitch_ops.stitching.pipeline import select
+    from stitch_ops.stitching.stages import select
 
     params.pair(args.pair)
     select(params, args.pair, args.c, args.method, args.fold, args.progress, finetuned=args.finetuned)

@@ -129,7 +129,7 @@ class AblationParams:
     def load(cls, params: Params) -> AblationParams:
         """The section, checked against the pipeline it ablates: its pairs, c and method must be
         among those whose stitch-ensembles the pipeline trains."""
-        from stitch_ops.stitching.pipeline import StitchingParams
+        from stitch_ops.stitching.settings import StitchingParams
 
         section = load_section(params, "stitching.ablation", cls)
         stitching = load_section(params, "stitching", StitchingParams)
@@ -227,7 +227,8 @@ def _trained_variant(model_a: Any, model_b: Any, parents: list[str], images: Any
     from stitch_ops.errors import InputFileError
     from stitch_ops.outputs import read_json, write_json
     from stitch_ops.stitching.network import load_stitched_network
-    from stitch_ops.stitching.pipeline import NETWORK_FILE, train_stitch_network
+    from stitch_ops.stitching.artifacts import NETWORK_FILE
+    from stitch_ops.stitching.train import train_stitch_network
 
     wanted = {"config": config.to_dict(), "parents": parents}
     record = out / VARIANT_FILE
@@ -312,8 +313,10 @@ def run(params: Params, pair: str, c: str, fold: int, progress: bool = True) -> 
     from stitch_ops.outputs import output_dir, read_json, scratch_dir, write_json, write_table
     from stitch_ops.paths import VALIDATION_SET, PairPaths
     from stitch_ops.stitching import RandomPatches
-    from stitch_ops.stitching.pipeline import (APPROACH, StitchingParams, load_trained_network, parent_dirs,
-                                               patch_size, score_positions, trained_on, training_images)
+    from stitch_ops.stitching.artifacts import APPROACH, load_trained_network, parent_dirs, trained_on, training_images
+    from stitch_ops.stitching.scoring import score_positions
+    from stitch_ops.stitching.settings import StitchingParams
+    from stitch_ops.stitching.train import patch_size
 
     ablation = AblationParams.load(params)
     params.pair(pair)

@@ -121,11 +121,12 @@ def run(params: Params, pair: str, c: str, progress: bool = True, root: Path = P
     from stitch_ops.evaluation import figures
     from stitch_ops.nnunet.model import NnUNetModel, load_model
     from stitch_ops.nnunet.predict import preprocess_cases
-    from stitch_ops.stitching.pipeline import _basis_export, load_trained_network, score_on_validation
+    from stitch_ops.stitching.artifacts import basis_export, load_trained_network
+    from stitch_ops.stitching.scoring import score_on_validation
 
     section = load_section(params, "rq1", Rq1Params)
     paths = PairPaths(pair, root)
-    own = load_model(_basis_export(paths, c, FOLD))
+    own = load_model(basis_export(paths, c, FOLD))
     raw = paths.raw_dataset(c)
     val_cases = list(read_fold(raw, FOLD).val)
     preprocessed = preprocess_cases(own, raw / "imagesTr", val_cases, progress)

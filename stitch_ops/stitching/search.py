@@ -11,7 +11,7 @@ objective; HD95 beside it). No test case is ever read. ``stitching.trials`` tria
 are drawn at random before TPE models the results. They run on a Ray started here, or on an
 existing cluster at ``stitching.search_address`` (:mod:`stitch_ops.ray_session`).
 
-How the best (k, lr) feeds the stitch stages (:mod:`stitch_ops.stitching.pipeline`):
+How the best (k, lr) feeds the stitch stages (:mod:`stitch_ops.stitching.stages`):
 ``stitch_train`` runs the search first and trains the final stitches at the best rate; its
 record is ``models/{pair}/stitch/{slug}/fold_k/network/search.json``. ``stitch_select``
 scores the best k on the final stitches beside the evenly spread positions, and selection
@@ -76,8 +76,10 @@ def score_trial(params: Params, job: TrialJob, k: int, lr: float, work: Path) ->
     from stitch_ops.nnunet.model import load_model
     from stitch_ops.nnunet.predict import preprocess_cases
     from stitch_ops.paths import VALIDATION_SET, PairPaths
-    from stitch_ops.stitching.pipeline import (APPROACH, StitchingParams, parent_dirs, patch_size, score_positions,
-                                               train_stitch_network, trained_on, training_images)
+    from stitch_ops.stitching.artifacts import APPROACH, parent_dirs, trained_on, training_images
+    from stitch_ops.stitching.scoring import score_positions
+    from stitch_ops.stitching.settings import StitchingParams
+    from stitch_ops.stitching.train import patch_size, train_stitch_network
 
     section = load_section(params, "stitching", StitchingParams)
     paths = PairPaths(job.pair, Path(job.root))
@@ -114,7 +116,7 @@ def _trial(config: dict[str, Any], job: TrialJob) -> None:
 
 def settings(params: Params, method: str) -> dict[str, Any]:
     """What decides a search's outcome: a saved record with other settings is searched again."""
-    from stitch_ops.stitching.pipeline import StitchingParams
+    from stitch_ops.stitching.settings import StitchingParams
 
     section = load_section(params, "stitching", StitchingParams)
     return {"seed": params.seed, "method": method, "trials": section.trials, "lr_min": section.search_lr_min,
@@ -128,7 +130,7 @@ def searched(params: Params, pair: str, c: str, method: str, fold: int, record_f
     checkpoint lies beside it: they train at its rate) and it was made with these settings;
     otherwise a new search (:func:`run_search`) written there. A finished training deletes its
     checkpoint, so a stage that reruns because its parents changed searches again."""
-    from stitch_ops.stitching.pipeline import CHECKPOINT
+    from stitch_ops.stitching.artifacts import CHECKPOINT
 
     if record_file.is_file() and record_file.with_name(CHECKPOINT).is_file():
         record = read_json(record_file, hint="delete it to search again")
@@ -153,11 +155,11 @@ def run_search(params: Params, pair: str, c: str, method: str, fold: int, *, fin
     """
     from stitch_ops.paths import PairPaths
     from stitch_ops.stitching import StitchedNetwork
-    from stitch_ops.stitching.pipeline import APPROACH, _parents, trained_on
+    from stitch_ops.stitching.artifacts import APPROACH, load_parents, trained_on
 
     root = root.resolve()
     paths = PairPaths(pair, root)
-    matches = len(StitchedNetwork.from_models(*_parents(paths, c, fold, finetuned)).matches)
+    matches = len(StitchedNetwork.from_models(*load_parents(paths, c, fold, finetuned)).matches)
     slug = trained_on(c, method, finetuned)
     with scratch_dir(paths.model_dir(APPROACH, slug, fold) / "search_trials") as work:
         job = TrialJob(dict(params.raw), pair, c, method, fold, finetuned, str(root), str(work))
@@ -188,7 +190,7 @@ def _run_trials(params: Params, job: TrialJob, matches: int, work: Path, progres
     from ray.tune.search.optuna import OptunaSearch
 
     from stitch_ops.ray_session import RayOptions, ray_connection
-    from stitch_ops.stitching.pipeline import StitchingParams
+    from stitch_ops.stitching.settings import StitchingParams
 
     section = load_section(params, "stitching", StitchingParams)
     with ray_connection(RayOptions(section.search_address), section.search_concurrent):  # a joined cluster keeps running
@@ -217,7 +219,7 @@ def _run_trials(params: Params, job: TrialJob, matches: int, work: Path, progres
 def _log_search(record: dict[str, Any], params: Params) -> None:
     """The search as an MLflow parent run with one nested run per trial."""
     from stitch_ops import approaches, tracking
-    from stitch_ops.stitching.pipeline import APPROACH
+    from stitch_ops.stitching.artifacts import APPROACH
 
     tracking.configure(Path("."))
     model = approaches.stitch_ensemble(record["c"], record["method"], record["finetuned"])

@@ -49,7 +49,8 @@ def reference(params: Params, pair: str, c: str, fold: int, progress: bool = Tru
     from stitch_ops.evaluation.stages import evaluate
     from stitch_ops.nnunet.model import NnUNetModel, load_model
     from stitch_ops.stitching.ensemble import TwoModelEnsemble
-    from stitch_ops.stitching.pipeline import parent_dirs, stage_name
+    from stitch_ops.stitching.artifacts import parent_dirs
+    from stitch_ops.stitching.stages import stage_name
 
     paths = PairPaths(pair)
     folders = parent_dirs(paths, c, fold, finetuned)
@@ -101,7 +102,7 @@ def strategies(params: Params, pair: str, c: str, method: str, fold: int, progre
     separate process per strategy spent most of its time importing MONAI, torch and MLflow.
     Returns the ``selection.json`` record."""
     from stitch_ops.evaluation.stages import evaluate
-    from stitch_ops.stitching.pipeline import stage_name
+    from stitch_ops.stitching.stages import stage_name
 
     selection = choose_and_predict(params, pair, c, method, fold, progress, finetuned, root)
     stage = f"{stage_name('stitch_strategies', finetuned)}@{pair}-{c}-{method}-{fold}"
@@ -163,10 +164,10 @@ def _predict_position(params: Params, paths: PairPaths, c: str, method: str, fin
     """Predict both test sets and c's validation cases with the stitch-ensemble at ``k``."""
     from stitch_ops.nnunet.model import NnUNetModel, load_model
     from stitch_ops.stitching import extract_stitch_ensemble
-    from stitch_ops.stitching.pipeline import _basis_export, load_trained_network
+    from stitch_ops.stitching.artifacts import basis_export, load_trained_network
 
     network = load_trained_network(paths, c, method, fold, finetuned)
-    own = load_model(_basis_export(paths, c, fold))
+    own = load_model(basis_export(paths, c, fold))
     ensemble = NnUNetModel(extract_stitch_ensemble(network, k), own.plans, own.dataset_json, own.configuration,
                            None, f"stitch-ensemble k={k}")
     with output_dir(target) as staging:

@@ -452,3 +452,43 @@ def _resume(network, optimizer, config: StitchTrainingConfig, path: Path) -> lis
                         *(None if v is None else float(v) for v in entry[3:4])) for entry in saved["history"]]
     logger.info("resumed from %s after epoch %d", path, len(history))
     return history
+
+
+def patch_size(own: Any) -> Any:
+    """The patch size of ``own``'s configuration: the stitches train on patches of it."""
+    return own.plans["configurations"][own.configuration]["patch_size"]
+
+
+def train_stitch_network(model_a: Any, model_b: Any, images: Any, patch_size: Any, config: Any, out: Path,
+                         progress: bool = True, on_epoch: Callable[[Any], None] | None = None) -> tuple[Any, Any]:
+    """Combine two loaded models, train their stitches on random patches of ``images``
+    (unlabeled, :class:`~stitch_ops.stitching.PreprocessedImages`) and save the network.
+
+    Resumable: ``out/checkpoint.pt`` is written after every epoch and continued from;
+    ``out/stitched_network.pt`` and ``out/training_log.json`` appear only when training ends,
+    and then the checkpoint (the stitches plus the optimizer's state, about three times the
+    stitches' size) is deleted: every later stage reads the saved network, and a stage that
+    reruns (its parents or settings changed) must not continue stitches trained for others;
+    the wall time of every attempt is summed in ``out`` (:class:`~stitch_ops.budget.TrainingClock`).
+    ``on_epoch`` gets every epoch's log (a live MLflow run; see :func:`train_stitches`).
+    Returns the trained :class:`~stitch_ops.stitching.StitchedNetwork` and the epochs' losses.
+    """
+    from stitch_ops.budget import TrainingClock
+    from stitch_ops.outputs import write_json
+    from stitch_ops.stitching.artifacts import CHECKPOINT, NETWORK_FILE
+    from stitch_ops.stitching.data import RandomPatches
+    from stitch_ops.stitching.network import save_stitched_network
+
+    patches = RandomPatches(images, patch_size, config.batch_size, config.seed)
+    network = StitchedNetwork.from_models(model_a, model_b)
+    out.mkdir(parents=True, exist_ok=True)
+    logger.info("%d matches; %d stitches to train (%s)", len(network.matches), 2 * len(network.matches),
+                config.method.value)
+    with TrainingClock(out):
+        history = train_stitches(network, patches.epoch, config, checkpoint=out / CHECKPOINT, progress=progress,
+                                 on_epoch=on_epoch)
+    write_json(out / "training_log.json", [vars(e) for e in history])
+    save_stitched_network(network, out / NETWORK_FILE)
+    for checkpoint in out.glob(f"{CHECKPOINT}*"):  # with a killed save's .partial-<pid> leftover
+        checkpoint.unlink()
+    return network, history

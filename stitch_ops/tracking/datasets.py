@@ -91,7 +91,7 @@ def log_inputs(run_id: str, inputs: Sequence[DataInput], lock: Path = DVC_LOCK) 
 
     from stitch_ops.tracking import runs
 
-    client, _ = runs._client()
+    client, _ = runs.open_client()
     entries = [DatasetInput(Dataset(name=item.name, digest=dvc_digest(item.path, lock), source_type="local",
                                     source=json.dumps({"uri": item.path.as_posix()})),
                             tags=[InputTag(CONTEXT_TAG, item.context)]) for item in inputs]

@@ -66,7 +66,7 @@ class LiveRun:
             return
         from mlflow.entities import Metric
 
-        client, _ = runs._client()
+        client, _ = runs.open_client()
         timestamp = int(time.time() * 1000)
         metrics = [Metric(str(k), float(v), timestamp, int(step)) for k, v in values.items()
                    if v is not None and math.isfinite(float(v))]
@@ -98,8 +98,8 @@ def start_model_run(*, experiment: str, identity: Mapping[str, str], tags: Mappi
         run_name: display name, e.g. ``local:a:fold0``.
         dvc_stage: the training stage (tag ``dvc.stage``).
     """
-    client, store = runs._client()
-    experiment_id = runs._experiment_id(client, experiment, store.artifact_root)
+    client, store = runs.open_client()
+    experiment_id = runs.ensure_experiment(client, experiment, store.artifact_root)
     run_tags = {**tags, **identity, RUN_KEY_TAG: runs.run_key(dict(identity))}
     if dvc_stage:
         run_tags[DVC_STAGE_TAG] = dvc_stage
@@ -107,14 +107,14 @@ def start_model_run(*, experiment: str, identity: Mapping[str, str], tags: Mappi
     if commit:
         run_tags[GIT_COMMIT_TAG] = commit
     run_id = client.create_run(experiment_id, tags=run_tags, run_name=run_name).info.run_id
-    runs._log_values(client, run_id, params, {})
+    runs.log_values(client, run_id, params, {})
     logger.info("MLflow run %s started for %s", run_id, dict(identity))
     return LiveRun(run_id)
 
 
 def fail_run(run_id: str) -> None:
     """Mark a run ``FAILED`` (its stage raised or was interrupted)."""
-    client, _ = runs._client()
+    client, _ = runs.open_client()
     client.set_terminated(run_id, status="FAILED")
     logger.info("MLflow run %s marked FAILED", run_id)
 
@@ -170,8 +170,8 @@ def finish_model_run(*, experiment: str, identity: Mapping[str, str], tags: Mapp
     missing = [str(p) for p in artifacts if not p.exists()]
     if missing:
         raise FileNotFoundError(f"Artifacts to log do not exist: {missing}.")
-    client, store = runs._client()
-    experiment_id = runs._experiment_id(client, experiment, store.artifact_root)
+    client, store = runs.open_client()
+    experiment_id = runs.ensure_experiment(client, experiment, store.artifact_root)
     key = runs.run_key(dict(identity))
     found = client.search_runs([experiment_id], f"tags.`{RUN_KEY_TAG}` = '{key}'",
                                order_by=["attributes.start_time DESC"], max_results=1000)
@@ -191,8 +191,8 @@ def finish_model_run(*, experiment: str, identity: Mapping[str, str], tags: Mapp
         run_id, earlier = client.create_run(experiment_id, tags=run_tags, run_name=run_name).info.run_id, []
     logged = client.get_run(run_id).data.params
     try:
-        runs._log_values(client, run_id, {k: v for k, v in params.items() if k not in logged}, metrics)
-        runs._log_artifacts(client, run_id, artifacts)
+        runs.log_values(client, run_id, {k: v for k, v in params.items() if k not in logged}, metrics)
+        runs.log_artifact_files(client, run_id, artifacts)
         if inputs:
             log_inputs(run_id, inputs)
     except BaseException:
@@ -200,6 +200,6 @@ def finish_model_run(*, experiment: str, identity: Mapping[str, str], tags: Mapp
         raise
     client.set_terminated(run_id, status="FINISHED")
     for old in earlier:
-        runs._delete_with_children(client, experiment_id, old)
+        runs.delete_with_children(client, experiment_id, old)
     logger.info("MLflow run %s finished for %s", run_id, dict(identity))
     return run_id

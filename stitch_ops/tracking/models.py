@@ -7,9 +7,10 @@ stitch-ensemble whose position was chosen by selection strategy 1 (``current_fol
 the alias ``champion``, so ``mlflow.pyfunc.load_model("models:/<name>@champion")`` is the
 model to use.
 
-No pickle is involved: the pyfunc is logged *from code* (:mod:`stitch_ops.tracking.pyfunc_model`),
-and its weights are loaded with ``torch.load(weights_only=True)`` from the export folder,
-which the model carries as an artifact (:mod:`stitch_ops.tracking.segmenter` runs it).
+No pickle is involved: the pyfunc is logged *from code* (:mod:`stitch_ops.bundle.pyfunc_model`,
+named by its path, :data:`PYFUNC_CODE`: logging never imports the model opener), and its weights
+are loaded with ``torch.load(weights_only=True)`` from the export folder, which the model
+carries as an artifact (:mod:`stitch_ops.bundle.segmenter` opens it as any model is opened).
 Loading needs ``stitch_ops`` installed. In a local store the artifact's files are hard links
 to the export's (the weights stored once, not once more in ``mlruns/``); the pipeline never
 changes a file in place (:mod:`stitch_ops.outputs` swaps in new ones), so a later export
@@ -42,6 +43,8 @@ CHAMPION = "champion"
 CHAMPION_STRATEGY = "current_fold"
 MODEL_ARTIFACT = "model"
 NATURAL_IMAGE_ENDINGS = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg")
+PYFUNC_CODE = Path(__file__).parents[1] / "bundle" / "pyfunc_model.py"
+"""The pyfunc's code, which MLflow runs where the model is loaded."""
 
 
 def registered_name(pair: str, approach: str, trained_on: str) -> str:
@@ -79,12 +82,11 @@ def log_model(run_id: str, export: Path, *, pair: str, approach: str, trained_on
 
     from stitch_ops.tracking import runs
 
-    client, store = runs._client()
+    client, store = runs.open_client()
     signature, example = signature_and_example(export)
     name = registered_name(pair, approach, trained_on)
-    code = Path(__file__).with_name("pyfunc_model.py")
     with mlflow.start_run(run_id=run_id):
-        info = mlflow.pyfunc.log_model(name=MODEL_ARTIFACT, python_model=str(code),
+        info = mlflow.pyfunc.log_model(name=MODEL_ARTIFACT, python_model=str(PYFUNC_CODE),
                                        artifacts={MODEL_ARTIFACT: str(export)}, signature=signature,
                                        input_example=example, registered_model_name=name,
                                        pip_requirements=_requirements())

@@ -111,7 +111,9 @@ def configure(root: Path = Path(".")) -> str:
     return _store.uri
 
 
-def _client() -> tuple[MlflowClient, TrackingStore]:
+def open_client() -> tuple[MlflowClient, TrackingStore]:
+    """An MLflow client on the configured store, and that store (the live-training and
+    logged-model modules of this package share it)."""
     from mlflow import MlflowClient
 
     if _store is None:
@@ -120,7 +122,7 @@ def _client() -> tuple[MlflowClient, TrackingStore]:
     return MlflowClient(tracking_uri=_store.uri), _store
 
 
-def _experiment_id(client: MlflowClient, name: str, artifact_root: Path | None) -> str:
+def ensure_experiment(client: MlflowClient, name: str, artifact_root: Path | None) -> str:
     """Id of the experiment ``name``, created (with its artifact location) if missing, and
     marked as a model-training experiment (tag ``mlflow.experimentKind``) so the UI opens it
     on the runs table, also when it was created before the tag existed."""
@@ -168,9 +170,10 @@ def _find_runs(client: MlflowClient, experiment_ids: list[str], filter_string: s
             return run_ids
 
 
-def _delete_with_children(client: MlflowClient, experiment_id: str, run_id: str) -> None:
+def delete_with_children(client: MlflowClient, experiment_id: str, run_id: str) -> None:
+    """Delete a run and its nested runs (a rerun stage replaces its earlier record whole)."""
     for child in _find_runs(client, [experiment_id], f"tags.`{PARENT_RUN_TAG}` = '{run_id}'"):
-        _delete_with_children(client, experiment_id, child)
+        delete_with_children(client, experiment_id, child)
     client.delete_run(run_id)
     logger.info("Replaced MLflow run %s", run_id)
 
@@ -179,7 +182,8 @@ def _chunks(items: list, size: int) -> list[list]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def _log_values(client: MlflowClient, run_id: str, params: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
+def log_values(client: MlflowClient, run_id: str, params: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
+    """Log params and metrics in batches of MLflow's limits (one request per batch, not per value)."""
     from mlflow.entities import Metric, Param
 
     timestamp = int(time.time() * 1000)
@@ -189,7 +193,8 @@ def _log_values(client: MlflowClient, run_id: str, params: Mapping[str, Any], me
         client.log_batch(run_id, metrics=chunk)
 
 
-def _log_artifacts(client: MlflowClient, run_id: str, artifacts: Sequence[Path]) -> None:
+def log_artifact_files(client: MlflowClient, run_id: str, artifacts: Sequence[Path]) -> None:
+    """Log files and folders (a folder under its own name) to the run."""
     for path in artifacts:
         if path.is_dir():
             client.log_artifacts(run_id, str(path), artifact_path=path.name)
@@ -249,8 +254,8 @@ def log_run(
         raise FileNotFoundError(f"Artifacts to log do not exist: {missing}.")
     identity = _identity(tags, dvc_stage, parent_run_id)
     key = run_key(identity)
-    client, store = _client()
-    experiment_id = _experiment_id(client, experiment, store.artifact_root)
+    client, store = open_client()
+    experiment_id = ensure_experiment(client, experiment, store.artifact_root)
     previous = _find_runs(client, [experiment_id], f"tags.`{RUN_KEY_TAG}` = '{key}'")
 
     run_tags = {**identity, RUN_KEY_TAG: key}
@@ -259,19 +264,19 @@ def log_run(
         run_tags[GIT_COMMIT_TAG] = commit
     run_id = client.create_run(experiment_id, tags=run_tags, run_name=run_name).info.run_id
     try:
-        _log_values(client, run_id, params, metrics)
-        _log_artifacts(client, run_id, artifacts)
+        log_values(client, run_id, params, metrics)
+        log_artifact_files(client, run_id, artifacts)
     except BaseException:
         client.set_terminated(run_id, status="FAILED")
         raise
     client.set_terminated(run_id, status="FINISHED")
     for old in previous:
-        _delete_with_children(client, experiment_id, old)
+        delete_with_children(client, experiment_id, old)
     logger.info("Logged MLflow run %s in %r (%s)", run_id, experiment, identity)
     return run_id
 
 
 def log_metrics(run_id: str, metrics: Mapping[str, float]) -> None:
     """Add (or update) metrics of an existing run, e.g. a sweep's best trial on its parent run."""
-    client, _ = _client()
-    _log_values(client, run_id, {}, metrics)
+    client, _ = open_client()
+    log_values(client, run_id, {}, metrics)

@@ -22,12 +22,12 @@ def _stitch_ensemble_export(basis_models: dict[str, Path], target: Path, selecti
     ``stitch_select`` does (untrained stitches: the test is about the plumbing)."""
     from stitch_ops.nnunet.model import load_model
     from stitch_ops.stitching import StitchedNetwork, extract_stitch_ensemble
-    from stitch_ops.stitching.pipeline import _export
+    from stitch_ops.stitching.artifacts import export_ensemble
 
     model_a, model_b = (load_model(basis_models[p]) for p in PARTIES)
     network = StitchedNetwork.from_models(model_a, model_b)
     k = len(network.matches) // 2
-    _export(extract_stitch_ensemble(network, k), model_a, target, k, "direct_matching", "a", selection)
+    export_ensemble(extract_stitch_ensemble(network, k), model_a, target, k, "direct_matching", "a", selection)
     return target
 
 
@@ -47,7 +47,7 @@ def test_champion_stitch_ensemble_loads_from_the_registry_and_segments_like_the_
     from PIL import Image
 
     from stitch_ops.nnunet.predict import predict_folder
-    from stitch_ops.stitching.pipeline import load_exported_ensemble
+    from stitch_ops.stitching.artifacts import load_exported_ensemble
     from stitch_ops.tracking.live import model_identity, start_model_run
     from stitch_ops.tracking.models import CHAMPION, log_model, registered_name
 

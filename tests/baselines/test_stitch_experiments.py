@@ -28,7 +28,7 @@ def experiment(tiny_pair: TinyPair, basis_models, tmp_path_factory: pytest.TempP
     from stitch_ops import approaches
     from stitch_ops.baselines.plans import prepare_transferred
     from stitch_ops.baselines.stages import train_finetuned
-    from stitch_ops.stitching import pipeline, rq1, strategies
+    from stitch_ops.stitching import rq1, stages, strategies
 
     root = tmp_path_factory.mktemp("stitch_experiments") / "repo"
     shutil.copytree(tiny_pair.root, root)
@@ -44,8 +44,8 @@ def experiment(tiny_pair: TinyPair, basis_models, tmp_path_factory: pytest.TempP
                         results_root=paths.model_dir(tuned.approach, tuned.trained_on, 0), progress=False)
         runs = [(method, False) for method in STITCHING["methods"]] + [("double_batched", True)]
         for method, finetuned in runs:
-            pipeline.train(params, PAIR, "a", method, 0, progress=False, finetuned=finetuned)
-            pipeline.select(params, PAIR, "a", method, 0, progress=False, finetuned=finetuned)
+            stages.train(params, PAIR, "a", method, 0, progress=False, finetuned=finetuned)
+            stages.select(params, PAIR, "a", method, 0, progress=False, finetuned=finetuned)
         for finetuned in (False, True):  # predicts and scores the reference, like the select stage
             strategies.reference(params, PAIR, "a", 0, progress=False, finetuned=finetuned)
         for method, finetuned in runs:
@@ -62,7 +62,7 @@ def runs(root: Path) -> pd.DataFrame:
 
 
 def test_finetuned_variant_stitches_own_model_to_the_others_model_finetuned_on_own_data(experiment: Path):
-    from stitch_ops.stitching.pipeline import load_trained_network
+    from stitch_ops.stitching.artifacts import load_trained_network
 
     network = load_trained_network(PairPaths(PAIR, experiment), "a", "double_batched", 0, finetuned=True)
     tuned = json.loads((experiment / "models" / PAIR / "finetune" / "b_to_a" / "fold_0" / "export" / "plans.json")

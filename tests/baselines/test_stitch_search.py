@@ -35,14 +35,14 @@ def root(tiny_pair: TinyPair, basis_models, tmp_path_factory: pytest.TempPathFac
 
 def run_stages(root: Path, section: dict) -> tuple[Path, object]:
     """``stitch_train`` and ``stitch_select`` of a←[a]→b, direct matching, fold 0, in ``root``."""
-    from stitch_ops.stitching import pipeline
+    from stitch_ops.stitching import stages
 
     params = make_params(stitching=section)
     (root / "params.yaml").write_text(yaml.safe_dump(dict(params.raw)))
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
-        network = pipeline.train(params, PAIR, "a", "direct_matching", 0, progress=False)
-        pipeline.select(params, PAIR, "a", "direct_matching", 0, progress=False)
+        network = stages.train(params, PAIR, "a", "direct_matching", 0, progress=False)
+        stages.select(params, PAIR, "a", "direct_matching", 0, progress=False)
     return root / network.parent, params
 
 
@@ -88,7 +88,7 @@ def test_optuna_search_feeds_the_stitch_stages_and_grid_stays_as_it_was(root: Pa
     assert record["best_k"] in set(positions["k"])
 
     # grid: the same stages as before the search existed; the earlier search's record is gone
-    from stitch_ops.stitching.pipeline import evaluated_positions
+    from stitch_ops.stitching.scoring import evaluated_positions
 
     network_dir, _ = run_stages(root, stitching())
     assert not (network_dir / "search.json").exists()
@@ -98,7 +98,7 @@ def test_optuna_search_feeds_the_stitch_stages_and_grid_stays_as_it_was(root: Pa
 
 
 def test_search_settings_are_checked_when_built():
-    from stitch_ops.stitching.pipeline import StitchingParams
+    from stitch_ops.stitching.settings import StitchingParams
 
     section = load_section({"stitching": stitching(**SEARCH)}, "stitching", StitchingParams)
     config = section.search_config("direct_matching", 0, 3e-3)

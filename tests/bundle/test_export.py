@@ -131,11 +131,11 @@ def test_a_bundle_of_an_exported_model_holds_its_weights_file_byte_for_byte(
     """The bundle's model.pt is a byte copy of the export's weights (an nnU-Net export's
     weights.pth, a stitch-ensemble's stitch_ensemble.pt)."""
     from stitch_ops.stitching import StitchedNetwork, extract_stitch_ensemble
-    from stitch_ops.stitching.pipeline import ENSEMBLE_FILE, _export
+    from stitch_ops.stitching.artifacts import ENSEMBLE_FILE, export_ensemble
 
     own, other = open_model(institution_a.results), open_model(institution_b.results)
     stitch_export = tmp_path / "stitch_export"
-    _export(extract_stitch_ensemble(StitchedNetwork.from_models(own, other), 1), own, stitch_export, k=1,
+    export_ensemble(extract_stitch_ensemble(StitchedNetwork.from_models(own, other), 1), own, stitch_export, k=1,
             method="direct_matching", c="a", selection="current_fold")
     for model, weights in ((institution_a.root / "results" / "export", "weights.pth"), (stitch_export, ENSEMBLE_FILE)):
         bundle = tmp_path / "bundles" / model.name

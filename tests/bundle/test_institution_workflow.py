@@ -19,7 +19,7 @@ from stitch_ops.bundle.sources import open_model
 from stitch_ops.bundle.verify import verify_bundle
 from stitch_ops.cli import main as cli_main
 from stitch_ops.stitching.network import load_stitched_network
-from stitch_ops.stitching.task import PLAIN_ROW, STITCH_ROW, hold_out, recommend, rule_of_thumb_k
+from stitch_ops.stitch_task import PLAIN_ROW, STITCH_ROW, hold_out, recommend, rule_of_thumb_k
 from tests.bundle.institutions import Institution
 
 TINY = ["--epochs", "1", "--iterations-per-epoch", "2", "--batch-size", "2", "--no-progress"]

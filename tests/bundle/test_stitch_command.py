@@ -18,7 +18,7 @@ from stitch_ops.bundle.sources import open_model
 from stitch_ops.bundle.verify import verify_bundle
 from stitch_ops.cli import main as cli_main
 from stitch_ops.nnunet.model import NnUNetModel
-from stitch_ops.stitching.task import IncompatibleModels, check_compatible
+from stitch_ops.stitch_task import IncompatibleModels, check_compatible
 from tests.bundle.institutions import Institution
 
 TINY = ["--epochs", "1", "--iterations-per-epoch", "2", "--batch-size", "2", "--no-progress"]

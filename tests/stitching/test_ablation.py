@@ -13,7 +13,7 @@ from stitch_ops.config import ConfigError, apply_profile, load_section, profile_
 from stitch_ops.stitching import StitchedNetwork, StitchMethod, StitchTrainingConfig, train_stitches
 from stitch_ops.stitching.ablation import (AblationParams, Variant, best_position, distance_from_optimum, gap_closed,
                                            least_squares_optimum, stitch_affines, variant_config)
-from stitch_ops.stitching.pipeline import StitchingParams
+from stitch_ops.stitching.settings import StitchingParams
 
 STITCHING = {"c_parties": ["a", "b"], "methods": ["double_batched", "direct_matching"], "selection": "current_fold",
              "training": {"epochs": 3, "iterations_per_epoch": 5, "init": "default"}}
@@ -152,19 +152,19 @@ def test_a_finished_variant_is_reused_only_for_the_same_schedule_and_parents(toy
     the saved network's own fingerprint check) train it again from scratch."""
     from types import SimpleNamespace
 
-    from stitch_ops.stitching import ablation, pipeline
+    from stitch_ops.stitching import ablation, artifacts, train
     from stitch_ops.stitching.network import save_stitched_network
 
     trained = []
 
     def fake_training(model_a, model_b, images, patch, config, out, progress=True):
         network = StitchedNetwork.from_parents(toy_pair.spec_a, model_a.network, toy_pair.spec_b, model_b.network)
-        assert not (out / pipeline.NETWORK_FILE).exists()  # nothing of an earlier training is continued
-        save_stitched_network(network, out / pipeline.NETWORK_FILE)
+        assert not (out / artifacts.NETWORK_FILE).exists()  # nothing of an earlier training is continued
+        save_stitched_network(network, out / artifacts.NETWORK_FILE)
         trained.append(config.epochs)
         return network, ()
 
-    monkeypatch.setattr(pipeline, "train_stitch_network", fake_training)
+    monkeypatch.setattr(train, "train_stitch_network", fake_training)
     model_a, model_b = SimpleNamespace(network=toy_pair.network_a), SimpleNamespace(network=toy_pair.network_b)
     config = StitchTrainingConfig(StitchMethod.DIRECT_MATCHING, epochs=2, init="least_squares")
     out = tmp_path / "least_squares"

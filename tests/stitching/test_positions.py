@@ -102,10 +102,10 @@ def test_shared_scoring_through_nnunet_matches_scoring_each_position_alone(combi
     """Through nnU-Net's preprocessing, sliding window and export: the same probabilities, Dice
     and HD95 per case at every position; in two passes when memory allows fewer positions at once."""
     from stitch_ops.nnunet.predict import predict_preprocessed, predict_preprocessed_stacked, preprocess_cases
-    from stitch_ops.stitching import pipeline
+    from stitch_ops.stitching import scoring
 
     n = len(combined.matches)
-    positions = pipeline.evaluated_positions(n, 5)
+    positions = scoring.evaluated_positions(n, 5)
     own = _model(toy_pair.network_a, toy_pair, "own")
     cases = preprocess_cases(own, validation_folder / "imagesTr", progress=False)
     assert cases[0].data.shape[-2:] == (40, 36)
@@ -115,8 +115,8 @@ def test_shared_scoring_through_nnunet_matches_scoring_each_position_alone(combi
     folders = [tmp_path / "shared" / f"k{k}" for k in positions]
     predict_preprocessed_stacked(stacked, cases, folders, device="cpu", progress=False)
     per_pass = (40 * 36 * 2 * 4) * 2  # two positions' stacked logits (float32) per pass
-    monkeypatch.setattr(pipeline, "POSITIONS_MEMORY", per_pass)
-    shared = pipeline.score_positions(combined, positions, own, cases, labels, tmp_path / "scored", "cpu", **IDENTITY)
+    monkeypatch.setattr(scoring, "POSITIONS_MEMORY", per_pass)
+    shared = scoring.score_positions(combined, positions, own, cases, labels, tmp_path / "scored", "cpu", **IDENTITY)
     assert sorted(shared) == positions
 
     dice_by_position = []
@@ -127,7 +127,7 @@ def test_shared_scoring_through_nnunet_matches_scoring_each_position_alone(combi
             expected = np.load(tmp_path / "alone" / f"k{k}" / f"{case.case}.npz")["probabilities"]
             np.testing.assert_allclose(np.load(folder / f"{case.case}.npz")["probabilities"], expected, atol=1e-6,
                                        err_msg=f"k={k}, {case.case}")
-        scores = pipeline.score_on_validation(alone, cases, labels, tmp_path / "scores_alone" / f"k{k}", "cpu",
+        scores = scoring.score_on_validation(alone, cases, labels, tmp_path / "scores_alone" / f"k{k}", "cpu",
                                               **IDENTITY)
         assert len(scores) == len(cases)
         np.testing.assert_allclose(shared[k]["dice"].to_numpy(), scores["dice"].to_numpy(), atol=1e-9)
@@ -156,23 +156,23 @@ def test_select_takes_the_reference_and_the_selected_validation_predictions_from
     import pandas as pd
 
     from stitch_ops.nnunet.predict import predict_folder, predict_preprocessed, preprocess_cases
-    from stitch_ops.stitching import TwoModelEnsemble, pipeline
+    from stitch_ops.stitching import TwoModelEnsemble, scoring
 
     n = len(combined.matches)
-    positions = pipeline.evaluated_positions(n, 5)
+    positions = scoring.evaluated_positions(n, 5)
     own = _model(toy_pair.network_a, toy_pair, "own")
     images, labels = validation_folder / "imagesTr", validation_folder / "labelsTr"
     cases = preprocess_cases(own, images, progress=False)
-    monkeypatch.setattr(pipeline, "POSITIONS_MEMORY", (40 * 36 * 2 * 4) * 3)  # 3 stacked logits per pass
+    monkeypatch.setattr(scoring, "POSITIONS_MEMORY", (40 * 36 * 2 * 4) * 3)  # 3 stacked logits per pass
     per_case = 40 * 36 * 2 * 4 * (len(positions) + 1)  # every position's logits and the reference's
-    run = pipeline.score_positions_and_reference(combined, positions, own, cases, labels, tmp_path / "scored", "cpu",
+    run = scoring.score_positions_and_reference(combined, positions, own, cases, labels, tmp_path / "scored", "cpu",
                                                  identity=IDENTITY, no_stitch=True, keep_logits=3 * per_case + 1)
     assert sorted(run.positions) == positions
 
     reference = _model(TwoModelEnsemble(combined.parent_a, combined.parent_b), toy_pair, "no-stitch reference")
-    alone = pipeline.score_on_validation(reference, cases, labels, tmp_path / "reference_alone", "cpu", **IDENTITY)
+    alone = scoring.score_on_validation(reference, cases, labels, tmp_path / "reference_alone", "cpu", **IDENTITY)
     pd.testing.assert_frame_equal(run.no_stitch, alone)
-    without = pipeline.score_positions(combined, positions, own, cases, labels, tmp_path / "without", "cpu", **IDENTITY)
+    without = scoring.score_positions(combined, positions, own, cases, labels, tmp_path / "without", "cpu", **IDENTITY)
     for k in positions:
         pd.testing.assert_frame_equal(run.positions[k], without[k])
 

@@ -165,7 +165,7 @@ def test_every_profile_trains_stitches_as_the_paper(profile):
     import yaml
     from importlib import resources
 
-    from stitch_ops.stitching.pipeline import StitchingParams
+    from stitch_ops.stitching.settings import StitchingParams
 
     overlay = yaml.safe_load(resources.files("stitch_ops.profiles").joinpath(f"{profile}.yaml").read_text())
     params = yaml.safe_load((Path(__file__).parents[2] / "params.yaml").read_text())["stitching"]

@@ -12,7 +12,7 @@ institution's boundary.
    as 0/1, and the summary says so; anything else is refused);
 3. the other images are preprocessed with the *own* model's plans (cached, resumable) and
    the two networks are traced, matched and their stitches trained on them (labels never
-   read; :func:`~stitch_ops.stitching.pipeline.train_stitch_network`);
+   read; :func:`~stitch_ops.stitching.train.train_stitch_network`);
 4. with ``labels``: the stitch-ensembles at ``max_positions`` positions are scored on the
    held-out images, which never trained a stitch, k is selected by strategy 1 (lowest mean
    rank of Dice and HD95), and own, other, the plain ensemble and the chosen
@@ -255,7 +255,7 @@ def rule_of_thumb_k(network: Any, source: Path | None = None) -> tuple[int, int,
 def positions_to_score(network: Any, max_positions: int | None, rule_source: Path | None = None) -> list[int]:
     """The positions scored on the held-out images: ``max_positions`` spread evenly over the
     matches (every one by default); one position is the rule of thumb, never k = 0."""
-    from stitch_ops.stitching.pipeline import evaluated_positions
+    from stitch_ops.stitching.scoring import evaluated_positions
 
     if max_positions == 1:
         return [rule_of_thumb_k(network, rule_source)[0]]
@@ -355,7 +355,7 @@ def parent_record(source: Path, model: NnUNetModel) -> dict[str, Any]:
 
 def _score(models: dict[str, NnUNetModel], preprocessed: Any, labels: Path, cases: list[str], scratch: Path,
            device: str) -> dict[str, tuple[float, float]]:
-    from stitch_ops.stitching.pipeline import score_on_validation
+    from stitch_ops.stitching.scoring import score_on_validation
 
     scores = {}
     for name, model in models.items():
@@ -437,7 +437,9 @@ def run(task: StitchTask, progress: bool = True) -> dict[str, Any]:
     from stitch_ops.nnunet.predict import preprocess_cases
     from stitch_ops.stitching import PreprocessedImages, TwoModelEnsemble, extract_stitch_ensemble
     from stitch_ops.stitching.network import load_stitched_network
-    from stitch_ops.stitching.pipeline import NETWORK_FILE, score_positions, train_stitch_network
+    from stitch_ops.stitching.artifacts import NETWORK_FILE
+    from stitch_ops.stitching.scoring import score_positions
+    from stitch_ops.stitching.train import train_stitch_network
     from stitch_ops.stitching.train import StitchTrainingConfig
 
     try:

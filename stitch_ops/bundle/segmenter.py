@@ -1,39 +1,29 @@
 """nnU-Net's predictor on in-memory images, around an exported model folder: what the
-registered pyfunc (:mod:`stitch_ops.tracking.pyfunc_model`) runs.
+registered pyfunc (:mod:`stitch_ops.bundle.pyfunc_model`) runs.
 
-Imported only when a logged model is loaded, so the stages that log models do not depend
-on the stitching code.
+The folder is opened by :func:`~stitch_ops.bundle.sources.open_model`, the one opener of every
+model kind (an nnU-Net export, a stitch-ensemble, a bundle), with its checks. Imported only
+when a logged model is loaded, so the stages that log models do not depend on it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 NATURAL_IMAGE_SPACING = (999.0, 1.0, 1.0)  # nnU-Net's NaturalImage2DIO: a 2-D image as 1 x H x W
 
 
-def load_exported(folder: Path) -> Any:
-    """An exported model folder (nnU-Net export or stitch-ensemble) as an ``NnUNetModel``."""
-    from stitch_ops.stitching.pipeline import ENSEMBLE_FILE, load_exported_ensemble
-
-    if (Path(folder) / ENSEMBLE_FILE).is_file():
-        return load_exported_ensemble(Path(folder))
-    from stitch_ops.nnunet.model import load_model
-
-    return load_model(Path(folder))
-
-
 class Segmenter:
     """nnU-Net's predictor around an exported model, on in-memory images."""
 
     def __init__(self, folder: Path, device: str = "cpu"):
+        from stitch_ops.bundle.sources import open_model
         from stitch_ops.nnunet.env import resolve_device
         from stitch_ops.nnunet.predict import predictor_for
 
-        model = load_exported(folder)
+        model = open_model(folder)
         self.predictor = predictor_for(model, resolve_device(device), mirroring=False)
         self.channels = model.num_input_channels
 

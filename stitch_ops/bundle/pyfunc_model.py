@@ -1,7 +1,8 @@
 """The MLflow pyfunc of a stitch_ops model, logged *from code* (no pickle).
 
 MLflow runs this file when the model is loaded; the exported model folder is the
-artifact ``model`` (see :mod:`stitch_ops.tracking.models`).
+artifact ``model`` (see :mod:`stitch_ops.tracking.models`, which logs this file by its path: no
+import, so the logging stages stay below the model opener).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ class NnUNetPyfunc(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context: Any) -> None:
         from stitch_ops.tracking.models import MODEL_ARTIFACT
-        from stitch_ops.tracking.segmenter import Segmenter
+        from stitch_ops.bundle.segmenter import Segmenter
 
         self.segmenter = Segmenter(context.artifacts[MODEL_ARTIFACT])
 
