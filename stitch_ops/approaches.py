@@ -66,7 +66,7 @@ class StitchMethod(StrEnum):
     @property
     def label(self) -> str:
         """The paper's words, for tables and legends: "direct matching", "double-batched"."""
-        return "double-batched" if self is StitchMethod.DOUBLE_BATCHED else "direct matching"
+        return {StitchMethod.DOUBLE_BATCHED: "double-batched", StitchMethod.DIRECT_MATCHING: "direct matching"}[self]
 
 
 def other(party: str) -> str:

@@ -62,7 +62,7 @@ from difflib import get_close_matches
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -77,16 +77,23 @@ from stitch_ops.stitching.stitch import MomentSampler, PairStatistics
 from stitch_ops.stitching.switch import DEFAULT_LOSS_TERMS, LossTerm, SwitchMode
 
 __all__ = [
+    "TRAINING_METHODS",
     "Batches",
+    "DirectMatching",
+    "DoubleBatched",
     "EpochLog",
     "StitchTrainingConfig",
+    "TrainingMethod",
     "cosine_learning_rate",
     "epochs_of",
     "fit_stitches_least_squares",
     "moment_sampler",
+    "patch_size",
     "plateau_reached",
     "stitch_optimizer",
+    "train_stitch_network",
     "train_stitches",
+    "training_method",
     "training_step",
 ]
 
@@ -263,7 +270,7 @@ def train_stitches(
                desc=f"stitches {config.method.value}", unit="it", disable=not progress)
     try:
         for epoch in range(len(history), config.epochs):
-            _configure_switches(network, config, epoch)
+            training_method(config.method).configure_switches(network, config, epoch)
             loss = _run_epoch(network, optimizer, batches, config, epoch, device, bar)
             history.append(EpochLog(epoch, loss, optimizer.param_groups[0]["lr"], probe_loss(network, probe, config, device)))
             logger.info("epoch %d/%d: loss %.6f, probe loss %.6f", epoch + 1, config.epochs, loss, history[-1].probe)
@@ -304,7 +311,7 @@ def probe_loss(network: StitchedNetwork, probe: list[Tensor], config: StitchTrai
     without a step; double-batched switches draw from a generator seeded the same every time."""
     if not probe:
         raise ValueError("no probe batches: the batches iterable is empty")
-    _configure_switches(network, config, PROBE_EPOCH)
+    training_method(config.method).configure_switches(network, config, PROBE_EPOCH)
     total = 0.0
     for images in probe:
         total += float(sum(pair.a + pair.b for pair in network.switch_losses(images.to(device))))
@@ -341,23 +348,83 @@ def stitch_optimizer(network: StitchedNetwork, config: StitchTrainingConfig) -> 
     return torch.optim.AdamW(network.stitch_parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
 
 
+class TrainingMethod:
+    """What one stitch-training method does in the loop: the switches of an epoch, the moment
+    sampler of an epoch and one step's gradients. The loop (:func:`train_stitches`) calls these
+    and never asks which method it runs; a new method is one more subclass in
+    :data:`TRAINING_METHODS` (and a :class:`~stitch_ops.approaches.StitchMethod` member)."""
+
+    method: ClassVar[StitchMethod]
+
+    def configure_switches(self, network: StitchedNetwork, config: StitchTrainingConfig, epoch: int) -> None:
+        """Set every switch for ``epoch`` (:data:`PROBE_EPOCH`: the probe loss's fixed draw)."""
+        raise NotImplementedError
+
+    def sampler(self, config: StitchTrainingConfig, epoch: int) -> MomentSampler | None:
+        """The positions each step of ``epoch`` estimates moments from (``None``: every position)."""
+        return None
+
+    def gradients(self, network: StitchedNetwork, images: Tensor, sampler: MomentSampler | None) -> Tensor:
+        """Set every stitch's ``.grad`` for one step on ``images``; return the summed loss."""
+        raise NotImplementedError
+
+
+class DirectMatching(TrainingMethod):
+    """Every switch on original; at each match both stitches regress the other parent's map,
+    in closed form (:meth:`StitchedNetwork.direct_matching_gradients`: no backward pass)."""
+
+    method = StitchMethod.DIRECT_MATCHING
+
+    def configure_switches(self, network: StitchedNetwork, config: StitchTrainingConfig, epoch: int) -> None:
+        network.configure(SwitchConfiguration.all_original(len(network.matches)))
+
+    def sampler(self, config: StitchTrainingConfig, epoch: int) -> MomentSampler | None:
+        """With ``moment_fraction < 1``: seeded by (seed, epoch), so a resumed run draws what an
+        uninterrupted one would."""
+        if config.moment_fraction >= 1:
+            return None
+        seed = int(np.random.SeedSequence([config.seed, epoch, 1]).generate_state(1)[0])
+        return MomentSampler(config.moment_fraction, torch.Generator().manual_seed(seed))
+
+    def gradients(self, network: StitchedNetwork, images: Tensor, sampler: MomentSampler | None) -> Tensor:
+        return network.direct_matching_gradients(images, sampler)
+
+
+class DoubleBatched(TrainingMethod):
+    """Every switch random, from a generator seeded by (seed, epoch); the reference copy of the
+    doubled batch without autograd, the forwarded copy through the switches, then backward."""
+
+    method = StitchMethod.DOUBLE_BATCHED
+
+    def configure_switches(self, network: StitchedNetwork, config: StitchTrainingConfig, epoch: int) -> None:
+        n = len(network.matches)
+        seed = int(np.random.SeedSequence([config.seed, epoch]).generate_state(1)[0])
+        network.configure(SwitchConfiguration((SwitchMode.RANDOM,) * n, (SwitchMode.RANDOM,) * n),
+                          torch.Generator().manual_seed(seed))
+
+    def gradients(self, network: StitchedNetwork, images: Tensor, sampler: MomentSampler | None) -> Tensor:
+        loss = sum(pair.a + pair.b for pair in network.switch_losses(images))
+        loss.backward()
+        return loss
+
+
+TRAINING_METHODS: dict[StitchMethod, TrainingMethod] = {m.method: m for m in (DirectMatching(), DoubleBatched())}
+
+
+def training_method(method: StitchMethod | str) -> TrainingMethod:
+    """The :class:`TrainingMethod` of ``method``."""
+    return TRAINING_METHODS[StitchMethod(method)]
+
+
 def training_step(network: StitchedNetwork, optimizer: torch.optim.Optimizer, images: Tensor,
                   sampler: MomentSampler | None = None) -> float:
-    """One optimiser step on images ``B C H W [D]``; double-batched training puts every image in the
-    batch twice (:meth:`StitchedNetwork.switch_losses`: the reference copy without autograd).
-
-    The network must be prepared with ``set_training(method)`` (and, for
-    double-batched training, its switches configured); ``sampler``: direct matching
-    estimates the moments from the positions it draws (``None``: every position), and
-    takes its gradients in closed form (:meth:`StitchedNetwork.direct_matching_gradients`).
+    """One optimiser step on images ``B C H W [D]`` by the method ``set_training`` prepared the
+    network for (and, for double-batched training, its switches configured); ``sampler``: the
+    positions direct matching estimates the moments from (``None``: every position).
     Returns the summed loss.
     """
     optimizer.zero_grad(set_to_none=True)
-    if network.training_method is StitchMethod.DIRECT_MATCHING:
-        loss = network.direct_matching_gradients(images, sampler)  # closed form: no backward pass
-    else:  # double-batched: the reference copy without autograd, the forwarded copy through the switches
-        loss = sum(pair.a + pair.b for pair in network.switch_losses(images))
-        loss.backward()
+    loss = training_method(network.training_method).gradients(network, images, sampler)
     optimizer.step()
     return float(loss.detach())
 
@@ -379,22 +446,8 @@ def _run_epoch(network, optimizer, batches: Batches, config: StitchTrainingConfi
 
 
 def moment_sampler(config: StitchTrainingConfig, epoch: int) -> MomentSampler | None:
-    """Direct matching with ``moment_fraction < 1``: the epoch's sampler, seeded by (seed, epoch), so a
-    resumed run draws what an uninterrupted one would; otherwise ``None`` (every position)."""
-    if config.method is not StitchMethod.DIRECT_MATCHING or config.moment_fraction >= 1:
-        return None
-    seed = int(np.random.SeedSequence([config.seed, epoch, 1]).generate_state(1)[0])
-    return MomentSampler(config.moment_fraction, torch.Generator().manual_seed(seed))
-
-
-def _configure_switches(network: StitchedNetwork, config: StitchTrainingConfig, epoch: int) -> None:
-    """Double-batched: every switch random in the second half, from a generator seeded by (seed, epoch)."""
-    n = len(network.matches)
-    if config.method is StitchMethod.DIRECT_MATCHING:
-        network.configure(SwitchConfiguration.all_original(n))
-        return
-    generator = torch.Generator().manual_seed(int(np.random.SeedSequence([config.seed, epoch]).generate_state(1)[0]))
-    network.configure(SwitchConfiguration((SwitchMode.RANDOM,) * n, (SwitchMode.RANDOM,) * n), generator)
+    """The epoch's moment sampler of ``config.method`` (:meth:`TrainingMethod.sampler`)."""
+    return training_method(config.method).sampler(config, epoch)
 
 
 def _cycle(batches: Batches, epoch: int) -> Iterator[Tensor]:

@@ -366,3 +366,15 @@ def test_only_direct_matching_below_fraction_one_subsamples_and_each_epoch_draws
 
     assert all(torch.equal(x, y) for x, y in zip(draw(1), draw(1)))
     assert not all(torch.equal(x, y) for x, y in zip(draw(1), draw(2)))
+
+
+def test_every_stitch_method_has_its_training_method_and_label():
+    """A method added to ``StitchMethod`` without its class in the training loop (or its words in
+    the report) fails here, not halfway through a stage."""
+    from stitch_ops.stitching.train import TRAINING_METHODS, training_method
+
+    assert set(TRAINING_METHODS) == set(StitchMethod)
+    for method in StitchMethod:
+        assert training_method(method.value).method is method
+    labels = [method.label for method in StitchMethod]
+    assert len(set(labels)) == len(labels)
