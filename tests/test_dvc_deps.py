@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stitch_ops.stages.deps import entry_points, import_closure, uncovered
+from stitch_ops.stages.deps import code_deps, entry_points, import_closure, uncovered
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -96,3 +96,19 @@ def test_uncovered_names_the_missing_file_and_accepts_folders():
 def test_stitch_ops_command_dispatches_to_the_stage_main():
     assert entry_points("stitch-ops nnunet train --pair polyp") == ["stitch_ops.cli", "stitch_ops.nnunet.__main__"]
     assert entry_points("python -m stitch_ops.paths") == ["stitch_ops.paths"]
+
+
+def test_code_deps_list_whole_subpackages_as_folders_and_the_data_files_modules_name(tmp_path: Path):
+    """What ``stitch-ops dvc-yaml`` writes: a folder where the command imports all of it, else
+    the files it imports, and a package data file where a module names it."""
+    package = tmp_path / "stitch_ops"
+    for folder in ("whole", "part"):
+        (package / folder).mkdir(parents=True)
+    for name, source in {"__init__.py": "", "run.py": "import stitch_ops.whole\nfrom stitch_ops.part import used\n",
+                         "whole/__init__.py": "from . import a\n", "whole/a.py": "",
+                         "part/__init__.py": "", "part/used.py": 'SCHEMA = "schema.json"\n', "part/unused.py": "",
+                         "part/schema.json": "{}", "part/other.json": "{}"}.items():
+        (package / name).write_text(source)
+    assert code_deps("python -m stitch_ops.run", tmp_path) == [
+        "stitch_ops/__init__.py", "stitch_ops/part/__init__.py", "stitch_ops/part/schema.json",
+        "stitch_ops/part/used.py", "stitch_ops/run.py", "stitch_ops/whole"]
