@@ -81,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         add_help=False)
     commands.add_parser("repro", help="the whole pipeline: dvc repro, independent stages side by side (what `make run` runs)",
                         add_help=False)
+    commands.add_parser("dvc-yaml", help="write dvc.yaml from the stage registry (--check: fail if it is stale)",
+                        add_help=False)
     args, rest = one_line_usage_errors(parser).parse_known_args(argv)
     if args.command == "profile":
         return _profile(rest)
@@ -88,6 +90,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from stitch_ops import repro
 
         return repro.main(rest)
+    if args.command == "dvc-yaml":
+        from stitch_ops.stages import render
+
+        return render.main(rest)
     if args.command in TASKS:
         from stitch_ops import commands
 

@@ -437,7 +437,11 @@ def _process(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
      "invalid choice: 'c' (choose from 'a', 'b')"),
     (["-m", "stitch_ops.bundle", "verify", "nowhere"], "no bundle folder at nowhere"),
     (["-m", "stitch_ops.evaluation", "--pair", "polyp", "--trained-on", "a", "--fold", "0"], "no params file"),
-], ids=["stitch-ops", "python -m nnunet", "python -m bundle", "python -m evaluation"])
+    (["-m", "stitch_ops.stages.stitch_train", "--pair", "polyp", "--c", "a", "--fold", "0"], "no params file"),
+    (["-m", "stitch_ops.stages.finetune", "--pair", "polyp", "--trained-on", "a_to_c", "--fold", "0"],
+     "invalid choice: 'a_to_c'"),
+], ids=["stitch-ops", "python -m nnunet", "python -m bundle", "python -m evaluation", "python -m stages.stitch_train",
+        "python -m stages.finetune"])
 def test_entry_points_as_processes(args: list[str], phrase: str, tmp_path: Path):
     result = _process(args, tmp_path)
     assert_one_clean_line(result.returncode, result.stderr, phrase)
@@ -455,5 +459,8 @@ def test_every_entry_point_is_a_command_checked_here():
     runnable = {".".join(path.relative_to(REPO).with_suffix("").parts)
                 for path in (REPO / "stitch_ops").rglob("*.py")
                 if '__name__ == "__main__"' in path.read_text()}
-    checked = {"stitch_ops.cli"} | {cli.command_module(command).__name__ for command in cli.STAGES}
+    modules = [cli.command_module(command) for command in cli.STAGES]
+    # a stage's own entry module (python -m stitch_ops.stages.<stage>) is its package's subcommand
+    offered = {command.run.__module__ for module in modules for command in getattr(module, "COMMANDS", ())}
+    checked = {"stitch_ops.cli"} | {module.__name__ for module in modules} | offered
     assert runnable <= checked, f"entry points no command reaches: {sorted(runnable - checked)}"

@@ -53,6 +53,9 @@ HELP = [
     (["stitching", "select"], ["--pair PAIR", "--c {a,b}", "--method {double_batched,direct_matching}", "--fold {0,1,2,3,4}"]),
     (["baselines"], ["transfer-plans", "joint-plans", "finetune", "ensemble", "federated", "merged", "sweep"]),
     (["report"], ["--pair PAIR", "--index", "--out OUT", "--no-mlflow"]),
+    (["dvc-yaml"], ["--check", "--file FILE"]),
+    (["stitching", "rq1"], ["--pair PAIR", "--c {a,b}"]),
+    (["baselines", "finetune"], ["--pair PAIR", "--trained-on {a_to_b,b_to_a}", "--fold {0,1,2,3,4}", "--base-lr BASE_LR"]),
 ]
 
 

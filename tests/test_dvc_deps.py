@@ -5,129 +5,21 @@ changes, and ``dvc repro`` would silently keep stale results. The imports are de
 statically (``ast``, every ``import`` in a module including those inside functions, and
 the package ``__init__`` files Python runs on the way), from the entry point of each
 stage's command (``python -m stitch_ops.X`` or ``stitch-ops X``), over the stages as DVC
-itself resolves them (``foreach``/``matrix`` expanded). New stages are checked with no
-change here.
+itself resolves them (``foreach``/``matrix`` expanded), by :mod:`stitch_ops.stages.deps`: the
+walker that also writes those deps (``stitch-ops dvc-yaml``); this checks the committed file.
+New stages are checked with no change here.
 """
 
 from __future__ import annotations
 
-import ast
-import functools
-import shlex
-from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
+from stitch_ops.stages.deps import code_deps, entry_points, import_closure, uncovered
+
 REPO = Path(__file__).resolve().parents[1]
-PACKAGE = "stitch_ops"
-
-
-def module_file(module: str, root: Path = REPO) -> Path | None:
-    """The source file of a ``stitch_ops`` module (relative to ``root``), or None if there is none."""
-    base = Path(*module.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if (root / candidate).is_file():
-            return candidate
-    return None
-
-
-def _with_parents(module: str) -> Iterator[str]:
-    """``a.b.c`` -> ``a``, ``a.b``, ``a.b.c``: importing a module runs its packages' ``__init__``."""
-    parts = module.split(".")
-    for end in range(1, len(parts) + 1):
-        yield ".".join(parts[:end])
-
-
-def _is_type_checking(node: ast.If) -> bool:
-    test = node.test
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
-
-
-def _import_nodes(tree: ast.AST) -> Iterator[ast.Import | ast.ImportFrom]:
-    """Every import in a module, at any depth, except under ``if TYPE_CHECKING:``."""
-    stack = [tree]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, ast.If) and _is_type_checking(node):
-            stack.extend(node.orelse)
-            continue
-        if isinstance(node, ast.Import | ast.ImportFrom):
-            yield node
-        stack.extend(ast.iter_child_nodes(node))
-
-
-@functools.cache
-def direct_imports(module: str, root: Path = REPO) -> frozenset[str]:
-    """The ``stitch_ops`` modules that ``module``'s source imports (absolute or relative)."""
-    path = module_file(module, root)
-    assert path is not None, f"no source file for {module}"
-    is_package = path.name == "__init__.py"
-    package = module if is_package else module.rpartition(".")[0]
-    found: set[str] = set()
-    for node in _import_nodes(ast.parse((root / path).read_text(), filename=str(path))):
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        else:
-            if node.level:
-                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join(anchor + ([node.module] if node.module else []))
-            else:
-                base = node.module or ""
-            # `from pkg import name`: name may be a submodule (imported) or an attribute
-            names = [base] + [f"{base}.{alias.name}" for alias in node.names
-                              if module_file(f"{base}.{alias.name}", root) is not None]
-        for name in names:
-            if name == PACKAGE or name.startswith(PACKAGE + "."):
-                found.update(m for m in _with_parents(name) if module_file(m, root) is not None)
-    return frozenset(found)
-
-
-def import_closure(entry_points: Iterable[str], root: Path = REPO) -> set[str]:
-    """Every ``stitch_ops`` module that running ``entry_points`` imports, transitively."""
-    todo = [m for entry in entry_points for m in _with_parents(entry)]
-    seen: set[str] = set()
-    while todo:
-        module = todo.pop()
-        if module in seen or module_file(module, root) is None:
-            continue
-        seen.add(module)
-        todo.extend(direct_imports(module, root) - seen)
-    return seen
-
-
-def entry_points(cmd: str, root: Path = REPO) -> list[str]:
-    """The ``stitch_ops`` modules a stage command runs: ``python -m stitch_ops.X[.Y]`` runs
-    ``X[.Y].__main__`` if X[.Y] is a package (else the module), ``stitch-ops X`` runs
-    ``stitch_ops.cli`` which dispatches to ``stitch_ops.X.__main__``."""
-    tokens = shlex.split(cmd)
-    found: list[str] = []
-    for index, token in enumerate(tokens):
-        target = None
-        if token == "-m" and index + 1 < len(tokens) and tokens[index + 1].startswith(PACKAGE):
-            target = tokens[index + 1]
-        elif Path(token).name == "stitch-ops":
-            found.append(f"{PACKAGE}.cli")
-            if index + 1 < len(tokens) and not tokens[index + 1].startswith("-"):
-                target = f"{PACKAGE}.{tokens[index + 1]}"
-        if target is not None:
-            main = f"{target}.__main__"
-            found.append(main if module_file(main, root) is not None else target)
-    return found
-
-
-def uncovered(modules: Iterable[str], deps: Iterable[str], root: Path = REPO) -> list[str]:
-    """Source files of ``modules`` that no dependency covers (a folder covers what is inside it)."""
-    dep_paths = [Path(d) for d in deps]
-    missing = []
-    for module in modules:
-        path = module_file(module, root)
-        assert path is not None
-        if not any(path == dep or dep in path.parents for dep in dep_paths):
-            missing.append(path.as_posix())
-    return sorted(missing)
 
 
 @pytest.fixture(scope="module")
@@ -204,3 +96,19 @@ def test_uncovered_names_the_missing_file_and_accepts_folders():
 def test_stitch_ops_command_dispatches_to_the_stage_main():
     assert entry_points("stitch-ops nnunet train --pair polyp") == ["stitch_ops.cli", "stitch_ops.nnunet.__main__"]
     assert entry_points("python -m stitch_ops.paths") == ["stitch_ops.paths"]
+
+
+def test_code_deps_list_whole_subpackages_as_folders_and_the_data_files_modules_name(tmp_path: Path):
+    """What ``stitch-ops dvc-yaml`` writes: a folder where the command imports all of it, else
+    the files it imports, and a package data file where a module names it."""
+    package = tmp_path / "stitch_ops"
+    for folder in ("whole", "part"):
+        (package / folder).mkdir(parents=True)
+    for name, source in {"__init__.py": "", "run.py": "import stitch_ops.whole\nfrom stitch_ops.part import used\n",
+                         "whole/__init__.py": "from . import a\n", "whole/a.py": "",
+                         "part/__init__.py": "", "part/used.py": 'SCHEMA = "schema.json"\n', "part/unused.py": "",
+                         "part/schema.json": "{}", "part/other.json": "{}"}.items():
+        (package / name).write_text(source)
+    assert code_deps("python -m stitch_ops.run", tmp_path) == [
+        "stitch_ops/__init__.py", "stitch_ops/part/__init__.py", "stitch_ops/part/schema.json",
+        "stitch_ops/part/used.py", "stitch_ops/run.py", "stitch_ops/whole"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tests.test_dvc_deps import REPO, direct_imports
+from stitch_ops.stages.deps import REPO, direct_imports
 
 LAYERS: tuple[frozenset[str], ...] = tuple(frozenset(layer.split()) for layer in (
     "errors limits outputs config approaches paths budget ray_session cli_common",  # no model, no data
@@ -24,16 +24,22 @@ LAYERS: tuple[frozenset[str], ...] = tuple(frozenset(layer.split()) for layer in
     "stitching",   # stitches, their training and scoring, the stitching stages
     "bundle",      # opening any model (open_model), MONAI bundles, the MLflow pyfunc
     "baselines",   # fine-tuning, ensembles, federated, merged, the lr sweep
-    "stitch_task commands cli repro profiles",  # applications: what a user or DVC runs
+    "stages stitch_task commands cli repro profiles",  # applications: what a user or DVC runs
 ))
 """Each name is a top-level module or subpackage of ``stitch_ops``, lowest layer first."""
 
 
+APPLICATIONS = len(LAYERS) - 1
+
+
 def layer_of(module: str) -> int:
-    """The layer of ``stitch_ops.<name>[...]`` (the package itself is the top)."""
+    """The layer of ``stitch_ops.<name>[...]``: a package's ``__main__`` (an entry point, like the
+    CLI) is an application, the package itself the top."""
     parts = module.split(".")
     if len(parts) == 1:
         return len(LAYERS)
+    if parts[-1] == "__main__":
+        return APPLICATIONS
     return next((i for i, layer in enumerate(LAYERS) if parts[1] in layer), -1)
 
 
@@ -80,4 +86,4 @@ def test_an_upward_import_is_reported(tmp_path: Path, importer: str, imported: s
     finally:
         direct_imports.cache_clear()
     assert any(line.startswith(f"{importer} ") and f"-> {imported} " in line for line in upward), upward
-    assert len(upward) == 1, upward
+    assert all(line.startswith(f"{importer} ") for line in upward), upward  # nothing else points up

@@ -1,0 +1,181 @@
+"""The code a stage's command runs, derived from its imports: the ``deps`` that ``dvc.yaml`` lists.
+
+A stage whose ``deps`` miss a module it imports would not rerun when that module changes, and
+``dvc repro`` would silently keep stale results; one whose ``deps`` hold modules it never imports
+reruns (retrains) for edits that cannot change its results. The imports are derived statically
+(``ast``: every ``import`` in a module, including those inside functions, and the package
+``__init__`` files Python runs on the way), from the entry module of the stage's command
+(``python -m stitch_ops.X`` or ``stitch-ops X``). Package data files that a module names (a
+JSON schema beside it) count too.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import shlex
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+PACKAGE = "stitch_ops"
+REPO = Path(__file__).resolve().parents[2]
+"""The checkout holding the package (the root that ``dvc.yaml``'s paths are relative to)."""
+IGNORED = ("__pycache__",)
+"""Folders that DVC ignores inside a source folder (``.dvcignore``)."""
+
+
+def module_file(module: str, root: Path = REPO) -> Path | None:
+    """The source file of a ``stitch_ops`` module (relative to ``root``), or None if there is none."""
+    base = Path(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if (root / candidate).is_file():
+            return candidate
+    return None
+
+
+def _with_parents(module: str) -> Iterator[str]:
+    """``a.b.c`` -> ``a``, ``a.b``, ``a.b.c``: importing a module runs its packages' ``__init__``."""
+    parts = module.split(".")
+    for end in range(1, len(parts) + 1):
+        yield ".".join(parts[:end])
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _import_nodes(tree: ast.AST) -> Iterator[ast.Import | ast.ImportFrom]:
+    """Every import in a module, at any depth, except under ``if TYPE_CHECKING:``."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.If) and _is_type_checking(node):
+            stack.extend(node.orelse)
+            continue
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            yield node
+        stack.extend(ast.iter_child_nodes(node))
+
+
+@functools.cache
+def _parse(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(), filename=str(path))
+
+
+@functools.cache
+def direct_imports(module: str, root: Path = REPO) -> frozenset[str]:
+    """The ``stitch_ops`` modules that ``module``'s source imports (absolute or relative)."""
+    path = module_file(module, root)
+    if path is None:
+        raise FileNotFoundError(f"no source file for module {module} under {root}")
+    is_package = path.name == "__init__.py"
+    package = module if is_package else module.rpartition(".")[0]
+    found: set[str] = set()
+    for node in _import_nodes(_parse(root / path)):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        else:
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            # `from pkg import name`: name may be a submodule (imported) or an attribute
+            names = [base] + [f"{base}.{alias.name}" for alias in node.names
+                              if module_file(f"{base}.{alias.name}", root) is not None]
+        for name in names:
+            if name == PACKAGE or name.startswith(PACKAGE + "."):
+                found.update(m for m in _with_parents(name) if module_file(m, root) is not None)
+    return frozenset(found)
+
+
+def import_closure(entry_points: Iterable[str], root: Path = REPO) -> set[str]:
+    """Every ``stitch_ops`` module that running ``entry_points`` imports, transitively."""
+    todo = [m for entry in entry_points for m in _with_parents(entry)]
+    seen: set[str] = set()
+    while todo:
+        module = todo.pop()
+        if module in seen or module_file(module, root) is None:
+            continue
+        seen.add(module)
+        todo.extend(direct_imports(module, root) - seen)
+    return seen
+
+
+def entry_points(cmd: str, root: Path = REPO) -> list[str]:
+    """The ``stitch_ops`` modules a stage command runs: ``python -m stitch_ops.X[.Y]`` runs
+    ``X[.Y].__main__`` if X[.Y] is a package (else the module), ``stitch-ops X`` runs
+    ``stitch_ops.cli`` which dispatches to ``stitch_ops.X.__main__``."""
+    tokens = shlex.split(cmd)
+    found: list[str] = []
+    for index, token in enumerate(tokens):
+        target = None
+        if token == "-m" and index + 1 < len(tokens) and tokens[index + 1].startswith(PACKAGE):
+            target = tokens[index + 1]
+        elif Path(token).name == "stitch-ops":
+            found.append(f"{PACKAGE}.cli")
+            if index + 1 < len(tokens) and not tokens[index + 1].startswith("-"):
+                target = f"{PACKAGE}.{tokens[index + 1]}"
+        if target is not None:
+            main = f"{target}.__main__"
+            found.append(main if module_file(main, root) is not None else target)
+    return found
+
+
+def uncovered(modules: Iterable[str], deps: Iterable[str], root: Path = REPO) -> list[str]:
+    """Source files of ``modules`` that no dependency covers (a folder covers what is inside it)."""
+    dep_paths = [Path(d) for d in deps]
+    missing = []
+    for module in modules:
+        path = module_file(module, root)
+        if path is None:
+            raise FileNotFoundError(f"no source file for module {module} under {root}")
+        if not any(path == dep or dep in path.parents for dep in dep_paths):
+            missing.append(path.as_posix())
+    return sorted(missing)
+
+
+def data_files(module: str, root: Path = REPO) -> set[Path]:
+    """Files beside ``module``'s source that are not Python and that it names in a string
+    (``Path(__file__).with_name("metadata_schema.json")``): what it reads at run time."""
+    path = module_file(module, root)
+    if path is None:
+        raise FileNotFoundError(f"no source file for module {module} under {root}")
+    beside = {p.name: p.relative_to(root) for p in (root / path).parent.iterdir()
+              if p.is_file() and p.suffix not in (".py", ".pyc")}
+    names = {node.value for node in ast.walk(_parse(root / path))
+             if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+    return {beside[name] for name in names & beside.keys()}
+
+
+def _files_under(folder: Path) -> Iterator[Path]:
+    for path in folder.rglob("*"):
+        if path.is_file() and not any(part in IGNORED for part in path.parts) and path.suffix != ".pyc":
+            yield path
+
+
+def _as_folders(files: set[Path], root: Path) -> list[str]:
+    """``files`` with every subpackage whose files are all among them listed as its folder."""
+    deps: list[str] = []
+    covered: set[Path] = set()
+    for folder in sorted({f.parent for f in files} | {p for f in files for p in f.parents}):
+        if len(folder.parts) < 2 or any(parent in covered for parent in folder.parents) or folder in covered:
+            continue  # the package root itself is never a dep: it holds the tests' and tools' modules too
+        if {p.relative_to(root) for p in _files_under(root / folder)} <= files:
+            covered.add(folder)
+            deps.append(folder.as_posix())
+    deps += [f.as_posix() for f in files if not any(parent in covered for parent in f.parents)]
+    return sorted(deps)
+
+
+def code_deps(cmd: str, root: Path = REPO) -> list[str]:
+    """The ``dvc.yaml`` deps for the code that ``cmd`` runs: the source of every module it imports
+    and the data files they read, a subpackage as its folder where the command imports all of it."""
+    modules = import_closure(entry_points(cmd, root), root)
+    files: set[Path] = set()
+    for module in modules:
+        files.add(module_file(module, root))  # type: ignore[arg-type]  # the closure holds only modules with a file
+        files |= data_files(module, root)
+    return _as_folders(files, root)

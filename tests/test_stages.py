@@ -1,0 +1,129 @@
+"""The stage registry and the ``dvc.yaml`` it writes (``stitch-ops dvc-yaml``).
+
+The committed ``dvc.yaml`` must be what the registry writes (else CI fails, naming the stale
+stages), and each stage's code deps must be what its command runs, no more: a restyled figure
+must not retrain anything.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stitch_ops.stages import registry, render
+from stitch_ops.stages.deps import code_deps, uncovered
+from tests.helpers import copy_pipeline, run
+
+REPO = Path(__file__).resolve().parents[1]
+FIGURES = "stitch_ops/evaluation/figures.py"
+DRAWING_STAGES = {"rq1", "report", "report_index"}
+"""The stages that draw figures (``rq1.png``, the report's): the only ones a figure's style may rerun."""
+
+
+def training_stages() -> set[str]:
+    """Stages that train: those with a persisted model (a killed run resumes it), and the sweep's trials."""
+    persisted = {stage.name for stage in registry.stages() if any(out.flags.get("persist") for out in stage.outs)}
+    return persisted | {"sweep"}
+
+
+def test_committed_dvc_yaml_is_what_the_registry_writes():
+    stale = render.differing_stages((REPO / "dvc.yaml").read_text(), render.render())
+    assert not stale, f"dvc.yaml is stale ({', '.join(stale)}): run `stitch-ops dvc-yaml` and commit it"
+
+
+def test_check_names_the_stale_stages(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    pipeline = tmp_path / "dvc.yaml"
+    pipeline.write_text(render.render().replace("--only-configured", ""))
+    assert render.main(["--check", "--file", str(pipeline)]) == 1
+    assert "differing: sweep." in capsys.readouterr().err
+    assert render.main(["--file", str(pipeline)]) == 0
+    assert render.main(["--check", "--file", str(pipeline)]) == 0
+    assert pipeline.read_text() == render.render()
+
+
+def test_training_stages_are_the_expected_ones():
+    """Guards the checks below: a registry change that hid a training stage would pass them vacuously."""
+    assert training_stages() == {"train", "stitch_train", "stitch_train_finetuned", "stitch_ablation", "finetune",
+                                 "federated", "merged", "sweep"}
+
+
+def test_stitch_training_does_not_run_selection_rq1_or_figures():
+    """Issue 25: the five stitching subcommands shared one entry module, so training the stitches
+    depended on the RQ1 plot; each has its own now."""
+    for parents in (registry.BASIS, registry.FINETUNED):
+        deps = code_deps(registry.stitch_train(parents).cmd)
+        assert "stitch_ops/stitching/stages.py" in deps
+        for module in (FIGURES, "stitch_ops/stitching/rq1.py", "stitch_ops/stitching/strategies.py",
+                       "stitch_ops/stitching/__main__.py"):
+            assert uncovered([module.removesuffix(".py").replace("/", ".")], deps) == [module]
+
+
+def test_only_the_drawing_stages_depend_on_the_figures():
+    """On the stages as DVC resolves the committed ``dvc.yaml`` (matrix and foreach expanded)."""
+    from dvc.repo import Repo
+
+    with Repo(str(REPO)) as repo:
+        dependent = {stage.name.partition("@")[0] for stage in repo.index.stages
+                     if not uncovered(["stitch_ops.evaluation.figures"], [dep.def_path for dep in stage.deps])}
+    assert dependent == DRAWING_STAGES
+    assert not dependent & training_stages()
+
+
+def _lock_code_deps(root: Path) -> None:
+    """A ``dvc.lock`` as if every stage had run on the code now in ``root`` (deps hashed, outputs
+    left out: ``dvc status`` then reports each stage's changed deps beside its missing outputs)."""
+    from dvc.repo import Repo
+    from dvc.stage.serialize import to_single_stage_lockfile
+
+    stages = {}
+    with Repo(str(root)) as repo:
+        for stage in repo.index.stages:
+            stage.save_deps(allow_missing=True)
+            entry = json.loads(json.dumps(to_single_stage_lockfile(stage)))  # plain dicts for the YAML writer
+            entry.pop("outs", None)
+            stages[stage.name] = entry
+    (root / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": stages}, sort_keys=False))
+
+
+def _stages_with_changed_code(root: Path) -> set[str]:
+    status = json.loads(run(["dvc", "status", "--json"], root).stdout or "{}")
+    return {name.partition("@")[0] for name, changes in status.items() for change in changes
+            if isinstance(change, dict) and any(dep.startswith("stitch_ops/") for dep in change.get("changed deps", {}))}
+
+
+def test_dvc_status_after_a_figure_restyle_lists_no_training_stage(tmp_path: Path):
+    """The real ``dvc status`` in a scratch copy: record the code every stage ran, restyle a figure."""
+    root = copy_pipeline(tmp_path / "checkout")
+    _lock_code_deps(root)
+    assert _stages_with_changed_code(root) == set()
+    with (root / FIGURES).open("a") as figures:
+        figures.write("\n# a restyled figure\n")
+    assert _stages_with_changed_code(root) == DRAWING_STAGES
+
+
+def test_registry_import_is_cheap():
+    """``stitch-ops dvc-yaml`` and the tests read the registry without torch, nnU-Net, MLflow or Ray."""
+    code = ("import sys, stitch_ops.stages.registry, stitch_ops.stages.render; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'nnunetv2', 'mlflow', 'ray', 'monai'}))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_finetuned_twins_differ_only_by_their_parents():
+    """One declaration, two stages: the ``*_finetuned`` stage adds the fine-tuned models, the
+    ``--finetuned`` flag, the ``_finetuned`` slug and its own c parties, and nothing else."""
+    pipeline = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    twins = [name for name in pipeline if name.endswith("_finetuned") and name != "ensemble_finetuned"]
+    assert sorted(twins) == sorted(f"{name}_finetuned" for name in ("stitch_train", "stitch_select", "bundle_stitch",
+                                                                      "stitch_reference", "stitch_strategies"))
+    for twin in twins:
+        basis, finetuned = pipeline[twin.removesuffix("_finetuned")], pipeline[twin]
+        as_basis = json.loads(json.dumps(finetuned).replace("_finetuned", "").replace(" --finetuned", "")
+                              .replace("finetuned_c_parties", "c_parties"))
+        as_basis["deps"] = [dep for dep in as_basis["deps"] if dep != "models/${item.pair}/finetune"]
+        assert as_basis == basis, twin
