@@ -30,6 +30,7 @@ from typing import Any
 
 from stitch_ops import __version__
 from stitch_ops.approaches import Approach, ensemble_finetuned, finetuned
+from stitch_ops.budget import BUDGET_JSON
 from stitch_ops.bundle.manifest import MANIFEST, write_manifest
 from stitch_ops.nnunet.model import NnUNetModel
 from stitch_ops.config import PARTIES, Params
@@ -72,6 +73,9 @@ class ExportInfo:
         parents: for a model combined from others (a stitch-ensemble), what identifies each
             parent (``role -> {dataset, trainer, plans, configuration, folds, sha256}``);
             recorded in the metadata and the README.
+        trained_with: values of the definition's ``configs/train.json`` that say how this
+            model was trained, by MONAI id (``epochs``, ``schedule#initial_lr``): set in the
+            bundle's copy where the config has that id (:func:`trained_with`).
     """
 
     approach: str = "nnunet"
@@ -84,6 +88,7 @@ class ExportInfo:
     name: str | None = None
     description: str | None = None
     parents: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    trained_with: Mapping[str, Any] = field(default_factory=dict)
 
 
 def public_dataset_json(dataset_json: Mapping[str, Any]) -> dict[str, Any]:
@@ -297,7 +302,11 @@ def export_bundle(model: NnUNetModel, target: Path, info: ExportInfo = ExportInf
                 template = read_json(definition / "configs" / "metadata.json",
                                      hint=f"fix the bundle definition {definition}")
             for config in sorted((definition / "configs").glob("*.json")):
-                if config.name not in ("metadata.json", "inference.json"):
+                if config.name == "train.json":
+                    write_json(staging / "configs" / config.name,
+                               with_values(read_json(config, hint=f"fix the bundle definition {definition}"),
+                                           info.trained_with), indent=4, ensure_ascii=False)
+                elif config.name not in ("metadata.json", "inference.json"):
                     shutil.copy(config, staging / "configs" / config.name)
             if (definition / "docs" / "README.md").is_file():
                 approach_doc = (definition / "docs" / "README.md").read_text()
@@ -360,6 +369,42 @@ def plain_ensemble(models: list) -> object:
                        first.configuration, None, "plain ensemble (softmax average)", spec)
 
 
+SCHEDULE_KEYS = ("configuration", "epochs", "iterations_per_epoch", "val_iterations_per_epoch", "initial_lr")
+"""The ``schedule`` block of a ``train.json`` (:class:`~stitch_ops.config.NnUNetSchedule`) that
+the profile sets."""
+BUDGET_KEYS = ("epochs", "iterations_per_epoch", "base_lr", "warmup_epochs", "rounds")
+"""Top-level ``train.json`` keys whose value the model's ``budget.json`` records as trained."""
+
+
+def trained_with(params: Params, budget_file: Path) -> dict[str, Any]:
+    """How the pipeline trained a model, as ``train.json`` values by MONAI id: the profile's
+    nnU-Net schedule and seed, then what the model's ``budget.json`` records (its epochs,
+    iterations per epoch and, where the approach has them, base learning rate, warm-up and
+    rounds: the resolved values, e.g. a learning rate the sweep chose). Without a
+    ``budget.json`` (a model that trained nothing, e.g. an ensemble) only the profile's values."""
+    schedule = params.nnunet
+    values: dict[str, Any] = {f"schedule#{key}": getattr(schedule, key) for key in SCHEDULE_KEYS}
+    values.update(seed=params.seed, source_initial_lr=schedule.initial_lr)
+    if budget_file.is_file():
+        budget = read_json(budget_file, hint="rerun the training stage that writes it")
+        values.update({key: budget[key] for key in BUDGET_KEYS if key in budget})
+        values.update({f"schedule#{key}": budget[key] for key in ("epochs", "iterations_per_epoch") if key in budget})
+    return values
+
+
+def with_values(config: dict[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` with each MONAI id of ``values`` that it has (``a#b``: key ``b`` of the
+    mapping at ``a``) set to its value; ids it does not have are not added."""
+    for key, value in values.items():
+        *path, last = key.split("#")
+        node: Any = config
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and last in node:
+            node[last] = value
+    return config
+
+
 def export_pipeline_model(pair: str, approach: str, trained_on: str, fold: int, params: Params, *,
                           root: Path = Path("."), make_zip: bool = True) -> Path:
     """The trained bundle of one pipeline model, with its evaluation metrics when scored:
@@ -380,7 +425,8 @@ def export_pipeline_model(pair: str, approach: str, trained_on: str, fold: int, 
     info = ExportInfo(approach=approach, trained_on=f"{pair} party {trained_on} (profile {params.profile})",
                       eval_metrics=flat_metrics(paths.metrics(approach, trained_on, fold) / "summary.json"),
                       authors="stitch_ops developers", copyright="Copyright (c) stitch_ops developers",
-                      notes=tuple(notes))
+                      notes=tuple(notes),
+                      trained_with=trained_with(params, paths.metrics(approach, trained_on, fold) / BUDGET_JSON))
     # the exports are written whole and swapped in, and DVC links them to its cache: the
     # bundle's model.pt links to the same file, so the weights are stored once
     return export_bundle(model, paths.export(approach, trained_on, fold), info,

@@ -120,7 +120,8 @@ def basis_stages() -> list[Stage]:
         Stage("bundle", "stitch_ops.bundle export",
               f"--pair {PAIR} --approach {local} --trained-on {PARTY} --fold {FOLD} --no-zip", per_model,
               deps=[Item(bundle_definition(local).as_posix()), Item(model(local, PARTY)),
-                    Item(metrics(local, PARTY, "summary.json"))],
+                    Item(metrics(local, PARTY, "summary.json")), Item(metrics(local, PARTY, "budget.json"))],
+              params=[Item("seed", note="configs/train.json says how the model was trained"), Item("nnunet")],
               outs=[Item(PATHS.export(local, PARTY, FOLD_NUMBER).as_posix())]),
     ]
 

@@ -20,7 +20,9 @@ from stitch_ops.bundle.__main__ import main as bundle_main
 from stitch_ops.bundle.export import ExportInfo, export_bundle
 from stitch_ops.bundle.sources import open_model
 from stitch_ops.bundle.verify import SCHEMA_FILE, verify_bundle
+from stitch_ops.config import load_params
 from stitch_ops.nnunet.model import NnUNetModel
+from stitch_ops.outputs import read_json, write_json
 from tests.bundle.institutions import Institution
 
 KINDS = ("nnunet", "folds", "ensemble", "stitch_ensemble")
@@ -111,9 +113,13 @@ def test_pipeline_export_of_an_approach(institution_a: Institution, institution_
                                         monkeypatch, approach: str, trained_on: str, kind: str):
     repo = Path(__file__).resolve().parents[2]
     shutil.copy(repo / "params.yaml", tmp_path / "params.yaml")
+    shutil.copytree(repo / "bundles", tmp_path / "bundles")  # the definitions, as in the repository
     for party, institution in (("a", institution_a), ("b", institution_b)):
         shutil.copytree(institution.root / "results" / "export", tmp_path / "models" / "polyp" / "local" / party
                         / "fold_0" / "export")
+    # what the basis model's training recorded (its budget): the bundle's train.json must say it
+    write_json(tmp_path / "metrics" / "polyp" / "local" / "a" / "fold_0" / "budget.json",
+               {"epochs": 3, "iterations": 21, "samples_seen": 84, "wall_time_s": 1.0, "iterations_per_epoch": 7})
     monkeypatch.chdir(tmp_path)
     assert bundle_main(["export", "--pair", "polyp", "--approach", approach, "--trained-on", trained_on,
                         "--fold", "0", "--no-zip"]) == 0
@@ -121,6 +127,15 @@ def test_pipeline_export_of_an_approach(institution_a: Institution, institution_
     report = verify_bundle(bundle)
     assert report.metadata["stitch_ops"]["kind"] == kind and report.output_shape == (1, 2, 8, 8)
     assert not bundle.with_name(bundle.name + ".zip").exists()
+    params = load_params(tmp_path / "params.yaml")
+    schedule = read_json(bundle / "configs" / "train.json")["schedule"] if approach == "local" else None
+    if schedule is not None:  # the budget's schedule, the profile's configuration and learning rate
+        assert (schedule["epochs"], schedule["iterations_per_epoch"]) == (3, 7)
+        assert (schedule["configuration"], schedule["initial_lr"]) == (params.nnunet.configuration,
+                                                                       params.nnunet.initial_lr)
+    else:  # an ensemble trained nothing: its definition's fine-tuning config, at the profile's values
+        train = read_json(bundle / "configs" / "train.json")
+        assert train["seed"] == params.seed and train["source_initial_lr"] == params.nnunet.initial_lr
     # one model's weights are the export's file itself (a hard link: stored once); an ensemble's are its own
     export = tmp_path / "models" / "polyp" / "local" / "a" / "fold_0" / "export" / "weights.pth"
     assert (bundle / "models" / "model.pt").samefile(export) == (approach == "local")

@@ -202,6 +202,10 @@ def test_exported_bundle_verifies_and_segments_through_monai_bundle(pipeline: Pa
     bundle = pipeline / "exports" / "polyp" / "local_a_fold0"
     report = verify_bundle(bundle)
     assert report.models == [bundle / "models"] and report.output_shape[1] == 2
+    # its train.json retrains with the schedule this model had (the smoke profile's), not the definition's
+    budget = json.loads((pipeline / "metrics" / "polyp" / "local" / "a" / "fold_0" / "budget.json").read_text())
+    schedule = json.loads((bundle / "configs" / "train.json").read_text())["schedule"]
+    assert (schedule["epochs"], schedule["iterations_per_epoch"]) == (budget["epochs"], budget["iterations_per_epoch"])
     images = raw_dataset(pipeline, "polyp", "a") / "imagesTs"
     seg = segment_with_bundle(bundle, images, tmp_path / "seg")
     written = sorted(p.name for p in seg.glob("*.png"))
