@@ -1,4 +1,5 @@
-"""``stitch-ops bundle {export,verify}``: trained MONAI bundles out, received bundles checked."""
+"""``stitch-ops bundle {export,verify,definitions}``: trained MONAI bundles out, received bundles checked,
+the bundle definitions' metadata written from one template."""
 
 from __future__ import annotations
 
@@ -103,6 +104,23 @@ def verify(args: argparse.Namespace, params: Params | None) -> None:
     print(f"next: {report.next_steps()}")
 
 
+def definitions(args: argparse.Namespace, params: Params | None) -> None:
+    from stitch_ops.bundle.definitions import TEXTS, stale, write_stale
+
+    if not (args.root / "bundles").is_dir():
+        raise UserError(f"no bundles/ folder in {args.root.resolve()}: run this in the repository root, or pass "
+                        f"--root with the checkout")
+    if args.check:
+        differing = stale(args.root)
+        if differing:
+            raise UserError(f"not what `stitch-ops bundle definitions` writes: {', '.join(map(str, differing))}; "
+                            f"run it (without --check) and commit the result")
+        print(f"the {len(TEXTS)} bundle definitions' metadata are current")
+        return
+    written = write_stale(args.root)
+    print(f"{len(TEXTS)} bundle definitions, {len(written)} rewritten" + "".join(f"\n  {p}" for p in written))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stitch-ops bundle", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -132,12 +150,19 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--trust", action="store_true",
                      help="accept code: configs naming other callables or expressions, unexpected files, plans "
                           "naming classes outside nnU-Net's architectures and torch's layers")
+    defs = commands.add_parser("definitions", parents=[common],
+                               help="write bundles/<approach>/configs/metadata.json from one template "
+                                    "(stitch_ops/bundle/definitions.py), or --check that they are current")
+    defs.add_argument("--check", action="store_true",
+                      help="write nothing; fail naming the files that differ (what the tests check)")
+    defs.add_argument("--root", type=Path, default=Path("."),
+                      help="the checkout whose bundles/ to write (default: the current folder)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_command(build_parser(), argv, {"export": export, "verify": verify},
-                       without_params=("verify", "export"))
+    return run_command(build_parser(), argv, {"export": export, "verify": verify, "definitions": definitions},
+                       without_params=("verify", "export", "definitions"))
 
 
 if __name__ == "__main__":
