@@ -5,7 +5,10 @@ Each training stage trains (resumably), exports the portable model to
 into ``predictions/{pair}/{approach}/{trained_on}/fold_k/test_{a,b}`` and scores them like
 any model (:func:`stitch_ops.evaluation.stages.evaluate`), all in the same process: starting
 Python with torch, nnU-Net and MONAI costs more than the scoring on a small machine. A
-finished training is not redone when the stage reruns (say, after a failed scoring).
+finished training is not redone when the stage reruns (say, after a failed scoring). The
+skeleton (live MLflow run, train, budget, predict, curve, score) is written once,
+:func:`trained_model_stage`; a training stage gives it its :class:`TrainingStage` record and a
+``train`` function.
 """
 
 from __future__ import annotations
@@ -14,9 +17,8 @@ import hashlib
 import json
 import logging
 import shutil
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import asdict
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -100,13 +102,8 @@ def finetune(pair: str, party: str, fold: int, params: Params, *, base_lr: float
     model = approaches.finetuned(party)
     lr, source = ResolvedLr(base_lr, LrSource.FIXED) if base_lr else resolve_base_lr(paths, party, fold, params)
     logger.info("fine-tuning %s fold %d with base learning rate %.3g (%s)", model.shorthand, fold, lr, source)
-    stage = f"finetune@{pair}-{model.trained_on}-{fold}"
-    with _training_run(pair, model, fold, params, stage, root,
-                       {"finetune.base_lr": lr, "finetune.base_lr_source": source.value,
-                        "finetune.epochs": settings.epochs,
-                        "finetune.iterations_per_epoch": settings.iterations_per_epoch,
-                        "finetune.warmup_epochs": settings.warmup_epochs},
-                       {f"{pair}/{party}/train": paths.preprocessed_root(party, plans_from=other(party))}) as live:
+
+    def train(live: LiveRun) -> Path:
         exported = train_finetuned(paths, party, fold, params, base_lr=lr,
                                    epochs=settings.epochs, iterations_per_epoch=settings.iterations_per_epoch,
                                    results_root=paths.model_dir(model.approach, model.trained_on, fold),
@@ -114,9 +111,15 @@ def finetune(pair: str, party: str, fold: int, params: Params, *, base_lr: float
         write_training_budget(paths, model, fold, params, settings.epochs, settings.iterations_per_epoch,
                               base_lr=lr, base_lr_source=source.value, warmup_epochs=settings.warmup_epochs)
         predict_test_sets(paths, model, fold, params, progress=progress)
-    _publish_curve(paths, model, fold)
-    _score(pair, model, fold, params, stage, root, progress)
-    return exported
+        return exported
+
+    return trained_model_stage(
+        TrainingStage(pair, model, fold, params, f"finetune@{pair}-{model.trained_on}-{fold}", root, progress,
+                      {"finetune.base_lr": lr, "finetune.base_lr_source": source.value,
+                       "finetune.epochs": settings.epochs,
+                       "finetune.iterations_per_epoch": settings.iterations_per_epoch,
+                       "finetune.warmup_epochs": settings.warmup_epochs},
+                      {f"{pair}/{party}/train": paths.preprocessed_root(party, plans_from=other(party))}), train)
 
 
 def ensemble(pair: str, fold: int, params: Params, *, finetuned_for: str | None = None, root: Path = Path("."),
@@ -169,19 +172,18 @@ def merged(pair: str, fold: int, params: Params, *, root: Path = Path("."), prog
                                  "iterations_per_epoch": settings.iterations_per_epoch})
     run = TrainingRun(name, preprocessed, paths.model_dir(model.approach, model.trained_on, fold), fold, schedule,
                       seed=params.seed)
-    stage = f"merged@{pair}-{fold}"
-    with _training_run(pair, model, fold, params, stage, root,
-                       {"merged.epochs": settings.epochs,
-                        "merged.iterations_per_epoch": settings.iterations_per_epoch},
-                       {f"{pair}/a+b/train": preprocessed}) as live:
+    def train(live: LiveRun) -> Path:
         exported = train_fold(run, progress=progress, on_epoch=live.log_epoch, keep_checkpoint=False,
                               provenance={"pair": pair, "approach": model.approach, "trained_on": model.trained_on,
                                           "shorthand": model.shorthand})
         write_training_budget(paths, model, fold, params, settings.epochs, settings.iterations_per_epoch)
         predict_test_sets(paths, model, fold, params, progress=progress)
-    _publish_curve(paths, model, fold)
-    _score(pair, model, fold, params, stage, root, progress)
-    return exported
+        return exported
+
+    return trained_model_stage(
+        TrainingStage(pair, model, fold, params, f"merged@{pair}-{fold}", root, progress,
+                      {"merged.epochs": settings.epochs, "merged.iterations_per_epoch": settings.iterations_per_epoch},
+                      {f"{pair}/a+b/train": preprocessed}), train)
 
 
 def federated(pair: str, fold: int, params: Params, *, root: Path = Path("."), progress: bool = True,
@@ -197,21 +199,20 @@ def federated(pair: str, fold: int, params: Params, *, root: Path = Path("."), p
     model = approaches.federated()
     curve = PairPaths(pair, root).model_dir(model.approach, model.trained_on, fold) / TRAINING_LOG
     rows: dict[int, dict[str, float]] = {}
-    stage = f"federated@{pair}-{fold}"
-    with _training_run(pair, model, fold, params, stage, root,
-                       {"federated.rounds": settings.rounds,
-                        "federated.iterations_per_epoch": settings.iterations_per_epoch},
-                       {f"{pair}/{p}/train": PairPaths(pair, root).preprocessed_root(p, plans_from=JOINT)
-                        for p in PARTIES}) as live:
+
+    def train(live: LiveRun) -> Path:
         def on_round(index: int, values: Mapping[str, float]) -> None:
             live.log_epoch(index, values)
             rows[index] = dict(values)
             write_curve(curve, [{"epoch": k, **v} for k, v in sorted(rows.items())])
 
-        exported = _federated(pair, fold, params, root=root, progress=progress, fault=fault, on_round=on_round)
-    _publish_curve(PairPaths(pair, root), model, fold)
-    _score(pair, model, fold, params, stage, root, progress)
-    return exported
+        return _federated(pair, fold, params, root=root, progress=progress, fault=fault, on_round=on_round)
+
+    inputs = {f"{pair}/{p}/train": PairPaths(pair, root).preprocessed_root(p, plans_from=JOINT) for p in PARTIES}
+    return trained_model_stage(
+        TrainingStage(pair, model, fold, params, f"federated@{pair}-{fold}", root, progress,
+                      {"federated.rounds": settings.rounds,
+                       "federated.iterations_per_epoch": settings.iterations_per_epoch}, inputs), train)
 
 
 def _federated(pair: str, fold: int, params: Params, *, root: Path = Path("."), progress: bool = True,
@@ -285,20 +286,45 @@ def _publish_curve(paths: PairPaths, model: ModelId, fold: int) -> None:
                   paths.training_curve(model.approach, model.trained_on, fold))
 
 
-@contextmanager
-def _training_run(pair: str, model: ModelId, fold: int, params: Params, dvc_stage: str, root: Path,
-                  stage_params: dict[str, Any], inputs: dict[str, Path]) -> Iterator[LiveRun]:
-    """The model's live MLflow run for the duration of its training stage; ``inputs`` maps
-    the training data's dataset names (``polyp/a/train``) to their folders."""
+@dataclass(frozen=True)
+class TrainingStage:
+    """One run of a stage that trains a model: what its live MLflow run records.
+
+    Attributes:
+        stage: the DVC stage (``finetune@polyp-b_to_a-0``).
+        stage_params: the stage's own settings, logged beside ``nnunet.*``.
+        inputs: the training data's dataset names (``polyp/a/train``) and folders.
+    """
+
+    pair: str
+    model: ModelId
+    fold: int
+    params: Params
+    stage: str
+    root: Path
+    progress: bool
+    stage_params: Mapping[str, Any]
+    inputs: Mapping[str, Path]
+
+
+def trained_model_stage(run: TrainingStage, train: Callable[[LiveRun], Path]) -> Path:
+    """The skeleton every training stage shares: ``train`` (which trains resumably, writes the
+    budget and predicts both test sets; it gets the live MLflow run for its curve) inside the
+    model's live run, then the curve published for ``dvc plots`` and the predictions scored
+    like any model's. Returns what ``train`` returned (the export folder)."""
     from stitch_ops.tracking.datasets import DataInput
     from stitch_ops.tracking.live import training_run
 
-    with training_run(pair=pair, approach=model.approach, trained_on=model.trained_on,
-                      fold=fold, dvc_stage=dvc_stage, profile=params.profile, root=root, tags=model.tags(),
-                      inputs=[DataInput(name, path, "training") for name, path in inputs.items()],
+    model, params = run.model, run.params
+    with training_run(pair=run.pair, approach=model.approach, trained_on=model.trained_on,
+                      fold=run.fold, dvc_stage=run.stage, profile=params.profile, root=run.root, tags=model.tags(),
+                      inputs=[DataInput(name, path, "training") for name, path in run.inputs.items()],
                       params={**{f"nnunet.{k}": v for k, v in vars(params.nnunet).items()},
-                              **stage_params}) as live:
-        yield live
+                              **run.stage_params}) as live:
+        exported = train(live)
+    _publish_curve(PairPaths(run.pair, run.root), model, run.fold)
+    _score(run.pair, model, run.fold, params, run.stage, run.root, run.progress)
+    return exported
 
 
 def write_training_budget(paths: PairPaths, model: ModelId, fold: int, params: Params, epochs: int,
