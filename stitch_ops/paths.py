@@ -19,6 +19,13 @@ REPORTS = Path("reports")
 """The reports folder: ``{pair}.html``, ``{pair}.md``, ``{pair}/`` (figures, tables), ``index.html``."""
 
 
+def dvc_stage(name: str, *axes: object) -> str:
+    """The name DVC gives one stage of ``dvc.yaml``'s ``foreach``/``matrix`` family ``name``:
+    ``name@`` and the item's values joined by ``-`` (``train@polyp-a-0``), in the order of the
+    family's axes. What a stage records as its MLflow tag ``dvc_stage``; written here once."""
+    return f"{name}@{'-'.join(str(axis) for axis in axes)}"
+
+
 def bundle_definition(approach: str, root: Path = Path(".")) -> Path:
     """The MONAI bundle that defines an approach (``bundles/<approach>``: configs, docs, licence)."""
     return root / "bundles" / approach

@@ -112,3 +112,17 @@ def test_code_deps_list_whole_subpackages_as_folders_and_the_data_files_modules_
     assert code_deps("python -m stitch_ops.run", tmp_path) == [
         "stitch_ops/__init__.py", "stitch_ops/part/__init__.py", "stitch_ops/part/schema.json",
         "stitch_ops/part/used.py", "stitch_ops/run.py", "stitch_ops/whole"]
+
+
+def test_the_stage_names_the_code_records_are_those_dvc_gives(dvc_stages: dict[str, list]):
+    """The MLflow tag ``dvc_stage`` (``paths.dvc_stage``) names a stage DVC resolves from ``dvc.yaml``."""
+    from stitch_ops.paths import dvc_stage
+    from stitch_ops.stitching.artifacts import stage_name
+
+    names = {name for stages in dvc_stages.values() for name, _, _ in stages}
+    recorded = [dvc_stage("train", "polyp", "a", 0), dvc_stage("evaluate", "polyp", "b", 0),
+                dvc_stage(stage_name("stitch_select", True), "polyp", "a", "double_batched", 0),
+                dvc_stage(stage_name("stitch_reference", False), "polyp", "b", 0),
+                dvc_stage("ensemble_finetuned", "polyp", "a", 0), dvc_stage("federated", "polyp", 0),
+                dvc_stage("report", "polyp")]
+    assert [name for name in recorded if name not in names] == []

@@ -29,7 +29,7 @@ from stitch_ops.budget import BUDGET_JSON, Budget, TrainingClock, write_budget
 from stitch_ops.config import PARTIES, Params
 from stitch_ops.nnunet.plan import PLANS
 from stitch_ops.outputs import read_json, write_json
-from stitch_ops.paths import PairPaths, dataset_name, test_set
+from stitch_ops.paths import PairPaths, dataset_name, dvc_stage, test_set
 
 if TYPE_CHECKING:
     from stitch_ops.baselines.federated import FaultInjection
@@ -114,7 +114,7 @@ def finetune(pair: str, party: str, fold: int, params: Params, *, base_lr: float
         return exported
 
     return trained_model_stage(
-        TrainingStage(pair, model, fold, params, f"finetune@{pair}-{model.trained_on}-{fold}", root, progress,
+        TrainingStage(pair, model, fold, params, dvc_stage("finetune", pair, model.trained_on, fold), root, progress,
                       {"finetune.base_lr": lr, "finetune.base_lr_source": source.value,
                        "finetune.epochs": settings.epochs,
                        "finetune.iterations_per_epoch": settings.iterations_per_epoch,
@@ -143,7 +143,8 @@ def ensemble(pair: str, fold: int, params: Params, *, finetuned_for: str | None 
     out = paths.predictions(model.approach, model.trained_on, fold)
     for name in TEST_SETS:
         ensemble_folders([m / name for m in members], out / name, dataset_json, progress=progress)
-    stage = f"ensemble@{pair}-{fold}" if finetuned_for is None else f"ensemble_finetuned@{pair}-{finetuned_for}-{fold}"
+    stage = dvc_stage("ensemble", pair, fold) if finetuned_for is None else \
+        dvc_stage("ensemble_finetuned", pair, finetuned_for, fold)
     _score(pair, model, fold, params, stage, root, progress)
     return out
 
@@ -181,7 +182,7 @@ def merged(pair: str, fold: int, params: Params, *, root: Path = Path("."), prog
         return exported
 
     return trained_model_stage(
-        TrainingStage(pair, model, fold, params, f"merged@{pair}-{fold}", root, progress,
+        TrainingStage(pair, model, fold, params, dvc_stage("merged", pair, fold), root, progress,
                       {"merged.epochs": settings.epochs, "merged.iterations_per_epoch": settings.iterations_per_epoch},
                       {f"{pair}/a+b/train": preprocessed}), train)
 
@@ -210,7 +211,7 @@ def federated(pair: str, fold: int, params: Params, *, root: Path = Path("."), p
 
     inputs = {f"{pair}/{p}/train": PairPaths(pair, root).preprocessed_root(p, plans_from=JOINT) for p in PARTIES}
     return trained_model_stage(
-        TrainingStage(pair, model, fold, params, f"federated@{pair}-{fold}", root, progress,
+        TrainingStage(pair, model, fold, params, dvc_stage("federated", pair, fold), root, progress,
                       {"federated.rounds": settings.rounds,
                        "federated.iterations_per_epoch": settings.iterations_per_epoch}, inputs), train)
 

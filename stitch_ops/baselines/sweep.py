@@ -176,13 +176,14 @@ def _run_trials(sweep: SweepParams, pair: str, party: str, fold: int, params: Pa
 def _log_sweep(record: dict[str, Any], model: approaches.ModelId, params: Params) -> None:
     """The sweep as an MLflow parent run with one nested run per trial."""
     from stitch_ops import tracking
+    from stitch_ops.paths import dvc_stage
 
     tracking.configure(Path("."))
     sweep = SweepParams.from_params(params)
     tags = {"pair": record["pair"], "approach": model.approach.value, "trained_on": model.trained_on,
             "fold": str(record["fold"]), "profile": params.profile, "kind": "sweep", **model.tags()}
     experiment = tracking.experiment_name(record["pair"])
-    stage = f"sweep@{record['pair']}-{model.trained_on}-{record['fold']}"
+    stage = dvc_stage("sweep", record["pair"], model.trained_on, record["fold"])
     parent = tracking.log_run(experiment=experiment, tags=tags,
                               params={"lr_min": sweep.lr_min, "lr_max": sweep.lr_max,
                                       "trials": len(record["trials"]), "epochs": sweep.epochs,

@@ -44,7 +44,7 @@ from stitch_ops.evaluation.findings import NEAR, NOTABLE, Finding, Verdict, abla
 from stitch_ops.evaluation.results import PairResults, load_pair, model_label
 from stitch_ops.evaluation.stats import ALPHA, feasible_from, perspective_tests
 from stitch_ops.outputs import read_json, scratch_dir, swap_in, write_json, write_table, write_text
-from stitch_ops.paths import REPORTS, PairPaths
+from stitch_ops.paths import REPORTS, PairPaths, dvc_stage
 
 logger = logging.getLogger(__name__)
 
@@ -559,7 +559,7 @@ def _log_to_mlflow(pair: str, params: Params | None, metrics: dict[str, float], 
                             params={"profile": params.profile if params else "unknown",
                                     "alpha": ALPHA, "near": NEAR, "notable": NOTABLE},
                             metrics=metrics, artifacts=artifacts, run_name=f"report:{pair}",
-                            dvc_stage=f"report@{pair}")
+                            dvc_stage=dvc_stage("report", pair))
 
 
 def run(pair: str, root: Path = Path("."), out: Path = REPORTS, params: Params | None = None,

@@ -18,7 +18,7 @@ import pandas as pd
 from stitch_ops import approaches
 from stitch_ops.config import PARTIES, Params
 from stitch_ops.errors import InputFileError
-from stitch_ops.paths import VALIDATION_SET, PairPaths, test_set
+from stitch_ops.paths import VALIDATION_SET, PairPaths, dvc_stage, test_set
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def evaluate(pair: str, approach: str, trained_on: str, fold: int, params: Param
     out = paths.metrics(approach, trained_on, fold)
     summary = write_evaluation(pd.concat(tables, ignore_index=True), out)
     _log_to_mlflow(paths, approach, trained_on, fold, params, out, summary,
-                   stage or f"evaluate@{pair}-{trained_on}-{fold}")
+                   stage or dvc_stage("evaluate", pair, trained_on, fold))
     return summary
 
 

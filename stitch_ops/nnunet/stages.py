@@ -14,7 +14,7 @@ from pathlib import Path
 
 from stitch_ops import approaches
 from stitch_ops.config import PARTIES, Params
-from stitch_ops.paths import PARTY_DATASET_IDS, VALIDATION_SET, PairPaths, dataset_name, test_set
+from stitch_ops.paths import PARTY_DATASET_IDS, VALIDATION_SET, PairPaths, dataset_name, dvc_stage, test_set
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def train(pair: str, party: str, fold: int, params: Params, *, root: Path = Path
     from stitch_ops.tracking.live import training_run
 
     with training_run(pair=pair, approach=model.approach, trained_on=model.trained_on, fold=fold,
-                      dvc_stage=f"train@{pair}-{party}-{fold}", profile=params.profile, root=root,
+                      dvc_stage=dvc_stage("train", pair, party, fold), profile=params.profile, root=root,
                       inputs=[DataInput(f"{pair}/{party}/train", run.preprocessed_root, "training")],
                       params={f"nnunet.{k}": v for k, v in vars(params.nnunet).items()}) as live:
         exported = train_fold(run, progress=progress, on_epoch=live.log_epoch, keep_checkpoint=False,

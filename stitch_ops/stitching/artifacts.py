@@ -34,6 +34,11 @@ def trained_on(c: str, method: str, finetuned: bool = False) -> str:
     return approaches.stitch_ensemble(c, method, finetuned).trained_on
 
 
+def stage_name(name: str, finetuned: bool) -> str:
+    """The DVC stage name: ``stitch_train`` or its ``a←[a]→b→a`` twin ``stitch_train_finetuned``."""
+    return f"{name}_finetuned" if finetuned else name
+
+
 def parent_dirs(paths: PairPaths, c: str, fold: int, finetuned: bool = False) -> tuple[Path, Path]:
     """Exported models of parents A and B: the basis models, or (``finetuned``) c's basis model
     and the other party's model fine-tuned on c's data, on the side of its architecture."""

@@ -219,15 +219,16 @@ def _run_trials(params: Params, job: TrialJob, matches: int, work: Path, progres
 def _log_search(record: dict[str, Any], params: Params) -> None:
     """The search as an MLflow parent run with one nested run per trial."""
     from stitch_ops import approaches, tracking
-    from stitch_ops.stitching.artifacts import APPROACH
+    from stitch_ops.paths import dvc_stage
+    from stitch_ops.stitching.artifacts import APPROACH, stage_name
 
     tracking.configure(Path("."))
     model = approaches.stitch_ensemble(record["c"], record["method"], record["finetuned"])
     tags = {"pair": record["pair"], "approach": APPROACH.value, "trained_on": record["trained_on"],
             "fold": str(record["fold"]), "profile": params.profile, "kind": "stitch_search", **model.tags()}
     experiment = tracking.experiment_name(record["pair"])
-    stage = ("stitch_train_finetuned" if record["finetuned"] else "stitch_train") + \
-        f"@{record['pair']}-{record['c']}-{record['method']}-{record['fold']}"
+    stage = dvc_stage(stage_name("stitch_train", record["finetuned"]), record["pair"], record["c"], record["method"],
+                      record["fold"])
     setting = record["settings"]
     parent = tracking.log_run(experiment=experiment, tags=tags,
                               params={"lr_min": setting["lr_min"], "lr_max": setting["lr_max"],

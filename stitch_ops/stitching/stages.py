@@ -39,18 +39,14 @@ import pandas as pd
 from stitch_ops.config import PARTIES, Params, load_section
 from stitch_ops.data.splits import read_fold
 from stitch_ops.outputs import read_json, scratch_dir, write_table
-from stitch_ops.paths import VALIDATION_SET, PairPaths, test_set
+from stitch_ops.paths import VALIDATION_SET, PairPaths, dvc_stage, test_set
 from stitch_ops.stitching.artifacts import (APPROACH, NETWORK_FILE, SEARCH_FILE, basis_export, export_ensemble,
-                                            load_parents, load_trained_network, trained_on, training_images)
+                                            load_parents, load_trained_network, stage_name, trained_on,
+                                            training_images)
 from stitch_ops.stitching.scoring import KEPT_LOGITS_MEMORY, evaluated_positions, score_positions_and_reference
 from stitch_ops.stitching.settings import StitchingParams
 
 logger = logging.getLogger(__name__)
-
-
-def stage_name(name: str, finetuned: bool) -> str:
-    """The DVC stage name: ``stitch_train`` or its ``a←[a]→b→a`` twin ``stitch_train_finetuned``."""
-    return f"{name}_finetuned" if finetuned else name
 
 
 def train(params: Params, pair: str, c: str, method: str, fold: int, progress: bool = True,
@@ -84,7 +80,7 @@ def train(params: Params, pair: str, c: str, method: str, fold: int, progress: b
 
     rows: list[dict[str, float]] = []
     with training_run(pair=pair, approach=APPROACH, trained_on=slug, fold=fold,
-                      dvc_stage=f"{stage_name('stitch_train', finetuned)}@{pair}-{c}-{method}-{fold}",
+                      dvc_stage=dvc_stage(stage_name("stitch_train", finetuned), pair, c, method, fold),
                       profile=params.profile,
                       inputs=[DataInput(f"{pair}/{c}/train (unlabeled)", paths.preprocessed_root(c), "training")],
                       params={"method": method, "c": c, "finetuned": finetuned, "search": section.search,
@@ -141,7 +137,7 @@ def select(params: Params, pair: str, c: str, method: str, fold: int, progress: 
     tracking.configure(Path("."))
     experiment = tracking.experiment_name(pair)
     identity = {"pair": pair, "approach": APPROACH, "trained_on": slug, "fold": str(fold)}
-    stage = f"{stage_name('stitch_select', finetuned)}@{pair}-{c}-{method}-{fold}"
+    stage = dvc_stage(stage_name("stitch_select", finetuned), pair, c, method, fold)
     parent = tracking.log_run(experiment=experiment, tags={**identity, "kind": "position_selection"},
                               params={"method": method, "c": c, "finetuned": finetuned,
                                       "selection": section.selection, "matches": len(network.matches),

@@ -35,7 +35,7 @@ from stitch_ops.config import PARTIES, Params
 from stitch_ops.data.splits import read_fold
 from stitch_ops.errors import InputFileError
 from stitch_ops.outputs import copy_dir, output_dir, read_json, write_json, write_table
-from stitch_ops.paths import VALIDATION_SET, PairPaths, test_set
+from stitch_ops.paths import VALIDATION_SET, PairPaths, dvc_stage, test_set
 
 logger = logging.getLogger(__name__)
 
@@ -48,9 +48,8 @@ def reference(params: Params, pair: str, c: str, fold: int, progress: bool = Tru
     and score it like any model (in this process: a stage of its own cost more start-up than work)."""
     from stitch_ops.evaluation.stages import evaluate
     from stitch_ops.nnunet.model import NnUNetModel, load_model
+    from stitch_ops.stitching.artifacts import parent_dirs, stage_name
     from stitch_ops.stitching.ensemble import TwoModelEnsemble
-    from stitch_ops.stitching.artifacts import parent_dirs
-    from stitch_ops.stitching.stages import stage_name
 
     paths = PairPaths(pair)
     folders = parent_dirs(paths, c, fold, finetuned)
@@ -65,7 +64,7 @@ def reference(params: Params, pair: str, c: str, fold: int, progress: bool = Tru
     with output_dir(out) as staging:
         _predict_sets(ensemble, paths, c, fold, staging, params.nnunet.device, progress)
     evaluate(pair, model.approach.value, model.trained_on, fold, params, progress=progress,
-             stage=f"{stage_name('stitch_reference', finetuned)}@{pair}-{c}-{fold}")
+             stage=dvc_stage(stage_name("stitch_reference", finetuned), pair, c, fold))
     return out
 
 
@@ -102,10 +101,10 @@ def strategies(params: Params, pair: str, c: str, method: str, fold: int, progre
     separate process per strategy spent most of its time importing MONAI, torch and MLflow.
     Returns the ``selection.json`` record."""
     from stitch_ops.evaluation.stages import evaluate
-    from stitch_ops.stitching.stages import stage_name
+    from stitch_ops.stitching.artifacts import stage_name
 
     selection = choose_and_predict(params, pair, c, method, fold, progress, finetuned, root)
-    stage = f"{stage_name('stitch_strategies', finetuned)}@{pair}-{c}-{method}-{fold}"
+    stage = dvc_stage(stage_name("stitch_strategies", finetuned), pair, c, method, fold)
     for strategy in SELECTION_STRATEGIES[1:]:
         model = approaches.stitch_ensemble(c, method, finetuned, strategy)
         evaluate(pair, APPROACH.value, model.trained_on, fold, params, stage=stage, root=root, progress=progress)
