@@ -32,7 +32,7 @@ POSITIONS_MEMORY = 2**30
 predictor accumulates them in float32); more positions are scored in several passes."""
 
 KEPT_LOGITS_MEMORY = 2**31
-"""Bytes of validation logits :func:`select` keeps from its scoring run, so that the selected
+"""Bytes of validation logits :func:`~stitch_ops.stitching.stages.select` keeps from its scoring run, so that the selected
 position's validation predictions are exported from them instead of predicted again. Cases
 whose logits do not fit are predicted again with the selected stitch-ensemble: the same
 computation, so the same files either way."""
@@ -70,7 +70,7 @@ def score_positions_and_reference(network: Any, positions: Sequence[int], own: A
                                   labels: Path, scratch: Path, device: str, *, identity: Mapping[str, Any],
                                   no_stitch: bool = False, keep_logits: int = 0) -> ScoringRun:
     """:func:`score_positions`, and with ``no_stitch`` the no-stitch reference in the same run
-    (stacked after the positions of the first pass: :class:`PositionEnsembles` runs both parents
+    (stacked after the positions of the first pass: :class:`~stitch_ops.stitching.positions.PositionEnsembles` runs both parents
     anyway; its predictions in ``scratch/no_stitch``), scored as :func:`score_on_validation`
     scores ``TwoModelEnsemble(network.parent_a, network.parent_b)``: the same layers on the same
     tiles, so the same segmentations. ``keep_logits``: bytes of the positions' logits to keep

@@ -6,7 +6,7 @@ models (``a←[c]→b``) or, with ``finetuned``, c's basis model and the other p
 fine-tuned on c's data (``a←[a]→b→a``; the ``finetune`` approach's ``other_to_c`` model).
 ``select``: score the stitch-ensemble at every evaluated position k on c's validation cases
 (``scores/{pair}/stitch/{slug}/fold_k/positions.csv``; all positions in one sliding window that
-runs the parents' layers before each stitch once, :func:`score_positions`), log one MLflow run per position and
+runs the parents' layers before each stitch once, :func:`~stitch_ops.stitching.scoring.score_positions`), log one MLflow run per position and
 one for the no-stitch reference, pick k by selection strategy 1, export that stitch-ensemble
 and predict both parties' test sets with it, like any other model. Strategies 2 and 3 and the
 no-stitch reference's own stage are in :mod:`stitch_ops.stitching.strategies`.
@@ -15,7 +15,7 @@ Work ``select`` does once for every candidate, not once per candidate (the same 
 position; test cases are never part of it): the validation cases are preprocessed once; the
 no-stitch reference is scored in the positions' run (stacked after them: the parents run there
 anyway); and the selected position's validation predictions are exported from the logits that
-run computed (kept up to :data:`KEPT_LOGITS_MEMORY`; a case beyond it is predicted again by the
+run computed (kept up to :data:`~stitch_ops.stitching.scoring.KEPT_LOGITS_MEMORY`; a case beyond it is predicted again by the
 selected stitch-ensemble). The exported files and every score are those of predicting each model
 on its own (``tests/stitching/test_positions.py``). The selected model's validation cases are
 still scored by :func:`~stitch_ops.evaluation.stages.evaluate` from its exported predictions, as
