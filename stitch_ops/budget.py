@@ -2,7 +2,7 @@
 
 The paper compares approaches at equal cost: every approach that trains an nnU-Net gets
 the basis models' schedule (``nnunet.epochs`` × ``nnunet.iterations_per_epoch``
-optimizer steps per party). :func:`stitch_ops.baselines.config.planned_budgets` resolves,
+optimizer steps per party). :func:`stitch_ops.stages.plugin.planned_budgets` resolves,
 from the params of the active profile, how many steps each approach gets, so a test can
 check no approach is starved; every training stage writes what it actually ran to
 ``metrics/{pair}/{approach}/{trained_on}/fold_{k}/budget.json``::

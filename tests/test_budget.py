@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stitch_ops.baselines.config import FederatedParams, FinetuneParams, MergedParams, planned_budgets
+from stitch_ops.baselines.config import FederatedParams, FinetuneParams, MergedParams
 from stitch_ops.budget import Budget, TrainingClock, read_budget, write_budget
 from stitch_ops.config import ConfigError, apply_profile, parse_params, profile_names
+from stitch_ops.stages.plugin import planned_budgets
 
 REPO = Path(__file__).resolve().parents[1]
 

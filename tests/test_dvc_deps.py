@@ -126,3 +126,19 @@ def test_the_stage_names_the_code_records_are_those_dvc_gives(dvc_stages: dict[s
                 dvc_stage("ensemble_finetuned", "polyp", "a", 0), dvc_stage("federated", "polyp", 0),
                 dvc_stage("report", "polyp")]
     assert [name for name in recorded if name not in names] == []
+
+
+def test_stage_declarations_are_not_code_deps_and_what_only_they_import_is_not_followed(tmp_path: Path):
+    """An approach plug-in declares its stages beside its command (``stitch_ops.stages.declare``):
+    that reaches the stage as ``dvc.yaml`` text, so editing the vocabulary reruns nothing."""
+    package = tmp_path / "stitch_ops"
+    (package / "stages").mkdir(parents=True)
+    for name in ("__init__.py", "stages/__init__.py", "paths.py", "work.py"):
+        (package / name).write_text("")
+    (package / "stages" / "declare.py").write_text("from stitch_ops import paths\n")
+    (package / "stages" / "toy.py").write_text("from stitch_ops.stages import declare\nfrom stitch_ops import work\n")
+    closure = import_closure(["stitch_ops.stages.toy"], tmp_path)
+    assert closure == {"stitch_ops", "stitch_ops.stages", "stitch_ops.stages.toy", "stitch_ops.work"}
+    finetune = code_deps("python -m stitch_ops.stages.finetune --pair polyp")
+    assert not {"stitch_ops/stages/declare.py", "stitch_ops/stages/spec.py", "stitch_ops/stages/plugin.py"} & set(finetune)
+    assert "stitch_ops/baselines/stages.py" in finetune  # what its run imports still is

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stitch_ops.stages import registry, render
+from stitch_ops.stages import plugin, registry, render
 from stitch_ops.stages.deps import code_deps, uncovered
 from tests.helpers import copy_pipeline, run
 
@@ -127,3 +127,21 @@ def test_finetuned_twins_differ_only_by_their_parents():
                               .replace("finetuned_c_parties", "c_parties"))
         as_basis["deps"] = [dep for dep in as_basis["deps"] if dep != "models/${item.pair}/finetune"]
         assert as_basis == basis, twin
+
+
+def test_approach_plugins_are_found_by_name_in_the_approach_tables_order():
+    """Each baseline approach is one module of ``stitch_ops.stages`` with a ``PLUGIN``: it alone
+    feeds the ``dvc.yaml`` stages, the ``stitch-ops baselines`` subcommands and the planned budgets."""
+    found = [p.approach.value for p in plugin.plugins()]
+    assert found == ["finetune", "ensemble", "federated", "merged"]
+    declared = [stage.name for p in plugin.plugins() for stage in p.stages()]
+    pipeline = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert [name for name in pipeline if name in declared] == declared  # written in the plug-ins' order
+    assert set(declared) == {"transfer_plans", "finetune", "sweep", "ensemble", "ensemble_finetuned", "joint_plans",
+                             "federated", "merged"}
+    commands = [command.name for command in plugin.commands()]
+    assert commands == ["transfer-plans", "finetune", "sweep", "ensemble", "joint-plans", "federated", "merged"]
+    result = run([sys.executable, "-m", "stitch_ops.baselines", "--help"], cwd=REPO)
+    assert all(name in result.stdout for name in commands)
+    trained = {p.approach.value for p in plugin.plugins() if p.schedule is not None}
+    assert trained == {"finetune", "federated", "merged"}

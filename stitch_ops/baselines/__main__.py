@@ -13,7 +13,8 @@ Every command that makes a model also predicts both parties' test sets and score
 (``metrics/``, the model's MLflow run), as ``python -m stitch_ops.evaluation`` would.
 
 Each subcommand is defined, and run by its DVC stage, in its own module
-``stitch_ops.stages.<stage>`` (so a stage's code deps are what it runs).
+``stitch_ops.stages.<stage>`` (so a stage's code deps are what it runs); the subcommands are
+those of the approach plug-ins (:mod:`stitch_ops.stages.plugin`), in the approach table's order.
 """
 
 from __future__ import annotations
@@ -22,11 +23,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from stitch_ops.stages import ensemble, federated, finetune, joint_plans, merged, sweep, transfer_plans
 from stitch_ops.stages.command import package_parser, run_package
+from stitch_ops.stages.plugin import commands
 
-COMMANDS = tuple(stage.COMMAND for stage in (transfer_plans, joint_plans, finetune, ensemble, federated, merged,
-                                             sweep))
+COMMANDS = tuple(commands())
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,7 +8,7 @@ any training starts, naming the key.
 ``finetune``, ``federated`` or ``merged`` means "the same as the basis models", and
 ``from_params`` resolves it, so the budgets cannot drift apart when a profile changes the
 basis schedule. A profile that must be shorter shortens ``nnunet`` and all follow;
-:func:`planned_budgets` states the result per approach.
+:func:`stitch_ops.stages.plugin.planned_budgets` states the result per approach.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Self
 
-from stitch_ops.approaches import FINETUNE_SLUGS, Approach
+from stitch_ops.approaches import FINETUNE_SLUGS
 from stitch_ops.config import ConfigError, NnUNetSchedule, Params, positive_int, load_section
 
 
@@ -210,33 +210,3 @@ class SweepParams:
     def covers(self, pair: str, route: str) -> bool:
         """Whether the sweep runs for ``route`` (``a_to_b``/``b_to_a``) of ``pair``."""
         return pair in self.pairs and route in self.routes
-
-
-@dataclass(frozen=True)
-class PlannedBudget:
-    """The schedule an approach gets in a profile: optimizer steps per party."""
-
-    approach: str
-    epochs: int
-    iterations_per_epoch: int
-
-    @property
-    def iterations(self) -> int:
-        return self.epochs * self.iterations_per_epoch
-
-
-def planned_budgets(params: Params) -> dict[str, PlannedBudget]:
-    """Steps per party of every approach that trains an nnU-Net, resolved from ``params``.
-
-    ``local`` is the basis model; ``finetune`` counts only the fine-tuning (on top of the
-    other party's basis model); ``federated`` counts one party's steps over all rounds.
-    """
-    basis = params.nnunet
-    finetune = FinetuneParams.from_params(params)
-    federated = FederatedParams.from_params(params)
-    merged = MergedParams.from_params(params)
-    schedules = {Approach.LOCAL: (basis.epochs, basis.iterations_per_epoch),
-                 Approach.FINETUNE: (finetune.epochs, finetune.iterations_per_epoch),
-                 Approach.FEDERATED: (federated.rounds, federated.iterations_per_epoch),
-                 Approach.MERGED: (merged.epochs, merged.iterations_per_epoch)}
-    return {approach.value: PlannedBudget(approach.value, *schedule) for approach, schedule in schedules.items()}

@@ -22,6 +22,12 @@ REPO = Path(__file__).resolve().parents[2]
 """The checkout holding the package (the root that ``dvc.yaml``'s paths are relative to)."""
 IGNORED = ("__pycache__",)
 """Folders that DVC ignores inside a source folder (``.dvcignore``)."""
+DECLARATIONS = frozenset({f"{PACKAGE}.stages.spec", f"{PACKAGE}.stages.declare", f"{PACKAGE}.stages.plugin"})
+"""Modules that only describe stages for ``dvc.yaml``: an approach plug-in's entry module imports
+them to declare its stages beside its command, but what they hold reaches a stage only as the
+text of its ``dvc.yaml`` entry, which DVC compares by itself. They are not code deps, and what
+they import is not followed. Nothing below the application layer may import them
+(``tests/test_layers.py``), so no stage's work can call into them."""
 
 
 def module_file(module: str, root: Path = REPO) -> Path | None:
@@ -92,12 +98,13 @@ def direct_imports(module: str, root: Path = REPO) -> frozenset[str]:
 
 
 def import_closure(entry_points: Iterable[str], root: Path = REPO) -> set[str]:
-    """Every ``stitch_ops`` module that running ``entry_points`` imports, transitively."""
+    """Every ``stitch_ops`` module that running ``entry_points`` imports, transitively, less the
+    stage declarations (:data:`DECLARATIONS`) and what only they import."""
     todo = [m for entry in entry_points for m in _with_parents(entry)]
     seen: set[str] = set()
     while todo:
         module = todo.pop()
-        if module in seen or module_file(module, root) is None:
+        if module in seen or module in DECLARATIONS or module_file(module, root) is None:
             continue
         seen.add(module)
         todo.extend(direct_imports(module, root) - seen)

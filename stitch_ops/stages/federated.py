@@ -6,10 +6,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+from stitch_ops import approaches
+from stitch_ops.baselines.config import FederatedParams
 from stitch_ops.cli_common import common_options
-from stitch_ops.config import Params
+from stitch_ops.config import PARTIES, Params
 from stitch_ops.stages.command import StageCommand
+from stitch_ops.stages.declare import FOLD, FOLDS, PAIR, PAIRS, RAW, SEED, preprocessed, scored, trained
 from stitch_ops.stages.options import fold_option, pair_option
+from stitch_ops.stages.plugin import ApproachPlugin
+from stitch_ops.stages.spec import Item, Stage
 
 
 def run(args: argparse.Namespace, params: Params) -> None:
@@ -25,6 +30,36 @@ def options() -> list[argparse.ArgumentParser]:
 
 COMMAND = StageCommand("stitch-ops baselines federated", options=options, run=run,
                        help="FedAvg over one Ray actor per party (params 'federated')")
+
+
+JOINT = "joint"
+"""The plans of ``joint_plans`` (:data:`stitch_ops.baselines.plans.JOINT`, named here without importing it)."""
+
+
+def stages() -> list[Stage]:
+    """The joint plans (both parties' data under plans from their combined fingerprint, and the
+    pooled dataset that ``merged`` trains on), then FedAvg on them."""
+    federated, merged = approaches.federated(), approaches.merged()
+    joint = [Item(preprocessed(party, JOINT)) for party in PARTIES]
+    outs, summary = scored(federated.approach, federated.trained_on)
+    return [
+        Stage("joint_plans", "stitch_ops.stages.joint_plans", f"--pair {PAIR}", {"pair": PAIRS},
+              deps=[RAW, *(Item(preprocessed(party)) for party in PARTIES)], params=[Item("nnunet.configuration")],
+              outs=[*joint, Item(preprocessed(merged.approach))]),
+        Stage("federated", "stitch_ops.stages.federated", f"--pair {PAIR} --fold {FOLD}", {"pair": PAIRS, "fold": FOLDS},
+              deps=[*joint, RAW], params=[SEED, Item("nnunet"), Item("federated")],
+              outs=[*trained(federated.approach, federated.trained_on, "persisted: a crashed round resumes from the "
+                                                                       "last completed one (global/latest.pth)"),
+                    *outs], metrics=summary),
+    ]
+
+
+def schedule(params: Params) -> tuple[int, int]:
+    settings = FederatedParams.from_params(params)
+    return settings.rounds, settings.iterations_per_epoch
+
+
+PLUGIN = ApproachPlugin(approaches.Approach.FEDERATED, stages, schedule)
 
 if __name__ == "__main__":
     sys.exit(COMMAND.main())

@@ -10,30 +10,17 @@ variant. Importing this module is cheap (no torch, nnU-Net or MLflow).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
-from typing import cast
 
 from stitch_ops import approaches, config
 from stitch_ops.approaches import Approach, StitchMethod
-from stitch_ops.paths import REPORTS, PairPaths, bundle_definition
+from stitch_ops.paths import REPORTS, bundle_definition
+from stitch_ops.stages.declare import (C, DEVICE, FOLD, FOLD_NUMBER, FOLDS, METHOD, METHODS, PAIR, PAIRS, PARTIES,
+                                       PARTY, PATHS, RAW, ROUTE, SCORES, SEED, curve, metrics, model, predictions,
+                                       preprocessed, scored)
+from stitch_ops.stages.plugin import plugins
 from stitch_ops.stages.spec import Item, Stage, StitchParents, persisted, uncached
-
-PAIR, PARTY, FOLD, C, METHOD, ROUTE = (f"${{item.{axis}}}" for axis in ("pair", "party", "fold", "c", "method", "route"))
-FOLD_NUMBER = cast(int, FOLD)
-"""The fold axis where :mod:`stitch_ops.paths` expects a fold number (it formats it into the path)."""
-PATHS = PairPaths(PAIR)
-
-PAIRS = Item("${pairs}")
-PARTIES = Item("[a, b]", note="the method is pairwise")
-FOLDS = Item("${folds}")
-ROUTES = Item(f"[{', '.join(approaches.FINETUNE_SLUGS)}]")
-METHODS = Item("${stitching.methods}")
-
-SEED = Item("seed", note="seeds the initial weights and every epoch")
-DEVICE = Item("nnunet.device")
-RAW = Item(PATHS.raw_root.as_posix())
-SCORES = PATHS.scores(Approach.STITCH, "", 0).parts[0]
-"""The whole ``scores/`` tree (selection strategy 3 pools over every pair's scores)."""
 
 HEADER = """\
 # The stitch_ops pipeline. Paths follow stitch_ops/paths.py; knobs live in params.yaml.
@@ -52,39 +39,6 @@ plots:
       y: train_loss
       title: stitch training loss (per epoch)
 """
-
-
-def model(approach: str, trained_on: str, fold: int = FOLD_NUMBER) -> str:
-    return PATHS.model_dir(approach, trained_on, fold).as_posix()
-
-
-def predictions(approach: str, trained_on: str, fold: int = FOLD_NUMBER) -> str:
-    return PATHS.predictions(approach, trained_on, fold).as_posix()
-
-
-def metrics(approach: str, trained_on: str, name: str, fold: int = FOLD_NUMBER) -> str:
-    return (PATHS.metrics(approach, trained_on, fold) / name).as_posix()
-
-
-def curve(approach: str, trained_on: str) -> str:
-    return PATHS.training_curve(approach, trained_on, FOLD_NUMBER).as_posix()
-
-
-def preprocessed(party: str, plans_from: str | None = None) -> str:
-    return PATHS.preprocessed_root(party, plans_from).as_posix()
-
-
-def scored(approach: str, trained_on: str) -> tuple[list[Item], list[Item]]:
-    """The outs and metrics of a stage that predicts both test sets and scores them."""
-    return ([Item(predictions(approach, trained_on)), Item(metrics(approach, trained_on, "cases.csv"))],
-            [uncached(metrics(approach, trained_on, "summary.json"))])
-
-
-def trained(approach: str, trained_on: str, why_persisted: str = "") -> list[Item]:
-    """The outs of a stage that trains an nnU-Net: the model (persisted), its budget and curve."""
-    return [persisted(model(approach, trained_on), above=why_persisted),
-            uncached(metrics(approach, trained_on, "budget.json")),
-            uncached(curve(approach, trained_on))]
 
 
 # ---------------------------------------------------------------- data and basis models
@@ -281,82 +235,19 @@ def stitching_stages() -> list[Stage]:
 
 # ---------------------------------------------------------------- baselines
 
-def every_model(approach: str) -> str:
-    """The folder of all of a pair's models of one approach (``models/{pair}/local``)."""
-    return Path(model(approach, ROUTE)).parents[1].as_posix()
-
-
-def every_prediction(approach: str) -> str:
-    return Path(predictions(approach, ROUTE)).parents[1].as_posix()
+BASELINES_COMMENT = (
+    "---- baselines (issue 4) ----\n"
+    "Fine-tuning a→b / b→a, ensembles a&b and a&b→a, federated a‖b, merged a+b, and the\n"
+    "Ray Tune + Optuna sweep of the fine-tuning learning rate. Each stage that makes a model\n"
+    "also predicts both test sets and scores them like the basis models, in one process.\n"
+    "Declared by the approach plug-ins (stitch_ops/stages/<approach>.py, PLUGIN).")
 
 
 def baseline_stages() -> list[Stage]:
-    a, b = config.PARTIES
-    own_plans = [Item(preprocessed(party)) for party in config.PARTIES]
-    transferred = [Item(preprocessed(a, b)), Item(preprocessed(b, a))]
-    joint = "joint"
-    labels = Item(RAW.text, note="dataset.json, and the labels it is scored on")
-    per_fold = {"pair": PAIRS, "fold": FOLDS}
-    per_route = {"pair": PAIRS, "route": ROUTES, "fold": FOLDS}
-    finetune, ensemble = Approach.FINETUNE, Approach.ENSEMBLE
-    federated, merged = approaches.federated(), approaches.merged()
-    best_lr = (PATHS.sweep(finetune, ROUTE, FOLD_NUMBER) / "best.json").as_posix()
-    best_lr_comment = (
-        "finetune.base_lr: sweep reads this route's best.json. DVC deps are static, so the\n"
-        "dependency is always listed, and the sweep stage below writes a best.json for every\n"
-        "fine-tuning route (one saying \"swept\": false for a route outside sweep.pairs/routes):\n"
-        "the file always exists, and fine-tuning reruns exactly when its route's sweep result\n"
-        "changes (not when another pair's or route's does). With a fixed base_lr that can\n"
-        "rerun fine-tuning needlessly after a re-sweep of the same route: the price of one\n"
-        "static, precise edge instead of none.")
-
-    def scored_outs(approach: str, trained_on: str) -> list[Item]:
-        return scored(approach, trained_on)[0]
-
-    def scored_metrics(approach: str, trained_on: str) -> list[Item]:
-        return scored(approach, trained_on)[1]
-
-    return [
-        Stage("transfer_plans", "stitch_ops.stages.transfer_plans", f"--pair {PAIR}", {"pair": PAIRS},
-              deps=[RAW, *own_plans], params=[Item("nnunet.configuration")], outs=transferred,
-              comment="---- baselines (issue 4) ----\n"
-                      "Fine-tuning a→b / b→a, ensembles a&b and a&b→a, federated a‖b, merged a+b, and the\n"
-                      "Ray Tune + Optuna sweep of the fine-tuning learning rate. Each stage that makes a model\n"
-                      "also predicts both test sets and scores them like the basis models, in one process."),
-        Stage("joint_plans", "stitch_ops.stages.joint_plans", f"--pair {PAIR}", {"pair": PAIRS},
-              deps=[RAW, *own_plans], params=[Item("nnunet.configuration")],
-              outs=[*(Item(preprocessed(party, joint)) for party in config.PARTIES), Item(preprocessed(merged.approach))]),
-        Stage("finetune", "stitch_ops.stages.finetune", f"--pair {PAIR} --trained-on {ROUTE} --fold {FOLD}", per_route,
-              deps=[Item(best_lr, above=best_lr_comment), *transferred, Item(every_model(Approach.LOCAL)), RAW],
-              params=[SEED, Item("nnunet"), Item("finetune")],
-              outs=[*trained(finetune, ROUTE), *scored_outs(finetune, ROUTE)], metrics=scored_metrics(finetune, ROUTE)),
-        Stage("ensemble", "stitch_ops.stages.ensemble", f"--pair {PAIR} --fold {FOLD}", per_fold,
-              deps=[Item(every_prediction(Approach.LOCAL)), labels],
-              outs=scored_outs(ensemble, approaches.ensemble().trained_on),
-              metrics=scored_metrics(ensemble, approaches.ensemble().trained_on)),
-        Stage("ensemble_finetuned", "stitch_ops.stages.ensemble", f"--pair {PAIR} --fold {FOLD} --finetuned-for {PARTY}",
-              {"pair": PAIRS, "party": PARTIES, "fold": FOLDS},
-              deps=[Item(every_prediction(Approach.LOCAL)), Item(every_prediction(finetune)), labels],
-              outs=scored_outs(Approach.ENSEMBLE_FINETUNED, approaches.ensemble_finetuned(PARTY).trained_on),
-              metrics=scored_metrics(Approach.ENSEMBLE_FINETUNED, approaches.ensemble_finetuned(PARTY).trained_on)),
-        Stage("federated", "stitch_ops.stages.federated", f"--pair {PAIR} --fold {FOLD}", per_fold,
-              deps=[*(Item(preprocessed(party, joint)) for party in config.PARTIES), RAW],
-              params=[SEED, Item("nnunet"), Item("federated")],
-              outs=[*trained(federated.approach, federated.trained_on, "persisted: a crashed round resumes from the "
-                                                                       "last completed one (global/latest.pth)"),
-                    *scored_outs(federated.approach, federated.trained_on)],
-              metrics=scored_metrics(federated.approach, federated.trained_on)),
-        Stage("merged", "stitch_ops.stages.merged", f"--pair {PAIR} --fold {FOLD}", per_fold,
-              deps=[Item(preprocessed(merged.approach)), RAW], params=[SEED, Item("nnunet"), Item("merged")],
-              outs=[*trained(merged.approach, merged.trained_on), *scored_outs(merged.approach, merged.trained_on)],
-              metrics=scored_metrics(merged.approach, merged.trained_on)),
-        Stage("sweep", "stitch_ops.stages.sweep", f"--pair {PAIR} --trained-on {ROUTE} --fold {FOLD} --only-configured",
-              per_route, deps=[*transferred, Item(every_model(Approach.LOCAL)), RAW],
-              params=[SEED, Item("nnunet"), Item("finetune.warmup_epochs"), Item("finetune.lr_rule"), Item("sweep")],
-              metrics=[uncached(best_lr)],
-              comment="Every fine-tuning route has a sweep stage (so that finetune can depend on its best.json);\n"
-                      "only those in sweep.pairs x sweep.routes run trials, the others write \"swept\": false."),
-    ]
+    """Every approach plug-in's stages, in the order of the approach table."""
+    declared = [stage for plugin in plugins() for stage in plugin.stages()]
+    first = declared[0]
+    return [replace(first, comment="\n".join(filter(None, [BASELINES_COMMENT, first.comment]))), *declared[1:]]
 
 
 # ---------------------------------------------------------------- the report
