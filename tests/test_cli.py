@@ -6,7 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from stitch_ops.approaches import Approach
+
 REPO = Path(__file__).resolve().parents[1]
+APPROACH_CHOICES = f"--approach {{{','.join(Approach)}}}"
+"""Every approach of the table, as argparse shows the choices (an added approach among them)."""
 
 
 def stitch_ops(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
@@ -34,9 +38,9 @@ HELP = [
     (["nnunet"], ["{plan,train,predict}"]),
     (["nnunet", "plan"], ["--pair PAIR", "--party {a,b}"]),
     (["nnunet", "train"], ["--pair PAIR", "--party {a,b}", "--fold {0,1,2,3,4}"]),
-    (["nnunet", "predict"], ["--pair PAIR", "--approach {local,finetune,ensemble,ensemble_finetuned,federated,merged,stitch}", "--trained-on TRAINED_ON",
+    (["nnunet", "predict"], ["--pair PAIR", APPROACH_CHOICES, "--trained-on TRAINED_ON",
                              "--fold {0,1,2,3,4}", "--sets {test_a,test_b,val}"]),
-    (["evaluation"], ["--pair PAIR", "--approach {local,finetune,ensemble,ensemble_finetuned,federated,merged,stitch}",
+    (["evaluation"], ["--pair PAIR", APPROACH_CHOICES,
                       "--trained-on TRAINED_ON", "--fold {0,1,2,3,4}"]),
     (["bundle", "export"], ["--model MODEL", "--out OUT", "--pair PAIR", "--approach APPROACH",
                             "--trained-on TRAINED_ON", "--fold FOLD"]),

@@ -1,13 +1,6 @@
-"""``python -m stitch_ops.baselines``: the baseline approaches' stages of ``dvc.yaml``.
-
-- ``transfer-plans``: preprocess each party's data with the other party's plans (fine-tuning);
-- ``joint-plans``: plans from both parties' combined fingerprint, each party's data
-  preprocessed with them, and the pooled dataset (federated, merged);
-- ``finetune``: ``b→a`` (``--trained-on b_to_a``): b's model fine-tuned on a's data, with warm-up;
-- ``ensemble``: ``a&b``, or ``a&b→a`` with ``--finetuned-for a``;
-- ``federated``: ``a‖b``, FedAvg with one Ray actor per party;
-- ``merged``: ``a+b``, one model on the pooled data;
-- ``sweep``: Ray Tune + Optuna search of the fine-tuning learning rate (validation data).
+"""``python -m stitch_ops.baselines``: the baseline approaches' stages of ``dvc.yaml``: fine-tuning
+(with the other party's plans, and its learning-rate sweep), ensembles, federated learning (with
+the joint plans) and the pooled-data model; the subcommands below say what each does.
 
 Every command that makes a model also predicts both parties' test sets and scores them
 (``metrics/``, the model's MLflow run), as ``python -m stitch_ops.evaluation`` would.
