@@ -25,6 +25,7 @@ from stitch_ops.cli_common import (
     report_errors,
     setup_logging,
 )
+from stitch_ops.config import DEFAULT_PROFILE
 
 
 def _fold(value: str) -> int | str:
@@ -80,9 +81,9 @@ SCHEDULE_OPTIONS = {"epochs": 10, "iterations_per_epoch": 100, "batch_size": 4, 
 
 
 def stitch_schedules() -> tuple[dict[str, Any], dict[str, Any]]:
-    """The default schedule (the quick profile's) and the ``--quick`` trial's (the smoke profile's);
+    """The default schedule (the default profile's) and the ``--quick`` trial's (the smoke profile's);
     ``epochs`` may map each method to its epochs (:func:`for_method`)."""
-    default = {**SCHEDULE_OPTIONS, **{k: v for k, v in profile_schedule("quick").items() if k in SCHEDULE_OPTIONS}}
+    default = {**SCHEDULE_OPTIONS, **{k: v for k, v in profile_schedule(DEFAULT_PROFILE).items() if k in SCHEDULE_OPTIONS}}
     trial = {**default, **{k: v for k, v in profile_schedule("smoke").items() if k in SCHEDULE_OPTIONS}}
     return default, trial
 

@@ -29,6 +29,9 @@ from stitch_ops.errors import UserError, one_line
 
 PARTIES = ("a", "b")
 DEFAULT_PARAMS = Path("params.yaml")
+DEFAULT_PROFILE = "quick"
+"""The profile the committed ``params.yaml`` holds: what ``make run`` runs, and what the stitch
+task's and the bundle definitions' defaults come from."""
 
 
 class ConfigError(UserError):
@@ -310,6 +313,14 @@ def _merge_into(target: Any, overlay: Mapping[str, Any]) -> None:
             _merge_into(target[key], value)
         else:
             target[key] = value
+
+
+def profile_params(name: str, path: Path = DEFAULT_PARAMS) -> Params:
+    """``path``'s params as profile ``name`` sets them, without writing the file."""
+    load_params(path)  # a missing or invalid file fails here, saying how to fix it
+    raw = yaml.safe_load(path.read_text())
+    _merge_into(raw, {**_profile_overlay(name), "profile": name})
+    return parse_params(raw)
 
 
 def apply_profile(name: str, path: Path = DEFAULT_PARAMS) -> Params:

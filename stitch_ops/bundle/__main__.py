@@ -1,5 +1,5 @@
 """``stitch-ops bundle {export,verify,definitions}``: trained MONAI bundles out, received bundles checked,
-the bundle definitions' metadata written from one template."""
+the bundle definitions' metadata and train.json values written from one template and the default profile."""
 
 from __future__ import annotations
 
@@ -105,20 +105,25 @@ def verify(args: argparse.Namespace, params: Params | None) -> None:
 
 
 def definitions(args: argparse.Namespace, params: Params | None) -> None:
-    from stitch_ops.bundle.definitions import TEXTS, stale, write_stale
+    from stitch_ops.bundle.definitions import TEXTS, Plan, stale, write_stale
+    from stitch_ops.config import DEFAULT_PROFILE, profile_params
+    from stitch_ops.stages.plugin import planned_schedules
 
     if not (args.root / "bundles").is_dir():
         raise UserError(f"no bundles/ folder in {args.root.resolve()}: run this in the repository root, or pass "
                         f"--root with the checkout")
+    default = profile_params(DEFAULT_PROFILE, args.root / "params.yaml")
+    plan = Plan(default, planned_schedules(default))
     if args.check:
-        differing = stale(args.root)
+        differing = stale(args.root, plan)
         if differing:
             raise UserError(f"not what `stitch-ops bundle definitions` writes: {', '.join(map(str, differing))}; "
                             f"run it (without --check) and commit the result")
-        print(f"the {len(TEXTS)} bundle definitions' metadata are current")
+        print(f"the {len(TEXTS)} bundle definitions are current (values: profile {DEFAULT_PROFILE})")
         return
-    written = write_stale(args.root)
-    print(f"{len(TEXTS)} bundle definitions, {len(written)} rewritten" + "".join(f"\n  {p}" for p in written))
+    written = write_stale(args.root, plan)
+    print(f"{len(TEXTS)} bundle definitions (values: profile {DEFAULT_PROFILE}), {len(written)} files rewritten"
+          + "".join(f"\n  {p}" for p in written))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -152,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "naming classes outside nnU-Net's architectures and torch's layers")
     defs = commands.add_parser("definitions", parents=[common],
                                help="write bundles/<approach>/configs/metadata.json from one template "
-                                    "(stitch_ops/bundle/definitions.py), or --check that they are current")
+                                    "(stitch_ops/bundle/definitions.py) and the values of train.json from the "
+                                    "default profile's schedules, or --check that they are current")
     defs.add_argument("--check", action="store_true",
                       help="write nothing; fail naming the files that differ (what the tests check)")
     defs.add_argument("--root", type=Path, default=Path("."),

@@ -1,23 +1,30 @@
 """``stitch-ops bundle definitions``: write each bundle definition's ``configs/metadata.json``
-(``bundles/<approach>/``) from one template, or ``--check`` that they are current.
+and the values of its ``configs/train.json`` (``bundles/<approach>/``), or ``--check`` that
+they are current.
 
 Every definition shares the MONAI bundle specification's keys, the versions it was written
 for, the data format and the intended use (:data:`SHARED`); what an approach says about itself
-is its :class:`DefinitionText`. The files stay committed, because ``python -m monai.bundle run``
-reads them in the definition's folder; the test suite fails while one differs from what
-this writes. An exported bundle's metadata is rendered again at export, with the versions
-that ran and the model's real data format (:mod:`stitch_ops.bundle.export`).
+is its :class:`DefinitionText`. A definition's ``train.json`` keeps its structure (written by
+hand: what ``monai.bundle run training`` builds), and its values say how the default profile
+trains the approach: the nnU-Net schedule, the seed, and the approach's planned schedule
+(:func:`training_values`), so that a hospital training from a definition gets the schedule the
+pipeline's results come from. The files stay committed, because ``python -m monai.bundle run``
+reads them in the definition's folder; the test suite fails while one differs from what this
+writes. An exported bundle is rendered again at export, with the versions that ran, the model's
+real data format and what its ``budget.json`` recorded (:mod:`stitch_ops.bundle.export`).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from stitch_ops.approaches import Approach
-from stitch_ops.outputs import write_text
+from stitch_ops.config import Params
+from stitch_ops.outputs import read_json, write_text
 from stitch_ops.paths import bundle_definition
 
 VERSION = "0.1.0"
@@ -34,6 +41,9 @@ class DefinitionText:
     task: str
     description: str
     data_source: str
+    trains_as: str | None = None
+    """The approach whose planned schedule its ``train.json`` runs, if not its own (``a&b→a``
+    fine-tunes the other party's model: the ``finetune`` schedule)."""
 
 
 TEXTS: dict[str, DefinitionText] = {
@@ -62,7 +72,7 @@ TEXTS: dict[str, DefinitionText] = {
         "model; `a&b→a` averages own model with the other party's model fine-tuned on own data (train.json runs "
         "that fine-tuning). Each member keeps its own plans; probabilities are averaged in the raw image geometry, "
         "as nnU-Net's ensembling does.",
-        "trained models only (a&b); own data for a&b→a"),
+        "trained models only (a&b); own data for a&b→a", trains_as=Approach.FINETUNE),
     Approach.FEDERATED: DefinitionText(
         "first version: FedAvg on Ray (approach `a‖b`)",
         "stitch_ops federated model",
@@ -93,6 +103,38 @@ TEXTS: dict[str, DefinitionText] = {
         "the stitching party's own nnU-Net raw dataset (synthetic by default); no labels are used to train "
         "stitches"),
 }
+
+
+SCHEDULE_KEYS = ("configuration", "epochs", "iterations_per_epoch", "val_iterations_per_epoch", "initial_lr")
+"""The ``schedule`` block of a ``train.json`` (:class:`~stitch_ops.config.NnUNetSchedule`) that
+the profile sets."""
+BUDGET_KEYS = ("epochs", "iterations_per_epoch", "base_lr", "warmup_epochs", "rounds")
+"""Top-level ``train.json`` keys of an approach's own schedule: what its ``budget.json`` records
+as trained, or what the profile plans for it."""
+
+
+def training_values(params: Params, schedule: Mapping[str, Any]) -> dict[str, Any]:
+    """``train.json`` values by MONAI id: the profile's nnU-Net schedule and seed, then the
+    approach's own ``schedule`` (:data:`BUDGET_KEYS`: recorded by a model's ``budget.json``, or
+    planned by the profile), which sets the nnU-Net schedule's epochs and iterations too."""
+    values: dict[str, Any] = {f"schedule#{key}": getattr(params.nnunet, key) for key in SCHEDULE_KEYS}
+    values.update(seed=params.seed, source_initial_lr=params.nnunet.initial_lr)
+    values.update({key: schedule[key] for key in BUDGET_KEYS if key in schedule})
+    values.update({f"schedule#{key}": schedule[key] for key in ("epochs", "iterations_per_epoch") if key in schedule})
+    return values
+
+
+def with_values(config: dict[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` with each MONAI id of ``values`` that it has (``a#b``: key ``b`` of the
+    mapping at ``a``) set to its value; ids it does not have are not added."""
+    for key, value in values.items():
+        *path, last = key.split("#")
+        node: Any = config
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and last in node:
+            node[last] = value
+    return config
 
 
 def _spatial(channels: dict[str, str], kind: str, value_range: list[int]) -> dict[str, Any]:
@@ -138,19 +180,51 @@ def metadata(approach: str) -> dict[str, Any]:
 
 
 def rendered(approach: str) -> str:
-    return json.dumps(metadata(approach), indent=4, ensure_ascii=False) + "\n"
+    return _as_json(metadata(approach))
 
 
-def stale(root: Path) -> list[Path]:
-    """The definitions' metadata files under ``root`` that differ from what :func:`metadata` gives."""
-    files = {approach: bundle_definition(approach, root) / "configs" / "metadata.json" for approach in TEXTS}
-    return [path for approach, path in files.items()
-            if not path.is_file() or path.read_text(encoding="utf-8") != rendered(approach)]
+def _as_json(config: Mapping[str, Any]) -> str:
+    return json.dumps(config, indent=4, ensure_ascii=False) + "\n"
 
 
-def write_stale(root: Path) -> list[Path]:
-    """Rewrite the definitions' metadata files that differ (whole or not at all); returns them."""
-    differing = stale(root)
-    for path in differing:
-        write_text(path, rendered(path.parents[1].name))
+@dataclass(frozen=True)
+class Plan:
+    """What the definitions' ``train.json`` values come from: the default profile's params and
+    each approach's planned schedule (``budget.json`` keys), by approach."""
+
+    params: Params
+    schedules: Mapping[str, Mapping[str, Any]]
+
+    def train_config(self, approach: str, config: dict[str, Any]) -> str:
+        """``config`` (a definition's ``train.json``) with the values this plan trains ``approach`` with."""
+        text = TEXTS[Approach(approach)]
+        schedule = self.schedules.get(text.trains_as or approach, {})
+        return _as_json(with_values(config, training_values(self.params, schedule)))
+
+
+def _expected(root: Path, plan: Plan) -> dict[Path, str]:
+    """Every file this writes under ``root``, with its content."""
+    files = {}
+    for approach in TEXTS:
+        configs = bundle_definition(approach, root) / "configs"
+        files[configs / "metadata.json"] = rendered(approach)
+        train = configs / "train.json"
+        if train.is_file():
+            files[train] = plan.train_config(approach, read_json(train, hint=f"fix the bundle definition {train}"))
+    return files
+
+
+def stale(root: Path, plan: Plan) -> list[Path]:
+    """The definitions' files under ``root`` that differ from what this writes."""
+    return [path for path, text in _expected(root, plan).items()
+            if not path.is_file() or path.read_text(encoding="utf-8") != text]
+
+
+def write_stale(root: Path, plan: Plan) -> list[Path]:
+    """Rewrite the definitions' files that differ (whole or not at all); returns them."""
+    differing = []
+    for path, text in _expected(root, plan).items():
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            write_text(path, text)
+            differing.append(path)
     return differing

@@ -31,6 +31,7 @@ from typing import Any
 from stitch_ops import __version__
 from stitch_ops.approaches import Approach, ensemble_finetuned, finetuned
 from stitch_ops.budget import BUDGET_JSON
+from stitch_ops.bundle.definitions import training_values, with_values
 from stitch_ops.bundle.manifest import MANIFEST, write_manifest
 from stitch_ops.nnunet.model import NnUNetModel
 from stitch_ops.config import PARTIES, Params
@@ -369,40 +370,14 @@ def plain_ensemble(models: list) -> object:
                        first.configuration, None, "plain ensemble (softmax average)", spec)
 
 
-SCHEDULE_KEYS = ("configuration", "epochs", "iterations_per_epoch", "val_iterations_per_epoch", "initial_lr")
-"""The ``schedule`` block of a ``train.json`` (:class:`~stitch_ops.config.NnUNetSchedule`) that
-the profile sets."""
-BUDGET_KEYS = ("epochs", "iterations_per_epoch", "base_lr", "warmup_epochs", "rounds")
-"""Top-level ``train.json`` keys whose value the model's ``budget.json`` records as trained."""
-
-
 def trained_with(params: Params, budget_file: Path) -> dict[str, Any]:
     """How the pipeline trained a model, as ``train.json`` values by MONAI id: the profile's
     nnU-Net schedule and seed, then what the model's ``budget.json`` records (its epochs,
     iterations per epoch and, where the approach has them, base learning rate, warm-up and
     rounds: the resolved values, e.g. a learning rate the sweep chose). Without a
     ``budget.json`` (a model that trained nothing, e.g. an ensemble) only the profile's values."""
-    schedule = params.nnunet
-    values: dict[str, Any] = {f"schedule#{key}": getattr(schedule, key) for key in SCHEDULE_KEYS}
-    values.update(seed=params.seed, source_initial_lr=schedule.initial_lr)
-    if budget_file.is_file():
-        budget = read_json(budget_file, hint="rerun the training stage that writes it")
-        values.update({key: budget[key] for key in BUDGET_KEYS if key in budget})
-        values.update({f"schedule#{key}": budget[key] for key in ("epochs", "iterations_per_epoch") if key in budget})
-    return values
-
-
-def with_values(config: dict[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
-    """``config`` with each MONAI id of ``values`` that it has (``a#b``: key ``b`` of the
-    mapping at ``a``) set to its value; ids it does not have are not added."""
-    for key, value in values.items():
-        *path, last = key.split("#")
-        node: Any = config
-        for part in path:
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict) and last in node:
-            node[last] = value
-    return config
+    recorded = read_json(budget_file, hint="rerun the training stage that writes it") if budget_file.is_file() else {}
+    return training_values(params, recorded)
 
 
 def export_pipeline_model(pair: str, approach: str, trained_on: str, fold: int, params: Params, *,

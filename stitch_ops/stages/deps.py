@@ -71,8 +71,10 @@ def _parse(path: Path) -> ast.Module:
 
 
 @functools.cache
-def direct_imports(module: str, root: Path = REPO) -> frozenset[str]:
-    """The ``stitch_ops`` modules that ``module``'s source imports (absolute or relative)."""
+def direct_imports(module: str, root: Path = REPO, declarations: bool = True) -> frozenset[str]:
+    """The ``stitch_ops`` modules that ``module``'s source imports (absolute or relative), with
+    the packages Python runs on the way; with ``declarations=False``, less the stage declarations
+    (:data:`DECLARATIONS`) and the packages it imports only on their way."""
     path = module_file(module, root)
     if path is None:
         raise FileNotFoundError(f"no source file for module {module} under {root}")
@@ -92,6 +94,8 @@ def direct_imports(module: str, root: Path = REPO) -> frozenset[str]:
             names = [base] + [f"{base}.{alias.name}" for alias in node.names
                               if module_file(f"{base}.{alias.name}", root) is not None]
         for name in names:
+            if not declarations and name in DECLARATIONS:
+                continue
             if name == PACKAGE or name.startswith(PACKAGE + "."):
                 found.update(m for m in _with_parents(name) if module_file(m, root) is not None)
     return frozenset(found)
@@ -104,10 +108,10 @@ def import_closure(entry_points: Iterable[str], root: Path = REPO) -> set[str]:
     seen: set[str] = set()
     while todo:
         module = todo.pop()
-        if module in seen or module in DECLARATIONS or module_file(module, root) is None:
+        if module in seen or module_file(module, root) is None:
             continue
         seen.add(module)
-        todo.extend(direct_imports(module, root) - seen)
+        todo.extend(direct_imports(module, root, declarations=False) - seen)
     return seen
 
 

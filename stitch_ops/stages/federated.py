@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from stitch_ops import approaches
 from stitch_ops.baselines.config import FederatedParams
@@ -54,9 +55,9 @@ def stages() -> list[Stage]:
     ]
 
 
-def schedule(params: Params) -> tuple[int, int]:
+def schedule(params: Params) -> dict[str, Any]:
     settings = FederatedParams.from_params(params)
-    return settings.rounds, settings.iterations_per_epoch
+    return {"epochs": settings.rounds, "iterations_per_epoch": settings.iterations_per_epoch, "rounds": settings.rounds}
 
 
 PLUGIN = ApproachPlugin(approaches.Approach.FEDERATED, stages, schedule)

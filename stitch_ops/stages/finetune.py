@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from stitch_ops.approaches import Approach, finetuning_party
 from stitch_ops.baselines.config import FinetuneParams
@@ -78,9 +79,11 @@ def stages() -> list[Stage]:
     ]
 
 
-def schedule(params: Params) -> tuple[int, int]:
+def schedule(params: Params) -> dict[str, Any]:
     settings = FinetuneParams.from_params(params)
-    return settings.epochs, settings.iterations_per_epoch
+    fixed_lr = {} if isinstance(settings.base_lr, str) else {"base_lr": settings.base_lr}  # "sweep": chosen per route
+    return {"epochs": settings.epochs, "iterations_per_epoch": settings.iterations_per_epoch,
+            "warmup_epochs": settings.warmup_epochs, **fixed_lr}
 
 
 PLUGIN = ApproachPlugin(Approach.FINETUNE, stages, schedule)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from stitch_ops import approaches
 from stitch_ops.baselines.config import MergedParams
@@ -41,9 +42,9 @@ def stages() -> list[Stage]:
                   outs=[*trained(merged.approach, merged.trained_on), *outs], metrics=summary)]
 
 
-def schedule(params: Params) -> tuple[int, int]:
+def schedule(params: Params) -> dict[str, Any]:
     settings = MergedParams.from_params(params)
-    return settings.epochs, settings.iterations_per_epoch
+    return {"epochs": settings.epochs, "iterations_per_epoch": settings.iterations_per_epoch}
 
 
 PLUGIN = ApproachPlugin(approaches.Approach.MERGED, stages, schedule)
