@@ -108,8 +108,10 @@ def test_dvc_status_after_a_figure_restyle_lists_no_training_stage(tmp_path: Pat
 
 
 def test_registry_import_is_cheap():
-    """``stitch-ops dvc-yaml`` and the tests read the registry without torch, nnU-Net, MLflow or Ray."""
-    code = ("import sys, stitch_ops.stages.registry, stitch_ops.stages.render; "
+    """``stitch-ops dvc-yaml`` and the tests read the registry, and with it every approach plug-in's
+    stages and commands, without torch, nnU-Net, MLflow or Ray."""
+    code = ("import sys, stitch_ops.stages.registry, stitch_ops.stages.render, stitch_ops.stages.plugin as p; "
+            "stitch_ops.stages.registry.stages(); p.commands(); "
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'nnunetv2', 'mlflow', 'ray', 'monai'}))")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

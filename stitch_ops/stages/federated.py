@@ -8,7 +8,6 @@ import sys
 from typing import Any
 
 from stitch_ops import approaches
-from stitch_ops.baselines.config import FederatedParams
 from stitch_ops.cli_common import common_options
 from stitch_ops.config import PARTIES, Params
 from stitch_ops.stages.command import StageCommand
@@ -56,6 +55,8 @@ def stages() -> list[Stage]:
 
 
 def schedule(params: Params) -> dict[str, Any]:
+    from stitch_ops.baselines.config import FederatedParams  # the baselines package imports torch: not on start-up
+
     settings = FederatedParams.from_params(params)
     return {"epochs": settings.rounds, "iterations_per_epoch": settings.iterations_per_epoch, "rounds": settings.rounds}
 

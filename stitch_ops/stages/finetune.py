@@ -8,7 +8,6 @@ import sys
 from typing import Any
 
 from stitch_ops.approaches import Approach, finetuning_party
-from stitch_ops.baselines.config import FinetuneParams
 from stitch_ops.cli_common import common_options
 from stitch_ops.config import PARTIES, Params
 from stitch_ops.stages.command import StageCommand
@@ -80,6 +79,8 @@ def stages() -> list[Stage]:
 
 
 def schedule(params: Params) -> dict[str, Any]:
+    from stitch_ops.baselines.config import FinetuneParams  # the baselines package imports torch: not on start-up
+
     settings = FinetuneParams.from_params(params)
     fixed_lr = {} if isinstance(settings.base_lr, str) else {"base_lr": settings.base_lr}  # "sweep": chosen per route
     return {"epochs": settings.epochs, "iterations_per_epoch": settings.iterations_per_epoch,

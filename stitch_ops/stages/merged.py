@@ -8,7 +8,6 @@ import sys
 from typing import Any
 
 from stitch_ops import approaches
-from stitch_ops.baselines.config import MergedParams
 from stitch_ops.cli_common import common_options
 from stitch_ops.config import Params
 from stitch_ops.stages.command import StageCommand
@@ -43,6 +42,8 @@ def stages() -> list[Stage]:
 
 
 def schedule(params: Params) -> dict[str, Any]:
+    from stitch_ops.baselines.config import MergedParams  # the baselines package imports torch: not on start-up
+
     settings = MergedParams.from_params(params)
     return {"epochs": settings.epochs, "iterations_per_epoch": settings.iterations_per_epoch}
 
