@@ -43,6 +43,9 @@ from typing import Any
 import torch
 
 from stitch_ops.config import NnUNetSchedule
+from stitch_ops.errors import UserError
+from stitch_ops.nnunet.env import NnUNetRoots, configure, resolve_device
+from stitch_ops.nnunet.train import drop_checkpoints
 from stitch_ops.outputs import output_file, read_json, write_json
 from stitch_ops.ray_session import RayOptions, ray_connection
 
@@ -174,8 +177,6 @@ class FederatedParty:
 
     def __init__(self, data: PartyData, fold: int, schedule: NnUNetSchedule, crash_at_round: int | None = None,
                  seed: int = 0):
-        from stitch_ops.nnunet.env import NnUNetRoots, configure, resolve_device
-
         configure(NnUNetRoots(preprocessed=data.preprocessed_root, results=data.results_root), training=True)
         from stitch_ops.nnunet.trainer import ScheduledTrainer, quiet_stdout, seed_everything
 
@@ -267,8 +268,6 @@ def _check_party_resources(parties: Sequence[str]) -> None:
     """With ``pin_parties`` a party whose resource no node offers would wait forever."""
     import ray
 
-    from stitch_ops.errors import UserError
-
     offered = ray.cluster_resources()
     missing = [f"party_{p}" for p in parties if offered.get(f"party_{p}", 0) < 1]
     if missing:
@@ -306,8 +305,6 @@ def drop_training_state(results: Path) -> list[Path]:
     ``local_state/``) and any nnU-Net checkpoint of the parties; returns what was removed.
     ``global/rounds.json`` (the per-round curve a finished run replays) stays. A finished run
     is recognised by its export alone (``export/weights.pth``)."""
-    from stitch_ops.nnunet.train import drop_checkpoints
-
     removed = sorted([*(results / GLOBAL).glob(f"{CHECKPOINT}*"), *results.rglob(f"{LOCAL_STATE}/*.pth*")])
     for path in removed:
         path.unlink()

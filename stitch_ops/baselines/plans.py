@@ -29,9 +29,14 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from stitch_ops.approaches import other
+from stitch_ops.baselines.merged import build_merged_dataset
+from stitch_ops.config import PARTIES
 from stitch_ops.errors import UserError
+from stitch_ops.nnunet.env import NnUNetRoots, configure, planning_environment
 from stitch_ops.nnunet.plan import PLANS
 from stitch_ops.outputs import output_dir, read_json, scratch_dir, write_json
+from stitch_ops.paths import PairPaths, dataset_name
 
 logger = logging.getLogger(__name__)
 
@@ -149,8 +154,6 @@ def plan_from_fingerprint(fingerprint: Mapping[str, Any], raw_dataset: Path, wor
     ``work`` is a scratch ``nnUNet_preprocessed`` root. Returns the plans (for
     ``raw_dataset``'s name; transfer them to each party).
     """
-    from stitch_ops.nnunet.env import NnUNetRoots, configure, planning_environment
-
     folder = work / raw_dataset.name
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
@@ -175,9 +178,6 @@ def prepare_transferred(pair: str, party: str, configuration: str, *, root: Path
                         progress: bool = True) -> Path:
     """Preprocess ``party``'s data with the other party's plans, for fine-tuning the other
     party's model on it: ``data/{pair}/nnUNet_preprocessed/{party}_with_plans_{other}``."""
-    from stitch_ops.approaches import other
-    from stitch_ops.paths import PairPaths, dataset_name
-
     paths = PairPaths(pair, root)
     source = other(party)
     source_plans = read_json(paths.preprocessed_root(source) / dataset_name(pair, source) / f"{PLANS}.json")
@@ -197,10 +197,6 @@ def prepare_joint(pair: str, configuration: str, *, root: Path = Path("."), prog
     Returns:
         ``{"a": folder, "b": folder, "merged": folder}``.
     """
-    from stitch_ops.baselines.merged import build_merged_dataset
-    from stitch_ops.config import PARTIES
-    from stitch_ops.paths import PairPaths, dataset_name
-
     paths = PairPaths(pair, root)
     fingerprints = [read_json(paths.preprocessed_root(p) / dataset_name(pair, p) / FINGERPRINT) for p in PARTIES]
     combined = combine_fingerprints(fingerprints)

@@ -25,11 +25,25 @@ from typing import TYPE_CHECKING, Any
 from stitch_ops import approaches
 from stitch_ops.approaches import ModelId, other
 from stitch_ops.baselines.config import FederatedParams, FinetuneParams, MergedParams
+from stitch_ops.baselines.ensemble import ensemble_folders
+from stitch_ops.baselines.federated import (GlobalCheckpoint, PartyData, RayOptions, drop_training_state,
+                                            load_canonical_state, round_curve, train_federated)
+from stitch_ops.baselines.finetune import check_same_architecture, finetune_schedule
+from stitch_ops.baselines.lr import LrSource, ResolvedLr, resolve_base_lr
+from stitch_ops.baselines.merged import check_no_test_cases, merged_dataset_name
+from stitch_ops.baselines.plans import JOINT
 from stitch_ops.budget import BUDGET_JSON, Budget, TrainingClock, write_budget
-from stitch_ops.config import PARTIES, Params
+from stitch_ops.config import PARTIES, NnUNetSchedule, Params
+from stitch_ops.evaluation.stages import evaluate
+from stitch_ops.nnunet import stages as nnunet_stages
+from stitch_ops.nnunet.env import NnUNetRoots, configure
+from stitch_ops.nnunet.model import build_network, export_model
 from stitch_ops.nnunet.plan import PLANS
+from stitch_ops.nnunet.train import TrainingRun, train_fold
 from stitch_ops.outputs import read_json, write_json
 from stitch_ops.paths import PairPaths, dataset_name, dvc_stage, test_set
+from stitch_ops.tracking.datasets import DataInput
+from stitch_ops.tracking.live import TRAINING_LOG, training_run, write_curve
 
 if TYPE_CHECKING:
     from stitch_ops.baselines.federated import FaultInjection
@@ -43,8 +57,6 @@ TEST_SETS = tuple(test_set(p) for p in PARTIES)
 
 def predict_test_sets(paths: PairPaths, model: ModelId, fold: int, params: Params, *, progress: bool = True) -> Path:
     """Predict both parties' test sets with an exported model (softmax kept for ensembles)."""
-    from stitch_ops.nnunet import stages as nnunet_stages
-
     return nnunet_stages.predict(paths.pair, model.approach, model.trained_on, fold, params, sets=TEST_SETS,
                                  root=paths.root, progress=progress)
 
@@ -56,10 +68,6 @@ def train_finetuned(paths: PairPaths, party: str, fold: int, params: Params, *, 
     with the transferred plans) into ``results_root``; returns the export folder.
     ``on_epoch`` gets the training curve after every epoch (a live MLflow run);
     ``keep_checkpoint``: see :func:`~stitch_ops.nnunet.train.train_fold`."""
-    from stitch_ops.baselines.finetune import check_same_architecture, finetune_schedule
-    from stitch_ops.nnunet.env import NnUNetRoots, configure
-    from stitch_ops.nnunet.train import TrainingRun, train_fold
-
     settings = FinetuneParams.from_params(params)
     model = approaches.finetuned(party)
     source = other(party)
@@ -95,8 +103,6 @@ def finetune(pair: str, party: str, fold: int, params: Params, *, base_lr: float
     learning rate is ``base_lr`` if given, else ``finetune.base_lr`` (a number, or ``sweep``:
     the sweep's ``best.json``, :func:`~stitch_ops.baselines.lr.resolve_base_lr`); the rate
     and its source go to ``budget.json`` and the MLflow run."""
-    from stitch_ops.baselines.lr import LrSource, ResolvedLr, resolve_base_lr
-
     paths = PairPaths(pair, root)
     settings = FinetuneParams.from_params(params)
     model = approaches.finetuned(party)
@@ -127,8 +133,6 @@ def ensemble(pair: str, fold: int, params: Params, *, finetuned_for: str | None 
     """``a&b`` (``finetuned_for=None``): the two basis models' test predictions averaged;
     ``a&b→p``: party p's basis model with the other's model fine-tuned on p's data. Scored
     like any model in the same process."""
-    from stitch_ops.baselines.ensemble import ensemble_folders
-
     paths = PairPaths(pair, root)
     local = approaches.Approach.LOCAL
     if finetuned_for is None:
@@ -151,17 +155,11 @@ def ensemble(pair: str, fold: int, params: Params, *, finetuned_for: str | None 
 
 def _score(pair: str, model: ModelId, fold: int, params: Params, stage: str, root: Path, progress: bool) -> None:
     """Score the model's predictions and finish its MLflow run, as ``python -m stitch_ops.evaluation`` does."""
-    from stitch_ops.evaluation.stages import evaluate
-
     evaluate(pair, model.approach.value, model.trained_on, fold, params, stage=stage, root=root, progress=progress)
 
 
 def merged(pair: str, fold: int, params: Params, *, root: Path = Path("."), progress: bool = True) -> Path:
     """``a+b``: one nnU-Net on the pooled dataset (joint plans), then both test sets, scored."""
-    from stitch_ops.baselines.merged import check_no_test_cases, merged_dataset_name
-    from stitch_ops.config import NnUNetSchedule
-    from stitch_ops.nnunet.train import TrainingRun, train_fold
-
     paths = PairPaths(pair, root)
     settings = MergedParams.from_params(params)
     model = approaches.merged()
@@ -193,9 +191,6 @@ def federated(pair: str, fold: int, params: Params, *, root: Path = Path("."), p
     both test sets, scored. Resumes after the last completed round; a changed configuration
     starts over. The live MLflow run gets one step per round (each party's curve and the
     global one); the same curve goes to ``training_log.csv`` next to the model."""
-    from stitch_ops.baselines.plans import JOINT
-    from stitch_ops.tracking.live import TRAINING_LOG, write_curve
-
     settings = FederatedParams.from_params(params)
     model = approaches.federated()
     curve = PairPaths(pair, root).model_dir(model.approach, model.trained_on, fold) / TRAINING_LOG
@@ -220,11 +215,6 @@ def _federated(pair: str, fold: int, params: Params, *, root: Path = Path("."), 
                fault: FaultInjection | None = None,
                on_round: Callable[[int, Mapping[str, float]], None] | None = None) -> Path:
     """:func:`federated` without its MLflow run; ``on_round`` gets each round's curve."""
-    from stitch_ops.baselines.federated import PartyData, RayOptions, train_federated
-    from stitch_ops.baselines.plans import JOINT
-    from stitch_ops.config import NnUNetSchedule
-    from stitch_ops.nnunet.model import build_network, export_model
-
     paths = PairPaths(pair, root)
     settings = FederatedParams.from_params(params)
     model = approaches.federated()
@@ -239,7 +229,6 @@ def _federated(pair: str, fold: int, params: Params, *, root: Path = Path("."), 
     if marker.is_file() and _read(marker).get("fingerprint") == fingerprint:
         if (results / "export" / "weights.pth").is_file():
             logger.info("%s is already trained; nothing to do", results / "export")
-            from stitch_ops.baselines.federated import GlobalCheckpoint, drop_training_state, round_curve
 
             drop_training_state(results)  # a run killed between its export and this clean-up
 
@@ -260,7 +249,6 @@ def _federated(pair: str, fold: int, params: Params, *, root: Path = Path("."), 
         state, mirroring, history = train_federated(parties, fold, schedule, results / "global",
                                                     ray_options=options, fault=fault, seed=params.seed,
                                                     progress=progress, on_round=on_round)
-    from stitch_ops.baselines.federated import drop_training_state, load_canonical_state
 
     folder = parties[0].preprocessed_root / parties[0].dataset_name
     plans, dataset_json = schedule.training_plans(_read(folder / f"{PLANS}.json")), _read(folder / "dataset.json")
@@ -313,9 +301,6 @@ def trained_model_stage(run: TrainingStage, train: Callable[[LiveRun], Path]) ->
     budget and predicts both test sets; it gets the live MLflow run for its curve) inside the
     model's live run, then the curve published for ``dvc plots`` and the predictions scored
     like any model's. Returns what ``train`` returned (the export folder)."""
-    from stitch_ops.tracking.datasets import DataInput
-    from stitch_ops.tracking.live import training_run
-
     model, params = run.model, run.params
     with training_run(pair=run.pair, approach=model.approach, trained_on=model.trained_on,
                       fold=run.fold, dvc_stage=run.stage, profile=params.profile, root=run.root, tags=model.tags(),

@@ -26,12 +26,19 @@ from typing import Any
 
 import numpy as np
 
-from stitch_ops import approaches
+from stitch_ops import approaches, tracking
 from stitch_ops.baselines.config import FinetuneParams, SweepParams
 from stitch_ops.baselines.lr import (BEST_JSON, BEST_VALIDATION_DICE, not_swept_record, powers_of_ten,
                                      smallest_progressing)
-from stitch_ops.config import Params
+from stitch_ops.baselines.stages import train_finetuned
+from stitch_ops.config import Params, load_params
+from stitch_ops.data.splits import read_fold
+from stitch_ops.evaluation.evaluate import evaluate_case
+from stitch_ops.nnunet.model import load_model
+from stitch_ops.nnunet.predict import predict_folder
 from stitch_ops.outputs import read_json, scratch_dir, write_json
+from stitch_ops.paths import PairPaths, dvc_stage
+from stitch_ops.ray_session import RayOptions, ray_connection
 
 logger = logging.getLogger(__name__)
 
@@ -51,11 +58,6 @@ class TrialResult:
 def validation_scores(paths: Any, party: str, fold: int, export: Path, params: Params, out: Path,
                       progress: bool = False) -> tuple[float, float]:
     """Mean Dice and HD95 of an exported model on ``party``'s validation cases of ``fold``."""
-    from stitch_ops.evaluation.evaluate import evaluate_case
-    from stitch_ops.data.splits import read_fold
-    from stitch_ops.nnunet.model import load_model
-    from stitch_ops.nnunet.predict import predict_folder
-
     raw = paths.raw_dataset(party)
     ending = read_json(raw / "dataset.json", hint="rerun the split stage")["file_ending"]
     cases = list(read_fold(raw, fold).val)
@@ -69,10 +71,6 @@ def validation_scores(paths: Any, party: str, fold: int, export: Path, params: P
 def _trial(config: dict[str, Any]) -> None:
     """A Ray Tune trial (runs in a Ray worker; every path is absolute)."""
     from ray import tune
-
-    from stitch_ops.baselines.stages import train_finetuned
-    from stitch_ops.config import load_params
-    from stitch_ops.paths import PairPaths
 
     params = load_params(Path(config["params_file"]))
     sweep = SweepParams.from_params(params)
@@ -95,8 +93,6 @@ def run_sweep(pair: str, party: str, fold: int, params: Params, *, params_file: 
     Returns:
         The record written to ``best.json``.
     """
-    from stitch_ops.paths import PairPaths
-
     sweep = SweepParams.from_params(params)
     rule = FinetuneParams.from_params(params).lr_rule
     model = approaches.finetuned(party)
@@ -149,8 +145,6 @@ def _run_trials(sweep: SweepParams, pair: str, party: str, fold: int, params: Pa
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
-    from stitch_ops.ray_session import RayOptions, ray_connection
-
     with ray_connection(RayOptions(sweep.address, 1), sweep.max_concurrent):  # a joined cluster keeps running
         searcher = OptunaSearch(metric=METRIC, mode="max", seed=params.seed) if grid is None else None
         space = tune.loguniform(sweep.lr_min, sweep.lr_max) if grid is None else tune.grid_search(list(grid))
@@ -175,9 +169,6 @@ def _run_trials(sweep: SweepParams, pair: str, party: str, fold: int, params: Pa
 
 def _log_sweep(record: dict[str, Any], model: approaches.ModelId, params: Params) -> None:
     """The sweep as an MLflow parent run with one nested run per trial."""
-    from stitch_ops import tracking
-    from stitch_ops.paths import dvc_stage
-
     tracking.configure(Path("."))
     sweep = SweepParams.from_params(params)
     tags = {"pair": record["pair"], "approach": model.approach.value, "trained_on": model.trained_on,

@@ -16,8 +16,20 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from stitch_ops.config import PARTIES, NnUNetSchedule
+from stitch_ops.baselines import stages
+from stitch_ops.baselines.ensemble import ensemble_folders
+from stitch_ops.baselines.finetune import finetune_schedule
+from stitch_ops.baselines.plans import prepare_joint, preprocess_with_plans, transfer_plans
+from stitch_ops.bundle.sources import open_model
+from stitch_ops.config import PARTIES, NnUNetSchedule, parse_params
+from stitch_ops.data.raw import validate_raw_dataset
+from stitch_ops.data.splits import split_raw_dataset
+from stitch_ops.nnunet.env import NnUNetRoots, configure
+from stitch_ops.nnunet.plan import plan_and_preprocess
+from stitch_ops.nnunet.predict import predict_folder
+from stitch_ops.nnunet.train import TrainingRun, train_fold
 from stitch_ops.outputs import copy_dir, read_json
+from stitch_ops.paths import PARTY_DATASET_IDS, PairPaths
 
 logger = logging.getLogger(__name__)
 
@@ -27,9 +39,6 @@ BUNDLE_PAIR = "bundle"
 def _working_dataset(raw_dataset: Path, target: Path, seed: int) -> Path:
     """``raw_dataset`` as a split working dataset at ``target`` (a dataset that already
     has ``splits_final.json`` is copied as it is)."""
-    from stitch_ops.data.raw import validate_raw_dataset
-    from stitch_ops.data.splits import split_raw_dataset
-
     if target.exists():
         return target
     validate_raw_dataset(raw_dataset)
@@ -58,11 +67,6 @@ def finetune_on_own_data(model_dir: str | Path, raw_dataset: str | Path, output_
     last non-zero learning rate of the model's original polynomial schedule
     (``source_initial_lr`` over ``source_epochs``, default: the epochs in its model.json).
     """
-    from stitch_ops.baselines.finetune import finetune_schedule
-    from stitch_ops.baselines.plans import preprocess_with_plans, transfer_plans
-    from stitch_ops.nnunet.env import NnUNetRoots, configure
-    from stitch_ops.nnunet.train import TrainingRun, train_fold
-
     model_dir, raw_dataset, output_dir = Path(model_dir), Path(raw_dataset), Path(output_dir)
     basis = schedule or NnUNetSchedule(initial_lr=source_initial_lr)
     meta = read_json(model_dir / "model.json", hint=f"{model_dir} must be an exported model folder")
@@ -94,10 +98,6 @@ def segment_ensemble(model_dirs: Sequence[str | Path], input_dir: str | Path, ou
 
     Each model is opened by :func:`stitch_ops.bundle.sources.open_model` (any source it accepts,
     with its checks: a received bundle's config cannot point this at a model that runs code)."""
-    from stitch_ops.baselines.ensemble import ensemble_folders
-    from stitch_ops.bundle.sources import open_model
-    from stitch_ops.nnunet.predict import predict_folder
-
     output_dir = Path(output_dir)
     models = [open_model(Path(m)) for m in model_dirs]  # every model checked before any work
     output_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -111,10 +111,6 @@ def segment_ensemble(model_dirs: Sequence[str | Path], input_dir: str | Path, ou
 def _pair_workspace(raw_datasets: Mapping[str, str | Path], output_dir: Path, configuration: str,
                     seed: int, progress: bool) -> Path:
     """Both parties' data laid out like the pipeline's pair ``bundle`` and planned."""
-    from stitch_ops.nnunet.env import NnUNetRoots, configure
-    from stitch_ops.nnunet.plan import plan_and_preprocess
-    from stitch_ops.paths import PARTY_DATASET_IDS, PairPaths
-
     if set(raw_datasets) != set(PARTIES):
         raise ValueError(f"raw_datasets must name one nnU-Net raw dataset per party {PARTIES}, "
                          f"got {sorted(raw_datasets)}")
@@ -134,9 +130,6 @@ def _joint_pair(raw_datasets: Mapping[str, str | Path], output_dir: Path, schedu
                 progress: bool, **sections: Any) -> tuple[Path, Any]:
     """Both parties' data planned jointly in the workspace, and params naming the pair
     ``bundle`` with the given sections (``federated``, ``merged``): what the stages need."""
-    from stitch_ops.baselines.plans import prepare_joint
-    from stitch_ops.config import parse_params
-
     work = _pair_workspace(raw_datasets, output_dir, schedule.configuration, seed, progress)
     prepare_joint(BUNDLE_PAIR, schedule.configuration, root=work, progress=progress)
     params = parse_params({"profile": "bundle", "seed": seed, "pairs": [BUNDLE_PAIR], "folds": [0],
@@ -150,8 +143,6 @@ def train_federated(raw_datasets: Mapping[str, str | Path], output_dir: str | Pa
                     cpus_per_party: int = 1, schedule: NnUNetSchedule | None = None, seed: int = 0,
                     progress: bool = True) -> Path:
     """``a‖b``: FedAvg over one Ray actor per party (joint plans from the combined fingerprint)."""
-    from stitch_ops.baselines import stages
-
     output_dir = Path(output_dir)
     work, params = _joint_pair(raw_datasets, output_dir, schedule or NnUNetSchedule(), seed, progress, federated={
         "rounds": rounds, "iterations_per_epoch": iterations_per_epoch, "address": address,
@@ -163,8 +154,6 @@ def train_merged(raw_datasets: Mapping[str, str | Path], output_dir: str | Path,
                  iterations_per_epoch: int = 25, schedule: NnUNetSchedule | None = None, seed: int = 0,
                  progress: bool = True) -> Path:
     """``a+b``: one nnU-Net on both parties' pooled data (joint plans, folds of both)."""
-    from stitch_ops.baselines import stages
-
     output_dir = Path(output_dir)
     work, params = _joint_pair(raw_datasets, output_dir, schedule or NnUNetSchedule(), seed, progress,
                                merged={"epochs": epochs, "iterations_per_epoch": iterations_per_epoch})

@@ -33,11 +33,14 @@ from stitch_ops.approaches import Approach, ensemble_finetuned, finetuned
 from stitch_ops.budget import BUDGET_JSON
 from stitch_ops.bundle.definitions import training_values, with_values
 from stitch_ops.bundle.manifest import MANIFEST, write_manifest
-from stitch_ops.nnunet.model import NnUNetModel
+from stitch_ops.bundle.sources import open_model, write_model_dir
+from stitch_ops.bundle.verify import verify_bundle
 from stitch_ops.config import PARTIES, Params
 from stitch_ops.errors import UserError
+from stitch_ops.nnunet.model import NnUNetModel
 from stitch_ops.outputs import output_dir, partial_path, read_json, remove_leftovers, swap_in, write_json
 from stitch_ops.paths import PairPaths, bundle_definition
+from stitch_ops.stitching import ParentSpec, TwoModelEnsemble
 
 __all__ = ["ExportInfo", "MANIFEST", "PUBLIC_DATASET_KEYS", "export_bundle", "network_data_format",
            "public_dataset_json", "write_manifest"]
@@ -286,9 +289,6 @@ def export_bundle(model: NnUNetModel, target: Path, info: ExportInfo = ExportInf
     Returns:
         ``target``.
     """
-    from stitch_ops.bundle.sources import write_model_dir
-    from stitch_ops.bundle.verify import verify_bundle
-
     target = Path(target)
     definition = Path(definition) if definition is not None else None
     archive = target.with_name(target.name + ".zip")
@@ -361,9 +361,6 @@ def ensemble_members(approach: str, trained_on: str) -> list[tuple[str, str]]:
 
 def plain_ensemble(models: list) -> object:
     """Two opened models as one network (their softmax averaged), fed the first one's preprocessing."""
-    from stitch_ops.nnunet.model import NnUNetModel
-    from stitch_ops.stitching import ParentSpec, TwoModelEnsemble
-
     first, second = models
     spec = {"kind": "ensemble", "members": [ParentSpec.of_model(m).to_dict() for m in models]}
     return NnUNetModel(TwoModelEnsemble(first.network, second.network), first.plans, first.dataset_json,
@@ -384,8 +381,6 @@ def export_pipeline_model(pair: str, approach: str, trained_on: str, fold: int, 
                           root: Path = Path("."), make_zip: bool = True) -> Path:
     """The trained bundle of one pipeline model, with its evaluation metrics when scored:
     ``exports/{pair}/{approach}_{trained_on}_fold{k}`` (the ``bundle*`` stages)."""
-    from stitch_ops.bundle.sources import open_model
-
     params.pair(pair)
     paths = PairPaths(pair, root)
     notes = [f"fold {fold} of the {pair} pair"]

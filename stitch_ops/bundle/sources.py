@@ -28,8 +28,11 @@ from stitch_ops.bundle.archive import check_links, safe_extract
 from stitch_ops.bundle.manifest import MANIFEST, ManifestError, check_manifest
 from stitch_ops.errors import InputFileError, UserError
 from stitch_ops.nnunet.model import (FoldEnsemble, ModelError, NnUNetModel, build_network, check_architecture,
-                                     load_plain, load_weights, read_received_json)
+                                     load_model, load_plain, load_weights, read_received_json)
+from stitch_ops.nnunet.results import find_results_folders, is_results_folder, load_results_folder
 from stitch_ops.outputs import hard_link, write_json
+from stitch_ops.stitching import ParentSpec, StitchEnsembleDescription, TwoModelEnsemble, build_stitch_ensemble
+from stitch_ops.stitching.artifacts import load_exported_ensemble
 
 __all__ = ["MODEL_DIR_FILES", "NETWORK_FORMAT", "build_from_spec", "open_model", "write_model_dir"]
 
@@ -145,9 +148,6 @@ def extracted_bundle_root(root: Path, archive: Path) -> Path:
 
 
 def _open_folder(folder: Path, fold: int | str | None, device: Any, trusted: bool) -> NnUNetModel:
-    from stitch_ops.nnunet.model import load_model
-    from stitch_ops.nnunet.results import find_results_folders, is_results_folder, load_results_folder
-
     if (folder / "configs" / "metadata.json").is_file():
         models = folder / "models"
         if (models / "network.json").is_file():
@@ -164,8 +164,6 @@ def _open_folder(folder: Path, fold: int | str | None, device: Any, trusted: boo
     if (folder / "weights.pth").is_file():
         return load_model(folder, device)
     if (folder / "stitch_ensemble.pt").is_file():
-        from stitch_ops.stitching.artifacts import load_exported_ensemble
-
         return load_exported_ensemble(folder)
     if is_results_folder(folder):
         return load_results_folder(folder, None if fold is None else [fold], device=device, trusted=trusted)
@@ -193,13 +191,9 @@ def build_from_spec(spec: dict[str, Any], plans: dict[str, Any], dataset_json: d
                         for _ in spec.get("folds") or [None]]
             return networks[0] if len(networks) == 1 else FoldEnsemble(networks)
         if kind == "stitch_ensemble":
-            from stitch_ops.stitching import StitchEnsembleDescription, build_stitch_ensemble
-
             description = StitchEnsembleDescription.from_dict(spec["ensemble"])
             parents: list[Any] = list(description.parents)
         elif kind == "ensemble":
-            from stitch_ops.stitching import ParentSpec, TwoModelEnsemble
-
             parents = [ParentSpec.from_dict(m) for m in spec["members"]]
         else:
             raise ModelError(f"unknown network kind {kind!r}; expected nnunet, stitch_ensemble or ensemble")

@@ -44,9 +44,12 @@ from typing import Any
 
 from stitch_ops.bundle.archive import check_links, safe_extract
 from stitch_ops.bundle.manifest import MANIFEST, ManifestError, check_manifest
+from stitch_ops.bundle.sources import extracted_bundle_root, in_archive, open_model
 from stitch_ops.errors import InputFileError, UserError
 from stitch_ops.limits import limits
 from stitch_ops.nnunet.model import ModelError, read_received_json
+from stitch_ops.nnunet.results import find_results_folders
+from stitch_ops.stitching.parents import ParentSpec
 
 REQUIRED_FILES = ("configs/metadata.json", "LICENSE", "docs/README.md")
 SCHEMA_FILE = Path(__file__).with_name("metadata_schema.json")
@@ -216,7 +219,6 @@ def _verify(path: Path, trust: bool) -> BundleReport:
     if path.is_file():
         if not zipfile.is_zipfile(path):
             raise BundleError(f"{path} is a file but not a zip archive; expected {SOURCE_KINDS}")
-        from stitch_ops.bundle.sources import extracted_bundle_root, in_archive
 
         with tempfile.TemporaryDirectory(prefix="stitch_ops_verify_") as scratch, in_archive(path, scratch):
             root = extracted_bundle_root(safe_extract(path, Path(scratch)), path)
@@ -238,8 +240,6 @@ def _verify_folder(path: Path, trust: bool) -> BundleReport:
 
 
 def _looks_like_model(path: Path) -> bool:
-    from stitch_ops.nnunet.results import find_results_folders
-
     return any((path / name).is_file() for name in ("weights.pth", "stitch_ensemble.pt", "network.json")) or bool(
         find_results_folders(path))
 
@@ -286,10 +286,6 @@ def _verify_model_source(path: Path, trust: bool) -> BundleReport:
     allowed architecture, plain weights, a network that runs."""
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    from stitch_ops.bundle.sources import open_model
-    from stitch_ops.nnunet.results import find_results_folders
-    from stitch_ops.stitching.parents import ParentSpec
-
     code = code_files(path)
     if code and not trust:
         raise BundleError(f"{path} holds {', '.join(code[:3])}: code has no place in a model; refused (pass "
@@ -332,8 +328,6 @@ def _run(model: Any, shape: tuple[int, ...]) -> Any:
 def _check_network(path: Path, metadata: dict[str, Any], trust: bool) -> tuple[list[Path], tuple[int, ...]]:
     """Load the shipped network as data and push an input of the declared shape (capped) through it;
     the declared output channels and their names must be the model's labels."""
-    from stitch_ops.bundle.sources import open_model
-
     try:
         model = open_model(path, trusted=trust)
     except ModelError as err:

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from stitch_ops.errors import InputFileError, UserError, one_line
+from stitch_ops.limits import check_file_size, limits
 from stitch_ops.outputs import CorruptFileError, output_dir, read_json, write_json
 
 logger = logging.getLogger(__name__)
@@ -173,8 +174,6 @@ def check_architecture(plans: dict[str, Any], configuration: str) -> None:
 def _check_network_size(kwargs: dict[str, Any], configuration: str) -> None:
     """Refuse a network the plans describe whose parameters alone would exceed the weights-file
     limit (an upper bound from stage widths, kernels and convolutions per stage)."""
-    from stitch_ops.limits import limits
-
     try:
         features = [int(f) for f in kwargs["features_per_stage"]]
         stages = len(features)
@@ -253,8 +252,6 @@ def export_model(network: torch.nn.Module, plans: dict[str, Any], dataset_json: 
 
 def read_received_json(path: Path, hint: str) -> Any:
     """``read_json`` of a received file, refused unread when over the JSON size limit."""
-    from stitch_ops.limits import check_file_size
-
     if Path(path).is_file():
         check_file_size(path, "max_json_bytes")
     return read_json(path, hint=hint)
@@ -280,7 +277,6 @@ def load_plain(path: Path, map_location: torch.device | str = "cpu") -> Any:
 
     allowed = [np._core.multiarray.scalar, np.dtype, *(getattr(np.dtypes, name) for name in dir(np.dtypes)
                                                       if name.endswith("DType"))]
-    from stitch_ops.limits import check_file_size
 
     try:
         check_file_size(path)

@@ -50,9 +50,26 @@ from typing import Any
 
 import pandas as pd
 
+from stitch_ops import approaches
 from stitch_ops.approaches import StitchMethod
+from stitch_ops.budget import TrainingClock
 from stitch_ops.cli_common import common_options, run_command
 from stitch_ops.config import PARTIES, ConfigError, Params, load_section
+from stitch_ops.data.splits import read_fold
+from stitch_ops.errors import InputFileError
+from stitch_ops.evaluation.evaluate import evaluate_folder
+from stitch_ops.evaluation.selection import SelectionStrategy, select_position
+from stitch_ops.nnunet.model import NnUNetModel, load_model
+from stitch_ops.nnunet.predict import predict_folder, preprocess_cases
+from stitch_ops.outputs import output_dir, read_json, scratch_dir, write_json, write_table
+from stitch_ops.paths import VALIDATION_SET, PairPaths, test_set
+from stitch_ops.stitching import RandomPatches, extract_stitch_ensemble
+from stitch_ops.stitching.artifacts import (APPROACH, NETWORK_FILE, load_trained_network, parent_dirs, trained_on,
+                                            training_images)
+from stitch_ops.stitching.network import load_stitched_network
+from stitch_ops.stitching.scoring import score_positions
+from stitch_ops.stitching.settings import StitchingParams
+from stitch_ops.stitching.train import fit_stitches_least_squares, patch_size, train_stitch_network
 
 logger = logging.getLogger(__name__)
 
@@ -129,8 +146,6 @@ class AblationParams:
     def load(cls, params: Params) -> AblationParams:
         """The section, checked against the pipeline it ablates: its pairs, c and method must be
         among those whose stitch-ensembles the pipeline trains."""
-        from stitch_ops.stitching.settings import StitchingParams
-
         section = load_section(params, "stitching.ablation", cls)
         stitching = load_section(params, "stitching", StitchingParams)
         for key, values, known in (("pairs", section.pairs, params.pairs),
@@ -174,8 +189,6 @@ def least_squares_optimum(network: Any, batches: Iterable[Any]) -> list[tuple[An
     """:func:`stitch_affines` of the least-squares fit on ``batches`` (images ``B C H W [D]``),
     fitted on a copy: ``network`` keeps its stitches."""
     import copy
-
-    from stitch_ops.stitching.train import fit_stitches_least_squares
 
     reference = copy.deepcopy(network)
     fit_stitches_least_squares(reference, batches)
@@ -223,13 +236,6 @@ def _trained_variant(model_a: Any, model_b: Any, parents: list[str], images: Any
                      out: Path, progress: bool) -> tuple[Any, float]:
     """The variant's stitched network, trained into ``out`` (resumable), or reused when ``out``
     holds one trained with this schedule between these parents; and its training wall time."""
-    from stitch_ops.budget import TrainingClock
-    from stitch_ops.errors import InputFileError
-    from stitch_ops.outputs import read_json, write_json
-    from stitch_ops.stitching.network import load_stitched_network
-    from stitch_ops.stitching.artifacts import NETWORK_FILE
-    from stitch_ops.stitching.train import train_stitch_network
-
     wanted = {"config": config.to_dict(), "parents": parents}
     record = out / VARIANT_FILE
     if record.is_file() and read_json(record) != wanted:
@@ -263,12 +269,6 @@ class _Scoring:
 
     def test_dice(self, network: Any, k: int, name: str) -> dict[str, float]:
         """Mean Dice of the stitch-ensemble of ``network`` at ``k`` on each party's test set."""
-        from stitch_ops.evaluation.evaluate import evaluate_folder
-        from stitch_ops.nnunet.model import NnUNetModel
-        from stitch_ops.nnunet.predict import predict_folder
-        from stitch_ops.paths import PairPaths, test_set
-        from stitch_ops.stitching import extract_stitch_ensemble
-
         paths = PairPaths(self.pair)
         model = NnUNetModel(extract_stitch_ensemble(network, k), self.own.plans, self.own.dataset_json,
                             self.own.configuration, None, f"{name} stitch-ensemble k={k}")
@@ -305,19 +305,6 @@ def _rows(identity: dict[str, Any], positions: pd.DataFrame, network: Any, optim
 
 def run(params: Params, pair: str, c: str, fold: int, progress: bool = True) -> pd.DataFrame:
     """The ``stitch_ablation@{pair}-{c}-{fold}`` stage (see the module docstring); returns ``ablation.csv``."""
-    from stitch_ops import approaches
-    from stitch_ops.data.splits import read_fold
-    from stitch_ops.evaluation.selection import SelectionStrategy, select_position
-    from stitch_ops.nnunet.model import load_model
-    from stitch_ops.nnunet.predict import preprocess_cases
-    from stitch_ops.outputs import output_dir, read_json, scratch_dir, write_json, write_table
-    from stitch_ops.paths import VALIDATION_SET, PairPaths
-    from stitch_ops.stitching import RandomPatches
-    from stitch_ops.stitching.artifacts import APPROACH, load_trained_network, parent_dirs, trained_on, training_images
-    from stitch_ops.stitching.scoring import score_positions
-    from stitch_ops.stitching.settings import StitchingParams
-    from stitch_ops.stitching.train import patch_size
-
     ablation = AblationParams.load(params)
     params.pair(pair)
     if pair not in ablation.pairs or c not in ablation.c_parties:

@@ -17,8 +17,11 @@ from stitch_ops import approaches
 from stitch_ops.approaches import Approach
 from stitch_ops.config import PARTIES
 from stitch_ops.data.splits import read_fold
+from stitch_ops.nnunet.model import ModelError, NnUNetModel, load_model
 from stitch_ops.outputs import output_dir, read_json, write_json
 from stitch_ops.paths import PairPaths, dataset_name
+from stitch_ops.stitching import PreprocessedImages, description_file, load_stitch_ensemble, save_stitch_ensemble
+from stitch_ops.stitching.network import load_stitched_network
 
 APPROACH = Approach.STITCH
 NETWORK_FILE = "stitched_network.pt"
@@ -52,16 +55,12 @@ def parent_dirs(paths: PairPaths, c: str, fold: int, finetuned: bool = False) ->
 
 def load_parents(paths: PairPaths, c: str, fold: int, finetuned: bool = False) -> tuple[Any, Any]:
     """Parents A and B of (c, fold) loaded from their exports (:func:`parent_dirs`)."""
-    from stitch_ops.nnunet.model import load_model
-
     return tuple(load_model(folder) for folder in parent_dirs(paths, c, fold, finetuned))
 
 
 def load_trained_network(paths: PairPaths, c: str, method: str, fold: int, finetuned: bool = False) -> Any:
     """The stitched network ``stitch_train`` saved for (c, method, fold), rebuilt on its parents'
     exports (the saved network holds the stitches only)."""
-    from stitch_ops.stitching.network import load_stitched_network
-
     model_a, model_b = load_parents(paths, c, fold, finetuned)
     network_file = paths.model_dir(APPROACH, trained_on(c, method, finetuned), fold) / "network" / NETWORK_FILE
     return load_stitched_network(network_file, model_a.network, model_b.network)
@@ -76,8 +75,6 @@ def basis_export(paths: PairPaths, party: str, fold: int) -> Path:
 def training_images(paths: PairPaths, c: str, fold: int, own: Any) -> Any:
     """c's unlabeled training images of ``fold`` in ``own``'s (c's model's) preprocessing, as
     :class:`~stitch_ops.stitching.PreprocessedImages` (labels never read)."""
-    from stitch_ops.stitching import PreprocessedImages
-
     configuration = own.plans["configurations"][own.configuration]
     return PreprocessedImages(paths.preprocessed_root(c) / dataset_name(paths.pair, c)
                               / configuration["data_identifier"], list(read_fold(paths.raw_dataset(c), fold).train))
@@ -88,8 +85,6 @@ def export_ensemble(ensemble: Any, own: Any, target: Path, k: int, method: str, 
     """The selected stitch-ensemble as a portable folder: its weights (a plain ``state_dict``,
     what a bundle's ``model.pt`` holds) and description, and the stitching party's plans that
     say how to feed it."""
-    from stitch_ops.stitching import save_stitch_ensemble
-
     meta = {"configuration": own.configuration, "mirroring_axes": None, "description": f"stitch-ensemble k={k}",
             "k": k, "node_a": ensemble.match.node_a, "node_b": ensemble.match.node_b, "method": method, "c": c,
             "selection": selection, "finetuned": finetuned}
@@ -101,9 +96,6 @@ def export_ensemble(ensemble: Any, own: Any, target: Path, k: int, method: str, 
 
 def load_exported_ensemble(folder: Path) -> Any:
     """An exported stitch-ensemble folder as an ``NnUNetModel`` (weights loaded ``weights_only``)."""
-    from stitch_ops.nnunet.model import ModelError, NnUNetModel
-    from stitch_ops.stitching import description_file, load_stitch_ensemble
-
     weights = folder / ENSEMBLE_FILE
     files = [weights, description_file(weights), *(folder / name for name in ("plans.json", "dataset.json", "model.json"))]
     missing = [f.name for f in files if not f.is_file()]

@@ -33,6 +33,7 @@ from torch import Tensor, fx, nn
 
 from stitch_ops.graph.matching import Match
 from stitch_ops.graph.trace import trace_network
+from stitch_ops.nnunet.model import load_plain
 from stitch_ops.outputs import write_json
 from stitch_ops.stitching.merge import merge_graphs, program
 from stitch_ops.stitching.network import StitchedNetwork, atomic_save
@@ -216,8 +217,6 @@ def load_stitch_ensemble(path: Path, trusted: bool = False) -> StitchEnsemble:
     Raises:
         ValueError: if the files are not a stitch-ensemble or its stitches do not fit the parents.
     """
-    from stitch_ops.nnunet.model import load_plain
-
     path, described = Path(path), description_file(path)
     if not described.is_file():
         raise ValueError(f"{path} is not a saved stitch-ensemble: its description {described.name} is missing "

@@ -19,6 +19,7 @@ from typing import Any
 from torch import nn
 
 from stitch_ops.errors import UserError
+from stitch_ops.nnunet.model import build_network
 
 __all__ = ["ParentSpec", "probe_shape"]
 
@@ -80,8 +81,6 @@ class ParentSpec:
             ModelError: if the description names a class outside the allowed ones
                 (:func:`~stitch_ops.nnunet.model.check_architecture`) and ``trusted`` is False.
         """
-        from stitch_ops.nnunet.model import build_network
-
         return build_network(dict(self.plans), dict(self.dataset_json), self.configuration, trusted=trusted)
 
     def to_dict(self) -> dict[str, Any]:

@@ -30,12 +30,18 @@ import numpy as np
 import pandas as pd
 import torch
 
+from stitch_ops import tracking
 from stitch_ops.approaches import StitchMethod
 from stitch_ops.config import ConfigError, Params, load_section
 from stitch_ops.data.splits import read_fold
+from stitch_ops.evaluation import figures
+from stitch_ops.nnunet.model import NnUNetModel, load_model
+from stitch_ops.nnunet.predict import preprocess_cases
 from stitch_ops.outputs import output_file, scratch_dir, write_table
 from stitch_ops.paths import VALIDATION_SET, PairPaths
+from stitch_ops.stitching.artifacts import basis_export, load_trained_network
 from stitch_ops.stitching.network import Parent, SwitchConfiguration
+from stitch_ops.stitching.scoring import score_on_validation
 from stitch_ops.stitching.switch import SwitchMode
 
 logger = logging.getLogger(__name__)
@@ -118,12 +124,6 @@ def _output_node(module: torch.fx.GraphModule) -> str:
 
 def run(params: Params, pair: str, c: str, progress: bool = True, root: Path = Path(".")) -> pd.DataFrame:
     """Sample and score the RQ1 networks of ``pair`` for stitching party c; write the CSV and plot."""
-    from stitch_ops.evaluation import figures
-    from stitch_ops.nnunet.model import NnUNetModel, load_model
-    from stitch_ops.nnunet.predict import preprocess_cases
-    from stitch_ops.stitching.artifacts import basis_export, load_trained_network
-    from stitch_ops.stitching.scoring import score_on_validation
-
     section = load_section(params, "rq1", Rq1Params)
     paths = PairPaths(pair, root)
     own = load_model(basis_export(paths, c, FOLD))
@@ -169,8 +169,6 @@ def run(params: Params, pair: str, c: str, progress: bool = True, root: Path = P
 def _log(pair: str, c: str, table: pd.DataFrame, out: Path, section: Rq1Params) -> None:
     """One MLflow run per (pair, c) with the table and the plot; metrics: each method's mean
     validation Dice/HD95 with no stitch and with every eligible stitch active."""
-    from stitch_ops import tracking
-
     metrics = {}
     for method, group in table.groupby("method"):
         for label, count in (("none", group["n_stitches"].min()), ("all", group["n_stitches"].max())):

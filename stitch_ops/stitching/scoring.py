@@ -15,14 +15,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from stitch_ops.evaluation.evaluate import evaluate_folder
+from stitch_ops.nnunet.model import NnUNetModel
+from stitch_ops.nnunet.predict import predict_preprocessed, predict_preprocessed_stacked
+from stitch_ops.stitching.positions import PositionEnsembles
+
 def score_on_validation(model: Any, preprocessed: Any, labels: Path, scratch: Path, device: str,
                         **identity: Any) -> pd.DataFrame:
     """Predict preprocessed validation cases with ``model`` into ``scratch`` and score them
     against ``labels``: one row per case (``dice``, ``hd95``), ``identity`` as
     :func:`~stitch_ops.evaluation.evaluate.evaluate_folder` takes it (pair, test_party, ...)."""
-    from stitch_ops.evaluation.evaluate import evaluate_folder
-    from stitch_ops.nnunet.predict import predict_preprocessed
-
     predict_preprocessed(model, preprocessed, scratch, save_probabilities=False, device=device, progress=False)
     return evaluate_folder(scratch, labels, model.dataset_json["file_ending"], progress=False, **identity)
 
@@ -75,11 +77,6 @@ def score_positions_and_reference(network: Any, positions: Sequence[int], own: A
     scores ``TwoModelEnsemble(network.parent_a, network.parent_b)``: the same layers on the same
     tiles, so the same segmentations. ``keep_logits``: bytes of the positions' logits to keep
     for the caller (:attr:`ScoringRun.logits`), case by case while they fit."""
-    from stitch_ops.evaluation.evaluate import evaluate_folder
-    from stitch_ops.nnunet.model import NnUNetModel
-    from stitch_ops.nnunet.predict import predict_preprocessed_stacked
-    from stitch_ops.stitching.positions import PositionEnsembles
-
     positions = list(positions)
     classes = len(own.dataset_json["labels"])  # an upper bound of nnU-Net's segmentation heads
     voxels = max((int(np.prod(case.data.shape[1:])) for case in preprocessed), default=1)

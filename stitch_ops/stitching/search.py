@@ -35,8 +35,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from stitch_ops.config import PARTIES, Params, load_section
+from stitch_ops import approaches, tracking
+from stitch_ops.config import PARTIES, Params, load_section, parse_params
+from stitch_ops.data.splits import read_fold
+from stitch_ops.nnunet.model import load_model
+from stitch_ops.nnunet.predict import preprocess_cases
 from stitch_ops.outputs import read_json, scratch_dir, write_json
+from stitch_ops.paths import VALIDATION_SET, PairPaths, dvc_stage
+from stitch_ops.ray_session import RayOptions, ray_connection
+from stitch_ops.stitching import StitchedNetwork
+from stitch_ops.stitching.artifacts import (APPROACH, CHECKPOINT, load_parents, parent_dirs, stage_name, trained_on,
+                                            training_images)
+from stitch_ops.stitching.scoring import score_positions
+from stitch_ops.stitching.settings import StitchingParams
+from stitch_ops.stitching.train import patch_size, train_stitch_network
 
 logger = logging.getLogger(__name__)
 
@@ -72,15 +84,6 @@ class TrialJob:
 def score_trial(params: Params, job: TrialJob, k: int, lr: float, work: Path) -> tuple[float, float, list[str]]:
     """Train the stitches at ``lr`` (the search's short schedule) and score the stitch-ensemble
     at ``k`` on c's validation cases of the fold: mean Dice, mean HD95 and the cases scored."""
-    from stitch_ops.data.splits import read_fold
-    from stitch_ops.nnunet.model import load_model
-    from stitch_ops.nnunet.predict import preprocess_cases
-    from stitch_ops.paths import VALIDATION_SET, PairPaths
-    from stitch_ops.stitching.artifacts import APPROACH, parent_dirs, trained_on, training_images
-    from stitch_ops.stitching.scoring import score_positions
-    from stitch_ops.stitching.settings import StitchingParams
-    from stitch_ops.stitching.train import patch_size, train_stitch_network
-
     section = load_section(params, "stitching", StitchingParams)
     paths = PairPaths(job.pair, Path(job.root))
     model_a, model_b = (load_model(folder) for folder in parent_dirs(paths, job.c, job.fold, job.finetuned))
@@ -102,8 +105,6 @@ def _trial(config: dict[str, Any], job: TrialJob) -> None:
     """A Ray Tune trial (in a Ray worker; every path is absolute)."""
     from ray import tune
 
-    from stitch_ops.config import parse_params
-
     started = time.time()
     k, lr = int(config["k"]), float(config["lr"])
     work = Path(job.work) / f"trial_{tune.get_context().get_trial_id()}"
@@ -116,8 +117,6 @@ def _trial(config: dict[str, Any], job: TrialJob) -> None:
 
 def settings(params: Params, method: str) -> dict[str, Any]:
     """What decides a search's outcome: a saved record with other settings is searched again."""
-    from stitch_ops.stitching.settings import StitchingParams
-
     section = load_section(params, "stitching", StitchingParams)
     return {"seed": params.seed, "method": method, "trials": section.trials, "lr_min": section.search_lr_min,
             "lr_max": section.search_lr_max, "training": dict(section.training),
@@ -130,8 +129,6 @@ def searched(params: Params, pair: str, c: str, method: str, fold: int, record_f
     checkpoint lies beside it: they train at its rate) and it was made with these settings;
     otherwise a new search (:func:`run_search`) written there. A finished training deletes its
     checkpoint, so a stage that reruns because its parents changed searches again."""
-    from stitch_ops.stitching.artifacts import CHECKPOINT
-
     if record_file.is_file() and record_file.with_name(CHECKPOINT).is_file():
         record = read_json(record_file, hint="delete it to search again")
         if record.get("settings") == settings(params, method):
@@ -153,10 +150,6 @@ def run_search(params: Params, pair: str, c: str, method: str, fold: int, *, fin
     Raises:
         RuntimeError: a trial failed, or none produced a validation Dice.
     """
-    from stitch_ops.paths import PairPaths
-    from stitch_ops.stitching import StitchedNetwork
-    from stitch_ops.stitching.artifacts import APPROACH, load_parents, trained_on
-
     root = root.resolve()
     paths = PairPaths(pair, root)
     matches = len(StitchedNetwork.from_models(*load_parents(paths, c, fold, finetuned)).matches)
@@ -189,9 +182,6 @@ def _run_trials(params: Params, job: TrialJob, matches: int, work: Path, progres
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
-    from stitch_ops.ray_session import RayOptions, ray_connection
-    from stitch_ops.stitching.settings import StitchingParams
-
     section = load_section(params, "stitching", StitchingParams)
     with ray_connection(RayOptions(section.search_address), section.search_concurrent):  # a joined cluster keeps running
         sampler = optuna.samplers.TPESampler(seed=params.seed, n_startup_trials=startup_trials(section.trials),
@@ -218,10 +208,6 @@ def _run_trials(params: Params, job: TrialJob, matches: int, work: Path, progres
 
 def _log_search(record: dict[str, Any], params: Params) -> None:
     """The search as an MLflow parent run with one nested run per trial."""
-    from stitch_ops import approaches, tracking
-    from stitch_ops.paths import dvc_stage
-    from stitch_ops.stitching.artifacts import APPROACH, stage_name
-
     tracking.configure(Path("."))
     model = approaches.stitch_ensemble(record["c"], record["method"], record["finetuned"])
     tags = {"pair": record["pair"], "approach": APPROACH.value, "trained_on": record["trained_on"],

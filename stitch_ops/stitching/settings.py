@@ -12,6 +12,8 @@ from typing import Any
 
 from stitch_ops.approaches import StitchMethod
 from stitch_ops.config import PARTIES, ConfigError
+from stitch_ops.evaluation.selection import SelectionStrategy
+from stitch_ops.stitching.train import StitchTrainingConfig
 
 SEARCHES = ("grid", "optuna")
 
@@ -60,9 +62,6 @@ class StitchingParams:
     ablation: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from stitch_ops.evaluation.selection import SelectionStrategy
-        from stitch_ops.stitching.train import StitchTrainingConfig
-
         bad = [c for c in self.c_parties if c not in PARTIES]
         if bad or not self.c_parties:
             raise ConfigError(f"'stitching.c_parties' must list parties among {list(PARTIES)}, got "
@@ -99,12 +98,8 @@ class StitchingParams:
 
     def search_config(self, method: str, seed: int, lr: float) -> Any:
         """The schedule of one search trial: ``training`` with ``search_training`` and ``lr`` on top."""
-        from stitch_ops.stitching.train import StitchTrainingConfig
-
         return StitchTrainingConfig.from_dict({**self.training, **self.search_training, "lr": lr, "method": method,
                                                "seed": seed})
 
     def training_config(self, method: str, seed: int) -> Any:
-        from stitch_ops.stitching.train import StitchTrainingConfig
-
         return StitchTrainingConfig.from_dict({**self.training, "method": method, "seed": seed})

@@ -36,15 +36,27 @@ from typing import Any
 
 import pandas as pd
 
+from stitch_ops import tracking
+from stitch_ops.budget import BUDGET_JSON, Budget, TrainingClock, write_budget
 from stitch_ops.config import PARTIES, Params, load_section
 from stitch_ops.data.splits import read_fold
+from stitch_ops.evaluation.selection import select_position
+from stitch_ops.evaluation.stages import evaluate
+from stitch_ops.graph.matching import last_merge_match
+from stitch_ops.nnunet.model import NnUNetModel, load_model
+from stitch_ops.nnunet.predict import predict_folder, predict_preprocessed, preprocess_cases
 from stitch_ops.outputs import read_json, scratch_dir, write_table
 from stitch_ops.paths import VALIDATION_SET, PairPaths, dvc_stage, test_set
+from stitch_ops.stitching import extract_stitch_ensemble
 from stitch_ops.stitching.artifacts import (APPROACH, NETWORK_FILE, SEARCH_FILE, basis_export, export_ensemble,
-                                            load_parents, load_trained_network, stage_name, trained_on,
-                                            training_images)
+                                            load_parents, load_trained_network, stage_name, trained_on, training_images)
 from stitch_ops.stitching.scoring import KEPT_LOGITS_MEMORY, evaluated_positions, score_positions_and_reference
+from stitch_ops.stitching.search import searched
 from stitch_ops.stitching.settings import StitchingParams
+from stitch_ops.stitching.train import patch_size, plateau_reached, train_stitch_network
+from stitch_ops.tracking.curves import TRAINING_LOG, publish_curve, write_curve
+from stitch_ops.tracking.datasets import DataInput
+from stitch_ops.tracking.live import training_run
 
 logger = logging.getLogger(__name__)
 
@@ -55,17 +67,12 @@ def train(params: Params, pair: str, c: str, method: str, fold: int, progress: b
     cases, labels never read); writes ``<model dir>/network/`` and returns the saved network.
     ``stitching.search: optuna``: at the learning rate the search found best on c's validation
     cases (its record: ``network/search.json``, reused by a run that resumes from the checkpoint)."""
-    from stitch_ops.budget import BUDGET_JSON, Budget, TrainingClock, write_budget
-    from stitch_ops.stitching.train import patch_size, plateau_reached, train_stitch_network
-
     section = load_section(params, "stitching", StitchingParams)
     config = section.training_config(method, params.seed)
     paths = PairPaths(pair)
     slug = trained_on(c, method, finetuned)
     out = paths.model_dir(APPROACH, slug, fold) / "network"
     if section.search == "optuna":
-        from stitch_ops.stitching.search import searched
-
         config = replace(config, lr=searched(params, pair, c, method, fold, out / SEARCH_FILE, finetuned=finetuned,
                                              progress=progress)["best_lr"])
     else:  # the network folder persists between runs: no record of an earlier search may stay in it
@@ -74,9 +81,6 @@ def train(params: Params, pair: str, c: str, method: str, fold: int, progress: b
     own = model_a if c == PARTIES[0] else model_b
     images = training_images(paths, c, fold, own)
     logger.info("%s: training stitches on %d unlabeled images of party %s (%s)", pair, len(images), c, method)
-    from stitch_ops.tracking.curves import TRAINING_LOG, publish_curve, write_curve
-    from stitch_ops.tracking.datasets import DataInput
-    from stitch_ops.tracking.live import training_run
 
     rows: list[dict[str, float]] = []
     with training_run(pair=pair, approach=APPROACH, trained_on=slug, fold=fold,
@@ -114,14 +118,6 @@ def select(params: Params, pair: str, c: str, method: str, fold: int, progress: 
     ``scores/{pair}/stitch/{slug}/fold_k/positions.csv`` holds every scored k (``k,
     relative_position, from_last_merge, matches, node_a, node_b, dice, hd95, cases, selected``;
     ``from_last_merge``: k minus the k of the first match after the last skip concatenation)."""
-    from stitch_ops import tracking
-    from stitch_ops.evaluation.selection import select_position
-    from stitch_ops.evaluation.stages import evaluate
-    from stitch_ops.graph.matching import last_merge_match
-    from stitch_ops.nnunet.model import NnUNetModel, load_model
-    from stitch_ops.nnunet.predict import predict_folder, predict_preprocessed, preprocess_cases
-    from stitch_ops.stitching import extract_stitch_ensemble
-
     section = load_section(params, "stitching", StitchingParams)
     paths = PairPaths(pair)
     slug = trained_on(c, method, finetuned)
@@ -204,8 +200,6 @@ def _log_no_stitch(scores: pd.DataFrame, c: str, experiment: str, identity: dict
     ``position=no_stitch``), so the MLflow UI shows a stitch's effect at equal preprocessing.
     ``stitch_reference`` evaluates the same parents on the test sets; its validation means are
     ``no_stitch.json``."""
-    from stitch_ops import tracking
-
     metrics = {f"{VALIDATION_SET}_{c}/dice_mean": float(scores["dice"].mean()),
                f"{VALIDATION_SET}_{c}/hd95_mean": float(scores["hd95"].mean())}
     tracking.log_run(experiment=experiment, tags={**identity, "position": "no_stitch"}, params={"position": "no_stitch"},

@@ -34,8 +34,15 @@ from stitch_ops.approaches import SELECTION_STRATEGIES, Approach
 from stitch_ops.config import PARTIES, Params
 from stitch_ops.data.splits import read_fold
 from stitch_ops.errors import InputFileError
+from stitch_ops.evaluation.selection import STRUCTURAL, select_strategies
+from stitch_ops.evaluation.stages import evaluate
+from stitch_ops.nnunet.model import NnUNetModel, load_model
+from stitch_ops.nnunet.predict import predict_folder
 from stitch_ops.outputs import copy_dir, output_dir, read_json, write_json, write_table
 from stitch_ops.paths import VALIDATION_SET, PairPaths, dvc_stage, test_set
+from stitch_ops.stitching import extract_stitch_ensemble
+from stitch_ops.stitching.artifacts import basis_export, load_trained_network, parent_dirs, stage_name
+from stitch_ops.stitching.ensemble import TwoModelEnsemble
 
 logger = logging.getLogger(__name__)
 
@@ -46,11 +53,6 @@ def reference(params: Params, pair: str, c: str, fold: int, progress: bool = Tru
     """Predict the no-stitch reference of the stitch networks trained on c's data: both test
     sets and c's validation cases, into ``predictions/{pair}/stitch/no_stitch_via_c[...]/fold_k``,
     and score it like any model (in this process: a stage of its own cost more start-up than work)."""
-    from stitch_ops.evaluation.stages import evaluate
-    from stitch_ops.nnunet.model import NnUNetModel, load_model
-    from stitch_ops.stitching.artifacts import parent_dirs, stage_name
-    from stitch_ops.stitching.ensemble import TwoModelEnsemble
-
     paths = PairPaths(pair)
     folders = parent_dirs(paths, c, fold, finetuned)
     parents = [load_model(folder) for folder in folders]
@@ -70,8 +72,6 @@ def reference(params: Params, pair: str, c: str, fold: int, progress: bool = Tru
 
 def _predict_sets(model: Any, paths: PairPaths, c: str, fold: int, out: Path, device: str, progress: bool) -> None:
     """Both parties' test sets and c's validation cases of ``fold``, like every evaluated model."""
-    from stitch_ops.nnunet.predict import predict_folder
-
     for party in PARTIES:
         predict_folder(model, paths.raw_dataset(party) / "imagesTs", out / test_set(party), device=device,
                        progress=progress)
@@ -100,9 +100,6 @@ def strategies(params: Params, pair: str, c: str, method: str, fold: int, progre
     their MLflow runs). Scoring happens here rather than in a stage of its own because a
     separate process per strategy spent most of its time importing MONAI, torch and MLflow.
     Returns the ``selection.json`` record."""
-    from stitch_ops.evaluation.stages import evaluate
-    from stitch_ops.stitching.artifacts import stage_name
-
     selection = choose_and_predict(params, pair, c, method, fold, progress, finetuned, root)
     stage = dvc_stage(stage_name("stitch_strategies", finetuned), pair, c, method, fold)
     for strategy in SELECTION_STRATEGIES[1:]:
@@ -116,8 +113,6 @@ def choose_and_predict(params: Params, pair: str, c: str, method: str, fold: int
     """Apply strategies 1-3 to one stitch network at ``fold`` (reading validation means only);
     write the metrics files and the predictions of the strategies' stitch-ensembles. Returns
     the ``selection.json`` record."""
-    from stitch_ops.evaluation.selection import STRUCTURAL, select_strategies
-
     paths = PairPaths(pair, root)
     slug = approaches.stitch_ensemble(c, method, finetuned).trained_on
     selection = select_strategies(read_scores(root), (pair, slug), fold, coordinate=STRUCTURAL)
@@ -161,10 +156,6 @@ def choose_and_predict(params: Params, pair: str, c: str, method: str, fold: int
 def _predict_position(params: Params, paths: PairPaths, c: str, method: str, finetuned: bool, fold: int, k: int,
                       target: Path, progress: bool) -> None:
     """Predict both test sets and c's validation cases with the stitch-ensemble at ``k``."""
-    from stitch_ops.nnunet.model import NnUNetModel, load_model
-    from stitch_ops.stitching import extract_stitch_ensemble
-    from stitch_ops.stitching.artifacts import basis_export, load_trained_network
-
     network = load_trained_network(paths, c, method, fold, finetuned)
     own = load_model(basis_export(paths, c, fold))
     ensemble = NnUNetModel(extract_stitch_ensemble(network, k), own.plans, own.dataset_json, own.configuration,

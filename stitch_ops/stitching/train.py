@@ -70,9 +70,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from stitch_ops.approaches import StitchMethod
+from stitch_ops.budget import TrainingClock
 from stitch_ops.config import ConfigError
 from stitch_ops.errors import InputFileError, reading
-from stitch_ops.stitching.network import StitchedNetwork, SwitchConfiguration, atomic_save
+from stitch_ops.outputs import write_json
+from stitch_ops.stitching.artifacts import CHECKPOINT, NETWORK_FILE
+from stitch_ops.stitching.data import RandomPatches
+from stitch_ops.stitching.network import StitchedNetwork, SwitchConfiguration, atomic_save, save_stitched_network
 from stitch_ops.stitching.stitch import MomentSampler, PairStatistics
 from stitch_ops.stitching.switch import DEFAULT_LOSS_TERMS, LossTerm, SwitchMode
 
@@ -526,12 +530,6 @@ def train_stitch_network(model_a: Any, model_b: Any, images: Any, patch_size: An
     ``on_epoch`` gets every epoch's log (a live MLflow run; see :func:`train_stitches`).
     Returns the trained :class:`~stitch_ops.stitching.StitchedNetwork` and the epochs' losses.
     """
-    from stitch_ops.budget import TrainingClock
-    from stitch_ops.outputs import write_json
-    from stitch_ops.stitching.artifacts import CHECKPOINT, NETWORK_FILE
-    from stitch_ops.stitching.data import RandomPatches
-    from stitch_ops.stitching.network import save_stitched_network
-
     patches = RandomPatches(images, patch_size, config.batch_size, config.seed)
     network = StitchedNetwork.from_models(model_a, model_b)
     out.mkdir(parents=True, exist_ok=True)

@@ -152,7 +152,7 @@ def test_a_finished_variant_is_reused_only_for_the_same_schedule_and_parents(toy
     the saved network's own fingerprint check) train it again from scratch."""
     from types import SimpleNamespace
 
-    from stitch_ops.stitching import ablation, artifacts, train
+    from stitch_ops.stitching import ablation, artifacts
     from stitch_ops.stitching.network import save_stitched_network
 
     trained = []
@@ -164,7 +164,7 @@ def test_a_finished_variant_is_reused_only_for_the_same_schedule_and_parents(toy
         trained.append(config.epochs)
         return network, ()
 
-    monkeypatch.setattr(train, "train_stitch_network", fake_training)
+    monkeypatch.setattr(ablation, "train_stitch_network", fake_training)
     model_a, model_b = SimpleNamespace(network=toy_pair.network_a), SimpleNamespace(network=toy_pair.network_b)
     config = StitchTrainingConfig(StitchMethod.DIRECT_MATCHING, epochs=2, init="least_squares")
     out = tmp_path / "least_squares"
