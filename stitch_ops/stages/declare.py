@@ -68,7 +68,6 @@ def trained(approach: str, trained_on: str, why_persisted: str = "") -> list[Ite
             uncached(curve(approach, trained_on))]
 
 
-
 def every_model(approach: str) -> str:
     """The folder of all of a pair's models of one approach (``models/{pair}/local``)."""
     return Path(model(approach, ROUTE)).parents[1].as_posix()

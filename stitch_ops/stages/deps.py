@@ -26,8 +26,10 @@ DECLARATIONS = frozenset({f"{PACKAGE}.stages.spec", f"{PACKAGE}.stages.declare",
 """Modules that only describe stages for ``dvc.yaml``: an approach plug-in's entry module imports
 them to declare its stages beside its command, but what they hold reaches a stage only as the
 text of its ``dvc.yaml`` entry, which DVC compares by itself. They are not code deps, and what
-they import is not followed. Nothing below the application layer may import them
-(``tests/test_layers.py``), so no stage's work can call into them."""
+they import is not followed. A stage's work must not call into them: nothing below the
+application layer may import them (``tests/test_layers.py``), and the application modules that
+call them run commands that are not stages (``stitch-ops dvc-yaml``, ``baselines --help``,
+``bundle definitions``)."""
 
 
 def module_file(module: str, root: Path = REPO) -> Path | None:
