@@ -15,6 +15,9 @@ from stitch_ops.approaches import Approach
 PARTY_DATASET_IDS = {"a": 1, "b": 2}
 MERGED_DATASET_ID = 3
 VALIDATION_SET = "val"
+JOINT = "joint"
+"""``plans_from`` of the joint plans (``{party}_with_plans_joint``): both parties' data under plans
+from their combined fingerprint (federated, merged)."""
 REPORTS = Path("reports")
 """The reports folder: ``{pair}.html``, ``{pair}.md``, ``{pair}/`` (figures, tables), ``index.html``."""
 

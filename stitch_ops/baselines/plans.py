@@ -36,7 +36,7 @@ from stitch_ops.errors import UserError
 from stitch_ops.nnunet.env import NnUNetRoots, configure, planning_environment
 from stitch_ops.nnunet.plan import PLANS
 from stitch_ops.outputs import output_dir, read_json, scratch_dir, write_json
-from stitch_ops.paths import PairPaths, dataset_name
+from stitch_ops.paths import JOINT, PairPaths, dataset_name
 
 logger = logging.getLogger(__name__)
 
@@ -168,10 +168,6 @@ def plan_from_fingerprint(fingerprint: Mapping[str, Any], raw_dataset: Path, wor
         raise ValueError(f"the planner made no {configuration!r} configuration; it made "
                          f"{sorted(plans['configurations'])}")
     return plans
-
-
-
-JOINT = "joint"  # plans_from of the joint plans (``{party}_with_plans_joint``)
 
 
 def prepare_transferred(pair: str, party: str, configuration: str, *, root: Path = Path("."),

@@ -10,6 +10,7 @@ from typing import Any
 from stitch_ops import approaches
 from stitch_ops.cli_common import common_options
 from stitch_ops.config import PARTIES, Params
+from stitch_ops.paths import JOINT
 from stitch_ops.stages.command import StageCommand
 from stitch_ops.stages.declare import FOLD, FOLDS, PAIR, PAIRS, RAW, SEED, preprocessed, scored, trained
 from stitch_ops.stages.options import fold_option, pair_option
@@ -30,10 +31,6 @@ def options() -> list[argparse.ArgumentParser]:
 
 COMMAND = StageCommand("stitch-ops baselines federated", options=options, run=run,
                        help="FedAvg over one Ray actor per party (params 'federated')")
-
-
-JOINT = "joint"
-"""The plans of ``joint_plans`` (:data:`stitch_ops.baselines.plans.JOINT`, named here without importing it)."""
 
 
 def stages() -> list[Stage]:
