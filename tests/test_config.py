@@ -173,3 +173,5 @@ def test_training_plans_narrow_the_network_by_nnunets_own_rule():
     assert network.encoder.stages[-1][0].convs[0].conv.out_channels == 64
     with pytest.raises(ConfigError, match="base_features"):
         NnUNetSchedule(base_features=0)
+    with pytest.raises(ConfigError, match="intensity_samples"):
+        NnUNetSchedule(intensity_samples=0)

@@ -108,7 +108,7 @@ def segment_ensemble(model_dirs: Sequence[str | Path], input_dir: str | Path, ou
                                 progress=progress)
 
 
-def _pair_workspace(raw_datasets: Mapping[str, str | Path], output_dir: Path, configuration: str,
+def _pair_workspace(raw_datasets: Mapping[str, str | Path], output_dir: Path, schedule: NnUNetSchedule,
                     seed: int, progress: bool) -> Path:
     """Both parties' data laid out like the pipeline's pair ``bundle`` and planned."""
     if set(raw_datasets) != set(PARTIES):
@@ -121,8 +121,8 @@ def _pair_workspace(raw_datasets: Mapping[str, str | Path], output_dir: Path, co
         root = paths.preprocessed_root(party)
         if not (root / paths.raw_dataset(party).name / "nnUNetPlans.json").is_file():
             configure(NnUNetRoots(raw=paths.raw_root, preprocessed=root))
-            plan_and_preprocess(PARTY_DATASET_IDS[party], root, paths.raw_dataset(party), configuration,
-                                progress=progress)
+            plan_and_preprocess(PARTY_DATASET_IDS[party], root, paths.raw_dataset(party), schedule.configuration,
+                                intensity_samples=schedule.intensity_samples, progress=progress)
     return work
 
 
@@ -130,7 +130,7 @@ def _joint_pair(raw_datasets: Mapping[str, str | Path], output_dir: Path, schedu
                 progress: bool, **sections: Any) -> tuple[Path, Any]:
     """Both parties' data planned jointly in the workspace, and params naming the pair
     ``bundle`` with the given sections (``federated``, ``merged``): what the stages need."""
-    work = _pair_workspace(raw_datasets, output_dir, schedule.configuration, seed, progress)
+    work = _pair_workspace(raw_datasets, output_dir, schedule, seed, progress)
     prepare_joint(BUNDLE_PAIR, schedule.configuration, root=work, progress=progress)
     params = parse_params({"profile": "bundle", "seed": seed, "pairs": [BUNDLE_PAIR], "folds": [0],
                            "data": {BUNDLE_PAIR: {"source": {p: str(v) for p, v in raw_datasets.items()}}},

@@ -54,7 +54,7 @@ def train_on_own_data(raw_dataset: str | Path, output_dir: str | Path, fold: int
     if not (preprocessed_root / name / "nnUNetPlans.json").is_file():
         configure(NnUNetRoots(raw=raw_root, preprocessed=preprocessed_root))
         plan_and_preprocess(WORK_DATASET_ID, preprocessed_root, working, schedule.configuration,
-                            progress=progress)
+                            intensity_samples=schedule.intensity_samples, progress=progress)
     run = TrainingRun(name, preprocessed_root, work / "nnUNet_results" / f"fold_{fold}", fold, schedule, seed=seed)
     exported = train_fold(run, progress=progress, provenance={"approach": Approach.LOCAL.value, "source": str(raw_dataset)})
     target = copy_dir(exported, output_dir / "models" / f"fold_{fold}")

@@ -31,7 +31,8 @@ def plan(pair: str, party: str, params: Params, *, root: Path = Path("."), progr
     preprocessed = paths.preprocessed_root(party)
     configure(NnUNetRoots(raw=paths.raw_root, preprocessed=preprocessed))
     return plan_and_preprocess(PARTY_DATASET_IDS[party], preprocessed, paths.raw_dataset(party),
-                               params.nnunet.configuration, progress=progress)
+                               params.nnunet.configuration, intensity_samples=params.nnunet.intensity_samples,
+                               progress=progress)
 
 
 def train(pair: str, party: str, fold: int, params: Params, *, root: Path = Path("."),

@@ -57,7 +57,8 @@ def basis_stages() -> list[Stage]:
     per_model = {"pair": PAIRS, "party": PARTIES, "fold": FOLDS}
     return [
         Stage("plan", "stitch_ops.nnunet plan", f"--pair {PAIR} --party {PARTY}", {"pair": PAIRS, "party": PARTIES},
-              deps=[RAW], params=[Item("nnunet.configuration")], outs=[Item(preprocessed(PARTY))]),
+              deps=[RAW], params=[Item("nnunet.configuration"), Item("nnunet.intensity_samples")],
+              outs=[Item(preprocessed(PARTY))]),
         Stage("train", "stitch_ops.nnunet train", f"--pair {PAIR} --party {PARTY} --fold {FOLD}", per_model,
               deps=[Item(preprocessed(PARTY))], params=[SEED, Item("nnunet")],
               outs=[persisted(model(local, PARTY), above="persisted so that a killed run resumes; train.py discards "

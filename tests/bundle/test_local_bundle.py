@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 BUNDLE = REPO / "bundles" / "local"
 TINY_SCHEDULE = ["--schedule#epochs", "1", "--schedule#iterations_per_epoch", "3",
-                 "--schedule#val_iterations_per_epoch", "1"]
+                 "--schedule#val_iterations_per_epoch", "1", "--schedule#intensity_samples", "10000"]
 
 
 def png(path: Path) -> np.ndarray:
