@@ -32,6 +32,10 @@ DEFAULT_PARAMS = Path("params.yaml")
 DEFAULT_PROFILE = "quick"
 """The profile the committed ``params.yaml`` holds: what ``make run`` runs, and what the stitch
 task's and the bundle definitions' defaults come from."""
+NNUNET_CPU_DEFAULTS = {"nnUNet_def_n_proc": "1", "nnUNet_compile": "f"}
+"""nnU-Net's settings for a 2-core machine without GPU (DESIGN.md), set where the environment
+does not (a user's own win): by :func:`stitch_ops.nnunet.env.configure` and, before nnU-Net is
+imported (it reads ``nnUNet_def_n_proc`` then), by the warm-start server."""
 
 
 class ConfigError(UserError):

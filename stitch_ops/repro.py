@@ -28,6 +28,11 @@ gives the same ``summary.json`` either way, and a run resumed with ``dvc repro``
 Where two stages' threads meet on too few cores, OpenMP's waiting threads sleep instead of
 spinning (``OMP_WAIT_POLICY=PASSIVE``), which changes no result.
 
+The side-by-side stages start warm: a server started here imports torch, nnU-Net and MLflow
+once, and each stage command forks its work from it instead of importing them again
+(:mod:`stitch_ops.warm_start`; ``--no-warm-start`` turns this off). The stage, its code, its
+environment and its results are the same; DVC still starts the stage's own ``cmd``.
+
 Nothing here decides how a stage runs or whether it is up to date: DVC does, stage by stage,
 as always; an interrupted run resumes with the same command.
 """
@@ -39,15 +44,18 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from pathlib import Path
 
 from stitch_ops.cli_common import one_line_usage_errors, report_errors
 from stitch_ops.errors import UserError
+from stitch_ops.warm_start import SOCKET_VARIABLE
 
 DEFAULT_JOBS = 2
 """Stages side by side by default: one per core of the 2-core machines this is sized for."""
@@ -167,10 +175,26 @@ def run_side_by_side(todo: set[str], upstream: Mapping[str, set[str]], root: Pat
                 _echo(f"stitch-ops repro: [{ended}/{len(todo)}] {stage} {outcome} in {seconds:.1f} s\n")
 
 
-def repro(root: Path = Path("."), jobs: int = DEFAULT_JOBS) -> None:
+@contextmanager
+def warm_start_server(root: Path, env: Mapping[str, str]) -> Iterator[dict[str, str]]:
+    """A warm-start server (:mod:`stitch_ops.warm_start`) for the stages run with the
+    environment this yields; stopped on exit."""
+    with tempfile.TemporaryDirectory(prefix="stitch-ops-") as folder:
+        path = Path(folder) / "warm-start.socket"
+        server = subprocess.Popen([sys.executable, "-m", "stitch_ops.warm_start", str(path)], cwd=root,
+                                  env=dict(env))
+        try:
+            yield {**env, SOCKET_VARIABLE: str(path)}
+        finally:
+            server.terminate()
+            server.wait()
+
+
+def repro(root: Path = Path("."), jobs: int = DEFAULT_JOBS, warm_start: bool = True) -> None:
     """Run the pipeline at ``root`` to the end: its changed stages side by side, up to ``jobs``
     at a time, then a plain ``dvc repro`` (``jobs=1``: only that), which also runs whatever a
-    failed stage left."""
+    failed stage left. The side-by-side stages are forked from a warm-start server unless
+    ``warm_start`` is false."""
     root = root.resolve()
     if not (root / "dvc.yaml").is_file():
         raise UserError(f"no dvc.yaml in {root}: run from the repository root (or pass --root)")
@@ -182,7 +206,11 @@ def repro(root: Path = Path("."), jobs: int = DEFAULT_JOBS) -> None:
         print(f"stitch-ops repro: {len(todo)} of {len(upstream)} stages to run (dvc status), "
               f"up to {jobs} side by side", flush=True)
         side_by_side_env = {**env, "OMP_WAIT_POLICY": env.get("OMP_WAIT_POLICY", "PASSIVE")}
-        failed = run_side_by_side(todo, upstream, root, side_by_side_env, jobs)
+        if warm_start and todo:
+            with warm_start_server(root, side_by_side_env) as warm_env:
+                failed = run_side_by_side(todo, upstream, root, warm_env, jobs)
+        else:
+            failed = run_side_by_side(todo, upstream, root, side_by_side_env, jobs)
         if len(failed) < len(todo):
             print("stitch-ops repro: dvc.lock records the stages that ran (to track the changes with git: "
                   "`git add dvc.lock` and the .gitignore files DVC changed)", flush=True)
@@ -217,6 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--jobs", type=int, default=DEFAULT_JOBS,
                         help=f"stages side by side (default {DEFAULT_JOBS}: one per core of a 2-core machine; "
                              "1 = one plain `dvc repro`, one stage at a time)")
+    parser.add_argument("--no-warm-start", dest="warm_start", action="store_false",
+                        help="start every side-by-side stage as a new Python process, as a plain `dvc repro` "
+                             "does (default: fork them from one process that has imported torch, nnU-Net and "
+                             "MLflow once, which saves each stage 8-12 s of CPU time; same results)")
     parser.add_argument("--root", type=Path, default=Path("."), help="the repository (default: here)")
     parser.add_argument("--debug", action="store_true", help="on an error, show the Python traceback")
     return parser
@@ -226,4 +258,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.jobs < 1:
         build_parser().error("--jobs must be at least 1")
-    return report_errors("stitch-ops repro", lambda: repro(args.root, args.jobs), debug=args.debug)
+    return report_errors("stitch-ops repro", lambda: repro(args.root, args.jobs, args.warm_start), debug=args.debug)

@@ -15,7 +15,7 @@ import pytest
 from stitch_ops.stages.deps import REPO, direct_imports
 
 LAYERS: tuple[frozenset[str], ...] = tuple(frozenset(layer.split()) for layer in (
-    "errors limits outputs config approaches paths budget ray_session cli_common",  # no model, no data
+    "errors limits outputs config approaches paths budget ray_session cli_common warm_start",  # no model, no data
     "data",        # the two parties' datasets and folds
     "tracking",    # MLflow: runs, curves, datasets, logged models (by path, never opened here)
     "nnunet",      # planning, training, prediction of one nnU-Net

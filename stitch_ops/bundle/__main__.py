@@ -14,6 +14,7 @@ from stitch_ops.cli_common import common_options, run_command
 from stitch_ops.config import Params, load_params
 from stitch_ops.errors import UserError
 from stitch_ops.paths import bundle_definition
+from stitch_ops.warm_start import stage_main
 
 logger = logging.getLogger("stitch_ops.bundle")
 
@@ -172,4 +173,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(stage_main(main))

@@ -21,6 +21,7 @@ from pathlib import Path
 from stitch_ops.cli_common import common_options, run_command
 from stitch_ops.config import Params
 from stitch_ops.data.converters import LAYOUTS
+from stitch_ops.warm_start import stage_main
 
 logger = logging.getLogger("stitch_ops.data")
 
@@ -86,4 +87,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(stage_main(main))

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from stitch_ops.approaches import Approach
 from stitch_ops.cli_common import common_options, run_command
 from stitch_ops.config import Params
+from stitch_ops.warm_start import stage_main
 
 
 def evaluate(args: argparse.Namespace, params: Params) -> None:
@@ -43,4 +44,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(stage_main(main))

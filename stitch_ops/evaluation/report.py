@@ -45,6 +45,7 @@ from stitch_ops.evaluation.results import PairResults, load_pair, model_label
 from stitch_ops.evaluation.stats import ALPHA, feasible_from, perspective_tests
 from stitch_ops.outputs import read_json, scratch_dir, swap_in, write_json, write_table, write_text
 from stitch_ops.paths import REPORTS, PairPaths, dvc_stage
+from stitch_ops.warm_start import stage_main
 
 logger = logging.getLogger(__name__)
 
@@ -693,4 +694,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(stage_main(main))

@@ -11,6 +11,7 @@ from stitch_ops.approaches import Approach
 from stitch_ops.cli_common import common_options, run_command
 from stitch_ops.config import PARTIES, Params
 from stitch_ops.nnunet.stages import PREDICTION_SETS
+from stitch_ops.warm_start import stage_main
 
 
 def plan(args: argparse.Namespace, params: Params) -> None:
@@ -64,4 +65,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(stage_main(main))

@@ -11,12 +11,10 @@ from pathlib import Path
 
 import torch
 
+from stitch_ops.config import NNUNET_CPU_DEFAULTS
 from stitch_ops.errors import UserError
 
 logger = logging.getLogger(__name__)
-
-# Defaults for a 2-core machine without GPU (DESIGN.md); a user's own settings win.
-CPU_DEFAULTS = {"nnUNet_def_n_proc": "1", "nnUNet_compile": "f"}
 
 
 @dataclass(frozen=True)
@@ -46,7 +44,7 @@ def configure(roots: NnUNetRoots, *, training: bool = False) -> None:
     """
     wanted = roots.as_environment()
     os.environ.update(wanted)
-    for key, value in CPU_DEFAULTS.items():
+    for key, value in NNUNET_CPU_DEFAULTS.items():
         os.environ.setdefault(key, value)
     if training and not torch.cuda.is_available():
         os.environ.setdefault("nnUNet_n_proc_DA", "0")

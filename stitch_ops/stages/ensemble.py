@@ -16,6 +16,7 @@ from stitch_ops.stages.declare import FOLD, FOLDS, PAIR, PAIRS, PARTY, RAW, ever
 from stitch_ops.stages.options import fold_option, pair_option
 from stitch_ops.stages.plugin import ApproachPlugin
 from stitch_ops.stages.spec import Item, Stage
+from stitch_ops.warm_start import stage_main
 
 
 def run(args: argparse.Namespace, params: Params) -> None:
@@ -59,4 +60,4 @@ def stages() -> list[Stage]:
 PLUGIN = ApproachPlugin(Approach.ENSEMBLE, stages)
 
 if __name__ == "__main__":
-    sys.exit(COMMAND.main())
+    sys.exit(stage_main(COMMAND.main))

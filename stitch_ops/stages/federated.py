@@ -16,6 +16,7 @@ from stitch_ops.stages.declare import FOLD, FOLDS, PAIR, PAIRS, RAW, SEED, prepr
 from stitch_ops.stages.options import fold_option, pair_option
 from stitch_ops.stages.plugin import ApproachPlugin
 from stitch_ops.stages.spec import Item, Stage
+from stitch_ops.warm_start import stage_main
 
 
 def run(args: argparse.Namespace, params: Params) -> None:
@@ -61,4 +62,4 @@ def schedule(params: Params) -> dict[str, Any]:
 PLUGIN = ApproachPlugin(approaches.Approach.FEDERATED, stages, schedule)
 
 if __name__ == "__main__":
-    sys.exit(COMMAND.main())
+    sys.exit(stage_main(COMMAND.main))

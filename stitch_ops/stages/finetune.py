@@ -16,6 +16,7 @@ from stitch_ops.stages.declare import (FOLD, FOLD_NUMBER, FOLDS, PAIR, PAIRS, PA
 from stitch_ops.stages.options import fold_option, pair_option, route_option
 from stitch_ops.stages.plugin import ApproachPlugin
 from stitch_ops.stages.spec import Item, Stage, uncached
+from stitch_ops.warm_start import stage_main
 
 
 def run(args: argparse.Namespace, params: Params) -> None:
@@ -90,4 +91,4 @@ def schedule(params: Params) -> dict[str, Any]:
 PLUGIN = ApproachPlugin(Approach.FINETUNE, stages, schedule)
 
 if __name__ == "__main__":
-    sys.exit(COMMAND.main())
+    sys.exit(stage_main(COMMAND.main))

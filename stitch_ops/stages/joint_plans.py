@@ -10,6 +10,7 @@ from stitch_ops.cli_common import common_options
 from stitch_ops.config import Params
 from stitch_ops.stages.command import StageCommand
 from stitch_ops.stages.options import pair_option
+from stitch_ops.warm_start import stage_main
 
 
 def run(args: argparse.Namespace, params: Params) -> None:
@@ -27,4 +28,4 @@ COMMAND = StageCommand("stitch-ops baselines joint-plans", options=options, run=
                        help="plans from both parties' combined fingerprint; preprocess each party and pool them")
 
 if __name__ == "__main__":
-    sys.exit(COMMAND.main())
+    sys.exit(stage_main(COMMAND.main))

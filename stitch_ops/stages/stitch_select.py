@@ -9,6 +9,7 @@ import sys
 from stitch_ops.config import Params
 from stitch_ops.stages.command import StageCommand
 from stitch_ops.stages.options import stitch_network_options
+from stitch_ops.warm_start import stage_main
 
 
 def run(args: argparse.Namespace, params: Params) -> None:
@@ -24,4 +25,4 @@ COMMAND = StageCommand(
          "export the stitch-ensemble and predict both test sets")
 
 if __name__ == "__main__":
-    sys.exit(COMMAND.main())
+    sys.exit(stage_main(COMMAND.main))

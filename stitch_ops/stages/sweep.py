@@ -11,6 +11,7 @@ from stitch_ops.cli_common import common_options
 from stitch_ops.config import Params
 from stitch_ops.stages.command import StageCommand
 from stitch_ops.stages.options import fold_option, pair_option, route_option
+from stitch_ops.warm_start import stage_main
 
 
 def run(args: argparse.Namespace, params: Params) -> None:
@@ -38,4 +39,4 @@ COMMAND = StageCommand("stitch-ops baselines sweep", options=options, run=run,
                             "validation data (finetune.lr_rule: the paper's power-of-ten rule)")
 
 if __name__ == "__main__":
-    sys.exit(COMMAND.main())
+    sys.exit(stage_main(COMMAND.main))

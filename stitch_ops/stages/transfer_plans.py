@@ -11,6 +11,7 @@ from stitch_ops.cli_common import common_options
 from stitch_ops.config import PARTIES, Params
 from stitch_ops.stages.command import StageCommand
 from stitch_ops.stages.options import pair_option
+from stitch_ops.warm_start import stage_main
 
 
 def run(args: argparse.Namespace, params: Params) -> None:
@@ -36,4 +37,4 @@ COMMAND = StageCommand("stitch-ops baselines transfer-plans", options=options, r
                        help="preprocess each party's data with the other party's plans (for fine-tuning)")
 
 if __name__ == "__main__":
-    sys.exit(COMMAND.main())
+    sys.exit(stage_main(COMMAND.main))

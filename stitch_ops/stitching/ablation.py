@@ -70,6 +70,7 @@ from stitch_ops.stitching.network import load_stitched_network
 from stitch_ops.stitching.scoring import score_positions
 from stitch_ops.stitching.settings import StitchingParams
 from stitch_ops.stitching.train import fit_stitches_least_squares, patch_size, train_stitch_network
+from stitch_ops.warm_start import stage_main
 
 logger = logging.getLogger(__name__)
 
@@ -419,4 +420,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(stage_main(main))
