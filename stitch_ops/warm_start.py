@@ -194,9 +194,11 @@ def _run_stage(request: dict, streams: list[int]) -> int:
     os.environ.update(request["env"])
     for name in [m for m in sys.modules if m == "stitch_ops" or m.startswith("stitch_ops.")]:
         del sys.modules[name]  # the stage imports its current code
-    random.seed()
+    random.seed()  # a new process's generators start from fresh entropy; a fork's would repeat the server's
     if "numpy" in sys.modules:
         sys.modules["numpy"].random.seed()
+    if "torch" in sys.modules:
+        sys.modules["torch"].seed()
     sys.argv = [request["module"], *request["args"]]
     try:
         runpy.run_module(request["module"], run_name="__main__", alter_sys=True)

@@ -26,6 +26,9 @@ def main():
           "variable", os.environ.get("STITCH_OPS_WARM_START"), "mine", os.environ.get("MINE"), "args", sys.argv[1:],
           flush=True)
     print("to stderr", file=sys.stderr)
+    if sys.argv[1] == "seeds":
+        import random, numpy, torch
+        print(random.random(), numpy.random.random(), torch.initial_seed())
     if sys.argv[1] == "sleep":
         open(sys.argv[2], "w").close()
         time.sleep(60)
@@ -84,3 +87,10 @@ def test_stopping_the_stage_command_stops_its_child(server, tmp_path: Path):
     child = int(command.stdout.read().split()[1])
     with pytest.raises(ProcessLookupError):
         os.kill(child, 0)
+
+
+def test_each_stage_draws_fresh_random_seeds_as_a_new_process_does(server, tmp_path: Path):
+    _, env = server
+    seeds = [subprocess.run([sys.executable, "-m", "toy_stage", "seeds"], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=120, check=True).stdout.splitlines()[1].split() for _ in range(2)]
+    assert all(first != second for first, second in zip(*seeds)), seeds
