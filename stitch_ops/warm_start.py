@@ -104,17 +104,17 @@ def _lost() -> int:
 
 
 def serve(socket_path: Path) -> None:
-    """Listen on ``socket_path`` and fork one child per stage command that connects, until
-    SIGTERM. The socket is bound before the libraries are imported: a stage that connects
-    meanwhile waits in the backlog instead of running on its own."""
+    """Import the libraries, then listen on ``socket_path`` and fork one child per stage
+    command that connects, until SIGTERM. A stage that starts before the socket exists (the
+    imports take about 9 s) runs in a process of its own instead of waiting."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(str(socket_path))
-    listener.listen(16)
     for key, value in NNUNET_CPU_DEFAULTS.items():
         os.environ.setdefault(key, value)
     for name in PRELOADED:
         importlib.import_module(name)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(socket_path))
+    listener.listen(16)
     running: dict[int, socket.socket] = {}
     stopped: set[int] = set()
     while True:

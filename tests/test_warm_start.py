@@ -48,6 +48,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[subproces
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), str(REPO)])}
     socket_path = folder / "warm.socket"
     process = subprocess.Popen([sys.executable, "-m", "stitch_ops.warm_start", str(socket_path)], env=env)
+    deadline = time.monotonic() + 120
+    while not socket_path.exists():  # bound once the server has imported the libraries
+        assert process.poll() is None and time.monotonic() < deadline, "the warm-start server did not start"
+        time.sleep(0.1)
     yield process, {**env, SOCKET_VARIABLE: str(socket_path), "MINE": "here"}
     process.terminate()
     process.wait(timeout=30)
