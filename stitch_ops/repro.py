@@ -55,7 +55,7 @@ from pathlib import Path
 
 from stitch_ops.cli_common import one_line_usage_errors, report_errors
 from stitch_ops.errors import UserError
-from stitch_ops.warm_start import SOCKET_VARIABLE
+from stitch_ops.warm_start import SOCKET_VARIABLE, server_command
 
 DEFAULT_JOBS = 2
 """Stages side by side by default: one per core of the 2-core machines this is sized for."""
@@ -181,8 +181,7 @@ def warm_start_server(root: Path, env: Mapping[str, str]) -> Iterator[dict[str, 
     environment this yields; stopped on exit."""
     with tempfile.TemporaryDirectory(prefix="stitch-ops-") as folder:
         path = Path(folder) / "warm-start.socket"
-        server = subprocess.Popen([sys.executable, "-m", "stitch_ops.warm_start", str(path)], cwd=root,
-                                  env=dict(env))
+        server = subprocess.Popen(server_command(path), cwd=root, env=dict(env))
         try:
             yield {**env, SOCKET_VARIABLE: str(path)}
         finally:

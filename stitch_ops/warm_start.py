@@ -103,7 +103,14 @@ def _lost() -> int:
     return 1
 
 
-def serve(socket_path: Path) -> None:
+def server_command(socket_path: Path) -> list[str]:
+    """The command line of a server listening on ``socket_path`` (:func:`serve`). Not a
+    ``python -m`` entry point: nothing a user runs."""
+    return [sys.executable, "-c", "import sys; from stitch_ops.warm_start import serve; serve(sys.argv[1])",
+            str(socket_path)]
+
+
+def serve(socket_path: str | Path) -> None:
     """Import the libraries, then listen on ``socket_path`` and fork one child per stage
     command that connects, until SIGTERM. A stage that starts before the socket exists (the
     imports take about 9 s) runs in a process of its own instead of waiting."""
@@ -233,7 +240,3 @@ def _shut_down() -> None:
             stream.flush()
         except (OSError, ValueError):
             pass
-
-
-if __name__ == "__main__":
-    serve(Path(sys.argv[1]))

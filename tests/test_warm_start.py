@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from stitch_ops.warm_start import SOCKET_VARIABLE
+from stitch_ops.warm_start import SOCKET_VARIABLE, server_command
 
 REPO = Path(__file__).resolve().parents[1]
 STAGE = '''
@@ -47,7 +47,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[subproces
     (folder / "toy_stage.py").write_text(STAGE)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), str(REPO)])}
     socket_path = folder / "warm.socket"
-    process = subprocess.Popen([sys.executable, "-m", "stitch_ops.warm_start", str(socket_path)], env=env)
+    process = subprocess.Popen(server_command(socket_path), env=env)
     deadline = time.monotonic() + 120
     while not socket_path.exists():  # bound once the server has imported the libraries
         assert process.poll() is None and time.monotonic() < deadline, "the warm-start server did not start"
