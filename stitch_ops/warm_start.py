@@ -60,16 +60,15 @@ def stage_main(main: Callable[[], int | None]) -> int | None:
 def _forward(socket_path: str | None) -> int | None:
     if not socket_path:
         return None
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    if spec is None:  # run as a file, not with -m: nothing to hand over
+        return None
     connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         connection.connect(socket_path)
     except OSError:
         connection.close()
         return None  # no server (it stopped, or was never started): run here
-    spec = getattr(sys.modules["__main__"], "__spec__", None)
-    if spec is None:  # run as a file, not with -m: nothing to hand over
-        connection.close()
-        return None
     request = json.dumps({"module": spec.name, "args": sys.argv[1:], "cwd": os.getcwd(),
                           "env": {k: v for k, v in os.environ.items() if k != SOCKET_VARIABLE}}).encode()
     with connection:
@@ -154,7 +153,13 @@ def _fork_stage(connection: socket.socket, listener: socket.socket, running: dic
         for other in running.values():
             other.close()
         connection.close()
-        os._exit(_run_stage(request, streams))
+        status = 1
+        try:  # the child must never return into the server's loop, whatever fails
+            status = _run_stage(request, streams)
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(status)
     for stream in streams:
         os.close(stream)
     connection.sendall(_LENGTH.pack(pid))
