@@ -60,6 +60,22 @@ def test_against_scipy_and_statsmodels_with_ties_and_two_folds():
     assert result.loc["x", "p_holm"] < 0.05  # a clear improvement stays significant after Holm
 
 
+@pytest.mark.parametrize(("pairs", "draws"), [(3, 4), (8, 4), (13, 1)])
+def test_small_samples_with_ties_or_zeros_give_scipys_permutation_p(pairs: int, draws: int):
+    # scipy's method="auto" runs a sign-flip permutation test here (one statistic per flip); the
+    # vectorized one must give the very same numbers, zeros left out of the ranking, ties averaged
+    rng = np.random.default_rng(pairs)
+    base = rng.uniform(0.5, 0.9, pairs)
+    for step in (0.05, 0.1):  # coarse differences: ties and zeros on most draws
+        for _ in range(draws):
+            other = base + step * rng.integers(-2, 4, pairs)
+            if np.array_equal(other, base):
+                continue
+            row = wilcoxon_holm(long_table({"a": list(base), "m": list(other)}), "a", "dice").iloc[0]
+            expected = wilcoxon(other - base, zero_method="wilcox", alternative="two-sided", method="auto")
+            assert (row["statistic"], row["p"]) == (float(expected.statistic), float(expected.pvalue))
+
+
 def test_zero_differences_are_counted_and_left_out_of_the_ranking():
     base = [0.5, 0.6, 0.7, 0.8, 0.55, 0.65, 0.75]
     other = [0.5, 0.6, 0.72, 0.83, 0.6, 0.71, 0.82]  # two zeros, five improvements
