@@ -58,20 +58,23 @@ def tree_md5(folder: Path) -> str:
     return hashlib.md5(json.dumps(entries, sort_keys=True).encode("utf-8")).hexdigest()
 
 
-def _locked_md5(path: Path, lock: Path) -> str | None:
+def locked_outputs(lock: Path = DVC_LOCK) -> dict[str, str]:
+    """Every stage output ``dvc.lock`` records: path -> its md5 (without DVC's ``.dir``); empty
+    without a lock file. Parsed with libyaml where PyYAML has it: the lock of a whole smoke run
+    (0.5 MB) takes 1.4 s of CPU with the pure-Python parser and 0.2 s with libyaml, and every
+    tracked stage reads it."""
     if not lock.is_file():
-        return None
-    wanted = path.as_posix().rstrip("/")
-    for stage in (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).values():
-        for out in stage.get("outs", []):
-            if out.get("path", "").rstrip("/") == wanted and out.get("md5"):
-                return str(out["md5"]).removesuffix(".dir")
-    return None
+        return {}
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    stages = (yaml.load(lock.read_text(), Loader=loader) or {}).get("stages", {})
+    return {out["path"].rstrip("/"): str(out["md5"]).removesuffix(".dir")
+            for stage in stages.values() for out in stage.get("outs", []) if out.get("path") and out.get("md5")}
 
 
-def dvc_digest(path: Path, lock: Path = DVC_LOCK) -> str:
+def dvc_digest(path: Path, lock: Path = DVC_LOCK, *, locked: dict[str, str] | None = None) -> str:
     """DVC's hash of ``path``: from ``dvc.lock`` when it is a stage output recorded there,
     else computed like DVC (:func:`tree_md5` for a folder, :func:`file_md5` for a file).
+    ``locked``: :func:`locked_outputs` of ``lock``, when the caller has read it already.
 
     Raises:
         FileNotFoundError: if ``path`` does not exist.
@@ -79,9 +82,9 @@ def dvc_digest(path: Path, lock: Path = DVC_LOCK) -> str:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"dataset {path} does not exist; run the stage that produces it first")
-    locked = _locked_md5(path, lock)
-    if locked is not None:
-        return locked
+    recorded = (locked_outputs(lock) if locked is None else locked).get(path.as_posix().rstrip("/"))
+    if recorded is not None:
+        return recorded
     return tree_md5(path) if path.is_dir() else file_md5(path)
 
 
@@ -92,7 +95,8 @@ def log_inputs(run_id: str, inputs: Sequence[DataInput], lock: Path = DVC_LOCK) 
     from stitch_ops.tracking import runs
 
     client, _ = runs.open_client()
-    entries = [DatasetInput(Dataset(name=item.name, digest=dvc_digest(item.path, lock), source_type="local",
+    locked = locked_outputs(lock)  # read once for every input
+    entries = [DatasetInput(Dataset(name=item.name, digest=dvc_digest(item.path, locked=locked), source_type="local",
                                     source=json.dumps({"uri": item.path.as_posix()})),
                             tags=[InputTag(CONTEXT_TAG, item.context)]) for item in inputs]
     client.log_inputs(run_id, datasets=entries)
