@@ -78,3 +78,21 @@ def test_pinned_parties_need_a_node_offering_their_resource(ray_local, tmp_path)
     with pytest.raises(UserError, match=r"no node of the Ray cluster offers \['party_a', 'party_b'\]"):
         train_federated(parties, 0, TINY, tmp_path / "global", ray_options=RayOptions(pin_parties=True),
                         progress=False)
+
+
+def test_local_workers_run_at_the_drivers_priority(ray_local):
+    """Ray nices its workers (15) by default: beside any busy process the parties then starve."""
+    import os
+
+    import ray
+
+    @ray.remote(num_cpus=1)
+    class Party:
+        def niceness(self) -> int:
+            return os.nice(0)
+
+    party = Party.remote()
+    try:
+        assert ray.get(party.niceness.remote()) == os.nice(0)
+    finally:
+        ray.kill(party)

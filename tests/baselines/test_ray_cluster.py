@@ -92,8 +92,9 @@ def ray_cluster() -> Iterator[LocalCluster]:
     temp_dir = Path(tempfile.mkdtemp(prefix="stitch_ray_", dir="/tmp"))  # short: Ray's socket paths live below
     ports = iter(_free_ports(16))
     gcs_port = next(ports)
+    # workers at the drivers' priority, as the README starts nodes that run other work too
     env = {**os.environ, "PYTHONPATH": str(Path(stitch_ops.__file__).resolve().parents[1]),
-           "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+           "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "RAY_worker_niceness": "0"}
     common = ["--node-ip-address", LOCALHOST, "--num-cpus", "1", "--temp-dir", str(temp_dir),
               "--object-store-memory", str(100 * 1024 ** 2), "--include-log-monitor", "false",
               "--disable-usage-stats"]
