@@ -9,7 +9,9 @@ So the stages run from a ready queue, up to ``jobs`` at a time, each in a
 it depends on has finished (DVC holds its repository lock only between commands, and
 ``--wait-for-lock`` makes each process wait for the other's bookkeeping instead of failing).
 Which stages run is asked of ``dvc status`` first: the stages it finds changed, and every
-stage downstream of one; a rerun with nothing changed starts no stage process. Of the ready
+stage downstream of one; a rerun with nothing changed starts no stage process. After an edit
+of the package, the stage that records each stage's code (``code_digests``) runs first, alone,
+and ``dvc status`` is asked again: only the stages whose code changed are left. Of the ready
 stages, the one with the longest chain of stages waiting on it goes first, so the long pair's
 chain is never left for the end while a core idles (``quick`` from a fresh clone: 92.8 min with
 both cores busy to the end, against 112.2 min with one ``dvc repro`` per pair, when the pelvis
@@ -55,6 +57,7 @@ from pathlib import Path
 
 from stitch_ops.cli_common import one_line_usage_errors, report_errors
 from stitch_ops.errors import UserError
+from stitch_ops.stages.code_digests import STAGE as CODE_STAGE
 from stitch_ops.warm_start import SOCKET_VARIABLE, server_command
 
 DEFAULT_JOBS = 2
@@ -109,6 +112,17 @@ def changed_stages(root: Path, env: Mapping[str, str], upstream: Mapping[str, se
         raise UserError(f"dvc status exited {result.returncode}: {result.stderr.strip()[-2000:]}")
     changed = set(json.loads(result.stdout or "{}")) & set(upstream)
     return changed | downstream(changed, upstream)
+
+
+def changed_after_recording_code(root: Path, env: Mapping[str, str], upstream: Mapping[str, set[str]]) -> set[str]:
+    """Run the ``code_digests`` stage alone, then ask ``dvc status`` again: every stage reads its
+    record of the code it runs, so before the records are rewritten every stage is downstream of
+    a change, and after it only those whose code (or other input) changed are."""
+    status, seconds = run_stage(CODE_STAGE, root, env)
+    if status != 0:
+        raise UserError(f"stage {CODE_STAGE} failed (exit {status}, see above): no stage can run before it")
+    _echo(f"stitch-ops repro: [1/1] {CODE_STAGE} done in {seconds:.1f} s\n")
+    return changed_stages(root, env, upstream)
 
 
 def _echo(text: str) -> None:
@@ -202,6 +216,8 @@ def repro(root: Path = Path("."), jobs: int = DEFAULT_JOBS, warm_start: bool = T
         _create_tracking_store(root)  # before two stages would race to create its tables
         upstream = pipeline_upstream(root)
         todo = changed_stages(root, env, upstream)
+        if CODE_STAGE in todo:
+            todo = changed_after_recording_code(root, env, upstream)
         print(f"stitch-ops repro: {len(todo)} of {len(upstream)} stages to run (dvc status), "
               f"up to {jobs} side by side", flush=True)
         side_by_side_env = {**env, "OMP_WAIT_POLICY": env.get("OMP_WAIT_POLICY", "PASSIVE")}

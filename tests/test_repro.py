@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from stitch_ops.repro import downstream, pipeline_upstream, ready_stages, waiting_chains
+from stitch_ops.stages.code_digests import STAGE as CODE_STAGE
 from tests.helpers import REPO, pipeline_env
 
 PAIRS = ("polyp", "pelvis")
@@ -124,3 +125,28 @@ def test_a_stage_that_always_fails_fails_the_run_with_its_error(tmp_path: Path):
     assert "[step@polyp] polyp: the input is broken" in result.stdout  # side by side, with its stage
     assert "[pool]" not in result.stdout  # it needs the failed steps: never started
     assert "polyp: the input is broken" in result.stderr  # again, from the final (plain) dvc repro
+
+
+def test_after_an_edit_the_code_stage_runs_first_and_only_the_stages_whose_record_changed_follow(tmp_path: Path):
+    """A project shaped like ours: a ``code_digests`` stage records each stage's code (here: copies
+    it) and each stage reads its record. After an edit of the pool's code alone, ``dvc status``
+    sees only the code stage changed; run first, it leaves the pool alone to run, and the two
+    steps (whose records came out the same) start no process at all."""
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "step.py").write_text("import pathlib, sys\npathlib.Path(f'{sys.argv[1]}.txt').write_text('x')\n")
+    (tmp_path / "src" / "pool.py").write_text("print('pooled')\n")
+    stages = {CODE_STAGE: {"cmd": "cp -r src code_digests", "deps": ["src"], "outs": ["code_digests"]},
+              "step": {"foreach": list(PAIRS), "do": {"cmd": "python code_digests/step.py ${item}",
+                                                       "deps": ["code_digests/step.py"], "outs": ["${item}.txt"]}},
+              "pool": {"cmd": "python code_digests/pool.py > pool.txt",
+                       "deps": ["polyp.txt", "pelvis.txt", "code_digests/pool.py"], "outs": ["pool.txt"]}}
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
+    subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=tmp_path, check=True, env=pipeline_env())
+    first = _repro(tmp_path)
+    assert first.returncode == 0 and "stitch-ops repro: 3 of 4 stages to run" in first.stdout, first.stdout[-3000:]
+    (tmp_path / "src" / "pool.py").write_text("print('pooled again')\n")
+    again = _repro(tmp_path)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert f"[1/1] {CODE_STAGE} done" in again.stdout and "stitch-ops repro: 1 of 4 stages to run" in again.stdout
+    assert "[step@" not in again.stdout and (tmp_path / "pool.txt").read_text() == "pooled again\n"

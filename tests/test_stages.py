@@ -1,8 +1,8 @@
 """The stage registry and the ``dvc.yaml`` it writes (``stitch-ops dvc-yaml``).
 
 The committed ``dvc.yaml`` must be what the registry writes (else CI fails, naming the stale
-stages), and each stage's code deps must be what its command runs, no more: a restyled figure
-must not retrain anything.
+stages), and each stage's code record (``code_digests/<stage>.json``) must be what its command
+runs, no more: a restyled figure must not retrain anything.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from stitch_ops.approaches import Approach
-from stitch_ops.stages import plugin, registry, render
-from stitch_ops.stages.deps import code_deps, uncovered
+from stitch_ops.stages import code_digests, plugin, registry, render
+from stitch_ops.stages.deps import code_files, uncovered
 from tests.helpers import copy_pipeline, run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,7 +57,7 @@ def test_stitch_training_does_not_run_selection_rq1_or_figures():
     """Issue 25: the five stitching subcommands shared one entry module, so training the stitches
     depended on the RQ1 plot; each has its own now."""
     for parents in (registry.BASIS, registry.FINETUNED):
-        deps = code_deps(registry.stitch_train(parents).cmd)
+        deps = code_files(registry.stitch_train(parents).cmd)
         assert "stitch_ops/stitching/stages.py" in deps
         for module in (FIGURES, "stitch_ops/stitching/rq1.py", "stitch_ops/stitching/strategies.py",
                        "stitch_ops/stitching/__main__.py"):
@@ -65,45 +65,49 @@ def test_stitch_training_does_not_run_selection_rq1_or_figures():
 
 
 def test_only_the_drawing_stages_depend_on_the_figures():
-    """On the stages as DVC resolves the committed ``dvc.yaml`` (matrix and foreach expanded)."""
-    from dvc.repo import Repo
-
-    with Repo(str(REPO)) as repo:
-        dependent = {stage.name.partition("@")[0] for stage in repo.index.stages
-                     if not uncovered(["stitch_ops.evaluation.figures"], [dep.def_path for dep in stage.deps])}
+    dependent = {stage.name for stage in registry.stages() if stage.name != code_digests.STAGE
+                 and FIGURES in code_digests.record(stage.cmd)["files"]}
     assert dependent == DRAWING_STAGES
     assert not dependent & training_stages()
 
 
-def _lock_code_deps(root: Path) -> None:
-    """A ``dvc.lock`` as if every stage had run on the code now in ``root`` (deps hashed, outputs
-    left out: ``dvc status`` then reports each stage's changed deps beside its missing outputs)."""
+def _lock_deps_as_if_run(root: Path) -> None:
+    """Add to ``dvc.lock`` every stage but the code stage as if it had run on the records now in
+    ``root`` (deps hashed, outputs left out: ``dvc status`` then reports each stage's changed deps
+    beside its missing outputs)."""
     from dvc.repo import Repo
     from dvc.stage.serialize import to_single_stage_lockfile
 
-    stages = {}
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
     with Repo(str(root)) as repo:
         for stage in repo.index.stages:
-            stage.save_deps(allow_missing=True)
-            entry = json.loads(json.dumps(to_single_stage_lockfile(stage)))  # plain dicts for the YAML writer
-            entry.pop("outs", None)
-            stages[stage.name] = entry
-    (root / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": stages}, sort_keys=False))
+            if stage.name != code_digests.STAGE:
+                stage.save_deps(allow_missing=True)
+                entry = json.loads(json.dumps(to_single_stage_lockfile(stage)))  # plain dicts for the YAML writer
+                entry.pop("outs", None)
+                lock["stages"][stage.name] = entry
+    (root / "dvc.lock").write_text(yaml.safe_dump(lock, sort_keys=False))
 
 
 def _stages_with_changed_code(root: Path) -> set[str]:
     status = json.loads(run(["dvc", "status", "--json"], root).stdout or "{}")
     return {name.partition("@")[0] for name, changes in status.items() for change in changes
-            if isinstance(change, dict) and any(dep.startswith("stitch_ops/") for dep in change.get("changed deps", {}))}
+            if isinstance(change, dict) and any(dep.startswith((code_digests.PACKAGE, code_digests.FOLDER.name))
+                                                for dep in change.get("changed deps", {}))}
 
 
 def test_dvc_status_after_a_figure_restyle_lists_no_training_stage(tmp_path: Path):
-    """The real ``dvc status`` in a scratch copy: record the code every stage ran, restyle a figure."""
+    """The real ``dvc status`` and code stage in a scratch copy: record the code every stage ran,
+    restyle a figure. ``dvc status`` names the code stage alone until it reruns, then the drawing stages."""
     root = copy_pipeline(tmp_path / "checkout")
-    _lock_code_deps(root)
+    record_code = ["dvc", "repro", "--single-item", code_digests.STAGE]
+    run(record_code, root)
+    _lock_deps_as_if_run(root)
     assert _stages_with_changed_code(root) == set()
     with (root / FIGURES).open("a") as figures:
         figures.write("\n# a restyled figure\n")
+    assert _stages_with_changed_code(root) == {code_digests.STAGE}
+    run(record_code, root)
     assert _stages_with_changed_code(root) == DRAWING_STAGES
 
 

@@ -1,12 +1,13 @@
-"""The code a stage's command runs, derived from its imports: the ``deps`` that ``dvc.yaml`` lists.
+"""The code a stage's command runs, derived from its imports: what each stage's code digest records.
 
-A stage whose ``deps`` miss a module it imports would not rerun when that module changes, and
-``dvc repro`` would silently keep stale results; one whose ``deps`` hold modules it never imports
-reruns (retrains) for edits that cannot change its results. The imports are derived statically
-(``ast``: every ``import`` in a module, including those inside functions, and the package
-``__init__`` files Python runs on the way), from the entry module of the stage's command
-(``python -m stitch_ops.X`` or ``stitch-ops X``). Package data files that a module names (a
-JSON schema beside it) count too.
+A stage that missed a module it imports would not rerun when that module changes, and ``dvc
+repro`` would silently keep stale results; one that counted modules it never imports would rerun
+(retrain) for edits that cannot change its results. The imports are derived statically (``ast``:
+every ``import`` in a module, including those inside functions, and the package ``__init__``
+files Python runs on the way), from the entry module of the stage's command (``python -m
+stitch_ops.X`` or ``stitch-ops X``). Package data files that a module names (a JSON schema
+beside it) count too. :mod:`stitch_ops.stages.code_digests` records the result per stage, and
+each stage of ``dvc.yaml`` depends on its record.
 """
 
 from __future__ import annotations
@@ -20,8 +21,6 @@ from pathlib import Path
 PACKAGE = "stitch_ops"
 REPO = Path(__file__).resolve().parents[2]
 """The checkout holding the package (the root that ``dvc.yaml``'s paths are relative to)."""
-IGNORED = ("__pycache__",)
-"""Folders that DVC ignores inside a source folder (``.dvcignore``)."""
 DECLARATIONS = frozenset({f"{PACKAGE}.stages.spec", f"{PACKAGE}.stages.declare", f"{PACKAGE}.stages.plugin"})
 """Modules that only describe stages for ``dvc.yaml``: an approach plug-in's entry module imports
 them to declare its stages beside its command, but what they hold reaches a stage only as the
@@ -163,32 +162,12 @@ def data_files(module: str, root: Path = REPO) -> set[Path]:
     return {beside[name] for name in names & beside.keys()}
 
 
-def _files_under(folder: Path) -> Iterator[Path]:
-    for path in folder.rglob("*"):
-        if path.is_file() and not any(part in IGNORED for part in path.parts) and path.suffix != ".pyc":
-            yield path
-
-
-def _as_folders(files: set[Path], root: Path) -> list[str]:
-    """``files`` with every subpackage whose files are all among them listed as its folder."""
-    deps: list[str] = []
-    covered: set[Path] = set()
-    for folder in sorted({f.parent for f in files} | {p for f in files for p in f.parents}):
-        if len(folder.parts) < 2 or any(parent in covered for parent in folder.parents) or folder in covered:
-            continue  # the package root itself is never a dep: it holds the tests' and tools' modules too
-        if {p.relative_to(root) for p in _files_under(root / folder)} <= files:
-            covered.add(folder)
-            deps.append(folder.as_posix())
-    deps += [f.as_posix() for f in files if not any(parent in covered for parent in f.parents)]
-    return sorted(deps)
-
-
-def code_deps(cmd: str, root: Path = REPO) -> list[str]:
-    """The ``dvc.yaml`` deps for the code that ``cmd`` runs: the source of every module it imports
-    and the data files they read, a subpackage as its folder where the command imports all of it."""
-    modules = import_closure(entry_points(cmd, root), root)
+def code_files(cmd: str, root: Path = REPO) -> list[str]:
+    """The files of the code that ``cmd`` runs, relative to ``root``: the source of every module
+    it imports and the data files they read (what :mod:`stitch_ops.stages.code_digests` records
+    for its stage)."""
     files: set[Path] = set()
-    for module in modules:
+    for module in import_closure(entry_points(cmd, root), root):
         files.add(module_file(module, root))  # type: ignore[arg-type]  # the closure holds only modules with a file
         files |= data_files(module, root)
-    return _as_folders(files, root)
+    return sorted(path.as_posix() for path in files)

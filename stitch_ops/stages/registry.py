@@ -2,8 +2,8 @@
 
 Each declaration says what the stage runs (its entry module), over which axes, what it reads
 (data deps, params keys) and what it writes (outs, metrics, plots), with the comments that
-explain it in ``dvc.yaml``. Its code deps are derived from its entry module's imports
-(:mod:`stitch_ops.stages.deps`). The stitching stages are declared once for both parents
+explain it in ``dvc.yaml``. Its code dep is its record in ``code_digests/``, written by the first
+stage (:mod:`stitch_ops.stages.code_digests`) from its entry module's imports. The stitching stages are declared once for both parents
 (:class:`~stitch_ops.stages.spec.StitchParents`): the ``*_finetuned`` stages come from the
 variant. Importing this module is cheap (no torch, nnU-Net or MLflow).
 """
@@ -16,6 +16,7 @@ from pathlib import Path
 from stitch_ops import approaches, config
 from stitch_ops.approaches import Approach, StitchMethod
 from stitch_ops.paths import REPORTS, bundle_definition
+from stitch_ops.stages import code_digests
 from stitch_ops.stages.declare import (C, DEVICE, FOLD, FOLD_NUMBER, FOLDS, METHOD, METHODS, PAIR, PAIRS, PARTIES,
                                        PARTY, PATHS, RAW, ROUTE, SCORES, SEED, curve, metrics, model, predictions,
                                        preprocessed, scored)
@@ -39,6 +40,17 @@ plots:
       y: train_loss
       title: stitch training loss (per epoch)
 """
+
+
+# ---------------------------------------------------------------- the code each stage runs
+
+def code_stage() -> Stage:
+    return Stage(code_digests.STAGE, f"stitch_ops.stages.{code_digests.STAGE}", "",
+                 deps=[Item(code_digests.PACKAGE, note="every module and data file of the package")],
+                 outs=[Item(code_digests.FOLDER.as_posix())],
+                 comment="The code each stage below runs (its command's imports, stitch_ops/stages/deps.py), one\n"
+                         "record per stage with the MD5 of each file: every stage depends on its own record, so\n"
+                         "it reruns when code it runs changes, and dvc.lock lists the package's files once.")
 
 
 # ---------------------------------------------------------------- data and basis models
@@ -271,4 +283,4 @@ def report_stages() -> list[Stage]:
 
 def stages() -> list[Stage]:
     """Every stage, in the order ``dvc.yaml`` lists them (the data's journey)."""
-    return [*data_stages(), *basis_stages(), *stitching_stages(), *baseline_stages(), *report_stages()]
+    return [code_stage(), *data_stages(), *basis_stages(), *stitching_stages(), *baseline_stages(), *report_stages()]

@@ -1,9 +1,11 @@
 """``stitch-ops dvc-yaml``: write ``dvc.yaml`` from the stage registry, or ``--check`` that it is current.
 
 ``dvc.yaml`` is committed (``dvc repro`` needs no extra step) and generated: the stages, their
-axes, data deps, params and outputs come from :mod:`stitch_ops.stages.registry`, their code deps
-from their commands' imports (:mod:`stitch_ops.stages.deps`). After editing either, run
-``stitch-ops dvc-yaml``; the test suite fails while the committed file differs from what it writes.
+axes, data deps, params and outputs come from :mod:`stitch_ops.stages.registry`; each stage's
+code dep is its record ``code_digests/<stage>.json``, which the first stage writes from the
+command's imports (:mod:`stitch_ops.stages.code_digests`), so editing a module's imports needs
+no new ``dvc.yaml``. After editing the registry, run ``stitch-ops dvc-yaml``; the test suite
+fails while the committed file differs from what it writes.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from stitch_ops.cli_common import one_line_usage_errors
-from stitch_ops.stages import deps, registry
+from stitch_ops.stages import code_digests, deps, registry
 from stitch_ops.stages.spec import Flag, Item, Stage
 
 INDENT = "  "
@@ -52,10 +54,11 @@ def is_foreach(stage: Stage) -> bool:
     return list(stage.axes) == ["pair"] and stage.axes["pair"] == registry.PAIRS
 
 
-def _body(stage: Stage, code: Sequence[str], indent: str) -> list[str]:
-    """The stage's command and lists, at ``indent``."""
+def _body(stage: Stage, indent: str) -> list[str]:
+    """The stage's command and lists (its code record last among its deps), at ``indent``."""
     lines = [f"{indent}cmd: {stage.cmd}"]
-    lists = {"deps": [*stage.deps, *map(Item, code)], "params": stage.params, "outs": stage.outs,
+    code = [] if stage.name == code_digests.STAGE else [Item(code_digests.record_path(stage.name))]
+    lists = {"deps": [*stage.deps, *code], "params": stage.params, "outs": stage.outs,
              "plots": stage.plots, "metrics": stage.metrics}
     for key, items in lists.items():
         if items:
@@ -64,26 +67,25 @@ def _body(stage: Stage, code: Sequence[str], indent: str) -> list[str]:
     return lines
 
 
-def stage_text(stage: Stage, root: Path = deps.REPO) -> str:
+def stage_text(stage: Stage) -> str:
     """One stage of ``dvc.yaml``: its comment, its axes (``matrix``/``foreach``) and its body."""
-    code = deps.code_deps(stage.cmd, root)
     lines = _comment(stage.comment, INDENT) + [f"{INDENT}{stage.name}:"]
     inner = INDENT * 2
     if is_foreach(stage):
         lines += [f"{inner}foreach: {registry.PAIRS.text}", f"{inner}do:"]
-        lines += [line.replace(PAIR_ITEM, "${item}") for line in _body(stage, code, inner + INDENT)]
+        lines += [line.replace(PAIR_ITEM, "${item}") for line in _body(stage, inner + INDENT)]
     else:
         if stage.axes:
             lines.append(f"{inner}matrix:")
             lines += [f"{inner}{INDENT}{axis}: {values.text}{_note(values)}" for axis, values in stage.axes.items()]
-        lines += _body(stage, code, inner)
+        lines += _body(stage, inner)
     return "\n".join(lines) + "\n"
 
 
-def render(stages: Sequence[Stage] | None = None, root: Path = deps.REPO) -> str:
+def render(stages: Sequence[Stage] | None = None) -> str:
     """The whole ``dvc.yaml``: the header (top-level plots) and every stage."""
     stages = registry.stages() if stages is None else stages
-    return registry.HEADER + "\nstages:\n" + "\n".join(stage_text(stage, root) for stage in stages)
+    return registry.HEADER + "\nstages:\n" + "\n".join(stage_text(stage) for stage in stages)
 
 
 def differing_stages(committed: str, rendered: str) -> list[str]:
@@ -105,8 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="write nothing; exit 1 naming the stages that differ if the file is not what "
                              "the registry writes (what the tests check)")
     parser.add_argument("--file", type=Path, default=deps.REPO / "dvc.yaml",
-                        help="the pipeline file, beside the stitch_ops package whose code its deps list "
-                             "(default: %(default)s)")
+                        help="the pipeline file, beside the stitch_ops package its stages run (default: %(default)s)")
     return parser
 
 

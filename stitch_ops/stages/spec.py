@@ -2,8 +2,8 @@
 declarations, :mod:`stitch_ops.stages.render` writes them as ``dvc.yaml``).
 
 Values are ``dvc.yaml`` text: paths templated with DVC's ``${item.<axis>}``, axes given as a
-``${params reference}`` or a YAML list. A stage's code deps are not declared: they are derived
-from its command's imports when the file is written.
+``${params reference}`` or a YAML list. A stage's code deps are not declared: its command's
+imports are recorded in ``code_digests/<stage>.json`` (:mod:`stitch_ops.stages.code_digests`), its one code dep.
 """
 
 from __future__ import annotations
@@ -43,11 +43,11 @@ class Stage:
     Attributes:
         name: the DVC stage name (expanded stages: ``name@<axis values joined by ->``).
         entry: the module ``python -m`` runs, with a subcommand where it has several
-            (``stitch_ops.nnunet train``); its imports are the stage's code deps.
+            (``stitch_ops.nnunet train``); its imports are the stage's code.
         args: the command's arguments, templated (``--pair ${item.pair}``).
         axes: axis name -> its values; a stage with only ``pair`` over every pair is written as
             ``foreach: ${pairs}`` (``${item}``), as DVC names both forms the same.
-        deps: the data (and bundle definitions) it reads; code deps are added when written.
+        deps: the data (and bundle definitions) it reads; its code record is added when written.
         params: the ``params.yaml`` keys it reads.
         outs, metrics, plots: what it writes, by how ``dvc`` shows it.
         comment: the lines above the stage that explain it.
@@ -66,7 +66,7 @@ class Stage:
 
     @property
     def cmd(self) -> str:
-        return f"python -m {self.entry} {self.args}"
+        return f"python -m {self.entry} {self.args}".rstrip()
 
 
 @dataclass(frozen=True)
