@@ -5,7 +5,10 @@ result must equal, tensor for tensor and file for file, an uninterrupted run's.
 
 The stages run as real subprocesses (``python -m stitch_ops.<stage>``, as ``dvc.yaml``
 calls them) in a copy of the tiny pair's working tree, on the smoke profile shrunk to the
-fewest epochs that still checkpoint before the end (2 epochs, 1-2 iterations).
+fewest epochs that still checkpoint before the end (2 epochs, 1-2 iterations). The run that is
+killed is a process of its own, as a plain ``dvc repro`` starts it; the uninterrupted and the
+resumed runs are forked from a warm-start server, as ``stitch-ops repro`` (``make run``) starts
+them (:mod:`stitch_ops.warm_start`), which spares each about 10 s of imports.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import subprocess
 import sys
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +34,7 @@ from tests.helpers import REPO, optimizer_state_files, pipeline_env
 
 from stitch_ops.config import apply_profile
 from stitch_ops.paths import PairPaths
+from stitch_ops.repro import warm_start_server
 
 pytestmark = pytest.mark.slow
 
@@ -67,13 +71,21 @@ def workspace(tiny_pair: TinyPair, tmp_path_factory: pytest.TempPathFactory) -> 
     return root
 
 
-def run_stage(cwd: Path, *args: str, kill_when: Callable[[], bool] | None = None) -> str:
-    """``python -m stitch_ops.<args>`` in ``cwd``; returns its output. With ``kill_when``: SIGKILL
-    the command and everything it started as soon as ``kill_when()`` holds; the command must
-    not finish first."""
+@pytest.fixture(scope="module")
+def warm(workspace: Path) -> Iterator[Mapping[str, str]]:
+    """The environment of a stage forked from a warm-start server (``stitch-ops repro``'s way)."""
+    with warm_start_server(workspace, pipeline_env()) as env:
+        yield env
+
+
+def run_stage(cwd: Path, *args: str, kill_when: Callable[[], bool] | None = None,
+              env: Mapping[str, str] | None = None) -> str:
+    """``python -m stitch_ops.<args>`` in ``cwd`` (in ``env``, default: a user's shell's); returns
+    its output. With ``kill_when``: SIGKILL the command and everything it started as soon as
+    ``kill_when()`` holds; the command must not finish first."""
     log = cwd / "stage.log"
     with log.open("w") as out:
-        process = subprocess.Popen([sys.executable, "-m", *args], cwd=cwd, env=pipeline_env(), stdout=out,
+        process = subprocess.Popen([sys.executable, "-m", *args], cwd=cwd, env=dict(env or pipeline_env()), stdout=out,
                                    stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + STAGE_TIMEOUT_S
         try:
@@ -102,17 +114,17 @@ def appears(root: Path, pattern: str) -> Callable[[], bool]:
     return lambda: next(iter(root.glob(pattern)), None) is not None
 
 
-def kill_and_resume(cwd: Path, outputs: list[Path], marker: Callable[[], bool], *args: str,
+def kill_and_resume(cwd: Path, warm: Mapping[str, str], outputs: list[Path], marker: Callable[[], bool], *args: str,
                     absent_after_kill: tuple[Path, ...] = ()) -> tuple[Path, str]:
-    """Run the stage uninterrupted and keep its outputs as the reference; delete them, run the
-    stage again and kill it at ``marker`` (``absent_after_kill`` must not exist then: no half
-    output), then run it to the end.
+    """Run the stage uninterrupted (in ``warm``) and keep its outputs as the reference; delete
+    them, run the stage again in a process of its own and kill it at ``marker``
+    (``absent_after_kill`` must not exist then: no half output), then run it to the end (in ``warm``).
 
     Returns:
         the folder holding the reference (outputs at their paths relative to ``cwd``) and the
         output of the last run.
     """
-    run_stage(cwd, *args)
+    run_stage(cwd, *args, env=warm)
     reference = cwd / "reference" / "_".join(a.lstrip("-") for a in args[:2])
     for output in outputs:  # folders or single files
         kept = reference / output.relative_to(cwd)
@@ -125,7 +137,7 @@ def kill_and_resume(cwd: Path, outputs: list[Path], marker: Callable[[], bool], 
     run_stage(cwd, *args, kill_when=marker)
     left = [str(p) for p in absent_after_kill if p.exists()]
     assert not left, f"the killed {' '.join(args[:2])} left outputs a rerun or DVC could trust: {left}"
-    return reference, run_stage(cwd, *args)
+    return reference, run_stage(cwd, *args, env=warm)
 
 
 def files(folder: Path) -> list[Path]:
@@ -196,58 +208,62 @@ def paths(workspace: Path) -> PairPaths:
     return PairPaths(PAIR, workspace)
 
 
-def test_basis_training_resumes_to_the_same_weights(workspace: Path, paths: PairPaths):
+def test_basis_training_resumes_to_the_same_weights(workspace: Path, warm: Mapping[str, str], paths: PairPaths):
     model = paths.model_dir("local", "a", 0)
     args = ("stitch_ops.nnunet", "train", "--pair", PAIR, "--party", "a", "--fold", FOLD, "--no-progress")
-    reference, log = kill_and_resume(workspace, [model], appears(model, "**/checkpoint_latest.pth"), *args)
+    reference, log = kill_and_resume(workspace, warm, [model], appears(model, "**/checkpoint_latest.pth"), *args)
     assert "checkpoint_latest.pth" in log  # resumed, not started over
     assert_same_outputs(reference, workspace, [model / "export"])
     assert optimizer_state_files(model) == []  # finished: the checkpoints are dropped, the export stays
     # party b's basis model, for the stages below
-    run_stage(workspace, "stitch_ops.nnunet", "train", "--pair", PAIR, "--party", "b", "--fold", FOLD, "--no-progress")
+    run_stage(workspace, "stitch_ops.nnunet", "train", "--pair", PAIR, "--party", "b", "--fold", FOLD, "--no-progress",
+              env=warm)
 
 
 STITCH = ("--pair", PAIR, "--c", "a", "--method", "double_batched", "--fold", FOLD, "--no-progress")
 
 
-def test_stitch_training_resumes_to_the_same_stitches(workspace: Path, paths: PairPaths):
+def test_stitch_training_resumes_to_the_same_stitches(workspace: Path, warm: Mapping[str, str], paths: PairPaths):
     network = paths.model_dir("stitch", "via_a_double_batched", 0) / "network"
-    reference, log = kill_and_resume(workspace, [network], appears(network, "checkpoint.pt"),
-                                     "stitch_ops.stitching", "train", *STITCH)
+    reference, log = kill_and_resume(workspace, warm, [network], appears(network, "checkpoint.pt"),
+                                     "stitch_ops.stages.stitch_train", *STITCH)
     assert "resumed from" in log
     assert_same_outputs(reference, workspace, [network])
     assert optimizer_state_files(network) == []  # finished: the checkpoint is dropped, the network stays
 
 
-def test_stitch_selection_restarts_to_the_same_choice_and_predictions(workspace: Path, paths: PairPaths):
+def test_stitch_selection_restarts_to_the_same_choice_and_predictions(workspace: Path, warm: Mapping[str, str],
+                                                                      paths: PairPaths):
     slug = "via_a_double_batched"
     model = paths.model_dir("stitch", slug, 0)
     outputs = [model / "export", paths.scores("stitch", slug, 0) / "positions.csv",
                paths.predictions("stitch", slug, 0)]
     # killed once the first position's validation predictions are being written
-    reference, _ = kill_and_resume(workspace, outputs, appears(model, "positions.partial*/k*"),
-                                   "stitch_ops.stitching", "select", *STITCH,
+    reference, _ = kill_and_resume(workspace, warm, outputs, appears(model, "positions.partial*/k*"),
+                                   "stitch_ops.stages.stitch_select", *STITCH,
                                    absent_after_kill=(model / "export", outputs[1]))
     assert_same_outputs(reference, workspace, outputs)
     assert not list(model.glob("positions.partial*"))
 
 
-def test_finetuning_resumes_to_the_same_weights_and_predictions(workspace: Path, paths: PairPaths):
-    run_stage(workspace, "stitch_ops.baselines", "transfer-plans", "--pair", PAIR, "--party", "a", "--no-progress")
+def test_finetuning_resumes_to_the_same_weights_and_predictions(workspace: Path, warm: Mapping[str, str],
+                                                                paths: PairPaths):
+    run_stage(workspace, "stitch_ops.stages.transfer_plans", "--pair", PAIR, "--party", "a", "--no-progress", env=warm)
     model = paths.model_dir("finetune", "b_to_a", 0)
     outputs = [model, paths.predictions("finetune", "b_to_a", 0)]
-    reference, log = kill_and_resume(workspace, outputs, appears(model, "**/checkpoint_latest.pth"),
-                                     "stitch_ops.baselines", "finetune", "--pair", PAIR, "--trained-on", "b_to_a",
+    reference, log = kill_and_resume(workspace, warm, outputs, appears(model, "**/checkpoint_latest.pth"),
+                                     "stitch_ops.stages.finetune", "--pair", PAIR, "--trained-on", "b_to_a",
                                      "--fold", FOLD, "--no-progress")
     assert "checkpoint_latest.pth" in log
     assert_same_outputs(reference, workspace, [model / "export", outputs[1]])
     assert optimizer_state_files(model) == []
 
 
-def test_federated_training_resumes_after_the_last_round_to_the_same_model(workspace: Path, paths: PairPaths):
+def test_federated_training_resumes_after_the_last_round_to_the_same_model(workspace: Path, warm: Mapping[str, str],
+                                                                           paths: PairPaths):
     from stitch_ops.baselines.plans import JOINT
 
-    run_stage(workspace, "stitch_ops.baselines", "joint-plans", "--pair", PAIR, "--no-progress")
+    run_stage(workspace, "stitch_ops.stages.joint_plans", "--pair", PAIR, "--no-progress", env=warm)
     # the joint planner's batch differs from params' 2, as quick's 4 differs from the planner's 10 (polyp) or 68 (pelvis)
     for plans_file in paths.preprocessed_root("a", plans_from=JOINT).rglob("nnUNetPlans.json"):
         plans = json.loads(plans_file.read_text())
@@ -255,8 +271,8 @@ def test_federated_training_resumes_after_the_last_round_to_the_same_model(works
         plans_file.write_text(json.dumps(plans, indent=2))
     model = paths.model_dir("federated", "a_fed_b", 0)
     outputs = [model, paths.predictions("federated", "a_fed_b", 0)]
-    reference, log = kill_and_resume(workspace, outputs, appears(model, "global/latest.pth"),
-                                     "stitch_ops.baselines", "federated", "--pair", PAIR, "--fold", FOLD,
+    reference, log = kill_and_resume(workspace, warm, outputs, appears(model, "global/latest.pth"),
+                                     "stitch_ops.stages.federated", "--pair", PAIR, "--fold", FOLD,
                                      "--no-progress")
     assert "resuming federated training after round 1" in log
     assert "optimiser starts afresh" not in log  # each party's local state came back too
@@ -270,7 +286,7 @@ def test_federated_training_resumes_after_the_last_round_to_the_same_model(works
     assert budget["batch_size"] == plans["configurations"]["2d"]["batch_size"] == 2
 
 
-def test_export_restarts_and_never_leaves_half_a_bundle(workspace: Path, paths: PairPaths):
+def test_export_restarts_and_never_leaves_half_a_bundle(workspace: Path, warm: Mapping[str, str], paths: PairPaths):
     bundle = workspace / "exports" / PAIR / "local_a_fold0"
     archive = bundle.with_name(bundle.name + ".zip")
 
@@ -278,13 +294,13 @@ def test_export_restarts_and_never_leaves_half_a_bundle(workspace: Path, paths: 
         return bundle.parent.is_dir() and any(p.is_dir() and p.name != bundle.name for p in bundle.parent.iterdir())
 
     args = ("stitch_ops.bundle", "export", "--pair", PAIR, "--approach", "local", "--trained-on", "a", "--fold", FOLD)
-    run_stage(workspace, *args)
+    run_stage(workspace, *args, env=warm)
     reference = workspace / "reference" / "bundle_export"
     shutil.copytree(bundle.parent, reference)
     shutil.rmtree(bundle.parent)
     run_stage(workspace, *args, kill_when=staging)
     assert not bundle.exists() and not archive.exists(), "the killed export left a bundle a user could trust"
-    run_stage(workspace, *args)
+    run_stage(workspace, *args, env=warm)
     assert sorted(p.name for p in bundle.parent.iterdir()) == [bundle.name, archive.name]  # no staging left
     assert_same_outputs(reference, bundle.parent, [bundle])
     with zipfile.ZipFile(reference / archive.name) as want, zipfile.ZipFile(archive) as got:
