@@ -33,8 +33,10 @@ STAGES = {
     "tracking": "the MLflow UI on the project's store, opened on the runs table",
     "report": "the HTML/Markdown report per pair (tables, Wilcoxon/Holm, figures, the paper's findings)",
     "ablation": "how the stitches are trained, varied (least-squares start, longer schedules): ours, not the paper's",
+    "code-digests": "record the code each stage of dvc.yaml runs (its first stage: a stage reruns when its record changes)",
 }
-MODULES = {"report": "stitch_ops.evaluation.report", "ablation": "stitch_ops.stitching.ablation"}
+MODULES = {"report": "stitch_ops.evaluation.report", "ablation": "stitch_ops.stitching.ablation",
+           "code-digests": "stitch_ops.stages.code_digests"}
 """Commands whose module is not ``stitch_ops.<command>.__main__``."""
 
 

@@ -298,6 +298,7 @@ CASES: dict[str, Case] = {
     "ablation outside its pairs": Case(["ablation", "--pair", "pelvis", "--c", "b", "--fold", "0"],
                                        "the ablation runs on pairs",
                                        setup=lambda root: write_params(root, **{"stitching.ablation.pairs": ["polyp"]})),
+    "code records outside the checkout": Case(["code-digests"], "run from the checkout whose stitch_ops package"),
     "report of an unknown pair": Case(["report", "--pair", "knee", "--no-mlflow"], "unknown pair(s) ['knee']"),
     "report before any results": Case(["report", "--pair", "polyp", "--no-mlflow"],
                                       "pair 'polyp' has no results yet (no cases.csv under metrics/polyp/)"),

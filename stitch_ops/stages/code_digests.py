@@ -1,4 +1,4 @@
-"""``python -m stitch_ops.stages.code_digests``: the DVC stage ``code_digests``, a record per stage of the code it runs.
+"""``python -m stitch_ops.stages.code_digests`` (``stitch-ops code-digests``): the DVC stage ``code_digests``, a record per stage of the code it runs.
 
 Every stage must rerun when code it runs changes, and only then; :mod:`stitch_ops.stages.deps`
 finds that code from the stage command's imports. Listed as each stage's own deps, those files
@@ -22,6 +22,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from stitch_ops.cli_common import one_line_usage_errors, report_errors
+from stitch_ops.errors import UserError
 from stitch_ops.outputs import output_dir
 from stitch_ops.stages import deps
 
@@ -62,15 +64,24 @@ def write_records(root: Path = deps.REPO) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(prog="python -m stitch_ops.stages.code_digests", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="stitch-ops code-digests", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="on an error, show the Python traceback")
+    return parser
+
+
+def _write_here() -> None:
+    here = Path.cwd().resolve()
+    if here != deps.REPO:
+        raise UserError(f"run from the checkout whose stitch_ops package this is ({deps.REPO}), not {here}: the "
+                        f"records describe that package's code, for the dvc.yaml beside it")
+    count = write_records(here)
+    print(f"{FOLDER}/: the code of {count} stages")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    build_parser().parse_args(argv)
-    count = write_records()
-    print(f"{FOLDER}/: the code of {count} stages")
-    return 0
+    args = one_line_usage_errors(build_parser()).parse_args(argv)
+    return report_errors("stitch-ops code-digests", _write_here, debug=args.debug)
 
 
 if __name__ == "__main__":
