@@ -134,7 +134,8 @@ def test_after_an_edit_the_code_stage_runs_first_and_only_the_stages_whose_recor
     steps (whose records came out the same) start no process at all."""
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
     (tmp_path / "src").mkdir()
-    (tmp_path / "src" / "step.py").write_text("import pathlib, sys\npathlib.Path(f'{sys.argv[1]}.txt').write_text('x')\n")
+    (tmp_path / "src" / "step.py").write_text("import pathlib, sys\n"
+                                              "pathlib.Path(f'{sys.argv[1]}.txt').write_text('x')\n")
     (tmp_path / "src" / "pool.py").write_text("print('pooled')\n")
     stages = {CODE_STAGE: {"cmd": "cp -r src code_digests", "deps": ["src"], "outs": ["code_digests"]},
               "step": {"foreach": list(PAIRS), "do": {"cmd": "python code_digests/step.py ${item}",

@@ -1,4 +1,6 @@
-"""``python -m stitch_ops.stages.code_digests`` (``stitch-ops code-digests``): the DVC stage ``code_digests``, a record per stage of the code it runs.
+"""The DVC stage ``code_digests``: a record of the code each other stage runs.
+
+``python -m stitch_ops.stages.code_digests``, also ``stitch-ops code-digests``.
 
 Every stage must rerun when code it runs changes, and only then; :mod:`stitch_ops.stages.deps`
 finds that code from the stage command's imports. Listed as each stage's own deps, those files

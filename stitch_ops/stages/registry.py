@@ -3,9 +3,9 @@
 Each declaration says what the stage runs (its entry module), over which axes, what it reads
 (data deps, params keys) and what it writes (outs, metrics, plots), with the comments that
 explain it in ``dvc.yaml``. Its code dep is its record in ``code_digests/``, written by the first
-stage (:mod:`stitch_ops.stages.code_digests`) from its entry module's imports. The stitching stages are declared once for both parents
-(:class:`~stitch_ops.stages.spec.StitchParents`): the ``*_finetuned`` stages come from the
-variant. Importing this module is cheap (no torch, nnU-Net or MLflow).
+stage (:mod:`stitch_ops.stages.code_digests`) from its entry module's imports. The stitching
+stages are declared once for both parents (:class:`~stitch_ops.stages.spec.StitchParents`): the
+``*_finetuned`` stages come from the variant. Importing this module is cheap (no torch, nnU-Net or MLflow).
 """
 
 from __future__ import annotations
