@@ -54,7 +54,7 @@ def _tiny_params(path: Path) -> None:
     params["nnunet"].update(epochs=2, iterations_per_epoch=1, val_iterations_per_epoch=1, batch_size=2,
                             device="cpu", base_features=4, max_features=32)
     params["stitching"].update(max_positions=2)
-    params["stitching"]["training"].update(epochs=2, iterations_per_epoch=2, batch_size=2)
+    params["stitching"]["training"].update(epochs=2, iterations_per_epoch=2, batch_size=2, probe_batches=1)
     params["finetune"].update(epochs=2, warmup_epochs=1, iterations_per_epoch=1)
     params["federated"].update(rounds=2, iterations_per_epoch=1)
     path.write_text(yaml.safe_dump(params, sort_keys=False))

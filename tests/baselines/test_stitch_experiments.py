@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(3000)]  # the module fixture
 
 STITCHING = {"c_parties": ["a"], "methods": ["double_batched", "direct_matching"], "selection": "current_fold",
              "max_positions": 3, "finetuned_c_parties": ["a"],
-             "training": {"epochs": 1, "iterations_per_epoch": 2, "batch_size": 2}}
+             "training": {"epochs": 1, "iterations_per_epoch": 2, "batch_size": 2, "probe_batches": 1}}
 RQ1 = {"samples": 2, "counts": 2}
 
 
