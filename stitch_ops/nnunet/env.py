@@ -67,6 +67,29 @@ def planning_environment() -> Iterator[None]:
             os.environ["nnUNet_n_proc_DA"] = saved
 
 
+@contextmanager
+def nnunet_threads() -> Iterator[None]:
+    """At most ``nnUNet_def_n_proc`` torch threads inside (nnU-Net's rule for its predictor; 1
+    on the 2-core default, :data:`~stitch_ops.config.NNUNET_CPU_DEFAULTS`), torch's own count
+    restored afterwards.
+
+    Prediction and the pipeline's stitch training run this way. Beside another stage (as
+    ``stitch-ops repro`` runs two), a second thread on a shared core costs more than it gives:
+    its waiting threads sleep (``OMP_WAIT_POLICY=PASSIVE``) and are woken for every operation,
+    and with active waiting the two stages' threads spin against each other
+    (``bench/stitch_threads.py``). A result depends on the thread count in its last digits, so
+    it follows this variable, not the number of cores or how the stage was started.
+    """
+    from nnunetv2.configuration import default_num_processes
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(min(default_num_processes, threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     """``auto`` picks the GPU when there is one; asking for ``cuda`` without one is an error."""
     if device == "auto":

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from stitch_ops.nnunet.env import resolve_device
+from stitch_ops.nnunet.env import nnunet_threads, resolve_device
 from stitch_ops.nnunet.model import NnUNetModel
 from stitch_ops.outputs import output_dir
 
@@ -127,7 +127,6 @@ def _float32_predictor_class() -> type:
     """:class:`nnUNetPredictor` whose sliding window accumulates in float32
     (:func:`sliding_window_logits`), and which does not reload the weights for every case
     when it holds one parameter set: the network was initialised with exactly those."""
-    from nnunetv2.configuration import default_num_processes
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     class Float32Predictor(nnUNetPredictor):
@@ -139,12 +138,8 @@ def _float32_predictor_class() -> type:
         def predict_logits_from_preprocessed_data(self, data: torch.Tensor) -> torch.Tensor:
             if len(self.list_of_parameters) != 1:
                 return super().predict_logits_from_preprocessed_data(data)
-            threads = torch.get_num_threads()  # nnU-Net's rule: at most nnUNet_def_n_proc threads
-            torch.set_num_threads(min(default_num_processes, threads))
-            try:
+            with nnunet_threads():  # nnU-Net's rule: at most nnUNet_def_n_proc threads
                 return self.predict_sliding_window_return_logits(data).to("cpu")
-            finally:
-                torch.set_num_threads(threads)
 
     return Float32Predictor
 

@@ -59,6 +59,7 @@ from stitch_ops.data.splits import read_fold
 from stitch_ops.errors import InputFileError
 from stitch_ops.evaluation.evaluate import evaluate_folder
 from stitch_ops.evaluation.selection import SelectionStrategy, select_position
+from stitch_ops.nnunet.env import nnunet_threads
 from stitch_ops.nnunet.model import NnUNetModel, load_model
 from stitch_ops.nnunet.predict import predict_folder, preprocess_cases
 from stitch_ops.outputs import output_dir, read_json, scratch_dir, write_json, write_table
@@ -252,7 +253,8 @@ def _trained_variant(model_a: Any, model_b: Any, parents: list[str], images: Any
             shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(record, wanted)
-    network, _ = train_stitch_network(model_a, model_b, images, patch, config, out, progress)
+    with nnunet_threads():  # as the pipeline's stitch_train stages train
+        network, _ = train_stitch_network(model_a, model_b, images, patch, config, out, progress)
     return network, TrainingClock(out).seconds
 
 

@@ -43,6 +43,7 @@ from stitch_ops.data.splits import read_fold
 from stitch_ops.evaluation.selection import select_position
 from stitch_ops.evaluation.stages import evaluate
 from stitch_ops.graph.matching import last_merge_match
+from stitch_ops.nnunet.env import nnunet_threads
 from stitch_ops.nnunet.model import NnUNetModel, load_model
 from stitch_ops.nnunet.predict import predict_folder, predict_preprocessed, preprocess_cases
 from stitch_ops.outputs import read_json, scratch_dir, write_table
@@ -94,8 +95,9 @@ def train(params: Params, pair: str, c: str, method: str, fold: int, progress: b
             live.log_epoch(log.epoch, {"train_loss": log.loss, "lr": log.lr})
             write_curve(out / TRAINING_LOG, rows)
 
-        _, history = train_stitch_network(model_a, model_b, images, patch_size(own), config, out, progress,
-                                          on_epoch=on_epoch)
+        with nnunet_threads():  # as many threads as prediction uses (beside another stage, more cost more)
+            _, history = train_stitch_network(model_a, model_b, images, patch_size(own), config, out, progress,
+                                              on_epoch=on_epoch)
     publish_curve(out / TRAINING_LOG, paths.training_curve(APPROACH, slug, fold))
     plateau = plateau_reached(history, config.plateau_tolerance)
     if not plateau:  # recorded, never a stop: the schedule is fixed, as in the paper
