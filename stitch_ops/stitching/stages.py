@@ -95,7 +95,7 @@ def train(params: Params, pair: str, c: str, method: str, fold: int, progress: b
             live.log_epoch(log.epoch, {"train_loss": log.loss, "lr": log.lr})
             write_curve(out / TRAINING_LOG, rows)
 
-        with nnunet_threads():  # as many threads as prediction: beside another stage, more cost more
+        with nnunet_threads():  # as many threads as prediction: beside another stage, a second one costs more than it gives
             _, history = train_stitch_network(model_a, model_b, images, patch_size(own), config, out, progress,
                                               on_epoch=on_epoch)
     publish_curve(out / TRAINING_LOG, paths.training_curve(APPROACH, slug, fold))
